@@ -1,0 +1,106 @@
+"""Training checkpoints: atomic writes, safe reads.
+
+A checkpoint is one ``torch.save`` file holding only tensors and plain Python containers, so it loads with
+``torch.load(..., weights_only=True)`` (a checkpoint from elsewhere cannot run code):
+
+    {"format": "doppel-torch-checkpoint", "version": 1,
+     "model": encoder state_dict (unwrapped: no "module." / "_orig_mod." prefixes),
+     "optimizer": optimizer state_dict, "scheduler": scheduler state_dict,
+     "step": optimizer steps done, "epoch": epochs completed,
+     "config": the resolved training config as a nested dict (see `doppel_torch.train.config`),
+     "rng": {"torch": CPU generator state, "cuda": [per-device states]},
+     "metrics": last validation metrics (dict of floats)}
+
+The data itself needs no RNG state: every sound is keyed by (seed, global index), so the step counter
+alone fixes the data still to come.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from doppel_torch.models import ResNet18Encoder
+
+FORMAT = "doppel-torch-checkpoint"
+VERSION = 1
+
+
+def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove DDP's "module." and torch.compile's "_orig_mod." prefixes from state-dict keys."""
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def rng_state() -> dict[str, Any]:
+    """Torch generator states (CPU and every CUDA device)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write `payload` to `path` atomically: a temporary file in the same folder, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; clear errors for missing or foreign files."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: pass a .pt file written by `doppel-torch train` or its run folder")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a doppel-torch checkpoint (no format tag {FORMAT!r})")
+    return ckpt
+
+
+def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[ResNet18Encoder, dict]:
+    """Rebuild the trained encoder of a checkpoint: returns (ResNet18Encoder in eval mode, config dict).
+
+    `path` is a checkpoint file or a run folder (its ``last.pt``). The model's shape comes from
+    ``config["model"]`` (in_channels, embed_dim, width).
+    """
+    ckpt = load_checkpoint(path, map_location)
+    config = ckpt["config"]
+    model_cfg = config.get("model", {})
+    encoder = ResNet18Encoder(
+        in_channels=int(model_cfg.get("in_channels", 1)),
+        embed_dim=int(model_cfg.get("embed_dim", 512)),
+        width=int(model_cfg.get("width", 64)),
+    )
+    encoder.load_state_dict(strip_prefixes(ckpt["model"]))
+    encoder.to(map_location).eval()
+    return encoder, config
