@@ -1,0 +1,336 @@
+"""Stateless audio functions behind the frontend and the augmentation chain.
+
+Everything here is batched over a leading dimension, runs on any device and keeps the input's dtype.
+The modules in `doppel_torch.frontend` and `doppel_torch.augment` hold the buffers (window, filterbank,
+impulse responses) and the random draws; these functions hold the math.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# ----------------------------------------------------------------------------------------------------
+# Log-mel (VGGish recipe)
+# ----------------------------------------------------------------------------------------------------
+
+
+def hz_to_mel_htk(freq_hz: torch.Tensor) -> torch.Tensor:
+    """HTK mel scale: 1127 ln(1 + f / 700)."""
+    return 1127.0 * torch.log1p(freq_hz / 700.0)
+
+
+def vggish_mel_filterbank(
+    n_fft: int = 512,
+    n_mels: int = 64,
+    sample_rate: int = 16000,
+    f_min: float = 125.0,
+    f_max: float = 7500.0,
+    *,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """VGGish's mel matrix (n_fft // 2 + 1, n_mels): triangles built on the HTK mel axis, DC bin zeroed.
+
+    The triangles are linear in mel (not in Hz), unnormalised, with band edges equally spaced in mel
+    between f_min and f_max, as `mel_features.spectrogram_to_mel_matrix` of the VGGish code.
+    """
+    nyquist = sample_rate / 2.0
+    if not 0.0 <= f_min < f_max <= nyquist:
+        raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, f_max={f_max}")
+    n_bins = n_fft // 2 + 1
+    bins_mel = hz_to_mel_htk(torch.linspace(0.0, nyquist, n_bins, dtype=torch.float64))
+    edges = torch.linspace(
+        hz_to_mel_htk(torch.tensor(f_min, dtype=torch.float64)).item(),
+        hz_to_mel_htk(torch.tensor(f_max, dtype=torch.float64)).item(),
+        n_mels + 2,
+        dtype=torch.float64,
+    )
+    lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (bins_mel[:, None] - lower) / (center - lower)
+    falling = (upper - bins_mel[:, None]) / (upper - center)
+    weights = torch.clamp(torch.minimum(rising, falling), min=0.0)
+    weights[0, :] = 0.0  # VGGish zeroes the DC bin
+    return weights.to(dtype)
+
+
+def periodic_hann(length: int, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """0.5 - 0.5 cos(2 pi n / length), n = 0 .. length - 1 (VGGish's periodic Hann)."""
+    n = torch.arange(length, dtype=torch.float64)
+    return (0.5 - 0.5 * torch.cos(2.0 * math.pi * n / length)).to(dtype)
+
+
+def frames_needed(n_frames: int, win_length: int, hop_length: int) -> int:
+    """Samples needed for `n_frames` full frames without centering."""
+    return (n_frames - 1) * hop_length + win_length
+
+
+def stft_magnitude(
+    audio: torch.Tensor,
+    window: torch.Tensor,
+    n_fft: int,
+    hop_length: int,
+    n_frames: int,
+    *,
+    method: str = "stft",
+    dft_basis: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """|rfft(frame * window, n_fft)| of the first `n_frames` frames: (B, N) -> (B, n_frames, n_fft // 2 + 1).
+
+    Frame t covers samples [t * hop, t * hop + win_length) (no centering), zero-padded at its end to
+    n_fft, as VGGish frames it. `method="stft"` uses `torch.stft`; `method="matmul"` multiplies the
+    frames by a windowed DFT basis (win_length, 2 * (n_fft // 2 + 1)) = [cos | -sin], `dft_basis`.
+    """
+    win_length = window.shape[-1]
+    if win_length > n_fft:
+        raise ValueError(f"window ({win_length} samples) is longer than n_fft ({n_fft})")
+    needed = frames_needed(n_frames, win_length, hop_length)
+    if audio.shape[-1] < needed:
+        raise ValueError(
+            f"audio has {audio.shape[-1]} samples, {n_frames} frames need {needed}: pad or resample it first"
+        )
+    audio = audio[..., :needed]
+    if method == "stft":
+        # torch.stft centres a short window inside the n_fft frame; shifting the signal right by that
+        # offset puts frame t back at [t * hop, t * hop + win_length). Magnitudes ignore the phase shift.
+        offset = (n_fft - win_length) // 2
+        padded = torch.nn.functional.pad(audio, (offset, n_fft - win_length - offset))
+        spec = torch.stft(
+            padded,
+            n_fft,
+            hop_length=hop_length,
+            win_length=win_length,
+            window=window,
+            center=False,
+            return_complex=True,
+        )
+        return spec.abs().transpose(-1, -2)
+    if method == "matmul":
+        if dft_basis is None:
+            raise ValueError('method="matmul" needs dft_basis (see windowed_dft_basis)')
+        frames = audio.unfold(-1, win_length, hop_length)  # (B, n_frames, win_length)
+        reim = frames @ dft_basis
+        n_bins = dft_basis.shape[-1] // 2
+        return torch.sqrt(reim[..., :n_bins] ** 2 + reim[..., n_bins:] ** 2)
+    raise ValueError(f'method must be "stft" or "matmul", got {method!r}')
+
+
+def windowed_dft_basis(window: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """(win_length, 2 * (n_fft // 2 + 1)) real basis [w cos | -w sin] of the zero-padded DFT."""
+    win_length = window.shape[-1]
+    n = torch.arange(win_length, dtype=torch.float64)[:, None]
+    k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[None, :]
+    angle = 2.0 * math.pi * torch.remainder(n * k, n_fft) / n_fft
+    w = window.to(torch.float64)[:, None]
+    return torch.cat([w * torch.cos(angle), -w * torch.sin(angle)], dim=1).to(window.dtype)
+
+
+def log_mel(magnitude: torch.Tensor, filterbank: torch.Tensor, log_offset: float = 0.01) -> torch.Tensor:
+    """log(magnitude @ filterbank + log_offset): (..., n_bins) -> (..., n_mels)."""
+    return torch.log(magnitude @ filterbank + log_offset)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Resampling (band-limited, windowed sinc, polyphase)
+# ----------------------------------------------------------------------------------------------------
+
+
+def resample(
+    audio: torch.Tensor,
+    orig_freq: int,
+    new_freq: int,
+    *,
+    lowpass_filter_width: int = 6,
+    rolloff: float = 0.99,
+) -> torch.Tensor:
+    """Resample the last dimension from `orig_freq` to `new_freq` Hz: (..., N) -> (..., ceil(N new / orig)).
+
+    Hann-windowed sinc interpolation with cutoff rolloff * min(orig, new) / 2 and `lowpass_filter_width`
+    zero crossings on each side, computed as one strided convolution with new / gcd polyphase kernels.
+    These are the defaults and the kernel of `torchaudio.functional.resample` (sinc_interp_hann), which
+    the tests compare against; torchaudio is not needed here.
+    """
+    if int(orig_freq) != orig_freq or int(new_freq) != new_freq or orig_freq <= 0 or new_freq <= 0:
+        raise ValueError(f"sample rates must be positive integers, got {orig_freq} and {new_freq}")
+    if not 0.0 < rolloff <= 1.0:
+        raise ValueError(f"rolloff must be in (0, 1], got {rolloff}")
+    if orig_freq == new_freq:
+        return audio
+    g = math.gcd(int(orig_freq), int(new_freq))
+    orig, new = int(orig_freq) // g, int(new_freq) // g
+    kernels, width = _sinc_resample_kernels(orig, new, lowpass_filter_width, rolloff, audio.dtype, audio.device)
+    shape = audio.shape
+    n = shape[-1]
+    x = audio.reshape(-1, 1, n)
+    x = torch.nn.functional.pad(x, (width, width + orig))
+    y = torch.nn.functional.conv1d(x, kernels, stride=orig)  # (M, new, frames)
+    y = y.transpose(1, 2).reshape(x.shape[0], -1)
+    n_out = math.ceil(new * n / orig)
+    return y[:, :n_out].reshape(*shape[:-1], n_out)
+
+
+def _sinc_resample_kernels(orig: int, new: int, zeros: int, rolloff: float, dtype, device):
+    """Polyphase kernels (new, 1, 2 * width + orig) for the reduced ratio orig -> new."""
+    base_freq = min(orig, new) * rolloff
+    width = math.ceil(zeros * orig / base_freq)
+    taps = torch.arange(-width, width + orig, dtype=torch.float64, device=device) / orig
+    phase = -torch.arange(new, dtype=torch.float64, device=device)[:, None] / new
+    t = (phase + taps) * base_freq
+    t = t.clamp(-zeros, zeros)
+    window = torch.cos(t * math.pi / zeros / 2.0) ** 2
+    t = t * math.pi
+    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / torch.where(t == 0, torch.ones_like(t), t))
+    kernels = sinc * window * (base_freq / orig)
+    return kernels[:, None, :].to(dtype), width
+
+
+# ----------------------------------------------------------------------------------------------------
+# Filtering and convolution
+# ----------------------------------------------------------------------------------------------------
+
+
+def next_fast_len(size: int) -> int:
+    """Smallest n >= size whose prime factors are 2, 3 and 5 (fast FFT sizes)."""
+    n = max(int(size), 1)
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+def lowpass_half_size(cutoff: torch.Tensor | float, zeros: float = 8.0) -> torch.Tensor:
+    """Half length int(zeros / cutoff / 2) of the windowed-sinc low-pass for cutoff = f / sample_rate."""
+    cutoff = torch.as_tensor(cutoff, dtype=torch.float64)
+    return torch.floor(zeros / cutoff / 2.0).to(torch.int64)
+
+
+def lowpass_filters(cutoff: torch.Tensor, half_size: int, zeros: float = 8.0, *, dtype=None) -> torch.Tensor:
+    """Per-example windowed-sinc low-pass FIRs on a common grid: (B,) -> (B, 2 * half_size + 1).
+
+    Example b is the symmetric filter of `julius.lowpass_filter(x, cutoff[b], zeros=zeros)`:
+    h[t] = 2 c hann(t) sinc(2 pi c t) / sum, |t| <= H_b = int(zeros / c / 2), with a symmetric Hann of
+    2 H_b + 1 taps; taps beyond H_b are zero so every example shares the grid |t| <= half_size.
+    `half_size` must be >= max_b H_b (use `lowpass_half_size` of the smallest possible cutoff, so the
+    shape does not depend on the draw).
+    """
+    dtype = dtype or cutoff.dtype
+    c = cutoff.to(torch.float64)[:, None]
+    h_b = lowpass_half_size(cutoff, zeros).to(cutoff.device)[:, None]
+    t = torch.arange(-half_size, half_size + 1, device=cutoff.device, dtype=torch.float64)[None, :]
+    inside = t.abs() <= h_b
+    window = torch.where(inside, 0.5 + 0.5 * torch.cos(math.pi * t / h_b.clamp(min=1)), torch.zeros_like(t))
+    x = 2.0 * math.pi * c * t
+    sinc = torch.where(x == 0, torch.ones_like(x), torch.sin(x) / torch.where(x == 0, torch.ones_like(x), x))
+    h = 2.0 * c * window * sinc
+    h = h / h.sum(dim=1, keepdim=True)
+    return h.to(dtype)
+
+
+def fir_filter(audio: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    """Per-example zero-phase FIR filtering with replicate padding: (B, N), (B, 2H + 1) -> (B, N).
+
+    out[b, n] = sum_t filters[b, t + H] x_rep[b, n + t], where x_rep extends x by repeating its edge
+    samples (julius's padding). Computed by one batched FFT convolution.
+    """
+    half = (filters.shape[-1] - 1) // 2
+    n = audio.shape[-1]
+    padded = torch.nn.functional.pad(audio[:, None, :], (half, half), mode="replicate")[:, 0, :]
+    full = fft_convolve(padded, filters.to(audio.dtype))
+    return full[..., 2 * half : 2 * half + n]
+
+
+def fft_convolve(x: torch.Tensor, h: torch.Tensor, n_out: int | None = None) -> torch.Tensor:
+    """Linear convolution along the last dimension via FFT (broadcasting batch dims).
+
+    Returns the first `n_out` samples of the full convolution (default: all of len(x) + len(h) - 1).
+    """
+    n_full = x.shape[-1] + h.shape[-1] - 1
+    n_out = n_full if n_out is None else n_out
+    size = next_fast_len(n_full)
+    y = torch.fft.irfft(torch.fft.rfft(x, n=size) * torch.fft.rfft(h, n=size), n=size)
+    return y[..., :n_out]
+
+
+def lowpass(audio: torch.Tensor, cutoff_hz: torch.Tensor, sample_rate: int, half_size: int | None = None) -> torch.Tensor:
+    """Per-example windowed-sinc low-pass (julius / torch-audiomentations LowPassFilter): (B, N) -> (B, N)."""
+    cutoff = _cutoff_fraction(cutoff_hz, sample_rate, audio.shape[0])
+    if half_size is None:
+        half_size = int(lowpass_half_size(cutoff.min()).item())
+    return fir_filter(audio, lowpass_filters(cutoff, half_size, dtype=audio.dtype))
+
+
+def highpass(audio: torch.Tensor, cutoff_hz: torch.Tensor, sample_rate: int, half_size: int | None = None) -> torch.Tensor:
+    """Per-example high-pass x - lowpass(x) (torch-audiomentations HighPassFilter): (B, N) -> (B, N)."""
+    return audio - lowpass(audio, cutoff_hz, sample_rate, half_size)
+
+
+def _cutoff_fraction(cutoff_hz, sample_rate: int, batch: int) -> torch.Tensor:
+    c = torch.as_tensor(cutoff_hz, dtype=torch.float64)
+    if c.ndim == 0:
+        c = c.expand(batch)
+    if c.shape != (batch,):
+        raise ValueError(f"cutoff_hz must be a scalar or have shape ({batch},), got {tuple(c.shape)}")
+    c = c / sample_rate
+    if bool(((c <= 0) | (c > 0.5)).any()):
+        raise ValueError(f"cutoffs must lie in (0, sample_rate / 2] = (0, {sample_rate / 2}] Hz")
+    return c
+
+
+def roll(audio: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Per-example circular shift: out[b, n] = x[b, (n - shifts[b]) mod N] (torch.roll per row)."""
+    n = audio.shape[-1]
+    idx = torch.remainder(torch.arange(n, device=audio.device)[None, :] - shifts.to(audio.device)[:, None].long(), n)
+    return torch.gather(audio, -1, idx)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pitch shift (phase vocoder in the frequency domain)
+# ----------------------------------------------------------------------------------------------------
+
+
+def pitch_shift(
+    audio: torch.Tensor,
+    semitones: torch.Tensor,
+    *,
+    n_fft: int = 1024,
+    hop_length: int = 256,
+) -> torch.Tensor:
+    """Per-example pitch shift by `semitones` (B,) without changing duration: (B, N) -> (B, N).
+
+    A phase vocoder that scales frequencies directly: with r = 2^(semitones / 12), output bin j takes
+    the magnitude of source bin j / r (linear interpolation) and r times the instantaneous frequency of
+    the nearest source bin; output phases are the running sum of those frequencies. One STFT, one
+    gather and one iSTFT for the whole batch (Hann window, 75 % overlap), no resampling, so every
+    example may have its own ratio. r = 1 reconstructs the input up to rounding.
+    """
+    b, n = audio.shape
+    window = torch.hann_window(n_fft, dtype=audio.dtype, device=audio.device)
+    spec = torch.stft(audio, n_fft, hop_length, window=window, center=True, return_complex=True)  # (B, K, T)
+    n_bins = spec.shape[1]
+    mag = spec.abs()
+    phase = torch.angle(spec)
+    expected = 2.0 * math.pi * hop_length * torch.arange(n_bins, device=audio.device, dtype=audio.dtype) / n_fft
+    dphi = torch.diff(phase, dim=-1) - expected[:, None]
+    dphi = dphi - 2.0 * math.pi * torch.round(dphi / (2.0 * math.pi))
+    inst = torch.cat([phase[..., :1], expected[:, None] + dphi], dim=-1)  # phase at t = 0, then rad / hop
+
+    ratio = torch.pow(2.0, semitones.to(audio.dtype).to(audio.device) / 12.0)[:, None]  # (B, 1)
+    src = torch.arange(n_bins, device=audio.device, dtype=audio.dtype)[None, :] / ratio  # (B, K)
+    lo = src.floor().long().clamp(max=n_bins - 1)
+    hi = (lo + 1).clamp(max=n_bins - 1)
+    frac = (src - lo.to(audio.dtype))[..., None]
+    valid = (src <= n_bins - 1)[..., None]
+    t = mag.shape[-1]
+    gather = lambda v, i: torch.gather(v, 1, i[..., None].expand(b, n_bins, t))  # noqa: E731
+    mag_out = torch.where(valid, (1.0 - frac) * gather(mag, lo) + frac * gather(mag, hi), torch.zeros((), dtype=audio.dtype, device=audio.device))
+    nearest = src.round().long().clamp(max=n_bins - 1)
+    inst_src = gather(inst, nearest)
+    inst_out = torch.cat([inst_src[..., :1], ratio[..., None] * inst_src[..., 1:]], dim=-1)
+    # Wrapping the increments keeps the running sum small (< 2 pi T), so float32 phases stay exact to ~1e-5.
+    phase_out = torch.cumsum(torch.remainder(inst_out, 2.0 * math.pi), dim=-1)
+    out = torch.polar(mag_out, phase_out)
+    return torch.istft(out, n_fft, hop_length, window=window, center=True, length=n)
