@@ -1,0 +1,36 @@
+"""The `doppel-torch` command line: info, sample, train, eval.
+
+Each subcommand lives next to the code it drives; this file only assembles the group.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="doppel-torch")
+def main() -> None:
+    """Self-supervised audio pretraining from synthetic audio doppelgangers."""
+
+
+def _register() -> None:
+    from doppel_torch.synths.cli import info, sample
+
+    main.add_command(info)
+    main.add_command(sample)
+    try:
+        from doppel_torch.train.cli import train
+    except ImportError:  # pragma: no cover - while the training package is being built
+        pass
+    else:
+        main.add_command(train)
+    try:
+        from doppel_torch.eval.cli import eval_command
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        main.add_command(eval_command, name="eval")
+
+
+_register()

@@ -1,0 +1,48 @@
+"""Scores of a probe's predictions: accuracy (single-label) and mean average precision (multi-label)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def accuracy(scores: torch.Tensor, target: torch.Tensor) -> float:
+    """Top-1 accuracy. scores: (N, C) logits or probabilities; target: (N,) class indices."""
+    if scores.shape[0] != target.shape[0]:
+        raise ValueError(f"scores has {scores.shape[0]} rows, target {target.shape[0]}")
+    if scores.shape[0] == 0:
+        raise ValueError("accuracy of an empty set is undefined")
+    return (scores.argmax(dim=1) == target).double().mean().item()
+
+
+def average_precision(scores: torch.Tensor, target: torch.Tensor) -> float:
+    """Average precision of one class: sum_n (R_n - R_{n-1}) P_n over distinct score thresholds
+    (scikit-learn's definition, tied scores form one threshold). scores, target: (N,); target in {0, 1}."""
+    target = target.double()
+    n_pos = target.sum()
+    if n_pos == 0:
+        raise ValueError("average precision is undefined for a class without positives")
+    order = torch.argsort(scores.double(), descending=True, stable=True)
+    s, t = scores.double()[order], target[order]
+    last = torch.ones_like(s, dtype=torch.bool)
+    last[:-1] = s[1:] != s[:-1]  # last position of each run of equal scores
+    tp = torch.cumsum(t, 0)[last]
+    seen = (torch.arange(1, len(s) + 1, dtype=torch.float64))[last]
+    precision = tp / seen
+    recall = tp / n_pos
+    d_recall = torch.diff(recall, prepend=recall.new_zeros(1))
+    return float((d_recall * precision).sum())
+
+
+def mean_average_precision(scores: torch.Tensor, target: torch.Tensor) -> float:
+    """Macro mAP over the classes that have at least one positive. scores, target: (N, C)."""
+    if scores.shape != target.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and target {tuple(target.shape)} differ in shape")
+    cols = [c for c in range(target.shape[1]) if target[:, c].sum() > 0]
+    if not cols:
+        raise ValueError("no class has a positive example: mAP is undefined")
+    return sum(average_precision(scores[:, c], target[:, c]) for c in cols) / len(cols)
+
+
+def score(scores: torch.Tensor, target: torch.Tensor, multilabel: bool) -> float:
+    """The task's metric: mAP if `multilabel` else accuracy."""
+    return mean_average_precision(scores, target) if multilabel else accuracy(scores, target)

@@ -1,0 +1,1 @@
+"""Pure-PyTorch reference backend: the specification and the CPU path."""

@@ -1,0 +1,185 @@
+"""Stateless synth building blocks in eager PyTorch: the specification every other backend equals.
+
+All functions are batched over leading dimensions, compute in their inputs' dtype (float32 or float64),
+work on any device and are differentiable. Parameters are in human units (seconds, Hz, MIDI, radians).
+Shapes: B = batch, K = stacked modules of one kind, C = control-rate samples, N = audio samples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+TWO_PI = 2.0 * math.pi
+
+
+def midi_to_hz(midi: torch.Tensor) -> torch.Tensor:
+    return 440.0 * torch.exp2((midi - 69.0) / 12.0)
+
+
+def frac(x: torch.Tensor) -> torch.Tensor:
+    """x - floor(x) in [0, 1); gradient 1."""
+    return x - torch.floor(x).detach()
+
+
+def wrapped_cumsum(inc: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """Inclusive cumulative sum along the last dim, wrapped to [0, 1) (phase in cycles).
+
+    A plain float32 cumsum of 16,000 phase increments loses ~1e-3 cycles (the reason SynthAX float32 drifts
+    7-47 % on its FM synths, DESIGN.md quirk 6). Summing within blocks of `block` samples and carrying the
+    wrapped block totals keeps every partial sum small: the error stays ~1e-5 cycles in float32.
+    In float64 the result equals frac(cumsum(inc)) to ~1e-13.
+    """
+    n = inc.shape[-1]
+    n_blocks = -(-n // block)
+    pad = n_blocks * block - n
+    x = F.pad(inc, (0, pad)) if pad else inc
+    x = x.reshape(*inc.shape[:-1], n_blocks, block)
+    within = torch.cumsum(x, dim=-1)
+    carry = torch.cumsum(frac(within[..., -1]), dim=-1)  # wrapped totals, summed: <= n_blocks
+    carry = frac(F.pad(carry[..., :-1], (1, 0)))  # exclusive: offset at each block start
+    phase = frac(within + carry.unsqueeze(-1))
+    return phase.reshape(*inc.shape[:-1], n_blocks * block)[..., :n]
+
+
+def upsample(control: torch.Tensor, n_samples: int) -> torch.Tensor:
+    """Control rate (..., C) -> audio rate (..., N), linear, endpoints aligned: sample n reads
+    control position n (C - 1) / (N - 1) (SynthAX's `jnp.interp` on two linspaces; DESIGN.md quirk 4)."""
+    shape = control.shape
+    flat = control.reshape(-1, 1, shape[-1])
+    out = F.interpolate(flat, size=n_samples, mode="linear", align_corners=True)
+    return out.reshape(*shape[:-1], n_samples)
+
+
+def _pow_safe(base: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """base ** exponent for base >= 0 with finite gradients at base = 0 (value 0 there, as exponent > 0)."""
+    positive = base > 0
+    safe = torch.where(positive, base, torch.ones_like(base))
+    return torch.where(positive, safe**exponent, torch.zeros_like(base))
+
+
+def adsr_ramp(
+    duration_s: torch.Tensor,
+    start_s: torch.Tensor | None,
+    alpha: torch.Tensor,
+    n_control: int,
+    control_rate: float,
+    eps: float,
+    inverse: bool = False,
+) -> torch.Tensor:
+    """SynthAX/torchsynth ADSR ramp: (...,) -> (..., C).
+
+    r_t = min((max(t - start, 0) + eps) / duration + eps, 1) in control samples; inverse: 1 - r where
+    duration > 0; then r ** alpha. A zero duration gives an all-ones ramp (SynthAX gets there by
+    dividing by zero; here the division is guarded so that gradients stay finite).
+    """
+    t = torch.arange(n_control, device=alpha.device, dtype=alpha.dtype)
+    dur = (duration_s * control_rate).unsqueeze(-1)
+    ramp = t if start_s is None else torch.clamp(t - (start_s * control_rate).unsqueeze(-1), min=0.0)
+    positive = dur > 0
+    safe_dur = torch.where(positive, dur, torch.ones_like(dur))
+    ramp = torch.where(positive, torch.clamp((ramp + eps) / safe_dur + eps, max=1.0), torch.ones_like(ramp))
+    if inverse:
+        ramp = torch.where(positive, 1.0 - ramp, ramp)
+    return _pow_safe(ramp, alpha.unsqueeze(-1))
+
+
+def adsr(
+    attack_s: torch.Tensor,
+    decay_s: torch.Tensor,
+    sustain: torch.Tensor,
+    release_s: torch.Tensor,
+    alpha: torch.Tensor,
+    note_on_s: torch.Tensor,
+    n_control: int,
+    control_rate: float,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """ADSR envelope at control rate: parameters (...,) -> (..., C) in [0, 1].
+
+    A note held for `note_on_s` seconds cuts the attack/decay short; the release starts at note-off.
+    """
+    new_attack = torch.minimum(attack_s, note_on_s)
+    new_decay = torch.minimum(torch.clamp(note_on_s - attack_s, min=0.0), decay_s)
+    ramp = lambda d, s, inv: adsr_ramp(d, s, alpha, n_control, control_rate, eps, inv)  # noqa: E731
+    attack_sig = ramp(new_attack, None, False)
+    sus = sustain.unsqueeze(-1)
+    decay_sig = (1.0 - sus) * ramp(new_decay, new_attack, True) + sus
+    release_sig = ramp(release_s, note_on_s, True)
+    return attack_sig * decay_sig * release_sig
+
+
+LFO_EXPONENT = math.e  # soft-max sharpness of the shape selector (SynthAX/torchsynth default)
+
+
+def lfo(
+    frequency_hz: torch.Tensor,
+    mod_depth_hz: torch.Tensor,
+    initial_phase: torch.Tensor,
+    shape_weights: torch.Tensor,
+    rate_env: torch.Tensor,
+    control_rate: float,
+) -> torch.Tensor:
+    """Low-frequency oscillator at control rate (before its amplitude envelope).
+
+    frequency_hz, mod_depth_hz, initial_phase: (...,); shape_weights: (..., 5) for (sin, tri, saw, rsaw, sqr)
+    in [0, 1]; rate_env: (..., C). Instantaneous rate max(f + depth * rate_env, 0); the shapes are mixed
+    with weights w ** e / sum(w ** e) (all-zero weights divide 0 by 0: DESIGN.md quirk 5; theta >= eps avoids it).
+    """
+    freq = torch.clamp(frequency_hz.unsqueeze(-1) + mod_depth_hz.unsqueeze(-1) * rate_env, min=0.0)
+    cycles = wrapped_cumsum(freq / control_rate)
+    argument = TWO_PI * cycles + initial_phase.unsqueeze(-1)
+    cos = torch.cos(argument + math.pi)
+    square = (torch.sign(cos) + 1.0) / 2.0
+    cos = (cos + 1.0) / 2.0
+    saw = torch.remainder(argument, TWO_PI) / TWO_PI
+    rsaw = 1.0 - saw
+    tri = 2.0 * saw
+    tri = torch.where(tri > 1.0, 2.0 - tri, tri)
+    shapes = torch.stack((cos, tri, saw, rsaw, square), dim=-2)  # (..., 5, C)
+    mode = shape_weights**LFO_EXPONENT
+    mode = mode / mode.sum(dim=-1, keepdim=True)
+    return (mode.unsqueeze(-1) * shapes).sum(dim=-2)
+
+
+def vco_frequency(
+    midi_f0: torch.Tensor, tuning: torch.Tensor, mod_depth: torch.Tensor, pitch: torch.Tensor
+) -> torch.Tensor:
+    """Pitch-modulated VCO frequency (..., N) in Hz: midi_to_hz(clamp(f0 + tuning + depth * pitch, 0, 127))."""
+    midi = (midi_f0 + tuning).unsqueeze(-1) + mod_depth.unsqueeze(-1) * pitch
+    return midi_to_hz(torch.clamp(midi, 0.0, 127.0))
+
+
+def fm_frequency(
+    midi_f0: torch.Tensor, tuning: torch.Tensor, mod_depth: torch.Tensor, modulator: torch.Tensor, nyquist: float
+) -> torch.Tensor:
+    """FM operator frequency (..., N) in Hz: clamp(f0 (1 + index * modulator), 0, nyquist), f0 in Hz and
+    the modulation depth read as a modulation index."""
+    f0_hz = midi_to_hz(midi_f0 + tuning).unsqueeze(-1)
+    return torch.clamp(f0_hz + mod_depth.unsqueeze(-1) * f0_hz * modulator, 0.0, nyquist)
+
+
+def oscillator_argument(freq_hz: torch.Tensor, initial_phase: torch.Tensor, sample_rate: float) -> torch.Tensor:
+    """Phase argument in radians: 2 pi * (wrapped cumulative cycles) + initial phase."""
+    return TWO_PI * wrapped_cumsum(freq_hz / sample_rate) + initial_phase.unsqueeze(-1)
+
+
+def square_saw_partials(midi_f0: torch.Tensor, tuning: torch.Tensor, mod_depth: torch.Tensor) -> torch.Tensor:
+    """Anti-aliasing sharpness of the square/saw: 12000 / (f_max log10 f_max), f_max at the highest pitch."""
+    max_f0 = midi_to_hz(midi_f0 + tuning + torch.clamp(mod_depth, min=0.0))
+    return 12000.0 / (max_f0 * torch.log10(max_f0))
+
+
+def square_saw(argument: torch.Tensor, partials: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """Lazzarini-Timoney square/saw: shape 0 = square, 1 = saw. argument (..., N); partials, shape (...,)."""
+    square = torch.tanh(math.pi * partials.unsqueeze(-1) * torch.sin(argument) / 2.0)
+    shape = shape.unsqueeze(-1)
+    return (1.0 - shape / 2.0) * square * (1.0 + shape * torch.cos(argument))
+
+
+def normalize_if_clipping(audio: torch.Tensor) -> torch.Tensor:
+    """Divide each sound (last dim) by its own peak when that peak exceeds 1 (DESIGN.md quirk 1)."""
+    peak = audio.abs().amax(dim=-1, keepdim=True)
+    return torch.where(peak > 1.0, audio / torch.where(peak > 1.0, peak, torch.ones_like(peak)), audio)

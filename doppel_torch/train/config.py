@@ -1,0 +1,263 @@
+"""Training configuration: a tree of dataclasses, validated on construction, with presets.
+
+``TrainConfig`` = model + data + optim + run. Every field has the paper's value by default
+(../DESIGN.md, Training; paper section 3.1): ResNet18 with a 1-channel stem and 512-d output, batch 768 per
+rank, SGD with lr = 0.12 x global batch / 256 and weight decay 1e-6, MultiStepLR (gamma 0.1) at 77.5 / 85 /
+92.5 % of the epochs, 200 epochs of 100,000 sounds with a 90 / 10 train / validation split, delta = 0.25.
+Momentum is 0.9, as in the alignment/uniformity reference code the paper follows (Wang & Isola, 2020).
+
+Presets override a few fields (``PRESETS``); the CLI then overrides single fields. The resolved config is
+printed at start and saved, as ``to_dict()``, in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+SYNTHS = ("voice", "voicefm", "parametric")
+BACKENDS = ("torch", "triton")
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class ModelConfig:
+    """Encoder shape. width 64 is ResNet18; smaller widths are for tests and smoke runs."""
+
+    in_channels: int = 1
+    embed_dim: int = 512
+    width: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self.in_channels == 1, f"model.in_channels must be 1 (log-mel input), got {self.in_channels}")
+        _check(self.embed_dim >= 1, f"model.embed_dim must be >= 1, got {self.embed_dim}")
+        _check(self.width >= 1, f"model.width must be >= 1 (64 is ResNet18), got {self.width}")
+
+
+@dataclass
+class DataConfig:
+    """Where the positive pairs come from.
+
+    Synthetic mode (default): doppelganger pairs of `synth` with perturbation `delta`.
+    Real-data mode (`data` set to a folder of wav/flac/ogg): two views of real clips, made different by
+    `jitter` (two different segments of one clip), `augment` and/or `mix_layers` > 1 (each view is the sum of
+    `mix_layers` segments of the clip, the paper's VGGSound-Mix).
+    """
+
+    synth: str = "voice"
+    delta: float = 0.25
+    backend: str = "torch"
+    sample_rate: int = 16000
+    duration: float = 1.0
+    sounds_per_epoch: int = 100_000
+    val_fraction: float = 0.1
+    augment: bool = False
+    ir_dir: str | None = None
+    data: str | None = None
+    jitter: bool = True
+    mix_layers: int = 1
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.synth in SYNTHS, f"data.synth must be one of {', '.join(SYNTHS)}; got {self.synth!r}")
+        _check(
+            isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and self.delta >= 0,
+            f"data.delta must be a finite number >= 0 (the paper's best is 0.25), got {self.delta!r}",
+        )
+        _check(self.backend in BACKENDS, f"data.backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
+        _check(self.sample_rate > 0, f"data.sample_rate must be > 0, got {self.sample_rate}")
+        _check(self.duration > 0, f"data.duration must be > 0 seconds, got {self.duration}")
+        _check(self.sounds_per_epoch >= 2, f"data.sounds_per_epoch must be >= 2, got {self.sounds_per_epoch}")
+        _check(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        _check(self.mix_layers >= 1, f"data.mix_layers must be >= 1, got {self.mix_layers}")
+        _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.data is None:
+            _check(self.mix_layers == 1, "data.mix_layers > 1 needs real data: pass --data PATH")
+
+    @property
+    def n_val(self) -> int:
+        """Validation sounds: global indices 0 .. n_val - 1, the same every epoch."""
+        return max(2, int(round(self.val_fraction * self.sounds_per_epoch)))
+
+    @property
+    def n_train(self) -> int:
+        """Training sounds per epoch."""
+        return self.sounds_per_epoch - self.n_val
+
+
+@dataclass
+class OptimConfig:
+    """SGD with the paper's linear lr scaling and a MultiStepLR over epochs."""
+
+    batch_size: int = 768
+    base_lr: float = 0.12
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    epochs: int = 200
+    milestones: tuple[float, ...] = (0.775, 0.85, 0.925)
+    gamma: float = 0.1
+    align_alpha: float = 2.0
+    uniform_t: float = 2.0
+    align_weight: float = 1.0
+    uniform_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.milestones = tuple(float(m) for m in self.milestones)
+        _check(self.batch_size >= 2, f"optim.batch_size (per rank) must be >= 2 for the uniformity loss, got {self.batch_size}")
+        _check(self.base_lr > 0, f"optim.base_lr must be > 0, got {self.base_lr}")
+        _check(self.lr is None or self.lr > 0, f"optim.lr must be > 0 (or unset to scale base_lr), got {self.lr}")
+        _check(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.epochs >= 1, f"optim.epochs must be >= 1, got {self.epochs}")
+        _check(
+            all(0 < m <= 1 for m in self.milestones) and list(self.milestones) == sorted(self.milestones),
+            f"optim.milestones must be increasing fractions of the epochs in (0, 1], got {self.milestones}",
+        )
+        _check(0 < self.gamma <= 1, f"optim.gamma must be in (0, 1], got {self.gamma}")
+
+    def peak_lr(self, world_size: int) -> float:
+        """lr = base_lr x global batch / 256 (0.72 for the paper's 2 x 768), unless `lr` is set."""
+        return self.lr if self.lr is not None else self.base_lr * self.batch_size * world_size / 256
+
+    def milestone_epochs(self) -> list[int]:
+        """MultiStepLR milestones in epochs: round(fraction x epochs) (155, 170, 185 of 200)."""
+        return [int(round(m * self.epochs)) for m in self.milestones]
+
+
+@dataclass
+class RunConfig:
+    """Execution: device, precision, logging, checkpoints. None of these change the recipe."""
+
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "bf16"
+    channels_last: bool = True
+    compile: bool = False
+    sync_batchnorm: bool = False
+    out_dir: str = "runs/doppel"
+    resume: str | None = None
+    max_steps: int | None = None
+    log_every: int = 50
+    val_every: int = 1
+    val_batches: int | None = None
+    checkpoint_every: int = 1000
+    examples: int = 4
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.device in DEVICES, f"run.device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        _check(self.precision in PRECISIONS, f"run.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        _check(self.max_steps is None or self.max_steps >= 1, f"run.max_steps must be >= 1, got {self.max_steps}")
+        _check(self.log_every >= 1, f"run.log_every must be >= 1, got {self.log_every}")
+        _check(self.val_every >= 1, f"run.val_every must be >= 1 (epochs), got {self.val_every}")
+        _check(self.val_batches is None or self.val_batches >= 1, f"run.val_batches must be >= 1, got {self.val_batches}")
+        _check(self.checkpoint_every >= 1, f"run.checkpoint_every must be >= 1 (steps), got {self.checkpoint_every}")
+        _check(self.examples >= 0, f"run.examples must be >= 0, got {self.examples}")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig), ("run", RunConfig)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _build(cls, value, name))
+
+    def steps_per_epoch(self, world_size: int) -> int:
+        """Optimizer steps per epoch: training sounds // global batch (at least 1)."""
+        return max(1, self.data.n_train // (self.optim.batch_size * world_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested dict of plain values (lists for tuples): loadable with torch.load(weights_only=True)."""
+
+        def plain(v: Any) -> Any:
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [plain(x) for x in v]
+            return v
+
+        return plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        return cls(**{k: v for k, v in d.items()})
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "TrainConfig":
+        """A new config with dotted-key overrides applied, e.g. {"optim.epochs": 3}; None values are skipped."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            section, _, name = key.partition(".")
+            if section not in d or name not in d[section]:
+                raise ValueError(f"unknown config field {key!r}; fields: {', '.join(_field_names())}")
+            d[section][name] = value
+        return TrainConfig.from_dict(d)
+
+    def describe(self) -> str:
+        """Multi-line, human-readable view of every field."""
+        lines = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            lines.extend(f"  {k} = {v!r}" for k, v in values.items())
+        return "\n".join(lines)
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown {section} config field(s) {sorted(unknown)}; known: {sorted(names)}")
+    return cls(**values)
+
+
+def _field_names() -> list[str]:
+    out = []
+    for section, cls in (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig), ("run", RunConfig)):
+        out.extend(f"{section}.{f.name}" for f in dataclasses.fields(cls))
+    return out
+
+
+# Presets: dotted-key overrides of the paper's recipe.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's recipe (every default above).
+    "paper": {},
+    # A few minutes on 2 CPU cores: a narrow ResNet18, 0.5 s sounds, 3 short epochs.
+    "cpu-smoke": {
+        "model.width": 16,
+        "data.duration": 1.0,
+        "data.sounds_per_epoch": 320,
+        "optim.batch_size": 32,
+        "optim.epochs": 3,
+        "run.precision": "fp32",
+        "run.channels_last": False,
+        "run.log_every": 2,
+        "run.checkpoint_every": 100,
+        "run.examples": 2,
+        "data.num_workers": 0,
+    },
+}
+
+
+def make_config(preset: str = "paper", overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The config of `preset` with dotted-key `overrides` applied (None values are ignored)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    merged = {**PRESETS[preset], **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return TrainConfig().with_overrides(merged)
