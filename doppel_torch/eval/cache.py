@@ -1,0 +1,49 @@
+"""On-disk cache of clip embeddings, keyed by the feature extractor and the audio file's content.
+
+Layout: ``root/<extractor key>/<sha256[:2]>/<sha256 of the file>.npy`` holding one float32 (D,) vector.
+The extractor key names the weights (a checkpoint's sha256, a random-init seed) and the framing, so a new
+checkpoint or hop never reads stale vectors; the file key is its content, so moving or renaming audio keeps
+its cache entries while editing it does not.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class EmbeddingCache:
+    """Embeddings per (extractor key, file sha256). `get` returns None on a miss."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+
+    def path(self, key: str, file_hash: str) -> Path:
+        return self.root / key / file_hash[:2] / f"{file_hash}.npy"
+
+    def get(self, key: str, file_hash: str) -> torch.Tensor | None:
+        p = self.path(key, file_hash)
+        if not p.is_file():
+            return None
+        try:
+            return torch.from_numpy(np.load(p, allow_pickle=False))
+        except (OSError, ValueError):  # a truncated entry from an interrupted run: recompute it
+            return None
+
+    def put(self, key: str, file_hash: str, embedding: torch.Tensor) -> None:
+        """Write atomically (temporary file, then rename), so readers never see half a vector."""
+        p = self.path(key, file_hash)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, embedding.detach().cpu().float().numpy(), allow_pickle=False)
+            os.replace(tmp, p)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise

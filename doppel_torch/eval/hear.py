@@ -1,0 +1,79 @@
+"""HEAR-compatible API (Turian et al., 2022), so the HEAR evaluation kit can call a doppel-torch encoder:
+
+    hear-validator doppel_torch.eval.hear --model runs/exp/last.pt
+    python -m heareval.embeddings.runner doppel_torch.eval.hear --model runs/exp/last.pt
+
+`load_model(path)` takes a `doppel-torch train` checkpoint (file or run folder) or the string ``"random"``
+(the random-init baseline). Audio passed to the other functions is (n_sounds, n_samples) float at
+`model.sample_rate` = 16 kHz on the model's device; outputs are on the same device.
+Scene embeddings are the clip embeddings of `Embedder.embed` (0.96 s examples, mean-pooled); timestamp
+embeddings are one example centred on every multiple of `TIMESTAMP_HOP_MS` (50 ms, the HEAR kit's
+recommended maximum for event tasks), zero-padded at the clip's edges.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from doppel_torch.eval.embed import SAMPLE_RATE, Embedder
+
+TIMESTAMP_HOP_MS = 50.0
+
+
+class HearModel(nn.Module):
+    """An `Embedder` with the attributes the HEAR API requires."""
+
+    def __init__(self, embedder: Embedder):
+        super().__init__()
+        self.embedder = embedder
+        self.sample_rate = SAMPLE_RATE
+        self.scene_embedding_size = embedder.embedding_size
+        self.timestamp_embedding_size = embedder.embedding_size
+
+
+def load_model(model_file_path: str = "", device: str | torch.device | None = None) -> HearModel:
+    """A checkpoint path (or ``"random"``) -> HearModel in eval mode, on CUDA when available."""
+    if not model_file_path:
+        raise ValueError('load_model needs a doppel-torch checkpoint path (or "random" for the random-init baseline)')
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if model_file_path == "random":
+        embedder = Embedder.random_init(0, device=device)
+    else:
+        embedder = Embedder.from_checkpoint(model_file_path, device=device)
+    return HearModel(embedder).eval()
+
+
+def _check(audio: torch.Tensor, model: HearModel) -> None:
+    if not isinstance(model, HearModel):
+        raise TypeError(f"model must come from doppel_torch.eval.hear.load_model, got {type(model).__name__}")
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be (n_sounds, n_samples) at {model.sample_rate} Hz, got {tuple(audio.shape)}")
+
+
+@torch.no_grad()
+def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
+    """(n_sounds, n_samples) at 16 kHz -> (n_sounds, scene_embedding_size)."""
+    _check(audio, model)
+    if audio.shape[0] == 0:
+        return audio.new_zeros(0, model.scene_embedding_size)
+    return model.embedder.embed(audio, SAMPLE_RATE).to(audio.device)
+
+
+@torch.no_grad()
+def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_sounds, n_samples) at 16 kHz -> (embeddings (n_sounds, n_timestamps, D), timestamps (n_sounds,
+    n_timestamps) in ms). Timestamp k is k * 50 ms for k = 0 .. floor(n_samples / hop); its embedding is the
+    0.975 s example centred on it."""
+    _check(audio, model)
+    emb = model.embedder
+    hop = int(round(TIMESTAMP_HOP_MS * SAMPLE_RATE / 1000))
+    n_sounds, n = audio.shape
+    n_ts = n // hop + 1
+    half = emb.window // 2
+    need = (n_ts - 1) * hop + emb.window
+    padded = torch.nn.functional.pad(audio.float(), (half, max(0, need - half - n)))
+    windows = padded.unfold(-1, emb.window, hop)[:, :n_ts]  # (n_sounds, n_ts, window)
+    out = emb.embed_windows(windows.reshape(-1, emb.window)).reshape(n_sounds, n_ts, -1)
+    ts = torch.arange(n_ts, dtype=torch.float32) * TIMESTAMP_HOP_MS
+    return out.to(audio.device), ts.expand(n_sounds, n_ts).to(audio.device)

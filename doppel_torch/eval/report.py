@@ -1,0 +1,69 @@
+"""Report of an evaluation run: a markdown table (extractors x tasks, mean +- std in %) and JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def markdown_table(report: dict) -> str:
+    """Rows: feature extractors; columns: tasks with their metric; cells: mean +- std over folds and seeds (%)."""
+    tasks = report["tasks"]
+    names = list(report["extractors"])
+    header = "| extractor | " + " | ".join(f"{t} ({e['metric']})" for t, e in tasks.items()) + " |"
+    lines = [header, "|" + "---|" * (len(tasks) + 1)]
+    for name in names:
+        cells = []
+        for entry in tasks.values():
+            r = entry["results"].get(name)
+            cells.append("-" if r is None else f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    chance = [e.get("chance", math.nan) for e in tasks.values()]
+    if any(not math.isnan(c) for c in chance):
+        lines.append("| (chance) | " + " | ".join("-" if math.isnan(c) else f"{100 * c:.1f}" for c in chance) + " |")
+    return "\n".join(lines)
+
+
+def markdown_report(report: dict) -> str:
+    """The table plus the protocol and per-task details (files used, splits, unreadable files)."""
+    p = report["probe"]
+    out = [
+        "# doppel-torch eval",
+        "",
+        f"Created {report['created']}. Probe: {p['kind']} (lr {p['lr']}, batch {p['batch_size']}, "
+        f"max {p['max_epochs']} epochs, patience {p['patience']}, {p['grid_points']} grid point(s)); "
+        f"seeds {report['seeds']}. Cells: mean ± std (%) over splits x seeds.",
+        "",
+        markdown_table(report),
+        "",
+        "| extractor | key | embedding size |",
+        "|---|---|---|",
+    ]
+    out += [f"| {n} | `{e['key']}` | {e['embedding_size']} |" for n, e in report["extractors"].items()]
+    out.append("")
+    for name, entry in report["tasks"].items():
+        out.append(f"## {name}")
+        out.append(
+            f"{entry['n_used']} of {entry['n_files']} files, {len(entry['classes'])} classes, "
+            f"{len(entry['splits'])} split(s): {', '.join(entry['splits'])}."
+        )
+        if entry["dropped_classes"]:
+            out.append(f"Classes without readable files, left out: {entry['dropped_classes']}.")
+        if entry["unreadable"]:
+            out.append(f"Unreadable files ({len(entry['unreadable'])}):")
+            out += [f"- `{u['path']}`: {u['error']}" for u in entry["unreadable"][:50]]
+            if len(entry["unreadable"]) > 50:
+                out.append(f"- ... and {len(entry['unreadable']) - 50} more (see the JSON report)")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_report(report: dict, out_dir: str | Path, stem: str = "eval") -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` into `out_dir`; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+    md_path.write_text(markdown_report(report) + "\n")
+    return json_path, md_path
