@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SYNTHS = ("voice", "voicefm", "parametric")
-BACKENDS = ("torch", "triton")
-PRECISIONS = ("fp32", "bf16")
+BACKENDS = ("torch", "triton", "cpu")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -135,11 +135,16 @@ class OptimConfig:
 
 @dataclass
 class RunConfig:
-    """Execution: device, precision, logging, checkpoints. None of these change the recipe."""
+    """Execution: device, precision, logging, checkpoints. None of these change the recipe.
+
+    precision "auto" is bf16 autocast on CUDA and fp32 on CPU. `max_steps` stops early (smoke runs, tests);
+    `val_batches` caps the validation batches; `checkpoint_every` is in optimizer steps (a checkpoint is also
+    written at every epoch end and on exit).
+    """
 
     seed: int = 0
     device: str = "auto"
-    precision: str = "bf16"
+    precision: str = "auto"
     channels_last: bool = True
     compile: bool = False
     sync_batchnorm: bool = False

@@ -14,7 +14,7 @@ with soundfile. A sound index picks a clip and segment offsets from the counter-
 (`rng.Stream.DATA`); with `jitter` the two views are two different segments of the clip (temporal jitter),
 without it the same segment (views then differ through augmentation only); with `mix_layers` = n each view is
 the sum of n segments of the clip (VGGSound-Mix), rescaled to peak 1 if it clips. Files that soundfile cannot
-open are skipped with a warning and counted; clips shorter than a segment are zero-padded.
+open are skipped with a warning and counted; a clip shorter than a segment is placed at a drawn offset in silence.
 """
 
 from __future__ import annotations
@@ -113,43 +113,55 @@ class RealPairs:
 
     def __call__(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         indices = torch.as_tensor(indices, dtype=torch.int64).cpu()
-        n_draws = 1 + 2 * self.mix_layers
-        u = rng.uniform(self.seed, rng.Stream.DATA, indices, n_draws, dtype=torch.float64)
-        views = torch.zeros(2, len(indices), self.n_samples)
+        n_layers = self.mix_layers
+        u = rng.uniform(self.seed, rng.Stream.DATA, indices, 1 + 2 * n_layers, dtype=torch.float64)
+        # Read every segment at its file's rate, then resample each rate's segments in one batched call.
+        by_rate: dict[int, list[tuple[int, int, torch.Tensor]]] = {}
         for row, index in enumerate(indices.tolist()):
             pool = self.val_files if index < self.n_val else self.train_files
             file_id = min(int(u[row, 0] * len(pool)), len(pool) - 1)
             for view in range(2):
-                offsets = u[row, 1 + (view if self.jitter else 0) * self.mix_layers:][: self.mix_layers]
-                views[view, row] = self._mixture(pool, file_id, offsets.tolist())
+                first = 1 + (view if self.jitter else 0) * n_layers
+                segments, sr = self._read_segments(pool, file_id, u[row, first : first + n_layers].tolist())
+                by_rate.setdefault(sr, []).extend((row, view, seg) for seg in segments)
+        views = torch.zeros(2, len(indices), self.n_samples)
+        for sr, items in by_rate.items():
+            audio = torch.stack([seg for _, _, seg in items])
+            if sr != self.sample_rate:
+                audio = resample(audio, sr, self.sample_rate)
+            n = min(self.n_samples, audio.shape[-1])
+            for (row, view, _), seg in zip(items, audio):
+                views[view, row, :n] += seg[:n]
+        peak = views.abs().amax(dim=-1, keepdim=True)
+        views = torch.where(peak > 1, views / peak.clamp_min(1e-12), views)  # mixtures that clip -> peak 1
         return views[0], views[1]
 
-    def _mixture(self, pool: list[AudioFile], file_id: int, offsets: list[float]) -> torch.Tensor:
+    def _read_segments(self, pool: list[AudioFile], file_id: int, offsets: list[float]) -> tuple[list[torch.Tensor], int]:
+        """Segments of clip `file_id` (or, if it cannot be read, of the next readable clip) at its own rate."""
         for attempt in range(len(pool)):
             clip = pool[(file_id + attempt) % len(pool)]
             try:
-                layers = [self._segment(clip, u) for u in offsets]
-                break
+                return [self._segment(clip, u) for u in offsets], clip.sample_rate
             except Exception as exc:  # a file that became unreadable (truncated, corrupt data)
                 self.read_failures += 1
                 warnings.warn(f"skipping unreadable audio file {clip.path}: {exc}", stacklevel=2)
-        else:
-            raise RuntimeError("no readable audio file left in the data folder")
-        mix = torch.stack(layers).sum(0)
-        peak = mix.abs().max()
-        return mix / peak if peak > 1 else mix
+        raise RuntimeError("no readable audio file left in the data folder")
 
     def _segment(self, clip: AudioFile, u: float) -> torch.Tensor:
-        """A `duration` segment of `clip` starting at fraction u of its free range, at self.sample_rate."""
-        src_len = int(math.ceil(self.duration * clip.sample_rate))
-        start = int(u * max(0, clip.frames - src_len + 1))
-        data, sr = sf.read(str(clip.path), start=start, frames=src_len, dtype="float32", always_2d=True)
+        """A `duration` segment of `clip` at its own rate, placed by the draw u in [0, 1).
+
+        A clip longer than the segment is cut at offset u x (free length); a shorter one is placed whole at
+        offset u x (missing length) inside a zero segment, so jitter still moves it in time.
+        """
+        seg_len = int(math.ceil(self.duration * clip.sample_rate))
+        free = clip.frames - seg_len
+        start = int(u * (free + 1)) if free >= 0 else 0
+        data, _ = sf.read(str(clip.path), start=start, frames=seg_len, dtype="float32", always_2d=True)
         audio = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
-        if sr != self.sample_rate:
-            audio = resample(audio[None], sr, self.sample_rate)[0]
-        out = torch.zeros(self.n_samples)
-        n = min(self.n_samples, audio.shape[-1])
-        out[:n] = audio[:n]
+        out = torch.zeros(seg_len)
+        place = int(u * (-free + 1)) if free < 0 else 0
+        n = min(seg_len - place, audio.shape[0])
+        out[place : place + n] = audio[:n]
         return out
 
 

@@ -1,0 +1,522 @@
+"""The training loop: pairs -> [augmentation] -> log-mel -> ResNet18 -> alignment + uniformity -> SGD.
+
+Single process (CPU or one GPU):
+
+    doppel-torch train --synth voicefm
+
+One node with 8 GPUs, and two nodes (run on each; torchrun's rendezvous joins them):
+
+    torchrun --standalone --nproc_per_node 8 -m doppel_torch.train --synth voicefm
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \
+        -m doppel_torch.train --synth voicefm
+
+Rank 0 alone prints, logs and checkpoints. All ranks start from the same seeded initialisation (DDP also
+broadcasts it); the data differs by rank through the global sound indices (`doppel_torch.train.data`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import signal
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from doppel_torch import losses
+from doppel_torch.models import ResNet18Encoder
+from doppel_torch.train import checkpoint as ckpt_io
+from doppel_torch.train.config import TrainConfig
+from doppel_torch.train.data import RealPairBatches, RealPairs, train_indices, val_indices
+from doppel_torch.train.distributed import DistEnv, any_rank, init_distributed, mean_over_ranks
+
+CONTROL_RATE = 480  # Hz, the paper's synth control rate
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Trainer:
+    """One rank of a training run. `fit()` runs it; the pieces are public for tests and benchmarks.
+
+    Attributes: model (the bare encoder), optimizer (SGD), scheduler (MultiStepLR over epochs), step
+    (optimizer steps done), epoch (epochs completed), frontend (LogMelFrontend), pairs (a callable
+    global indices -> (audio1, audio2)), augment (None or a callable (audio, indices, view) -> audio).
+    """
+
+    def __init__(self, config: TrainConfig, env: DistEnv | None = None, log: Callable[[str], None] = print) -> None:
+        from doppel_torch.frontend import LogMelFrontend
+
+        self.config = cfg = config
+        self.env = env if env is not None else init_distributed(cfg.run.device)
+        self.device = self.env.device
+        self._log = log
+        self.bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and self.device.type == "cuda")
+        self.batch_size = cfg.optim.batch_size
+        self.global_batch = cfg.optim.batch_size * self.env.world_size
+        self.steps_per_epoch = cfg.steps_per_epoch(self.env.world_size)
+        self.total_steps = cfg.optim.epochs * self.steps_per_epoch
+        self.end_step = min(self.total_steps, cfg.run.max_steps or self.total_steps)
+        self.out_dir = Path(cfg.run.out_dir)
+
+        torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
+        self.model = ResNet18Encoder(cfg.model.in_channels, cfg.model.embed_dim, cfg.model.width).to(self.device)
+        if cfg.run.sync_batchnorm and self.env.distributed:
+            if self.device.type != "cuda":
+                raise ValueError("--sync-batchnorm needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        if cfg.run.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.peak_lr = cfg.optim.peak_lr(self.env.world_size)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=self.peak_lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=cfg.optim.milestone_epochs(), gamma=cfg.optim.gamma
+        )
+        self.step = 0
+        self.epoch = 0
+
+        self.frontend = LogMelFrontend(sample_rate=cfg.data.sample_rate).to(self.device)
+        n_samples = int(round(cfg.data.duration * cfg.data.sample_rate))
+        if n_samples < self.frontend.n_samples:
+            raise ValueError(
+                f"data.duration {cfg.data.duration} s gives {n_samples} samples but the log-mel frontend needs "
+                f"{self.frontend.n_samples} ({self.frontend.n_samples / cfg.data.sample_rate:.3f} s): raise --duration"
+            )
+        self.real: RealPairs | None = None
+        if cfg.data.data is not None:
+            if not (cfg.data.jitter or cfg.data.augment or cfg.data.mix_layers > 1):
+                raise ValueError(
+                    "real data with --no-jitter, no --augment and --mix-layers 1 gives two identical views: "
+                    "enable --jitter, --augment or --mix-layers > 1"
+                )
+            self.real = RealPairs(
+                cfg.data.data,
+                sample_rate=cfg.data.sample_rate,
+                duration=cfg.data.duration,
+                n_val=cfg.data.n_val,
+                val_fraction=cfg.data.val_fraction,
+                jitter=cfg.data.jitter,
+                mix_layers=cfg.data.mix_layers,
+                seed=cfg.run.seed,
+            )
+            self.pairs = lambda idx: tuple(a.to(self.device, non_blocking=True) for a in self.real(idx))
+        else:
+            self.pairs = self._synth_pairs()
+        self.augment = self._augmenter() if cfg.data.augment else None
+
+        self.train_model: torch.nn.Module = self.model
+        if self.env.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.run.compile:
+            self.train_model = torch.compile(self.train_model)
+
+        self._stop_signal: int | None = None
+        self._acc = torch.zeros(3, device=self.device)  # loss, align, uniform summed since the last log
+        self._acc_steps = 0
+        self._interval_start = time.perf_counter()
+        self._interval_step = 0
+        self.read_failures = 0
+        self.history: list[dict[str, Any]] = []
+        self.last_val: dict[str, float] = {}
+        self._csv = None
+        self._tb = None
+
+    # ---- data ---------------------------------------------------------------------------------------
+    def _synth_pairs(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        from doppel_torch.pairs import DoppelgangerPairs
+        from doppel_torch.synths import get_synth
+
+        d = self.config.data
+        synth = get_synth(
+            d.synth, sample_rate=d.sample_rate, control_rate=CONTROL_RATE, duration=d.duration, backend=d.backend
+        ).to(self.device)
+        generator = DoppelgangerPairs(synth, delta=d.delta, seed=self.config.run.seed)
+
+        def pairs(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return generator(indices.to(self.device))
+
+        return pairs
+
+    def _augmenter(self) -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]:
+        from doppel_torch.augment import AugmentChain
+
+        d = self.config.data
+        chain = AugmentChain(sample_rate=d.sample_rate, ir_paths=d.ir_dir, seed=self.config.run.seed).to(self.device)
+
+        def augment(audio: torch.Tensor, indices: torch.Tensor, view: int) -> torch.Tensor:
+            return chain(audio, indices.to(self.device), view=view)
+
+        return augment
+
+    def train_batches(self, start: int, stop: int):
+        """Yield (indices, audio1, audio2) of this rank for steps start .. stop - 1."""
+        cfg = self.config
+        if self.real is not None and cfg.data.num_workers > 0:
+            dataset = RealPairBatches(self.real, self.env.rank, self.env.world_size, self.batch_size, cfg.data.n_val)
+            loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_size=None,
+                sampler=range(start, stop),
+                num_workers=cfg.data.num_workers,
+                pin_memory=self.device.type == "cuda",
+                prefetch_factor=2,
+            )
+            for item in loader:
+                self.read_failures += int(item["failures"])
+                yield item["indices"], item["audio1"].to(self.device), item["audio2"].to(self.device)
+            return
+        for step in range(start, stop):
+            indices = train_indices(step, self.env.rank, self.env.world_size, self.batch_size, cfg.data.n_val)
+            before = self.real.read_failures if self.real is not None else 0
+            audio1, audio2 = self.pairs(indices)
+            if self.real is not None:
+                self.read_failures += self.real.read_failures - before
+            yield indices, audio1, audio2
+
+    # ---- one step -----------------------------------------------------------------------------------
+    def embed(self, model: torch.nn.Module, audio1: torch.Tensor, audio2: torch.Tensor, indices: torch.Tensor):
+        """Both views -> [augment] -> log-mel -> encoder in one batch: returns (z1, z2), each (B, embed_dim)."""
+        if self.augment is not None:
+            audio1 = self.augment(audio1, indices, 0)
+            audio2 = self.augment(audio2, indices, 1)
+        x = self.frontend(torch.cat([audio1, audio2]))
+        if self.config.run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            z = model(x)
+        return z[: audio1.shape[0]], z[audio1.shape[0]:]
+
+    def loss(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        o = self.config.optim
+        return losses.doppelganger_loss(
+            z1, z2, alpha=o.align_alpha, t=o.uniform_t, align_weight=o.align_weight, uniform_weight=o.uniform_weight
+        )
+
+    def train_step(self, indices: torch.Tensor, audio1: torch.Tensor, audio2: torch.Tensor) -> torch.Tensor:
+        """One optimizer step; returns the detached (loss, align, uniform) of this rank (no host sync)."""
+        self.train_model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        z1, z2 = self.embed(self.train_model, audio1, audio2, indices)
+        total, align, uniform = self.loss(z1, z2)
+        total.backward()
+        self.optimizer.step()
+        self.step += 1
+        return torch.stack([total, align, uniform]).detach()
+
+    # ---- validation ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Alignment and uniformity on the fixed validation indices (eval-mode encoder), averaged over batches."""
+        self.model.eval()
+        n_batches = max(1, self.config.data.n_val // self.global_batch)
+        if self.config.run.val_batches is not None:
+            n_batches = min(n_batches, self.config.run.val_batches)
+        acc = torch.zeros(3, device=self.device)
+        for b in range(n_batches):
+            indices = val_indices(b, self.env.rank, self.env.world_size, self.batch_size)
+            audio1, audio2 = self.pairs(indices)
+            z1, z2 = self.embed(self.model, audio1, audio2, indices)
+            acc += torch.stack(self.loss(z1, z2))
+            if b == 0 and self.env.is_main and self.config.run.examples > 0:
+                self._write_examples(audio1, audio2, indices)
+        values = mean_over_ranks(acc / n_batches, self.env).tolist()
+        self.last_val = {"loss": values[0], "align": values[1], "uniform": values[2]}
+        self._record("val", self.last_val)
+        return self.last_val
+
+    def _write_examples(self, audio1: torch.Tensor, audio2: torch.Tensor, indices: torch.Tensor) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import soundfile as sf
+
+        k = min(self.config.run.examples, audio1.shape[0])
+        folder = self.out_dir / "examples" / f"step_{self.step:07d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        views = [self.augment(a[:k], indices[:k], v) if self.augment else a[:k] for v, a in enumerate((audio1, audio2))]
+        mels = [self.frontend(v).float().cpu() for v in views]
+        fig, axes = plt.subplots(2, k, figsize=(2.2 * k, 4.4), squeeze=False)
+        sr = self.config.data.sample_rate
+        for j in range(k):
+            for v in range(2):
+                wav = views[v][j].float().cpu()
+                sf.write(folder / f"sound{int(indices[j])}_view{v + 1}.wav", wav.numpy(), sr)
+                ax = axes[v, j]
+                ax.imshow(mels[v][j, 0].T.numpy(), origin="lower", aspect="auto", cmap="magma")
+                ax.set_title(f"#{int(indices[j])} view {v + 1}", fontsize=8)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if self._tb is not None:
+                    peak = wav.abs().max().clamp_min(1e-9)
+                    self._tb.add_audio(f"examples/sound{j}_view{v + 1}", (wav / peak)[None], self.step, sample_rate=sr)
+        fig.tight_layout()
+        fig.savefig(folder / "logmel.png", dpi=80)
+        if self._tb is not None:
+            self._tb.add_figure("examples/logmel", fig, self.step)
+        plt.close(fig)
+
+    # ---- logging ------------------------------------------------------------------------------------
+    def _flush_train_metrics(self) -> dict[str, float] | None:
+        """Average the accumulated training metrics over steps and ranks; raise on a non-finite loss."""
+        if self._acc_steps == 0:
+            return None
+        values = mean_over_ranks(self._acc / self._acc_steps, self.env).tolist()
+        now = time.perf_counter()
+        pairs_per_s = (self.step - self._interval_step) * self.global_batch / max(now - self._interval_start, 1e-9)
+        self._acc.zero_()
+        self._acc_steps = 0
+        self._interval_start, self._interval_step = now, self.step
+        if not all(math.isfinite(v) for v in values):
+            raise NonFiniteLoss(
+                f"loss became {values[0]} (align {values[1]}, uniform {values[2]}) before step {self.step}; "
+                f"stopping. The last good checkpoint is kept in {self.out_dir / 'last.pt'}; lower the learning "
+                f"rate (--lr) or use fp32 (--precision fp32) to continue"
+            )
+        metrics = {"loss": values[0], "align": values[1], "uniform": values[2], "pairs_per_s": pairs_per_s}
+        self._record("train", metrics)
+        return metrics
+
+    def _record(self, kind: str, metrics: dict[str, float]) -> None:
+        row = {
+            "kind": kind,
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "loss": metrics["loss"],
+            "align": metrics["align"],
+            "uniform": metrics["uniform"],
+            "pairs_per_s": metrics.get("pairs_per_s", float("nan")),
+            "elapsed_s": time.perf_counter() - self._start_time,
+        }
+        self.history.append(row)
+        if not self.env.is_main:
+            return
+        if self._csv is not None:
+            self._csv[1].writerow(row)
+            self._csv[0].flush()
+        if self._tb is not None:
+            for key in ("loss", "align", "uniform"):
+                self._tb.add_scalar(f"{kind}/{key}", row[key], self.step)
+            if kind == "train":
+                self._tb.add_scalar("train/lr", row["lr"], self.step)
+                self._tb.add_scalar("train/pairs_per_s", row["pairs_per_s"], self.step)
+
+    def _open_logs(self) -> None:
+        if not self.env.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / "metrics.csv"
+        new = not path.exists() or self.step == 0
+        f = open(path, "w" if new else "a", newline="")
+        fields = ["kind", "step", "epoch", "lr", "loss", "align", "uniform", "pairs_per_s", "elapsed_s"]
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        self._csv = (f, writer)
+        if self.config.run.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step or None)
+
+    def _close_logs(self) -> None:
+        if self._csv is not None:
+            self._csv[0].close()
+            self._csv = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": ckpt_io.strip_prefixes(self.model.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "world_size": self.env.world_size,
+            "config": self.config.to_dict(),
+            "rng": ckpt_io.rng_state(),
+            "metrics": dict(self.last_val),
+        }
+
+    def save(self) -> Path | None:
+        """Write out_dir/last.pt (rank 0) after checking that the loss so far is finite."""
+        self._flush_train_metrics()
+        path = None
+        if self.env.is_main:
+            path = ckpt_io.save_checkpoint(self.out_dir / "last.pt", self.state_dict())
+        return path
+
+    def load(self, path: str | Path) -> None:
+        """Restore model, optimizer, scheduler, step, epoch and RNG from a checkpoint of the same recipe."""
+        ckpt = ckpt_io.load_checkpoint(path, map_location=self.device)
+        mine, theirs = self.config.to_dict(), ckpt["config"]
+        diffs = [
+            f"{section}.{k}: checkpoint {theirs[section].get(k)!r}, now {v!r}"
+            for section in ("model", "data", "optim")
+            for k, v in mine[section].items()
+            if theirs.get(section, {}).get(k) != v
+        ]
+        if diffs:
+            raise ValueError("cannot resume: the recipe differs from the checkpoint's:\n  " + "\n  ".join(diffs))
+        if ckpt.get("world_size", self.env.world_size) != self.env.world_size:
+            warnings.warn(
+                f"resuming a run of world size {ckpt['world_size']} on {self.env.world_size} ranks: the global "
+                f"batch, learning rate and data order change",
+                stacklevel=2,
+            )
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
+        self.last_val = dict(ckpt.get("metrics", {}))
+        ckpt_io.set_rng_state(ckpt["rng"])
+
+    # ---- the run ------------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop_signal is not None:  # second Ctrl-C: stop now, without a checkpoint
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        if self.env.is_main:
+            self._log(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint after this step")
+
+    def describe(self) -> str:
+        cfg, env = self.config, self.env
+        backend = "gloo (CPU)" if env.device.type == "cpu" else "nccl"
+        lines = [
+            f"doppel-torch train: {env.world_size} process(es), device {env.device}"
+            + (f", process group {backend}" if env.distributed else ""),
+        ]
+        if env.device.type == "cpu":
+            lines.append("no CUDA device: training on CPU (use a small preset such as --preset cpu-smoke)")
+        if self.real is not None:
+            source = (
+                f"real audio from {cfg.data.data} ({len(self.real.train_files)} train / {len(self.real.val_files)} "
+                f"val files, {len(self.real.skipped)} unreadable skipped), jitter {cfg.data.jitter}, "
+                f"mix layers {cfg.data.mix_layers}"
+            )
+        else:
+            source = f"synth {cfg.data.synth} (backend {cfg.data.backend}), delta {cfg.data.delta}"
+        lines += [
+            f"data: {source}; augmentation {'on' if cfg.data.augment else 'off'}",
+            f"global batch {self.global_batch} = {env.world_size} x {self.batch_size}; peak lr {self.peak_lr:g}; "
+            f"{self.steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs = {self.total_steps} steps; "
+            f"LR milestones at epochs {cfg.optim.milestone_epochs()}",
+            f"precision {'bf16 autocast' if self.bf16 else 'fp32'}, channels-last {cfg.run.channels_last}, "
+            f"compile {cfg.run.compile}",
+            "config:",
+            cfg.describe(),
+        ]
+        return "\n".join(lines)
+
+    def fit(self) -> dict[str, Any]:
+        """Train from the current step to the end (or max_steps, or a signal). Returns a summary dict.
+
+        status is "done", "interrupted" (a signal: checkpoint written) or raises NonFiniteLoss.
+        """
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        if cfg.run.resume:
+            self.load(cfg.run.resume)
+        self._start_time = time.perf_counter()
+        self._interval_start, self._interval_step = self._start_time, self.step
+        start_step = self.step
+        if self.env.is_main:
+            self._log(self.describe())
+            if start_step:
+                self._log(f"resumed from {cfg.run.resume} at step {start_step} (epoch {self.epoch})")
+        self._open_logs()
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        bar = tqdm(
+            total=self.end_step * self.global_batch,
+            initial=start_step * self.global_batch,
+            unit="pair",
+            unit_scale=True,
+            dynamic_ncols=True,
+            disable=not (self.env.is_main and cfg.run.progress),
+            desc="train",
+        )
+        status = "done"
+        try:
+            while self.step < self.end_step:
+                epoch_end = min((self.step // self.steps_per_epoch + 1) * self.steps_per_epoch, self.end_step)
+                for indices, audio1, audio2 in self.train_batches(self.step, epoch_end):
+                    self._acc += self.train_step(indices, audio1, audio2)
+                    self._acc_steps += 1
+                    bar.update(self.global_batch)
+                    if self.step % cfg.run.log_every == 0:
+                        m = self._flush_train_metrics()
+                        bar.set_postfix(loss=f"{m['loss']:.3f}", align=f"{m['align']:.3f}", unif=f"{m['uniform']:.3f}")
+                    if self.step % self.steps_per_epoch == 0:
+                        self.epoch += 1
+                        self.scheduler.step()
+                        if self.epoch % cfg.run.val_every == 0 or self.step == self.total_steps:
+                            v = self.validate()
+                            if self.env.is_main:
+                                bar.write(
+                                    f"epoch {self.epoch}: val loss {v['loss']:.4f} align {v['align']:.4f} "
+                                    f"uniform {v['uniform']:.4f}"
+                                )
+                        self.save()
+                    elif self.step % cfg.run.checkpoint_every == 0:
+                        self.save()
+                    if any_rank(self._stop_signal is not None, self.env):
+                        status = "interrupted"
+                        break
+                if status == "interrupted":
+                    break
+            if status == "interrupted":
+                self.save()
+            elif self.step % self.steps_per_epoch != 0:  # stopped by max_steps inside an epoch
+                self.validate()
+                self.save()
+        finally:
+            bar.close()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            self._close_logs()
+        elapsed = time.perf_counter() - self._start_time
+        summary = {
+            "status": status,
+            "signal": self._stop_signal,
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "steps_run": self.step - start_step,
+            "elapsed_s": elapsed,
+            "pairs_per_s": (self.step - start_step) * self.global_batch / max(elapsed, 1e-9),
+            "val": dict(self.last_val),
+            "skipped_files": (len(self.real.skipped) if self.real is not None else 0) + self.read_failures,
+            "checkpoint": str(self.out_dir / "last.pt"),
+        }
+        if self.env.is_main:
+            self._log(format_summary(summary))
+        return summary
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    val = s["val"]
+    lines = [
+        f"{s['status']}: step {s['step']} (epoch {s['epoch']:.2f}), {s['steps_run']} steps in {s['elapsed_s']:.1f} s, "
+        f"{s['pairs_per_s']:.1f} pairs/s",
+    ]
+    if val:
+        lines.append(f"validation: loss {val['loss']:.4f}, align {val['align']:.4f}, uniform {val['uniform']:.4f}")
+    if s["skipped_files"]:
+        lines.append(f"unreadable audio files skipped: {s['skipped_files']}")
+    lines.append(f"checkpoint: {s['checkpoint']}")
+    return "\n".join(lines)
