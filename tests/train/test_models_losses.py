@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from doppel_torch.losses import align_loss, doppelganger_loss, gather_with_grad, uniform_loss
+from doppel_torch.models import ResNet18Encoder
+from doppel_torch.train.checkpoint import load_encoder, save_checkpoint
+
+
+def test_resnet18_shapes_and_size():
+    model = ResNet18Encoder()
+    # torchvision's resnet18 has 11,689,512 parameters; a 1-channel stem removes 2 x 64 x 7 x 7 = 6,272 and a
+    # 512-d head instead of 1000 classes removes 488 x 513 = 250,344.
+    assert sum(p.numel() for p in model.parameters()) == 11_689_512 - 6_272 - 250_344
+    z = model(torch.randn(3, 1, 96, 64))
+    assert z.shape == (3, 512)
+    assert model.features(torch.randn(1, 1, 96, 64)).shape == (1, 512)
+    assert ResNet18Encoder(width=8, embed_dim=32)(torch.randn(2, 1, 96, 64)).shape == (2, 32)
+
+
+def test_resnet18_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\(batch, 1, time, mel\)"):
+        ResNet18Encoder(width=4)(torch.randn(2, 96, 64))
+    with pytest.raises(ValueError, match="positive"):
+        ResNet18Encoder(width=0)
+
+
+def test_losses_match_definitions():
+    g = torch.Generator().manual_seed(0)
+    x = F.normalize(torch.randn(9, 5, generator=g, dtype=torch.float64), dim=1)
+    y = F.normalize(torch.randn(9, 5, generator=g, dtype=torch.float64), dim=1)
+    # Wang & Isola's reference code.
+    assert torch.allclose(align_loss(x, y), (x - y).norm(dim=1).pow(2).mean())
+    assert torch.allclose(uniform_loss(x), torch.pdist(x, p=2).pow(2).mul(-2).exp().mean().log())
+    assert torch.allclose(uniform_loss(x, t=0.5), torch.pdist(x, p=2).pow(2).mul(-0.5).exp().mean().log())
+    total, align, uniform = doppelganger_loss(3 * x, y)  # normalises its inputs
+    assert torch.allclose(total, align + uniform, atol=1e-6)
+    assert torch.allclose(uniform.double(), 0.5 * (uniform_loss(x) + uniform_loss(y)), atol=1e-6)
+    # Far-apart points: exp underflows to 0 in the naive formula, the log-sum-exp stays finite.
+    far = torch.tensor([[0.0], [100.0], [200.0]])
+    assert torch.isfinite(uniform_loss(far)) and uniform_loss(far) < -1e3
+
+
+def test_loss_errors_and_single_process_gather():
+    with pytest.raises(ValueError, match="B >= 2"):
+        uniform_loss(torch.randn(1, 4))
+    with pytest.raises(ValueError, match="one shape"):
+        align_loss(torch.randn(2, 4), torch.randn(3, 4))
+    x = torch.randn(4, 3)
+    assert gather_with_grad(x) is x
+
+
+def test_load_encoder_roundtrip(tmp_path):
+    model = ResNet18Encoder(width=4, embed_dim=16)
+    config = {"model": {"in_channels": 1, "embed_dim": 16, "width": 4}, "data": {"synth": "voice"}}
+    state = {"module." + k: v for k, v in model.state_dict().items()}  # as saved from a DDP wrapper
+    save_checkpoint(tmp_path / "run" / "last.pt", {"model": state, "config": config})
+    encoder, loaded = load_encoder(tmp_path / "run")  # a run folder means its last.pt
+    assert loaded == config and not encoder.training
+    x = torch.randn(2, 1, 96, 64)
+    model.eval()
+    assert torch.equal(encoder(x), model(x))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception):
+        load_encoder(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_encoder(tmp_path / "missing.pt")
