@@ -1,0 +1,126 @@
+"""A few CPU steps of each training mode, resume equality, NaN handling and unreadable files."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pytest
+import torch
+
+from doppel_torch.train import checkpoint as ckpt_io
+from doppel_torch.train import loop
+from doppel_torch.train.loop import NonFiniteLoss, Trainer
+
+from tests.conftest import FSDD
+from tests.train.helpers import tiny_config
+
+RECORDINGS = FSDD / "recordings"
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_real_data_mix_layers_run_logs_and_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path, data__data=str(RECORDINGS), data__mix_layers=2, run__max_steps=2, run__examples=1)
+    summary = Trainer(cfg, log=_quiet).fit()
+    assert summary["status"] == "done" and summary["step"] == 2
+    rows = _rows(tmp_path / "metrics.csv")
+    assert [r["kind"] for r in rows] == ["train", "train", "val"]
+    for r in rows:
+        assert all(torch.isfinite(torch.tensor(float(r[k]))) for k in ("loss", "align", "uniform"))
+    assert float(rows[0]["align"]) > 0  # jittered, mixed views differ
+    ckpt = ckpt_io.load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["step"] == 2 and ckpt["config"]["data"]["mix_layers"] == 2
+    assert set(ckpt) >= {"model", "optimizer", "scheduler", "step", "epoch", "config", "rng"}
+    pngs = list((tmp_path / "examples").rglob("logmel.png"))
+    wavs = list((tmp_path / "examples").rglob("*.wav"))
+    assert len(pngs) == 1 and len(wavs) == 2
+    encoder, config = ckpt_io.load_encoder(tmp_path / "last.pt")
+    assert config["model"]["width"] == 4 and encoder(torch.randn(2, 1, 96, 64)).shape == (2, 16)
+
+
+def test_lr_schedule_in_the_loop(tmp_path):
+    # 1 step per epoch (4 training sounds, batch 4), 4 epochs: milestones round(0.775 x 4) = 3, 3, round(3.7) = 4.
+    cfg = tiny_config(
+        tmp_path, data__data=str(RECORDINGS), data__sounds_per_epoch=8, data__val_fraction=0.5, optim__epochs=4,
+        run__val_every=10,
+    )
+    Trainer(cfg, log=_quiet).fit()
+    lrs = [float(r["lr"]) for r in _rows(tmp_path / "metrics.csv") if r["kind"] == "train"]
+    peak = 0.12 * 4 / 256
+    assert lrs == pytest.approx([peak, peak, peak, peak * 0.01])
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    common = dict(data__data=str(RECORDINGS), data__sounds_per_epoch=12, data__val_fraction=1 / 3, optim__epochs=3)
+    # 2 steps per epoch; the interrupted run stops inside epoch 2 and resumes across an LR milestone.
+    full = Trainer(tiny_config(tmp_path / "full", **common), log=_quiet)
+    full.fit()
+    first = Trainer(tiny_config(tmp_path / "split", run__max_steps=3, **common), log=_quiet)
+    first.fit()
+    assert first.step == 3
+    second = Trainer(tiny_config(tmp_path / "split", run__resume=str(tmp_path / "split"), **common), log=_quiet)
+    second.fit()
+    assert second.step == full.step == 6
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
+    m_full = full.optimizer.state_dict()["state"]
+    m_split = second.optimizer.state_dict()["state"]
+    assert all(torch.equal(m_full[i]["momentum_buffer"], m_split[i]["momentum_buffer"]) for i in m_full)
+    assert second.scheduler.state_dict() == full.scheduler.state_dict()
+    rows = [r for r in _rows(tmp_path / "split" / "metrics.csv") if r["kind"] == "train"]
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_with_a_different_recipe_is_refused(tmp_path):
+    Trainer(tiny_config(tmp_path, data__data=str(RECORDINGS), run__max_steps=1), log=_quiet).fit()
+    other = tiny_config(tmp_path, data__data=str(RECORDINGS), optim__lr=0.5, run__resume=str(tmp_path / "last.pt"))
+    with pytest.raises(ValueError, match=r"optim\.lr: checkpoint None, now 0\.5"):
+        Trainer(other, log=_quiet).fit()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real_loss = loop.losses.doppelganger_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        total, align, uniform = real_loss(*args, **kwargs)
+        if calls["n"] >= 3:  # the third step goes NaN
+            total = total * float("nan")
+        return total, align, uniform
+
+    monkeypatch.setattr(loop.losses, "doppelganger_loss", poisoned)
+    cfg = tiny_config(tmp_path, data__data=str(RECORDINGS), run__checkpoint_every=2, run__log_every=1)
+    with pytest.raises(NonFiniteLoss, match="last good checkpoint"):
+        Trainer(cfg, log=_quiet).fit()
+    ckpt = ckpt_io.load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_unreadable_files_are_skipped_and_counted(tmp_path):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for name in ("0_george_0.wav", "1_jackson_0.wav", "2_theo_0.wav", "3_nicolas_0.wav"):
+        shutil.copy(RECORDINGS / name, folder / name)
+    (folder / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    (folder / "notes.txt").write_text("not audio")
+    cfg = tiny_config(tmp_path / "run", data__data=str(folder), run__max_steps=1)
+    with pytest.warns(UserWarning, match="skipping unreadable audio file .*broken.wav"):
+        trainer = Trainer(cfg, log=_quiet)
+    assert len(trainer.real.files) == 4 and len(trainer.real.skipped) == 1
+    assert trainer.fit()["skipped_files"] == 1
+
+
+def test_real_data_views_must_differ(tmp_path):
+    cfg = tiny_config(tmp_path, data__data=str(RECORDINGS), data__jitter=False)
+    with pytest.raises(ValueError, match="two identical views"):
+        Trainer(cfg, log=_quiet)
