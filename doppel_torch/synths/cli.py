@@ -9,6 +9,13 @@ import click
 from doppel_torch.synths.base import BACKENDS, SYNTHS, get_synth
 
 
+def _finite(ctx, param, value):
+    """click's FloatRange lets NaN through (every comparison with NaN is false)."""
+    if value is not None and value != value:
+        raise click.BadParameter("must be a number, not NaN")
+    return value
+
+
 @click.command()
 @click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default=None, help="List this synth's parameters.")
 def info(synth_name: str | None) -> None:
@@ -32,7 +39,7 @@ def info(synth_name: str | None) -> None:
 
 @click.command()
 @click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default="voice", show_default=True)
-@click.option("--delta", type=click.FloatRange(min=0.0, max=1.0), default=0.25, show_default=True,
+@click.option("--delta", type=click.FloatRange(min=0.0, max=1.0), default=0.25, show_default=True, callback=_finite,
               help="Perturbation scale: theta_k = clip(theta + delta * z_k, eps, 1).")
 @click.option("--pairs", "n_pairs", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,

@@ -1,0 +1,50 @@
+"""The command line as users call it: `doppel-torch info` and `doppel-torch sample`."""
+
+from __future__ import annotations
+
+import soundfile as sf
+from click.testing import CliRunner
+
+from doppel_torch.cli import main
+
+
+def test_info_lists_synths_and_parameters():
+    runner = CliRunner()
+    result = runner.invoke(main, ["info"])
+    assert result.exit_code == 0, result.output
+    for name, count in (("voice", 78), ("voicefm", 130), ("parametric", 340)):
+        assert name in result.output and str(count) in result.output
+    result = runner.invoke(main, ["info", "--synth", "voicefm"])
+    assert result.exit_code == 0
+    assert "mod_matrix/mod[6,5]" in result.output and "vco_4/mod_depth" in result.output
+
+
+def test_sample_writes_pairs_and_picture(tmp_path):
+    out = tmp_path / "pairs"
+    result = CliRunner().invoke(
+        main, ["sample", "--synth", "voice", "--delta", "0.25", "--pairs", "3", "--out", str(out), "--duration", "0.5"]
+    )
+    assert result.exit_code == 0, result.output
+    wavs = sorted(out.glob("*.wav"))
+    assert [w.name for w in wavs] == [f"pair_{i:02d}_{v}.wav" for i in range(3) for v in "ab"]
+    audio, rate = sf.read(wavs[0])
+    assert rate == 16000 and audio.shape == (8000,) and abs(audio).max() > 0
+    png = out / "pairs.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_arguments_get_clear_messages(tmp_path):
+    runner = CliRunner()
+    cases = [
+        (["sample", "--synth", "vox", "--out", str(tmp_path)], "'vox' is not one of"),
+        (["sample", "--delta", "-0.1", "--out", str(tmp_path)], "--delta"),
+        (["sample", "--delta", "nan", "--out", str(tmp_path)], "--delta"),
+        (["sample", "--pairs", "0", "--out", str(tmp_path)], "--pairs"),
+        (["sample"], "Missing option '--out'"),
+        (["info", "--synth", "nope"], "'nope' is not one of"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
