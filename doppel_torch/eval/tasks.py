@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -234,8 +235,10 @@ FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)$")
 
 
 def default_fsdd_root() -> Path:
-    """The FSDD copy next to a development checkout: ``<repo>/../shared/data/fsdd``."""
-    return Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd"
+    """The FSDD copy of the project's shared folder: ``$DOPPEL_SHARED/data/fsdd``, by default
+    ``<repo>/../shared/data/fsdd`` next to a development checkout."""
+    shared = os.environ.get("DOPPEL_SHARED", Path(__file__).resolve().parents[3] / "shared")
+    return Path(shared) / "data" / "fsdd"
 
 
 def fsdd(root: Path | str | None = None, target: str = "digit") -> Task:
@@ -248,6 +251,11 @@ def fsdd(root: Path | str | None = None, target: str = "digit") -> Task:
     """
     if target not in ("digit", "speaker"):
         raise ValueError(f"FSDD target must be 'digit' or 'speaker', got {target!r}")
+    if root is None and not default_fsdd_root().is_dir():
+        raise FileNotFoundError(
+            f"FSDD folder {default_fsdd_root()} does not exist: give its path as fsdd:PATH (the folder that "
+            "holds recordings/) or set DOPPEL_SHARED"
+        )
     root = _require_dir(Path(root) if root is not None else default_fsdd_root(), "FSDD")
     rec = root / "recordings" if (root / "recordings").is_dir() else root
     files = sorted((p for p in rec.iterdir() if p.suffix.lower() == ".wav"), key=lambda p: _natural_key(p.name))

@@ -1,0 +1,110 @@
+"""`doppel-torch eval`: linear probes of trained encoders on tasks from disk, with baselines side by side.
+
+    doppel-torch eval runs/exp/last.pt --task fsdd --task esc50:/data/ESC-50-master --out eval-results
+    doppel-torch eval runs/a/last.pt runs/b/last.pt --task csv:my_manifest.csv --probe mlp-grid
+
+Task specs are KIND[:PATH]: fsdd (digit + speaker), fsdd-digit, fsdd-speaker, esc50, us8k, hear, folder, csv.
+Writes eval.json and eval.md into --out and prints the table. Embeddings are cached on disk per
+checkpoint content and audio file content (--cache-dir), so a rerun only fits the probes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from doppel_torch.eval.cache import EmbeddingCache
+from doppel_torch.eval.embed import Embedder
+from doppel_torch.eval.evaluate import evaluate
+from doppel_torch.eval.probe import PROBE_KINDS, ProbeConfig
+from doppel_torch.eval.report import markdown_table, write_report
+from doppel_torch.eval.tasks import parse_task_spec
+
+DEFAULT_CACHE = Path("~/.cache/doppel-torch/embeddings")
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as e:
+        raise click.BadParameter(f"seeds must be comma-separated integers, got {text!r}") from e
+    if not seeds:
+        raise click.BadParameter("give at least one seed")
+    return seeds
+
+
+def _checkpoint_names(paths: tuple[str, ...]) -> list[str]:
+    """Short names for the report: the run folder's name (for .../run/last.pt) or the file stem."""
+    names = []
+    for p in map(Path, paths):
+        base = p.name if p.is_dir() else (p.parent.name if p.stem in ("last", "best") and p.parent.name else p.stem)
+        name, k = base, 2
+        while name in names or name in ("random-init", "log-mel"):
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+@click.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--task", "-t", "task_specs", multiple=True, required=True, metavar="KIND[:PATH]",
+              help="Task to probe (repeatable): fsdd, fsdd-digit, fsdd-speaker, esc50:PATH, us8k:PATH, "
+                   "hear:PATH, folder:PATH, csv:PATH.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="eval-results", show_default=True,
+              help="Folder for eval.json and eval.md.")
+@click.option("--probe", "probe_kind", type=click.Choice(PROBE_KINDS), default="linear", show_default=True,
+              help="linear: the paper's probe (Adam, lr 1e-3, batch 32); mlp-grid: the HEAR kit's MLP grid.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Probe seeds, comma-separated.")
+@click.option("--max-epochs", type=int, default=200, show_default=True, help="Epoch cap of every probe fit.")
+@click.option("--patience", type=int, default=20, show_default=True,
+              help="Early stopping: validation checks without improvement (linear probe).")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Linear probe learning rate.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Linear probe batch size.")
+@click.option("--baselines/--no-baselines", default=True, show_default=True,
+              help="Also probe a random-init ResNet18 and pooled log-mel features.")
+@click.option("--random-init-seed", type=int, default=0, show_default=True,
+              help="Seed of the random-init baseline (same architecture as the first checkpoint).")
+@click.option("--max-files", type=int, default=None,
+              help="Use at most this many files per task (stratified over folds and classes), for quick runs.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=str(DEFAULT_CACHE), show_default=True)
+@click.option("--no-cache", is_flag=True, help="Do not read or write the embedding cache.")
+@click.option("--device", default=None, help="Device for the encoders (default: cuda if available, else cpu).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def eval_command(checkpoints, task_specs, out_dir, probe_kind, seeds, max_epochs, patience, lr, batch_size,
+                 baselines, random_init_seed, max_files, cache_dir, no_cache, device, quiet):
+    """Probe the encoders of CHECKPOINTS (files or run folders) on each --task; print a table and write
+    JSON + markdown reports."""
+    seeds_list = _parse_seeds(seeds)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        config = ProbeConfig(kind=probe_kind, lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience)
+        tasks = [t for spec in task_specs for t in parse_task_spec(spec)]
+        if max_files is not None:
+            if max_files < 1:
+                raise ValueError("--max-files must be >= 1")
+            tasks = [t.sample(max_files, seed=0) for t in tasks]
+        embedders = {
+            name: Embedder.from_checkpoint(path, device=device)
+            for name, path in zip(_checkpoint_names(checkpoints), checkpoints)
+        }
+        if baselines:
+            # Same architecture as the (first) trained encoder, so the baseline isolates the training.
+            first = next(iter(embedders.values())).encoder
+            embedders["random-init"] = Embedder.random_init(
+                random_init_seed, embed_dim=first.embed_dim, width=first.width, device=device
+            )
+            embedders["log-mel"] = Embedder.log_mel(device=device)
+        cache = None if no_cache else EmbeddingCache(cache_dir)
+        report = evaluate(embedders, tasks, config, seeds_list, cache, progress=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from e
+    report["checkpoints"] = {name: str(Path(p).resolve()) for name, p in zip(embedders, checkpoints)}
+    for name, entry in report["tasks"].items():
+        if entry["unreadable"]:
+            click.echo(f"warning: {name}: {len(entry['unreadable'])} unreadable file(s) left out, e.g. "
+                       f"{entry['unreadable'][0]['path']}: {entry['unreadable'][0]['error']}", err=True)
+    json_path, md_path = write_report(report, out_dir)
+    click.echo(markdown_table(report))
+    click.echo(f"wrote {json_path} and {md_path}")

@@ -1,0 +1,200 @@
+"""Tasks from disk: FSDD folds, the dataset-format loaders on real FSDD audio, and clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from doppel_torch.eval.tasks import (
+    Task, csv_manifest, esc50, fsdd, grouped_folds, hear_task, label_folder, parse_task_spec, urbansound8k,
+)
+
+
+def _speaker(path) -> str:
+    return re.match(r"^\d_([a-z]+)_\d+$", path.stem).group(1)
+
+
+def test_fsdd_digit_folds_never_share_a_speaker(fsdd_root):
+    task = fsdd(fsdd_root, "digit")
+    assert len(task) == 3000 and task.classes == [str(d) for d in range(10)]
+    splits = task.splits()
+    assert len(splits) == 6
+    tested = []
+    for split in splits:
+        # speakers read back from the file names, independently of the task's groups
+        sides = [{_speaker(task.files[i]) for i in idx} for idx in (split.train, split.valid, split.test)]
+        assert len(sides[2]) == 1 and not (sides[0] & sides[2]) and not (sides[1] & sides[2]) and not (sides[0] & sides[1])
+        assert len(split.train) + len(split.valid) + len(split.test) == 3000
+        tested += sides[2]
+    assert sorted(tested) == sorted({_speaker(p) for p in task.files})  # every speaker is tested once
+    task.check_group_disjoint()
+
+
+def test_fsdd_speaker_folds_split_takes(fsdd_root):
+    task = fsdd(fsdd_root, "speaker")
+    assert len(task.classes) == 6
+    takes = np.array([int(p.stem.split("_")[2]) for p in task.files])
+    for split in task.splits():
+        test_takes, train_takes = set(takes[split.test]), set(takes[split.train])
+        assert not test_takes & train_takes
+        assert len(set(np.asarray(task.labels, dtype=object)[split.test].ravel())) == 6  # every speaker tested
+
+
+def test_sample_keeps_every_fold_and_class(fsdd_root):
+    task = fsdd(fsdd_root, "digit").sample(60, seed=3)
+    assert len(task) == 60 and len(task.classes) == 10 and len(task.fold_names()) == 6
+    assert task.sample(60, seed=3).files == task.files
+
+
+def test_grouped_folds_keep_groups_together():
+    groups = [f"g{i % 17}" for i in range(200)]
+    folds = grouped_folds(groups, n_folds=5, seed=1)
+    fold_of = {}
+    for g, f in zip(groups, folds):
+        assert fold_of.setdefault(g, f) == f
+    sizes = np.unique(folds, return_counts=True)[1]
+    assert len(sizes) == 5 and sizes.max() - sizes.min() <= 12  # balanced to within one group
+    with pytest.raises(ValueError, match="groups cannot fill"):
+        grouped_folds(["a", "b"], n_folds=3)
+
+
+def _copy_fsdd(fsdd_root, dest, names):
+    dest.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        shutil.copy(fsdd_root / "recordings" / n, dest / n)
+
+
+def test_esc50_and_urbansound8k_layouts(fsdd_root, tmp_path):
+    files = [f"{d}_{s}_{t}.wav" for d in (0, 1) for s in ("george", "theo") for t in range(5)]
+    root = tmp_path / "ESC-50"
+    _copy_fsdd(fsdd_root, root / "audio", files)
+    (root / "meta").mkdir()
+    with open(root / "meta" / "esc50.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
+        for i, n in enumerate(files):
+            w.writerow([n, i % 5 + 1, n[0], f"digit{n[0]}", False, f"src{i}", "A"])
+    task = esc50(root)
+    assert task.fold_names() == [f"fold{k}" for k in range(1, 6)] and task.classes == ["digit0", "digit1"]
+    assert all(p.is_file() for p in task.files)
+
+    root = tmp_path / "UrbanSound8K"
+    (root / "metadata").mkdir(parents=True)
+    rows = []
+    for i, n in enumerate(files):
+        _copy_fsdd(fsdd_root, root / "audio" / f"fold{i % 4 + 1}", [n])
+        rows.append([n, f"fs{i // 2}", 0, 1, 1, i % 4 + 1, n[0], f"c{n[0]}"])
+    with open(root / "metadata" / "UrbanSound8K.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class"])
+        w.writerows(rows)
+    task = urbansound8k(root)
+    assert len(task.fold_names()) == 4 and all(p.is_file() for p in task.files)
+
+
+def _hear_folder(fsdd_root, root, vocab, extra_unlabelled=False):
+    names = sorted(p.name for p in (fsdd_root / "recordings").glob("[0-2]_theo_[0-5].wav"))
+    (root).mkdir(parents=True)
+    (root / "task_metadata.json").write_text(json.dumps(
+        dict(task_name="digits", embedding_type="scene", prediction_type="multiclass", split_mode="new_split_kfold",
+             nfolds=3)))
+    with open(root / "labelvocabulary.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["idx", "label"])
+        w.writerows(enumerate(vocab))
+    for k in range(3):
+        part = [n for i, n in enumerate(names) if i % 3 == k]
+        _copy_fsdd(fsdd_root, root / "16000" / f"fold{k:02d}", part)
+        (root / f"fold{k:02d}.json").write_text(json.dumps({n: [n[0]] for n in part}))
+    if extra_unlabelled:
+        _copy_fsdd(fsdd_root, root / "16000" / "fold00", ["9_theo_0.wav"])
+
+
+def test_hear_task_folder(fsdd_root, tmp_path):
+    _hear_folder(fsdd_root, tmp_path / "digits-v1", ["0", "1", "2"])
+    task = hear_task(tmp_path / "digits-v1")
+    assert task.fold_names() == ["fold00", "fold01", "fold02"] and task.classes == ["0", "1", "2"]
+    assert len(task) == 18 and all(p.is_file() for p in task.files) and not task.multilabel
+
+
+def test_csv_manifest_grouped_splits_and_multilabel(fsdd_root, tmp_path):
+    rec = fsdd_root / "recordings"
+    rows = [(str(rec / f"{d}_{s}_{t}.wav"), f"{d};{'low' if d < 5 else 'high'}", s)
+            for d in range(10) for s in ("george", "jackson", "lucas", "nicolas", "theo", "yweweler") for t in (0, 1)]
+    path = tmp_path / "manifest.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "group"])
+        w.writerows(rows)
+    task = csv_manifest(path, n_folds=3)
+    assert task.multilabel and task.metric == "mAP" and len(task.classes) == 12
+    assert task.targets().shape == (120, 12) and task.targets().sum() == 240
+    groups = np.asarray(task.groups)
+    for split in task.splits():
+        assert not set(groups[split.train]) & set(groups[split.test])
+        assert not set(groups[split.valid]) & set(groups[split.test])
+
+
+# ------------------------------------------------------------------------------------------ bad inputs
+
+def test_missing_folders_raise_clear_errors(tmp_path):
+    missing = tmp_path / "nope"
+    for loader in (lambda p: fsdd(p), esc50, urbansound8k, hear_task, label_folder):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            loader(missing)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        csv_manifest(missing / "m.csv")
+    with pytest.raises(FileNotFoundError, match="ESC-50 metadata"):
+        esc50(tmp_path)  # folder exists, meta/esc50.csv does not
+
+
+def test_file_without_label_raises(fsdd_root, tmp_path):
+    root = tmp_path / "by_label"
+    _copy_fsdd(fsdd_root, root / "zero", ["0_theo_0.wav"])
+    _copy_fsdd(fsdd_root, root, ["1_theo_0.wav"])  # loose file: no class folder
+    with pytest.raises(ValueError, match=r"have no label.*subfolder"):
+        label_folder(root)
+
+    path = tmp_path / "m.csv"
+    path.write_text("path,label\na.wav,cat\nb.wav,\n")
+    with pytest.raises(ValueError, match=r"line 3: file 'b.wav' has no label"):
+        csv_manifest(path)
+
+    bad = tmp_path / "fsdd_bad"
+    _copy_fsdd(fsdd_root, bad / "recordings", ["0_theo_0.wav"])
+    shutil.copy(bad / "recordings" / "0_theo_0.wav", bad / "recordings" / "unnamed.wav")
+    with pytest.raises(ValueError, match="unnamed.wav has no label"):
+        fsdd(bad)
+
+    _hear_folder(fsdd_root, tmp_path / "hear", ["0", "1", "2"], extra_unlabelled=True)
+    with pytest.raises(ValueError, match="9_theo_0.wav has no label"):
+        hear_task(tmp_path / "hear")
+
+
+def test_class_with_no_examples_raises(fsdd_root, tmp_path):
+    root = tmp_path / "by_label"
+    _copy_fsdd(fsdd_root, root / "zero", ["0_theo_0.wav"])
+    (root / "seven").mkdir()
+    with pytest.raises(ValueError, match="class 'seven' has no examples"):
+        label_folder(root)
+
+    _hear_folder(fsdd_root, tmp_path / "hear", ["0", "1", "2", "3"])
+    with pytest.raises(ValueError, match=r"\['3'\] have no examples"):
+        hear_task(tmp_path / "hear")
+
+
+def test_task_validation_and_specs(fsdd_root):
+    with pytest.raises(ValueError, match="outside the class list"):
+        Task("t", ["a", "b", "c"], [("x",), ("y",), ("z",)], ["x", "y"], False, ["0", "1", "2"])
+    with pytest.raises(ValueError, match="at least 3 folds"):
+        Task("t", ["a", "b"], [("x",), ("x",)], ["x"], False, ["0", "1"])
+    with pytest.raises(ValueError, match="unknown task kind"):
+        parse_task_spec("mnist:/data")
+    with pytest.raises(ValueError, match="needs a path"):
+        parse_task_spec("esc50")
+    assert [t.name for t in parse_task_spec(f"fsdd:{fsdd_root}")] == ["fsdd-digit", "fsdd-speaker"]
