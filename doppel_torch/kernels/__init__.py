@@ -30,11 +30,13 @@ def check_available() -> None:
         )
 
 
-def render(synth, theta: torch.Tensor, noise=None, seed: int = 0, indices=None, normalize: bool = True, phase_dtype=None):
+def render(synth, theta: torch.Tensor, noise=None, seed: int = 0, indices=None, normalize: bool = True, phase_dtype=None,
+           out=None):
     """Render validated, clamped theta (B, m) to audio (B, N); see `doppel_torch.kernels.synth.render`."""
     from doppel_torch.kernels.synth import render as _render
 
-    return _render(synth, theta, noise=noise, seed=seed, indices=indices, normalize=normalize, phase_dtype=phase_dtype)
+    return _render(synth, theta, noise=noise, seed=seed, indices=indices, normalize=normalize, phase_dtype=phase_dtype,
+                   out=out)
 
 
 __all__ = ["check_available", "render"]

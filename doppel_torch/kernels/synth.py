@@ -344,13 +344,14 @@ def _tables(layout, device: torch.device) -> dict:
     return tables
 
 
-def render(synth, theta, noise=None, seed=0, indices=None, normalize=True, phase_dtype=None):
+def render(synth, theta, noise=None, seed=0, indices=None, normalize=True, phase_dtype=None, out=None):
     """Render theta (B, m), already validated and clamped to [eps, 1], to audio (B, N) in theta's dtype.
 
     noise: None draws `rng.noise(seed, indices, N)` inside the kernel (bit-identical to the torch backend);
         or a (B, N) / (1, N) tensor. indices: (B,) int64 global sound indices, default 0 .. B - 1.
     phase_dtype: dtype of control signals, frequencies and phase (default float64; float32 is faster and
         as inaccurate as an all-float32 render, see the module docstring).
+    out: optional (B, N) contiguous tensor of theta's dtype and device to render into (every element is written).
     """
     layout = synth.layout
     device, out_dtype = theta.device, theta.dtype
@@ -360,7 +361,10 @@ def render(synth, theta, noise=None, seed=0, indices=None, normalize=True, phase
     if phase_dtype not in (torch.float32, torch.float64) or (out_dtype == torch.float64 and phase_dtype != torch.float64):
         raise ValueError(f"phase_dtype must be torch.float64 or (for float32 theta) torch.float32, got {phase_dtype}")
     batch, n_samples, n_control = theta.shape[0], synth.n_samples, synth.n_control
-    out = torch.empty(batch, n_samples, dtype=out_dtype, device=device)
+    if out is None:
+        out = torch.empty(batch, n_samples, dtype=out_dtype, device=device)
+    elif out.shape != (batch, n_samples) or out.dtype != out_dtype or out.device != device or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous ({batch}, {n_samples}) {out_dtype} tensor on {device}")
     if batch == 0:
         return out
     tables = _tables(layout, device)
