@@ -1,0 +1,241 @@
+"""Audio doppelgangers: keyed random patches and two perturbed copies of each, rendered in one batch.
+
+For a global sound index i (paper, Algorithm 1):
+
+    theta   = U(0, 1)^m                         keyed by (seed, Stream.THETA, i)  (= synth.random_params)
+    z_k     = N(0, 1)^m,  k = 1, 2              keyed by (seed, Stream.PERTURB_k, i)
+    theta_k = clip(theta + delta * z_k, eps, 1)
+
+so pair i is the same whatever the batch size, device or number of ranks. delta is a scalar (the paper's
+isotropic perturbation), a per-parameter vector or a per-module mapping (anisotropic perturbation).
+
+Noise: by default both views render with the same keyed noise (the synth's noise for sound i with `seed`),
+as the paper's SynthAX pipeline used one noise row for both views; delta = 0 then gives two identical
+sounds, the paper's no-delta baseline. `independent_noise=True` renders view k with noise seed
+2 * seed + k - 1 instead, so the views also differ in their noise realisation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from doppel_torch import rng
+
+DeltaSpec = float | Sequence[float] | torch.Tensor | Mapping[str, float]
+
+
+def delta_vector(delta: DeltaSpec, synth) -> torch.Tensor:
+    """delta as an (m,) float64 vector for `synth`.
+
+    delta: a scalar; a vector of m values (one per flat parameter, `synth.param_names` order); or a mapping
+    from module names (`synth.module_of_param`, e.g. "adsr_1") or parameter names ("adsr_1/attack") to
+    values, with "*" for every parameter not named (default 0). Parameter names win over module names.
+    """
+    names, modules = list(synth.param_names), list(synth.module_of_param)
+    m = len(names)
+    if isinstance(delta, Mapping):
+        default = delta.get("*", 0.0)
+        vec = torch.full((m,), float(default), dtype=torch.float64)
+        known_modules = set(modules)
+        for key, value in delta.items():
+            if key == "*":
+                continue
+            if key in names:
+                continue
+            if key not in known_modules:
+                raise ValueError(
+                    f"delta key {key!r} is neither a module nor a parameter of this synth; "
+                    f"modules: {sorted(known_modules)} (parameter names: synth.param_names)"
+                )
+            vec[[i for i, mod in enumerate(modules) if mod == key]] = float(value)
+        for key, value in delta.items():
+            if key in names:
+                vec[names.index(key)] = float(value)
+    elif isinstance(delta, (int, float)) or (isinstance(delta, torch.Tensor) and delta.ndim == 0):
+        vec = torch.full((m,), float(delta), dtype=torch.float64)
+    else:
+        vec = torch.as_tensor(delta, dtype=torch.float64).detach().cpu()
+        if vec.shape != (m,):
+            raise ValueError(
+                f"delta must be a scalar, a vector of {m} values (one per parameter) or a mapping of modules; "
+                f"got shape {tuple(vec.shape)}"
+            )
+    if not torch.isfinite(vec).all():
+        raise ValueError("delta must be finite (no NaN or inf)")
+    if (vec < 0).any():
+        bad = [names[i] for i in torch.nonzero(vec < 0).flatten().tolist()][:5]
+        raise ValueError(f"delta must be >= 0 (it scales N(0, 1) noise); negative for {bad}")
+    return vec
+
+
+class DoppelgangerPairs(nn.Module):
+    """Pairs of perturbed synth patches for global sound indices: pairs(indices) -> (audio_1, audio_2), (B, N).
+
+    Args:
+        synth: a doppel_torch synth (`get_synth(...)`).
+        delta: perturbation scale, see `delta_vector` (default 0.25, the paper's best).
+        seed: seed of theta, z_1, z_2 and the noise.
+        eps: lower clip of the perturbed parameters (the paper's 1e-6; keeps LFO shape weights off 0/0).
+        augment: optional `AugmentChain` applied to view k with view=k-1 (its own seed).
+        independent_noise: render the views with different noise keys (see the module docstring).
+
+    The draws happen on the device of the module's buffers (`pairs.to("cuda")`).
+    """
+
+    def __init__(
+        self,
+        synth,
+        delta: DeltaSpec = 0.25,
+        seed: int = 0,
+        eps: float = 1e-6,
+        augment: nn.Module | None = None,
+        independent_noise: bool = False,
+    ):
+        super().__init__()
+        if not 0.0 <= eps < 1.0 or math.isnan(eps):
+            raise ValueError(f"eps must lie in [0, 1), got {eps}")
+        self.synth = synth
+        self.seed = int(seed)
+        self.eps = float(eps)
+        self.augment = augment
+        self.independent_noise = bool(independent_noise)
+        self.register_buffer("delta", delta_vector(delta, synth).to(torch.float32), persistent=False)
+
+    @property
+    def num_params(self) -> int:
+        return self.delta.shape[0]
+
+    def _indices(self, indices, start, count) -> torch.Tensor:
+        if indices is None:
+            if start is None or count is None:
+                raise ValueError("give indices, or start and count")
+            if start < 0 or count < 0:
+                raise ValueError(f"start and count must be >= 0, got {start}, {count}")
+            return torch.arange(start, start + count, dtype=torch.int64, device=self.delta.device)
+        if start is not None or count is not None:
+            raise ValueError("give either indices or start and count, not both")
+        idx = torch.as_tensor(indices, dtype=torch.int64, device=self.delta.device)
+        if idx.ndim != 1:
+            raise ValueError(f"indices must be one-dimensional (B,), got shape {tuple(idx.shape)}")
+        return idx
+
+    def theta(self, indices=None, *, start: int | None = None, count: int | None = None, dtype=torch.float32):
+        """theta ~ U(0, 1)^m of the pairs: (B, m), equal to synth.random_params for the same indices."""
+        idx = self._indices(indices, start, count)
+        return rng.uniform(self.seed, rng.Stream.THETA, idx, self.num_params, dtype=dtype)
+
+    def perturbed(self, indices=None, *, start: int | None = None, count: int | None = None, dtype=torch.float32):
+        """(theta_1, theta_2), each (B, m): clip(theta + delta * z_k, eps, 1)."""
+        idx = self._indices(indices, start, count)
+        theta = self.theta(idx, dtype=dtype)
+        delta = self.delta.to(dtype)
+        views = []
+        for stream in (rng.Stream.PERTURB_1, rng.Stream.PERTURB_2):
+            z = rng.normal(self.seed, stream, idx, self.num_params, dtype=dtype)
+            views.append((theta + delta * z).clamp(self.eps, 1.0))
+        return views[0], views[1]
+
+    def forward(
+        self,
+        indices=None,
+        *,
+        start: int | None = None,
+        count: int | None = None,
+        return_theta: bool = False,
+        dtype=torch.float32,
+    ):
+        """Render pairs: (audio_1, audio_2), each (B, N); with return_theta also (theta_1, theta_2).
+
+        Both views render in one synth call of batch 2B.
+        """
+        idx = self._indices(indices, start, count)
+        theta_1, theta_2 = self.perturbed(idx, dtype=dtype)
+        b = idx.shape[0]
+        both = torch.cat([theta_1, theta_2])
+        if self.independent_noise:
+            audio = torch.cat(
+                [
+                    self.synth(theta_1, seed=2 * self.seed, indices=idx, validate=False),
+                    self.synth(theta_2, seed=2 * self.seed + 1, indices=idx, validate=False),
+                ]
+            )
+        else:
+            audio = self.synth(both, seed=self.seed, indices=torch.cat([idx, idx]), validate=False)
+        audio_1, audio_2 = audio[:b], audio[b:]
+        if self.augment is not None:
+            audio_1 = self.augment(audio_1, idx, view=0)
+            audio_2 = self.augment(audio_2, idx, view=1)
+        if return_theta:
+            return audio_1, audio_2, theta_1, theta_2
+        return audio_1, audio_2
+
+    def extra_repr(self) -> str:
+        d = self.delta
+        delta = f"{float(d[0]):g}" if bool((d == d[0]).all()) else f"vector in [{float(d.min()):g}, {float(d.max()):g}]"
+        return f"delta={delta}, seed={self.seed}, eps={self.eps:g}, independent_noise={self.independent_noise}"
+
+
+def delta_sweep(synth, index: int, deltas: Sequence[float], seed: int = 0) -> torch.Tensor:
+    """View 1 of sound `index` at several deltas, same theta and same z_1: (len(deltas), N).
+
+    delta = 0 is the unperturbed patch; larger deltas move along the same random direction z_1.
+    """
+    rows = [DoppelgangerPairs(synth, delta=float(d), seed=seed)(torch.tensor([int(index)]))[0][0] for d in deltas]
+    return torch.stack(rows)
+
+
+def write_samples(
+    synth,
+    out_dir: str | Path,
+    *,
+    n_pairs: int = 4,
+    start: int = 0,
+    seed: int = 0,
+    delta: DeltaSpec = 0.25,
+    sweep_deltas: Sequence[float] = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5),
+    augment: nn.Module | None = None,
+    title: str = "",
+) -> dict[str, Path]:
+    """Write doppelganger pairs (augmented when `augment` is given) and a delta sweep as wav files + one PNG.
+
+    Files: pair_{i}_a.wav / pair_{i}_b.wav for sounds start .. start + n_pairs - 1 (with `augment`, the
+    augmented views; the clean views as pair_{i}_a_clean.wav / _b_clean.wav), sweep_{i}_delta_{d}.wav for
+    every sound and delta, and samples.png: one row per sound, columns = the two (augmented) views, then
+    the sweep. Returns {"dir": out_dir, "png": path}.
+    """
+    from doppel_torch.viz import save_spectrogram_grid, write_wav
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    indices = torch.arange(start, start + n_pairs)
+    clean = DoppelgangerPairs(synth, delta=delta, seed=seed)
+    audio_a, audio_b = clean(indices)
+    sr = synth.sample_rate
+    if augment is not None:
+        for i in range(n_pairs):
+            write_wav(out_dir / f"pair_{i:02d}_a_clean.wav", audio_a[i], sr)
+            write_wav(out_dir / f"pair_{i:02d}_b_clean.wav", audio_b[i], sr)
+        audio_a, audio_b = augment(audio_a, indices, view=0), augment(audio_b, indices, view=1)
+    rows = []
+    for i in range(n_pairs):
+        write_wav(out_dir / f"pair_{i:02d}_a.wav", audio_a[i], sr)
+        write_wav(out_dir / f"pair_{i:02d}_b.wav", audio_b[i], sr)
+        sweep = delta_sweep(synth, start + i, sweep_deltas, seed=seed)
+        for d, audio in zip(sweep_deltas, sweep):
+            write_wav(out_dir / f"sweep_{i:02d}_delta_{d:g}.wav", audio, sr)
+        rows.append([audio_a[i], audio_b[i], *sweep])
+    views = ["view a", "view b"] if augment is None else ["view a (aug)", "view b (aug)"]
+    png = save_spectrogram_grid(
+        rows,
+        sr,
+        out_dir / "samples.png",
+        row_labels=[f"#{start + i}" for i in range(n_pairs)],
+        col_labels=views + [f"delta {d:g}" for d in sweep_deltas],
+        title=title or f"doppelgangers (delta {delta if not isinstance(delta, Mapping) else 'per module'}), seed {seed}",
+    )
+    return {"dir": out_dir, "png": png}
