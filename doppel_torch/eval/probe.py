@@ -175,7 +175,7 @@ def fit_probe(x_train, y_train, x_valid, y_valid, n_classes: int, multilabel: bo
 
     Probes on CPU run single-threaded: their steps ((32, 512) x (512, C) for the linear probe) are too small
     to split, and on a loaded 2-core machine two threads made a 20-epoch linear fit 15x slower (3.4 s vs
-    0.23 s, 100 examples) and a 2-point MLP grid on 200 examples x 6 folds 29x slower (76 s vs 2.6 s).
+    0.23 s, 100 examples) and a 2-point MLP grid on 300 files x 6 folds 29x slower (76 s vs 2.6 s).
     """
     best = None
     threads = 1 if x_train.device.type == "cpu" else torch.get_num_threads()

@@ -1,0 +1,77 @@
+"""`doppel-torch eval` end to end on real FSDD audio: report files, baselines, cache, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from click.testing import CliRunner
+
+from doppel_torch.eval.cli import eval_command
+
+QUICK = ["--max-files", "60", "--seeds", "0,1", "--max-epochs", "10", "--patience", "3", "-q"]
+
+
+def test_eval_fsdd_end_to_end(tiny_checkpoint, fsdd_root, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = [str(tiny_checkpoint), "--task", f"fsdd:{fsdd_root}", "--out", str(out), "--cache-dir", str(cache), *QUICK]
+    result = CliRunner().invoke(eval_command, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "eval.json").read_text())
+    run_name = tiny_checkpoint.parent.name
+    assert list(report["extractors"]) == [run_name, "random-init", "log-mel"]
+    assert report["extractors"]["random-init"]["key"] == "random-init-seed0-d64-w8"  # same architecture
+    assert set(report["tasks"]) == {"fsdd-digit", "fsdd-speaker"}
+    for name, n_splits in (("fsdd-digit", 6), ("fsdd-speaker", 5)):
+        entry = report["tasks"][name]
+        assert entry["n_used"] == 60 and entry["unreadable"] == [] and len(entry["splits"]) == n_splits
+        for res in entry["results"].values():
+            assert res["n"] == 2 * n_splits and len(res["runs"]) == 2 * n_splits
+            assert 0.0 <= res["mean"] <= 1.0 and res["std"] >= 0.0
+    md = (out / "eval.md").read_text()
+    assert "| extractor | fsdd-digit (accuracy) | fsdd-speaker (accuracy) |" in md
+    assert f"| {run_name} |" in result.output and "| log-mel |" in result.output
+
+    # Rerun with seed 0 only: every embedding comes from the cache and the probes reproduce seed 0's scores.
+    n_cached = len(list(cache.rglob("*.npy")))
+    assert n_cached > 0
+    again = CliRunner().invoke(eval_command, args + ["--out", str(tmp_path / "out2"), "--seeds", "0"])
+    assert again.exit_code == 0, again.output
+    assert len(list(cache.rglob("*.npy"))) == n_cached
+    report2 = json.loads((tmp_path / "out2" / "eval.json").read_text())
+    for name in report["tasks"]:
+        for ext in report["extractors"]:
+            first = [r["score"] for r in report["tasks"][name]["results"][ext]["runs"] if r["seed"] == 0]
+            assert [r["score"] for r in report2["tasks"][name]["results"][ext]["runs"]] == first
+
+
+def test_unreadable_file_is_reported_not_fatal(tiny_checkpoint, fsdd_root, tmp_path):
+    root = tmp_path / "digits"
+    for d in range(3):
+        (root / f"d{d}").mkdir(parents=True)
+        for s in ("george", "jackson", "lucas", "theo"):
+            shutil.copy(fsdd_root / "recordings" / f"{d}_{s}_0.wav", root / f"d{d}")
+    (root / "d1" / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    args = [str(tiny_checkpoint), "--task", f"folder:{root}", "--out", str(tmp_path / "out"), "--no-cache",
+            "--no-baselines", *QUICK]
+    result = CliRunner().invoke(eval_command, args)  # output holds stderr too (click 8.1 and 8.2+)
+    assert result.exit_code == 0, result.output
+    assert "warning: digits: 1 unreadable file(s)" in result.output
+    entry = json.loads((tmp_path / "out" / "eval.json").read_text())["tasks"]["digits"]
+    assert entry["n_files"] == 13 and entry["n_used"] == 12
+    assert entry["unreadable"][0]["path"].endswith("broken.wav")
+    assert "broken.wav" in (tmp_path / "out" / "eval.md").read_text()
+
+
+def test_bad_inputs_give_clear_errors(tiny_checkpoint, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(eval_command, [str(tiny_checkpoint), "--task", f"esc50:{tmp_path / 'nope'}", "-q"])
+    assert result.exit_code == 1 and "ESC-50 folder" in result.output and "does not exist" in result.output
+    result = runner.invoke(eval_command, [str(tiny_checkpoint), "--task", "mnist:/x", "-q"])
+    assert result.exit_code == 1 and "unknown task kind 'mnist'" in result.output
+    empty_class = tmp_path / "labels"
+    (empty_class / "cat").mkdir(parents=True)
+    result = runner.invoke(eval_command, [str(tiny_checkpoint), "--task", f"folder:{empty_class}", "-q"])
+    assert result.exit_code == 1 and "class 'cat' has no examples" in result.output
+    result = runner.invoke(eval_command, [str(tmp_path / "missing.pt"), "--task", "fsdd"])
+    assert result.exit_code == 2 and "does not exist" in result.output
