@@ -48,7 +48,7 @@ def _checkpoint_names(paths: tuple[str, ...]) -> list[str]:
 
 
 @click.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("checkpoints", nargs=-1, type=click.Path(exists=True))
 @click.option("--task", "-t", "task_specs", multiple=True, required=True, metavar="KIND[:PATH]",
               help="Task to probe (repeatable): fsdd, fsdd-digit, fsdd-speaker, esc50:PATH, us8k:PATH, "
                    "hear:PATH, folder:PATH, csv:PATH.")
@@ -75,8 +75,10 @@ def _checkpoint_names(paths: tuple[str, ...]) -> list[str]:
 def eval_command(checkpoints, task_specs, out_dir, probe_kind, seeds, max_epochs, patience, lr, batch_size,
                  baselines, random_init_seed, max_files, cache_dir, no_cache, device, quiet):
     """Probe the encoders of CHECKPOINTS (files or run folders) on each --task; print a table and write
-    JSON + markdown reports."""
+    JSON + markdown reports. Without CHECKPOINTS, only the baselines are probed."""
     seeds_list = _parse_seeds(seeds)
+    if not checkpoints and not baselines:
+        raise click.UsageError("nothing to evaluate: give CHECKPOINTS, or keep the baselines on")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         config = ProbeConfig(kind=probe_kind, lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience)
@@ -90,10 +92,12 @@ def eval_command(checkpoints, task_specs, out_dir, probe_kind, seeds, max_epochs
             for name, path in zip(_checkpoint_names(checkpoints), checkpoints)
         }
         if baselines:
-            # Same architecture as the (first) trained encoder, so the baseline isolates the training.
-            first = next(iter(embedders.values())).encoder
+            # Same architecture as the (first) trained encoder, so the baseline isolates the training;
+            # the paper's ResNet18 (512-d, width 64) when there is no checkpoint.
+            first = next(iter(embedders.values())).encoder if embedders else None
             embedders["random-init"] = Embedder.random_init(
-                random_init_seed, embed_dim=first.embed_dim, width=first.width, device=device
+                random_init_seed, embed_dim=first.embed_dim if first else 512, width=first.width if first else 64,
+                device=device,
             )
             embedders["log-mel"] = Embedder.log_mel(device=device)
         cache = None if no_cache else EmbeddingCache(cache_dir)

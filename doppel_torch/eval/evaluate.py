@@ -118,7 +118,8 @@ def cross_validate(
         if len(split.train) == 0 or len(split.valid) == 0 or len(split.test) == 0:
             raise ValueError(
                 f"task {task.name!r}, split {split.name}: empty train, valid or test set "
-                f"({len(split.train)}, {len(split.valid)}, {len(split.test)} files)"
+                f"({len(split.train)}, {len(split.valid)}, {len(split.test)} files); a fixed split needs train, "
+                "valid and test files, and every fold needs readable files"
             )
         t = torch.as_tensor
         for seed in seeds:

@@ -342,6 +342,8 @@ def hear_task(root: Path | str) -> Task:
     else:
         split_names = sorted((p.stem for p in root.glob("fold*.json")), key=_natural_key)
         split_mode = "folds"
+        if not split_names:
+            raise FileNotFoundError(f"HEAR task {root}: split_mode {mode!r} but no fold*.json label files")
     files, labels, folds = [], [], []
     for split in split_names:
         label_file = _require_file(root / f"{split}.json", f"HEAR label file for split {split!r}")

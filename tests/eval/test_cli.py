@@ -75,3 +75,8 @@ def test_bad_inputs_give_clear_errors(tiny_checkpoint, tmp_path):
     assert result.exit_code == 1 and "class 'cat' has no examples" in result.output
     result = runner.invoke(eval_command, [str(tmp_path / "missing.pt"), "--task", "fsdd"])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_nothing_to_evaluate_is_a_usage_error():
+    result = CliRunner().invoke(eval_command, ["--task", "fsdd", "--no-baselines"])
+    assert result.exit_code == 2 and "nothing to evaluate" in result.output
