@@ -139,7 +139,7 @@ class Trainer:
         synth = get_synth(
             d.synth, sample_rate=d.sample_rate, control_rate=CONTROL_RATE, duration=d.duration, backend=d.backend
         ).to(self.device)
-        generator = DoppelgangerPairs(synth, delta=d.delta, seed=self.config.run.seed)
+        generator = DoppelgangerPairs(synth, delta=d.delta, seed=self.config.run.seed).to(self.device)
 
         def pairs(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return generator(indices.to(self.device))
@@ -461,7 +461,7 @@ class Trainer:
                     bar.update(self.global_batch)
                     if self.step % cfg.run.log_every == 0:
                         m = self._flush_train_metrics()
-                        bar.set_postfix(loss=f"{m['loss']:.3f}", align=f"{m['align']:.3f}", unif=f"{m['uniform']:.3f}")
+                        bar.set_postfix({"loss": f"{m['loss']:.3f}", "align": f"{m['align']:.3f}", "unif": f"{m['uniform']:.3f}"})
                     if self.step % self.steps_per_epoch == 0:
                         self.epoch += 1
                         self.scheduler.step()

@@ -124,3 +124,24 @@ def test_real_data_views_must_differ(tmp_path):
     cfg = tiny_config(tmp_path, data__data=str(RECORDINGS), data__jitter=False)
     with pytest.raises(ValueError, match="two identical views"):
         Trainer(cfg, log=_quiet)
+
+
+@pytest.mark.parametrize(
+    "synth, augment",
+    [("voice", False), ("voice", True), ("voicefm", False), ("parametric", False)],
+)
+def test_synth_modes_take_steps(tmp_path, synth, augment):
+    from tests.conftest import RIRS
+
+    extra = {"data__augment": True, "data__ir_dir": str(RIRS)} if augment else {}
+    cfg = tiny_config(tmp_path, data__synth=synth, run__max_steps=2, run__val_batches=1, **extra)
+    trainer = Trainer(cfg, log=_quiet)
+    indices = torch.arange(4, 8)
+    audio1, audio2 = trainer.pairs(indices)
+    assert audio1.shape == audio2.shape == (4, 16000) and not torch.equal(audio1, audio2)
+    summary = trainer.fit()
+    assert summary["status"] == "done" and summary["step"] == 2
+    rows = _rows(tmp_path / "metrics.csv")
+    assert [r["kind"] for r in rows] == ["train", "train", "val"]
+    assert all(float(r["align"]) > 0 for r in rows)
+    assert all(-4.5 < float(r["uniform"]) < 0 for r in rows)  # log-mean-exp(-2 d^2), d^2 in [0, 4]
