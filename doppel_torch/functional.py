@@ -215,19 +215,15 @@ def lowpass_filters(cutoff: torch.Tensor, half_size: int, zeros: float = 8.0, *,
     h[t] = 2 c hann(t) sinc(2 pi c t) / sum, |t| <= H_b = int(zeros / c / 2), with a symmetric Hann of
     2 H_b + 1 taps; taps beyond H_b are zero so every example shares the grid |t| <= half_size.
     `half_size` must be >= max_b H_b (use `lowpass_half_size` of the smallest possible cutoff, so the
-    shape does not depend on the draw).
+    shape does not depend on the draw). Built in `dtype` (default cutoff's), as julius builds in float32.
     """
     dtype = dtype or cutoff.dtype
-    c = cutoff.to(torch.float64)[:, None]
-    h_b = lowpass_half_size(cutoff, zeros).to(cutoff.device)[:, None]
-    t = torch.arange(-half_size, half_size + 1, device=cutoff.device, dtype=torch.float64)[None, :]
-    inside = t.abs() <= h_b
-    window = torch.where(inside, 0.5 + 0.5 * torch.cos(math.pi * t / h_b.clamp(min=1)), torch.zeros_like(t))
-    x = 2.0 * math.pi * c * t
-    sinc = torch.where(x == 0, torch.ones_like(x), torch.sin(x) / torch.where(x == 0, torch.ones_like(x), x))
-    h = 2.0 * c * window * sinc
-    h = h / h.sum(dim=1, keepdim=True)
-    return h.to(dtype)
+    h_b = lowpass_half_size(cutoff, zeros).to(cutoff.device)[:, None].to(dtype)
+    c = cutoff.to(dtype)[:, None]
+    t = torch.arange(-half_size, half_size + 1, device=cutoff.device, dtype=dtype)[None, :]
+    window = torch.where(t.abs() <= h_b, 0.5 + 0.5 * torch.cos(math.pi * t / h_b.clamp(min=1)), torch.zeros_like(t))
+    h = 2.0 * c * window * torch.sinc(2.0 * c * t)  # torch.sinc(v) = sin(pi v) / (pi v)
+    return h / h.sum(dim=1, keepdim=True)
 
 
 def fir_filter(audio: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
@@ -239,8 +235,10 @@ def fir_filter(audio: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     half = (filters.shape[-1] - 1) // 2
     n = audio.shape[-1]
     padded = torch.nn.functional.pad(audio[:, None, :], (half, half), mode="replicate")[:, 0, :]
-    full = fft_convolve(padded, filters.to(audio.dtype))
-    return full[..., 2 * half : 2 * half + n]
+    # A circular convolution of len(padded) points suffices: outputs 2H .. 2H + N - 1 never wrap around.
+    size = next_fast_len(padded.shape[-1])
+    spec = torch.fft.rfft(padded, n=size) * torch.fft.rfft(filters.to(audio.dtype), n=size)
+    return torch.fft.irfft(spec, n=size)[..., 2 * half : 2 * half + n]
 
 
 def fft_convolve(x: torch.Tensor, h: torch.Tensor, n_out: int | None = None) -> torch.Tensor:
@@ -269,13 +267,14 @@ def highpass(audio: torch.Tensor, cutoff_hz: torch.Tensor, sample_rate: int, hal
 
 
 def _cutoff_fraction(cutoff_hz, sample_rate: int, batch: int) -> torch.Tensor:
-    c = torch.as_tensor(cutoff_hz, dtype=torch.float64)
+    c = torch.as_tensor(cutoff_hz)
     if c.ndim == 0:
         c = c.expand(batch)
     if c.shape != (batch,):
         raise ValueError(f"cutoff_hz must be a scalar or have shape ({batch},), got {tuple(c.shape)}")
-    c = c / sample_rate
-    if bool(((c <= 0) | (c > 0.5)).any()):
+    # the fraction is formed in float32, as torch-audiomentations does, so the FIR lengths int(8 / c / 2) agree
+    c = (c.float() / sample_rate).double()
+    if c.device.type == "cpu" and bool(((c <= 0) | (c > 0.5)).any()):  # checked where it costs no device sync
         raise ValueError(f"cutoffs must lie in (0, sample_rate / 2] = (0, {sample_rate / 2}] Hz")
     return c
 
@@ -303,34 +302,43 @@ def pitch_shift(
 
     A phase vocoder that scales frequencies directly: with r = 2^(semitones / 12), output bin j takes
     the magnitude of source bin j / r (linear interpolation) and r times the instantaneous frequency of
-    the nearest source bin; output phases are the running sum of those frequencies. One STFT, one
-    gather and one iSTFT for the whole batch (Hann window, 75 % overlap), no resampling, so every
+    the nearest source bin; output phases are the running sum of those frequencies. One STFT, a few row
+    gathers and one iSTFT for the whole batch (Hann window, 75 % overlap), no resampling, so every
     example may have its own ratio. r = 1 reconstructs the input up to rounding.
     """
     b, n = audio.shape
-    window = torch.hann_window(n_fft, dtype=audio.dtype, device=audio.device)
+    dtype, device = audio.dtype, audio.device
+    two_pi = 2.0 * math.pi
+    window = torch.hann_window(n_fft, dtype=dtype, device=device)
     spec = torch.stft(audio, n_fft, hop_length, window=window, center=True, return_complex=True)  # (B, K, T)
     n_bins = spec.shape[1]
-    mag = spec.abs()
-    phase = torch.angle(spec)
-    expected = 2.0 * math.pi * hop_length * torch.arange(n_bins, device=audio.device, dtype=audio.dtype) / n_fft
+    # real arithmetic: hypot / atan2 / cos / sin run ~5x faster than abs / angle / polar on complex tensors
+    ri = torch.view_as_real(spec)
+    mag = torch.hypot(ri[..., 0], ri[..., 1])
+    phase = torch.atan2(ri[..., 1], ri[..., 0])
+    expected = two_pi * hop_length * torch.arange(n_bins, device=device, dtype=dtype) / n_fft  # rad / hop
     dphi = torch.diff(phase, dim=-1) - expected[:, None]
-    dphi = dphi - 2.0 * math.pi * torch.round(dphi / (2.0 * math.pi))
-    inst = torch.cat([phase[..., :1], expected[:, None] + dphi], dim=-1)  # phase at t = 0, then rad / hop
+    dphi = dphi - two_pi * torch.round(dphi / two_pi)  # deviation from the bin's own frequency
 
-    ratio = torch.pow(2.0, semitones.to(audio.dtype).to(audio.device) / 12.0)[:, None]  # (B, 1)
-    src = torch.arange(n_bins, device=audio.device, dtype=audio.dtype)[None, :] / ratio  # (B, K)
+    ratio = torch.pow(2.0, semitones.to(device=device, dtype=dtype) / 12.0)[:, None]  # (B, 1)
+    src = torch.arange(n_bins, device=device, dtype=dtype)[None, :] / ratio  # (B, K) source bin of each output bin
+    valid = src <= n_bins - 1
     lo = src.floor().long().clamp(max=n_bins - 1)
-    hi = (lo + 1).clamp(max=n_bins - 1)
-    frac = (src - lo.to(audio.dtype))[..., None]
-    valid = (src <= n_bins - 1)[..., None]
-    t = mag.shape[-1]
-    gather = lambda v, i: torch.gather(v, 1, i[..., None].expand(b, n_bins, t))  # noqa: E731
-    mag_out = torch.where(valid, (1.0 - frac) * gather(mag, lo) + frac * gather(mag, hi), torch.zeros((), dtype=audio.dtype, device=audio.device))
+    frac = torch.where(valid, src - lo.to(dtype), torch.zeros((), dtype=dtype, device=device))[..., None]
     nearest = src.round().long().clamp(max=n_bins - 1)
-    inst_src = gather(inst, nearest)
-    inst_out = torch.cat([inst_src[..., :1], ratio[..., None] * inst_src[..., 1:]], dim=-1)
-    # Wrapping the increments keeps the running sum small (< 2 pi T), so float32 phases stay exact to ~1e-5.
-    phase_out = torch.cumsum(torch.remainder(inst_out, 2.0 * math.pi), dim=-1)
-    out = torch.polar(mag_out, phase_out)
+    rows = torch.arange(b, device=device)[:, None] * n_bins
+
+    def take(v, bins):  # v (B, K, T'), bins (B, K) -> v[b, bins[b, j], :]; row index_select is ~8x faster than gather
+        return v.reshape(b * n_bins, -1).index_select(0, (rows + bins).reshape(-1)).reshape(b, n_bins, -1)
+
+    mag_out = torch.lerp(take(mag, lo), take(mag, (lo + 1).clamp(max=n_bins - 1)), frac) * valid[..., None]
+    increment = ratio[..., None] * (expected[nearest][..., None] + take(dphi, nearest))
+    # wrapping the increments keeps the running sum below 2 pi T, so float32 phases stay exact to ~1e-5
+    # torch.stft frames start at the window's edge, which adds pi k to bin k's phase; a sinusoid's main-lobe
+    # bins are in phase only once that is removed. Moving bin k to bin j therefore adds pi (j - k): without
+    # it, neighbouring output bins of one partial cancel (measured -15 dB on a 220 Hz tone at -2 semitones).
+    j = torch.arange(n_bins, device=device, dtype=dtype)[None, :]
+    start = take(phase[..., :1], nearest) + (math.pi * (j - nearest.to(dtype)))[..., None]
+    phase_out = torch.cat([start, start + torch.cumsum(torch.remainder(increment, two_pi), dim=-1)], dim=-1)
+    out = torch.complex(mag_out * torch.cos(phase_out), mag_out * torch.sin(phase_out))
     return torch.istft(out, n_fft, hop_length, window=window, center=True, length=n)
