@@ -134,6 +134,8 @@ def test_synth_modes_take_steps(tmp_path, synth, augment):
     from tests.conftest import RIRS
 
     extra = {"data__augment": True, "data__ir_dir": str(RIRS)} if augment else {}
+    if synth == "voicefm":  # the GPU options, on CPU: bf16 autocast and channels-last
+        extra.update(run__precision="bf16", run__channels_last=True)
     cfg = tiny_config(tmp_path, data__synth=synth, run__max_steps=2, run__val_batches=1, **extra)
     trainer = Trainer(cfg, log=_quiet)
     indices = torch.arange(4, 8)
