@@ -316,12 +316,15 @@ class Trainer:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / "metrics.csv"
-        new = not path.exists() or self.step == 0
-        f = open(path, "w" if new else "a", newline="")
         fields = ["kind", "step", "epoch", "lr", "loss", "align", "uniform", "pairs_per_s", "elapsed_s"]
+        kept = []
+        if path.exists() and self.step > 0:  # resuming: drop rows logged after the checkpoint
+            with open(path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["step"]) <= self.step]
+        f = open(path, "w", newline="")
         writer = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            writer.writeheader()
+        writer.writeheader()
+        writer.writerows(kept)
         self._csv = (f, writer)
         if self.config.run.tensorboard:
             from torch.utils.tensorboard import SummaryWriter

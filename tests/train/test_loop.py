@@ -28,7 +28,10 @@ def _rows(path):
 
 
 def test_real_data_mix_layers_run_logs_and_checkpoint(tmp_path):
-    cfg = tiny_config(tmp_path, data__data=str(RECORDINGS), data__mix_layers=2, run__max_steps=2, run__examples=1)
+    cfg = tiny_config(
+        tmp_path, data__data=str(RECORDINGS), data__mix_layers=2, data__num_workers=1, run__max_steps=2,
+        run__examples=1, run__tensorboard=True,
+    )
     summary = Trainer(cfg, log=_quiet).fit()
     assert summary["status"] == "done" and summary["step"] == 2
     rows = _rows(tmp_path / "metrics.csv")
@@ -42,6 +45,7 @@ def test_real_data_mix_layers_run_logs_and_checkpoint(tmp_path):
     pngs = list((tmp_path / "examples").rglob("logmel.png"))
     wavs = list((tmp_path / "examples").rglob("*.wav"))
     assert len(pngs) == 1 and len(wavs) == 2
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     encoder, config = ckpt_io.load_encoder(tmp_path / "last.pt")
     assert config["model"]["width"] == 4 and encoder(torch.randn(2, 1, 96, 64)).shape == (2, 16)
 
@@ -66,6 +70,8 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     first = Trainer(tiny_config(tmp_path / "split", run__max_steps=3, **common), log=_quiet)
     first.fit()
     assert first.step == 3
+    with open(tmp_path / "split" / "metrics.csv", "a") as f:  # a row logged after the checkpoint, then a crash
+        f.write("train,4,1.0,0.001,9,9,9,1,1\n")
     second = Trainer(tiny_config(tmp_path / "split", run__resume=str(tmp_path / "split"), **common), log=_quiet)
     second.fit()
     assert second.step == full.step == 6
