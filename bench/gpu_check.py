@@ -158,6 +158,7 @@ def main() -> int:
     parser.add_argument("--reference-dir", type=Path, default=None, help="folder with SynthAX's *.npz renders")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (the device tool's $OUT)")
     parser.add_argument("--bench-budget-s", type=float, default=180.0, help="baselines stop after this many seconds")
+    parser.add_argument("--skip-tests", action="store_true", help="do not run pytest tests/kernels --device cuda")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_check.py needs a CUDA device; none is visible", file=sys.stderr)
@@ -172,14 +173,24 @@ def main() -> int:
     name = torch.cuda.get_device_name(device)
     print(f"{name}, commit {commit}, {versions()}", flush=True)
     t0 = time.perf_counter()
+    tests = {"skipped": "--skip-tests"}
+    if not args.skip_tests:
+        print("kernel tests on CUDA: pytest tests/kernels --device cuda", flush=True)
+        repo = Path(__file__).resolve().parents[1]
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/kernels",
+                               "--device", "cuda"], cwd=repo, capture_output=True, text=True, timeout=240)
+        tail = proc.stdout.strip().splitlines()[-1:] or [proc.stderr.strip()[-300:]]
+        tests = {"returncode": proc.returncode, "summary": tail[0], "wall_s": time.perf_counter() - t0}
+        print(f"  {tail[0]}" if proc.returncode == 0 else proc.stdout[-4000:] + proc.stderr[-2000:], flush=True)
     print("correctness (GPU vs float64 reference on the same GPU):", flush=True)
     checks, ok = correctness(device, args.reference_dir)
+    ok &= tests.get("returncode", 0) == 0
     print(f"  ({time.perf_counter() - t0:.0f} s)\nbenchmarks (16 kHz, 1 s, synchronised, median of 5):", flush=True)
     bench, copy_gbps = benchmarks(device, args.bench_budget_s)
     print_table(bench)
     date = datetime.date.today().isoformat()
     result = {"device": name, "date": date, "commit": commit, "versions": versions(), "copy_bandwidth_gbps": copy_gbps,
-              "correctness": checks, "correctness_pass": ok, "benchmarks": bench,
+              "kernel_tests": tests, "correctness": checks, "correctness_pass": ok, "benchmarks": bench,
               "wall_s": time.perf_counter() - t0}
     slug = "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
     for folder in [Path(__file__).resolve().parent / "results"] + ([args.out] if args.out else []):
