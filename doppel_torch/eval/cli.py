@@ -62,6 +62,8 @@ def _checkpoint_names(paths: tuple[str, ...]) -> list[str]:
               help="Early stopping: validation checks without improvement (linear probe).")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Linear probe learning rate.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Linear probe batch size.")
+@click.option("--standardize/--no-standardize", default=True, show_default=True,
+              help="Z-score the embeddings with training-fold statistics before the probe.")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also probe a random-init ResNet18 and pooled log-mel features.")
 @click.option("--random-init-seed", type=int, default=0, show_default=True,
@@ -73,7 +75,7 @@ def _checkpoint_names(paths: tuple[str, ...]) -> list[str]:
 @click.option("--device", default=None, help="Device for the encoders (default: cuda if available, else cpu).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def eval_command(checkpoints, task_specs, out_dir, probe_kind, seeds, max_epochs, patience, lr, batch_size,
-                 baselines, random_init_seed, max_files, cache_dir, no_cache, device, quiet):
+                 standardize, baselines, random_init_seed, max_files, cache_dir, no_cache, device, quiet):
     """Probe the encoders of CHECKPOINTS (files or run folders) on each --task; print a table and write
     JSON + markdown reports. Without CHECKPOINTS, only the baselines are probed."""
     seeds_list = _parse_seeds(seeds)
@@ -81,7 +83,8 @@ def eval_command(checkpoints, task_specs, out_dir, probe_kind, seeds, max_epochs
         raise click.UsageError("nothing to evaluate: give CHECKPOINTS, or keep the baselines on")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        config = ProbeConfig(kind=probe_kind, lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience)
+        config = ProbeConfig(kind=probe_kind, lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
+                             standardize=standardize)
         tasks = [t for spec in task_specs for t in parse_task_spec(spec)]
         if max_files is not None:
             if max_files < 1:
