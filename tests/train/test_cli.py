@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from doppel_torch.train import checkpoint as ckpt_io
 from doppel_torch.train.cli import train
 
-from tests.conftest import FSDD, REPO
+from tests.conftest import REPO
 
 TINY_ARGS = [
     "--width", "4", "--embed-dim", "16", "--batch-size", "4", "--device", "cpu", "--precision", "fp32",
@@ -25,8 +25,8 @@ TINY_ARGS = [
 ]  # fmt: skip
 
 
-def test_cli_runs_prints_config_and_saves_it(tmp_path):
-    args = ["--data", str(FSDD / "recordings"), "--sounds-per-epoch", "40", "--max-steps", "2", "--out", str(tmp_path)]
+def test_cli_runs_prints_config_and_saves_it(tmp_path, audio_dir):
+    args = ["--data", str(audio_dir), "--sounds-per-epoch", "40", "--max-steps", "2", "--out", str(tmp_path)]
     result = CliRunner().invoke(train, ["--preset", "cpu-smoke", *args, *TINY_ARGS, "--set", "optim.momentum=0.5"])
     assert result.exit_code == 0, result.output
     assert "no CUDA device: training on CPU" in result.output
@@ -63,9 +63,10 @@ def test_preset_with_resume_is_refused(tmp_path):
     assert result.exit_code == 2 and "--preset cannot be combined with --resume" in result.output
 
 
-def test_sigterm_writes_a_checkpoint_and_exits(tmp_path):
-    args = ["--data", str(FSDD / "recordings"), "--sounds-per-epoch", "100000", "--out", str(tmp_path)]
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def test_sigterm_writes_a_checkpoint_and_exits(tmp_path, audio_dir):
+    args = ["--data", str(audio_dir), "--sounds-per-epoch", "100000", "--out", str(tmp_path)]
+    pythonpath = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "doppel_torch.train", *args, *TINY_ARGS],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -6,7 +6,6 @@ import torch
 from doppel_torch.train.config import PRESETS, TrainConfig, make_config
 from doppel_torch.train.loop import Trainer
 
-from tests.conftest import FSDD
 from tests.train.helpers import tiny_config
 
 
@@ -47,9 +46,9 @@ def test_bad_values_raise_clear_errors(overrides, message):
         make_config("tiny")
 
 
-def test_lr_schedule_steps_at_milestone_epochs(tmp_path):
+def test_lr_schedule_steps_at_milestone_epochs(tmp_path, audio_dir):
     """MultiStepLR over epochs: peak lr = 0.12 x batch / 256, x0.1 after 77.5 / 85 / 92.5 % of the epochs."""
-    cfg = tiny_config(tmp_path, optim__epochs=40, data__data=str(FSDD / "recordings"))
+    cfg = tiny_config(tmp_path, optim__epochs=40, data__data=str(audio_dir))
     trainer = Trainer(cfg, log=lambda s: None)
     peak = 0.12 * 4 / 256
     assert trainer.peak_lr == pytest.approx(peak)

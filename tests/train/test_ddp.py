@@ -18,7 +18,7 @@ import torch
 from doppel_torch.train.data import train_indices
 from doppel_torch.train.loop import Trainer
 
-from tests.conftest import FSDD, REPO
+from tests.conftest import REPO
 from tests.train.helpers import tiny_config
 
 WORLD = 2
@@ -31,7 +31,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_ranks(out_dir, source: str) -> list[dict]:
+def _run_ranks(out_dir, source: str, audio_dir) -> list[dict]:
     port = _free_port()
     procs = []
     for rank in range(WORLD):
@@ -43,8 +43,9 @@ def _run_ranks(out_dir, source: str) -> list[dict]:
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port),
             "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "OMP_NUM_THREADS": "1",
         }
-        cmd = [sys.executable, "-m", "tests.train.ddp_worker", str(out_dir), source, str(FSDD / "recordings")]
+        cmd = [sys.executable, "-m", "tests.train.ddp_worker", str(out_dir), source, str(audio_dir)]
         procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     for p in procs:
         out, _ = p.communicate(timeout=240)
@@ -53,12 +54,12 @@ def _run_ranks(out_dir, source: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("source", ["real"])
-def test_two_gloo_ranks_equal_one_process_on_the_global_batch(tmp_path, source):
-    ranks = _run_ranks(tmp_path, source)
+def test_two_gloo_ranks_equal_one_process_on_the_global_batch(tmp_path, audio_dir, source):
+    ranks = _run_ranks(tmp_path, source, audio_dir)
     # Ranks drew disjoint, consecutive sound indices.
     assert torch.equal(torch.cat([r["indices"] for r in ranks]), train_indices(0, 0, 1, WORLD * BATCH, 4))
 
-    data = {"data__data": str(FSDD / "recordings")} if source == "real" else {"data__synth": source}
+    data = {"data__data": str(audio_dir)} if source == "real" else {"data__synth": source}
     cfg = tiny_config(tmp_path / "single", optim__batch_size=WORLD * BATCH, **data)
     single = Trainer(cfg, log=lambda s: None)
     assert single.peak_lr == pytest.approx(ranks[0]["lr"])  # lr scales with the global batch: same lr

@@ -15,7 +15,6 @@ from doppel_torch.train.loop import NonFiniteLoss, Trainer
 from tests.conftest import FSDD
 from tests.train.helpers import tiny_config
 
-RECORDINGS = FSDD / "recordings"
 
 
 def _quiet(_: str) -> None:
@@ -27,9 +26,9 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-def test_real_data_mix_layers_run_logs_and_checkpoint(tmp_path):
+def test_real_data_mix_layers_run_logs_and_checkpoint(tmp_path, audio_dir):
     cfg = tiny_config(
-        tmp_path, data__data=str(RECORDINGS), data__mix_layers=2, data__num_workers=1, run__max_steps=2,
+        tmp_path, data__data=str(audio_dir), data__mix_layers=2, data__num_workers=1, run__max_steps=2,
         run__examples=1, run__tensorboard=True,
     )
     summary = Trainer(cfg, log=_quiet).fit()
@@ -50,10 +49,10 @@ def test_real_data_mix_layers_run_logs_and_checkpoint(tmp_path):
     assert config["model"]["width"] == 4 and encoder(torch.randn(2, 1, 96, 64)).shape == (2, 16)
 
 
-def test_lr_schedule_in_the_loop(tmp_path):
+def test_lr_schedule_in_the_loop(tmp_path, audio_dir):
     # 1 step per epoch (4 training sounds, batch 4), 4 epochs: milestones round(0.775 x 4) = 3, 3, round(3.7) = 4.
     cfg = tiny_config(
-        tmp_path, data__data=str(RECORDINGS), data__sounds_per_epoch=8, data__val_fraction=0.5, optim__epochs=4,
+        tmp_path, data__data=str(audio_dir), data__sounds_per_epoch=8, data__val_fraction=0.5, optim__epochs=4,
         run__val_every=10,
     )
     Trainer(cfg, log=_quiet).fit()
@@ -62,19 +61,23 @@ def test_lr_schedule_in_the_loop(tmp_path):
     assert lrs == pytest.approx([peak, peak, peak, peak * 0.01])
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
-    common = dict(data__data=str(RECORDINGS), data__sounds_per_epoch=12, data__val_fraction=1 / 3, optim__epochs=3)
-    # 2 steps per epoch; the interrupted run stops inside epoch 2 and resumes across an LR milestone.
+def test_resume_equals_uninterrupted_run(tmp_path, audio_dir):
+    common = dict(
+        data__data=str(audio_dir), data__sounds_per_epoch=12, data__val_fraction=1 / 3, optim__epochs=2,
+        optim__milestones=[0.5],
+    )
+    # 2 steps per epoch; the interrupted run stops inside epoch 1 and resumes across the LR milestone.
     full = Trainer(tiny_config(tmp_path / "full", **common), log=_quiet)
     full.fit()
-    first = Trainer(tiny_config(tmp_path / "split", run__max_steps=3, **common), log=_quiet)
+    first = Trainer(tiny_config(tmp_path / "split", run__max_steps=1, **common), log=_quiet)
     first.fit()
-    assert first.step == 3
+    assert first.step == 1
     with open(tmp_path / "split" / "metrics.csv", "a") as f:  # a row logged after the checkpoint, then a crash
-        f.write("train,4,1.0,0.001,9,9,9,1,1\n")
+        f.write("train,2,1.0,0.001,9,9,9,1,1\n")
     second = Trainer(tiny_config(tmp_path / "split", run__resume=str(tmp_path / "split"), **common), log=_quiet)
     second.fit()
-    assert second.step == full.step == 6
+    assert second.step == full.step == 4
+    assert second.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * second.peak_lr)
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, second.model.state_dict()[key]), key
     m_full = full.optimizer.state_dict()["state"]
@@ -82,17 +85,17 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert all(torch.equal(m_full[i]["momentum_buffer"], m_split[i]["momentum_buffer"]) for i in m_full)
     assert second.scheduler.state_dict() == full.scheduler.state_dict()
     rows = [r for r in _rows(tmp_path / "split" / "metrics.csv") if r["kind"] == "train"]
-    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
 
 
-def test_resume_with_a_different_recipe_is_refused(tmp_path):
-    Trainer(tiny_config(tmp_path, data__data=str(RECORDINGS), run__max_steps=1), log=_quiet).fit()
-    other = tiny_config(tmp_path, data__data=str(RECORDINGS), optim__lr=0.5, run__resume=str(tmp_path / "last.pt"))
+def test_resume_with_a_different_recipe_is_refused(tmp_path, audio_dir):
+    Trainer(tiny_config(tmp_path, data__data=str(audio_dir), run__max_steps=1), log=_quiet).fit()
+    other = tiny_config(tmp_path, data__data=str(audio_dir), optim__lr=0.5, run__resume=str(tmp_path / "last.pt"))
     with pytest.raises(ValueError, match=r"optim\.lr: checkpoint None, now 0\.5"):
         Trainer(other, log=_quiet).fit()
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, audio_dir, monkeypatch):
     real_loss = loop.losses.doppelganger_loss
     calls = {"n": 0}
 
@@ -104,7 +107,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         return total, align, uniform
 
     monkeypatch.setattr(loop.losses, "doppelganger_loss", poisoned)
-    cfg = tiny_config(tmp_path, data__data=str(RECORDINGS), run__checkpoint_every=2, run__log_every=1)
+    cfg = tiny_config(tmp_path, data__data=str(audio_dir), run__checkpoint_every=2, run__log_every=1)
     with pytest.raises(NonFiniteLoss, match="last good checkpoint"):
         Trainer(cfg, log=_quiet).fit()
     ckpt = ckpt_io.load_checkpoint(tmp_path / "last.pt")
@@ -112,11 +115,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
-def test_unreadable_files_are_skipped_and_counted(tmp_path):
+def test_unreadable_files_are_skipped_and_counted(tmp_path, audio_dir):
     folder = tmp_path / "audio"
     folder.mkdir()
     for name in ("0_george_0.wav", "1_jackson_0.wav", "2_theo_0.wav", "3_nicolas_0.wav"):
-        shutil.copy(RECORDINGS / name, folder / name)
+        shutil.copy(audio_dir / name, folder / name)
     (folder / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
     (folder / "notes.txt").write_text("not audio")
     cfg = tiny_config(tmp_path / "run", data__data=str(folder), run__max_steps=1)
@@ -126,8 +129,8 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
     assert trainer.fit()["skipped_files"] == 1
 
 
-def test_real_data_views_must_differ(tmp_path):
-    cfg = tiny_config(tmp_path, data__data=str(RECORDINGS), data__jitter=False)
+def test_real_data_views_must_differ(tmp_path, audio_dir):
+    cfg = tiny_config(tmp_path, data__data=str(audio_dir), data__jitter=False)
     with pytest.raises(ValueError, match="two identical views"):
         Trainer(cfg, log=_quiet)
 
