@@ -18,7 +18,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -276,24 +278,42 @@ struct Work {
 
 // ---- control rate -----------------------------------------------------------------------------------------
 
-// ADSR ramp r_t = min((max(t - start, 0) + eps) / dur + eps, 1) (inverse: 1 - r), zero duration -> 1; then r^alpha.
-static void adsr_ramp(double dur_s, double start_s, bool has_start, double alpha, bool inverse, const Shape& s,
-                      double* out) {
+static inline double pow_d(double r, double alpha) { return exp2_d(alpha * log2_d(r)); }
+
+// ADSR ramp r_t = min((max(t - start, 0) + eps) / dur + eps, 1) (inverse: 1 - r), zero duration -> 1; then r^alpha
+// (0 where r = 0). The power is evaluated only where r is neither 0 nor 1 and, before `start`, once.
+template <bool HAS_START, bool INVERSE>
+static void adsr_ramp(double dur_s, double start_s, double alpha, const Shape& s, double* out) {
     const int64_t C = s.n_control;
     const double dur = dur_s * s.control_rate;
     if (!(dur > 0.0)) {
         for (int64_t t = 0; t < C; ++t) out[t] = 1.0;
         return;
     }
-    const double start = has_start ? start_s * s.control_rate : 0.0;
+    const double start = HAS_START ? start_s * s.control_rate : 0.0;
     const double eps = s.eps;
     for (int64_t t = 0; t < C; ++t) {
         double ramp = (double)t;
-        if (has_start) ramp = std::max(ramp - start, 0.0);
-        double r = std::min((ramp + eps) / dur + eps, 1.0);
-        if (inverse) r = 1.0 - r;
-        const double safe = r > 0.0 ? r : 1.0;
-        const double pw = exp2_d(alpha * log2_d(safe));
+        if (HAS_START) ramp = std::max(ramp - start, 0.0);
+        const double r = std::min((ramp + eps) / dur + eps, 1.0);
+        out[t] = INVERSE ? 1.0 - r : r;
+    }
+    int64_t lo = 0, hi = C;
+    if (HAS_START) {
+        // first t past the start (t > start): earlier samples all hold the value of ramp 0
+        const int64_t first = std::min<int64_t>(C, std::max<int64_t>(0, (int64_t)std::floor(start) + 1));
+        if (first > 0) {
+            const double r0 = out[0];
+            const double v = r0 > 0.0 ? (r0 < 1.0 ? pow_d(r0, alpha) : 1.0) : 0.0;
+            for (int64_t t = 0; t < first; ++t) out[t] = v;
+        }
+        lo = first;
+    }
+    // The ramp is monotonic after the start: r reaches 1 (inverse: 0) and stays there.
+    while (hi > lo && (out[hi - 1] == (INVERSE ? 0.0 : 1.0))) --hi;
+    for (int64_t t = lo; t < hi; ++t) {
+        const double r = out[t];
+        const double pw = pow_d(r > 0.0 ? r : 1.0, alpha);
         out[t] = r > 0.0 ? pw : 0.0;
     }
 }
@@ -308,10 +328,10 @@ static void render_control(const Program& p, const Shape& s, const double* h, Wo
         const double new_attack = std::min(attack, note_on);
         const double new_decay = std::min(std::max(note_on - attack, 0.0), decay);
         double* env = &w.env[(size_t)e * C];
-        adsr_ramp(new_attack, 0.0, false, alpha, false, s, env);
-        adsr_ramp(new_decay, new_attack, true, alpha, true, s, tmp);
+        adsr_ramp<false, false>(new_attack, 0.0, alpha, s, env);
+        adsr_ramp<true, true>(new_decay, new_attack, alpha, s, tmp);
         for (int64_t t = 0; t < C; ++t) env[t] = env[t] * ((1.0 - sus) * tmp[t] + sus);
-        adsr_ramp(release, note_on, true, alpha, true, s, tmp);
+        adsr_ramp<true, true>(release, note_on, alpha, s, tmp);
         for (int64_t t = 0; t < C; ++t) env[t] = env[t] * tmp[t];
     }
     for (int l = 0; l < p.n_lfo; ++l) {
@@ -321,19 +341,21 @@ static void render_control(const Program& p, const Shape& s, const double* h, Wo
         double mode[5], total = 0.0;
         for (int k = 0; k < 5; ++k) total += (mode[k] = std::pow(h[L.w[k]], LFO_EXPONENT));
         for (int k = 0; k < 5; ++k) mode[k] /= total;
-        const double f = h[L.freq], depth = h[L.depth], phase0 = h[L.phase];
+        const double f = h[L.freq], depth = h[L.depth], phase0 = h[L.phase] / TWO_PI;
         double* out = &w.lfo[(size_t)l * C];
         double cycles = 0.0;
-        for (int64_t t = 0; t < C; ++t) {
+        for (int64_t t = 0; t < C; ++t) {  // wrapped running phase in cycles (serial, C steps)
             cycles += std::max(f + depth * rate_env[t], 0.0) / s.control_rate;
             cycles -= std::floor(cycles);
-            const double arg = TWO_PI * cycles + phase0;
-            double cosv = std::cos(arg + PI);
-            const double square = ((cosv > 0.0) - (cosv < 0.0) + 1.0) / 2.0;
+            tmp[t] = cycles + phase0;  // the reference's argument 2 pi cycles + phase0, in cycles
+        }
+        for (int64_t t = 0; t < C; ++t) {
+            const double x = tmp[t];
+            double sv, cosv;
+            sincos2pi(x + 0.5, sv, cosv);  // cos(argument + pi)
+            const double square = cosv > 0.0 ? 1.0 : (cosv < 0.0 ? 0.0 : 0.5);  // (sign(cos) + 1) / 2
             cosv = (cosv + 1.0) / 2.0;
-            double m = std::fmod(arg, TWO_PI);
-            if (m != 0.0 && m < 0.0) m += TWO_PI;
-            const double saw = m / TWO_PI;
+            const double saw = x - std::floor(x);  // remainder(argument, 2 pi) / 2 pi
             const double rsaw = 1.0 - saw;
             double tri = 2.0 * saw;
             tri = tri > 1.0 ? 2.0 - tri : tri;
@@ -434,6 +456,11 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
             shape[k] = h[O.shape];
         }
     }
+    // Amplitudes and the noise level are upsampled to audio rate; pitches are read per run (below).
+    std::vector<char> audio_rate(p.n_out, 0);
+    audio_rate[p.noise_amp] = 1;
+    for (const Osc& O : p.osc)
+        if (O.amp >= 0) audio_rate[O.amp] = 1;
     // Per control run c of each VCO: its first increment, the ratio between neighbours, and whether the whole
     // run stays inside the MIDI clamp (the pitch is linear in a run, so its two ends decide).
     std::vector<double> geo_next(p.n_osc, 0.0);
@@ -461,6 +488,7 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
             const int32_t c = s.up_idx[a];
             const int64_t e = std::min<int64_t>(s.run_end[c], n0 + BLOCK_T);
             for (int o = 0; o < p.n_out; ++o) {
+                if (!audio_rate[o]) continue;
                 const double x0 = w.mods[(size_t)o * C + c], x1 = w.mods[(size_t)o * C + c + 1];
                 double* u = up + (size_t)o * BLOCK_T - n0;
                 for (int64_t t = a; t < e; ++t) u[t] = (1.0 - s.up_lam[t]) * x0 + s.up_lam[t] * x1;
@@ -482,7 +510,7 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
                 // Within a run the MIDI pitch is linear in the sample index, so the increment is geometric:
                 // inc[n + 1] = inc[n] * R (float64, <= 10 ulp drift per run). Runs that touch the [0, 127]
                 // clamp take the per-sample exp2 (same math, clamped).
-                const double* pitch = up + (size_t)O.pitch * BLOCK_T;
+                const double* pitch = &w.mods[(size_t)O.pitch * C];
                 const double b = base[k], d = depth[k], scale = 440.0 * inv_sr;
                 const double* start = &w.geo[(size_t)k * 3 * C];
                 const double* ratio = start + C;
@@ -494,10 +522,12 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
                         const double g = a == s.run_start[c] ? start[c] : geo_next[k];
                         geo_next[k] = geometric_fill(g, ratio[c], inc + (a - n0), e - a);
                     } else {
-                        for (int64_t t = a - n0; t < e - n0; ++t) {
-                            double midi = b + d * pitch[t];
+                        const double x0 = pitch[c], x1 = pitch[c + 1];
+                        for (int64_t t = a; t < e; ++t) {
+                            const double lam = s.up_lam[t];
+                            double midi = b + d * ((1.0 - lam) * x0 + lam * x1);
                             midi = midi < 0.0 ? 0.0 : (midi > 127.0 ? 127.0 : midi);
-                            inc[t] = scale * exp2_d((midi - 69.0) * (1.0 / 12.0));
+                            inc[t - n0] = scale * exp2_d((midi - 69.0) * (1.0 / 12.0));
                         }
                     }
                     a = e;
@@ -566,8 +596,19 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
     }
     for (int64_t t = 0; t < N; ++t) dst[t] = (T)mix[t];
     if (normalize) {
-        T peak = 0;
-        for (int64_t t = 0; t < N; ++t) peak = std::max(peak, (T)std::fabs(dst[t]));
+        // max |x| as an integer max over the bit patterns with the sign cleared (same order for x >= 0; NaN
+        // cannot occur): a reduction the compiler vectorises without fast-math.
+        using I = typename std::conditional<sizeof(T) == 8, int64_t, int32_t>::type;
+        const I mask = std::numeric_limits<I>::max();
+        I top = 0;
+        for (int64_t t = 0; t < N; ++t) {
+            I bits;
+            std::memcpy(&bits, &dst[t], sizeof(T));
+            bits &= mask;
+            top = bits > top ? bits : top;
+        }
+        T peak;
+        std::memcpy(&peak, &top, sizeof(T));
         if (peak > (T)1)
             for (int64_t t = 0; t < N; ++t) dst[t] = dst[t] / peak;
     }
