@@ -1,4 +1,4 @@
-"""`doppel-torch train`: the paper's recipe by default; presets and options override it.
+r"""Train a ResNet18 on audio doppelgangers: the paper's recipe by default; presets and options override it.
 
     doppel-torch train --synth voice --preset cpu-smoke        # a few minutes on a laptop CPU
     doppel-torch train --synth voicefm                         # the paper's recipe on one GPU
@@ -109,7 +109,7 @@ def resolve_config(preset: str | None, resume: str | None, options: dict[str, An
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None, help="Starting config [paper].")
 @click.option("--synth", type=click.Choice(SYNTHS), default=None, help="Synthesizer architecture [voice].")
 @click.option("--delta", type=float, default=None, help="Perturbation scale of the doppelgangers [0.25].")
-@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Synth backend [torch].")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Synth backend [auto: triton on CUDA, torch on CPU].")
 @click.option("--duration", type=float, default=None, help="Seconds per sound [1.0].")
 @click.option("--sounds-per-epoch", type=int, default=None, help="Sounds per epoch, train + validation [100000].")
 @click.option("--val-fraction", type=float, default=None, help="Validation share of each epoch's sounds [0.1].")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SYNTHS = ("voice", "voicefm", "parametric")
-BACKENDS = ("torch", "triton", "cpu")
+BACKENDS = ("auto", "torch", "triton", "cpu")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -46,7 +46,8 @@ class ModelConfig:
 class DataConfig:
     """Where the positive pairs come from.
 
-    Synthetic mode (default): doppelganger pairs of `synth` with perturbation `delta`.
+    Synthetic mode (default): doppelganger pairs of `synth` with perturbation `delta`, rendered by `backend`
+    ("auto": the Triton kernels on CUDA, the torch reference on CPU).
     Real-data mode (`data` set to a folder of wav/flac/ogg): two views of real clips, made different by
     `jitter` (two different segments of one clip), `augment` and/or `mix_layers` > 1 (each view is the sum of
     `mix_layers` segments of the clip, the paper's VGGSound-Mix).
@@ -54,7 +55,7 @@ class DataConfig:
 
     synth: str = "voice"
     delta: float = 0.25
-    backend: str = "torch"
+    backend: str = "auto"
     sample_rate: int = 16000
     duration: float = 1.0
     sounds_per_epoch: int = 100_000

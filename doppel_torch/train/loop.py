@@ -1,4 +1,4 @@
-"""The training loop: pairs -> [augmentation] -> log-mel -> ResNet18 -> alignment + uniformity -> SGD.
+r"""The training loop: pairs -> [augmentation] -> log-mel -> ResNet18 -> alignment + uniformity -> SGD.
 
 Single process (CPU or one GPU):
 
@@ -136,8 +136,15 @@ class Trainer:
         from doppel_torch.synths import get_synth
 
         d = self.config.data
+        self.synth_backend = d.backend
+        if d.backend == "auto":
+            self.synth_backend = "triton" if self.device.type == "cuda" else "torch"
         synth = get_synth(
-            d.synth, sample_rate=d.sample_rate, control_rate=CONTROL_RATE, duration=d.duration, backend=d.backend
+            d.synth,
+            sample_rate=d.sample_rate,
+            control_rate=CONTROL_RATE,
+            duration=d.duration,
+            backend=self.synth_backend,
         ).to(self.device)
         generator = DoppelgangerPairs(synth, delta=d.delta, seed=self.config.run.seed).to(self.device)
 
@@ -410,7 +417,7 @@ class Trainer:
                 f"mix layers {cfg.data.mix_layers}"
             )
         else:
-            source = f"synth {cfg.data.synth} (backend {cfg.data.backend}), delta {cfg.data.delta}"
+            source = f"synth {cfg.data.synth} (backend {self.synth_backend}), delta {cfg.data.delta}"
         lines += [
             f"data: {source}; augmentation {'on' if cfg.data.augment else 'off'}",
             f"global batch {self.global_batch} = {env.world_size} x {self.batch_size}; peak lr {self.peak_lr:g}; "
