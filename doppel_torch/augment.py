@@ -28,6 +28,7 @@ the same numbers, rows being independent.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,14 +99,20 @@ def fast_pitch_semitones(sample_rate: int, semitones: tuple[float, float]) -> li
 
 def load_impulse_responses(paths: str | Path | Sequence[str | Path], sample_rate: int) -> list[torch.Tensor]:
     """Impulse responses from a folder or a list of files: each mixed to mono and resampled, float32 (L_i,)."""
+    files = tuple(str(p.resolve()) for p in find_impulse_responses(paths))
+    return [ir.clone() for ir in _load_impulse_responses(files, int(sample_rate))]
+
+
+@functools.lru_cache(maxsize=8)
+def _load_impulse_responses(files: tuple[str, ...], sample_rate: int) -> tuple[torch.Tensor, ...]:
     import soundfile as sf
 
     irs = []
-    for path in find_impulse_responses(paths):
-        data, rate = sf.read(str(path), dtype="float64", always_2d=True)  # (L, channels)
+    for path in files:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)  # (L, channels)
         mono = torch.from_numpy(data).mean(dim=1)
-        irs.append(F.resample(mono, int(rate), sample_rate).float())
-    return irs
+        irs.append(F.resample(mono, int(rate), sample_rate))
+    return tuple(irs)
 
 
 class AugmentChain(nn.Module):
