@@ -38,6 +38,12 @@ from doppel_torch.train.distributed import DistEnv, any_rank, init_distributed, 
 CONTROL_RATE = 480  # Hz, the paper's synth control rate
 
 
+def _ignore_sigint(worker_id: int) -> None:
+    # Ctrl-C reaches the DataLoader workers too; the main process handles it (checkpoint, then exit), so the
+    # workers must keep serving the batch it may be waiting for.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -176,6 +182,7 @@ class Trainer:
                 num_workers=cfg.data.num_workers,
                 pin_memory=self.device.type == "cuda",
                 prefetch_factor=2,
+                worker_init_fn=_ignore_sigint,
             )
             for item in loader:
                 self.read_failures += int(item["failures"])

@@ -63,13 +63,17 @@ def test_preset_with_resume_is_refused(tmp_path):
     assert result.exit_code == 2 and "--preset cannot be combined with --resume" in result.output
 
 
-def test_sigterm_writes_a_checkpoint_and_exits(tmp_path, audio_dir):
+@pytest.mark.parametrize(
+    "signum, workers",
+    [(signal.SIGTERM, "0"), (signal.SIGINT, "1")],  # SIGINT goes to the whole process group, as Ctrl-C does
+)
+def test_signal_writes_a_checkpoint_and_exits(tmp_path, audio_dir, signum, workers):
     args = ["--data", str(audio_dir), "--sounds-per-epoch", "100000", "--out", str(tmp_path)]
     pythonpath = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
     env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "doppel_torch.train", *args, *TINY_ARGS],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "doppel_torch.train", *args, *TINY_ARGS, "--num-workers", workers],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     metrics = tmp_path / "metrics.csv"
     deadline = time.monotonic() + 120
@@ -79,14 +83,17 @@ def test_sigterm_writes_a_checkpoint_and_exits(tmp_path, audio_dir):
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.stdout.read().decode()
-        proc.send_signal(signal.SIGTERM)
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     text = out.decode()
-    assert proc.returncode == 128 + signal.SIGTERM, text[-2000:]
-    assert "received SIGTERM" in text and "interrupted: step" in text
+    assert proc.returncode == 128 + signum, text[-2000:]
+    assert f"received {signal.Signals(signum).name}" in text and "interrupted: step" in text
     ckpt = ckpt_io.load_checkpoint(tmp_path / "last.pt")
     with open(metrics) as f:
         logged = [int(r["step"]) for r in csv.DictReader(f)]
