@@ -262,18 +262,24 @@ struct Shape {
     double sample_rate, control_rate, eps;
     std::vector<int32_t> up_idx;  // (n_padded,) control index of each audio sample (endpoint-aligned)
     std::vector<double> up_lam;   // (n_padded,) its interpolation weight
+    std::vector<float> up_lam_f;  // the same in float32
     std::vector<int64_t> run_end;    // (n_control,) one past the last sample reading control index c
     std::vector<int64_t> run_start;  // (n_control,) the first sample reading control index c
     double lam_step;                 // (C - 1) / (N - 1): interpolation weight gained per sample
 };
 
+// Per-thread buffers. Control-rate signals, phases and increments are float64; the audio-rate amplitudes,
+// waveforms and mix are S (the output's type): float32 runs 8 lanes where float64 runs 4.
+template <typename S>
 struct Work {
-    std::vector<double> env, lfo, mods, up, out, inc, cyc, tmp, mix, geo;
+    std::vector<double> env, lfo, mods, inc, cyc, tmp, geo;
+    std::vector<S> up, out, noise;
+    std::vector<double> out_fm;  // float64 output of FM modulators (the carrier integrates their errors)
     Work(const Program& p, const Shape& s)
         : env((size_t)p.n_env * s.n_control), lfo((size_t)p.n_lfo * s.n_control), mods((size_t)p.n_out * s.n_control),
-          up((size_t)p.n_out * BLOCK_T), out((size_t)std::max(p.n_osc, 1) * BLOCK_T), inc(BLOCK_T), cyc(BLOCK_T),
-          tmp(std::max<int64_t>(s.n_control, BLOCK_T)), mix(s.n_samples),
-          geo((size_t)std::max(p.n_osc, 1) * 3 * s.n_control) {}
+          inc(BLOCK_T), cyc(BLOCK_T), tmp(std::max<int64_t>(s.n_control, BLOCK_T)),
+          geo((size_t)std::max(p.n_osc, 1) * 3 * s.n_control), up((size_t)p.n_out * (BLOCK_T + 8)),
+          out((size_t)std::max(p.n_osc, 1) * BLOCK_T), noise(BLOCK_T), out_fm((size_t)std::max(p.n_osc, 1) * BLOCK_T) {}
 };
 
 // ---- control rate -----------------------------------------------------------------------------------------
@@ -318,7 +324,8 @@ static void adsr_ramp(double dur_s, double start_s, double alpha, const Shape& s
     }
 }
 
-static void render_control(const Program& p, const Shape& s, const double* h, Work& w) {
+template <typename S>
+static void render_control(const Program& p, const Shape& s, const double* h, Work<S>& w) {
     const int64_t C = s.n_control;
     double* tmp = w.tmp.data();
     for (int e = 0; e < p.n_env; ++e) {
@@ -421,41 +428,78 @@ static inline double geometric_fill(double g, double r, double* out, int64_t len
     return rest[len - j];
 }
 
-template <typename T>
+template <typename S>
+static inline void wave_sine(const double* cyc, S* out);
+template <>
+inline void wave_sine<double>(const double* cyc, double* out) {
+    for (int t = 0; t < BLOCK_T; ++t) out[t] = cos2pi(cyc[t]);
+}
+template <>
+inline void wave_sine<float>(const double* cyc, float* out) {
+    for (int t = 0; t < BLOCK_T; ++t) {
+        float sv, cv;
+        sincos2pi_f(cyc[t], sv, cv);
+        out[t] = cv;
+    }
+}
+
+template <typename S>
+static inline void wave_square_saw(const double* cyc, double partials, double shape, S* out);
+template <>
+inline void wave_square_saw<double>(const double* cyc, double partials, double shape, double* out) {
+    const double a = PI * partials / 2.0, sh = shape;
+    for (int t = 0; t < BLOCK_T; ++t) {
+        double sv, cv;
+        sincos2pi(cyc[t], sv, cv);
+        out[t] = (1.0 - sh / 2.0) * tanh_d(a * sv) * (1.0 + sh * cv);
+    }
+}
+template <>
+inline void wave_square_saw<float>(const double* cyc, double partials, double shape, float* out) {
+    const float a = (float)(PI * partials / 2.0), sh = (float)shape;
+    for (int t = 0; t < BLOCK_T; ++t) {
+        float sv, cv;
+        sincos2pi_f(cyc[t], sv, cv);
+        out[t] = (1.0f - sh / 2.0f) * tanh_f(a * sv) * (1.0f + sh * cv);
+    }
+}
+
+// One sound: control stage, then audio blocks written straight into dst (B row of the output), then the peak.
+template <typename S>
 static void render_sound(const Program& p, const Shape& s, const double* h, const int64_t* keys, const double* noise,
-                         int normalize, T* dst, Work& w) {
+                         int normalize, S* dst, Work<S>& w) {
     render_control(p, s, h, w);
     const int64_t C = s.n_control, N = s.n_samples;
     const double inv_sr = 1.0 / s.sample_rate, nyquist = s.sample_rate / 2.0;
-    std::vector<double> carry(p.n_osc, 0.0);
-    double* up = w.up.data();
+    const uint32_t k1 = keys ? (uint32_t)keys[0] : 0u, k2 = keys ? (uint32_t)keys[1] : 0u;
+    constexpr int LANES = 32 / sizeof(S);  // one 256-bit vector
+    constexpr int64_t UP_STRIDE = BLOCK_T + 8;
+    S* up = w.up.data();
     double* inc = w.inc.data();
     double* cyc = w.cyc.data();
-    double* mix = w.mix.data();
-    const uint32_t k1 = keys ? (uint32_t)keys[0] : 0u, k2 = keys ? (uint32_t)keys[1] : 0u;
+    const double* lam_d = s.up_lam.data();
+    const S* lam = std::is_same<S, float>::value ? (const S*)(const void*)s.up_lam_f.data() : (const S*)(const void*)lam_d;
     // Per-oscillator constants.
-    std::vector<double> base(p.n_osc), depth(p.n_osc), phase0(p.n_osc), partials(p.n_osc), shape(p.n_osc);
-    // float64 waveforms for a float64 output and for FM modulators (whose errors the carrier integrates);
-    // float32 waveforms for everything that only reaches a float32 output.
-    std::vector<char> precise(p.n_osc, sizeof(T) == sizeof(double));
-    for (int k = 0; k < p.n_osc; ++k)
-        if (p.osc[k].kind == 2) precise[p.osc[k].source] = 1;
+    std::vector<double> base(p.n_osc), depth(p.n_osc), phase0(p.n_osc), partials(p.n_osc), shape(p.n_osc),
+        carry(p.n_osc, 0.0), geo_next(p.n_osc, 0.0);
     for (int k = 0; k < p.n_osc; ++k) {
         const Osc& O = p.osc[k];
         const double f0 = h[p.kb[O.kb].midi], tuning = h[O.tuning];
         depth[k] = h[O.depth];
         phase0[k] = h[O.phase] / TWO_PI;  // in cycles
-        if (O.kind == 2) {
-            base[k] = 440.0 * std::exp2((f0 + tuning - 69.0) / 12.0);  // carrier f0 in Hz
-        } else {
-            base[k] = f0 + tuning;  // MIDI
-        }
+        base[k] = O.kind == 2 ? 440.0 * std::exp2((f0 + tuning - 69.0) / 12.0)  // FM carrier f0 in Hz
+                              : f0 + tuning;                                     // VCO: MIDI
         if (O.kind == 1) {
             const double max_f0 = 440.0 * std::exp2((f0 + tuning + std::max(depth[k], 0.0) - 69.0) / 12.0);
             partials[k] = 12000.0 / (max_f0 * std::log10(max_f0));
             shape[k] = h[O.shape];
         }
     }
+    // FM modulators keep float64 waveforms and amplitudes even for a float32 output: in float32 their rounding,
+    // integrated by the carrier's phase, costs voicefm 1e-4 relative L2 (1e-7 with float64 modulators).
+    std::vector<char> modulator(p.n_osc, 0);
+    for (const Osc& O : p.osc)
+        if (O.kind == 2) modulator[O.source] = 1;
     // Amplitudes and the noise level are upsampled to audio rate; pitches are read per run (below).
     std::vector<char> audio_rate(p.n_out, 0);
     audio_rate[p.noise_amp] = 1;
@@ -463,7 +507,6 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
         if (O.amp >= 0) audio_rate[O.amp] = 1;
     // Per control run c of each VCO: its first increment, the ratio between neighbours, and whether the whole
     // run stays inside the MIDI clamp (the pitch is linear in a run, so its two ends decide).
-    std::vector<double> geo_next(p.n_osc, 0.0);
     for (int k = 0; k < p.n_osc; ++k) {
         const Osc& O = p.osc[k];
         if (O.kind == 2) continue;
@@ -473,7 +516,7 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
         double* inside = ratio + C;
         const double b = base[k], d = depth[k], scale = 440.0 * inv_sr, step = s.lam_step;
         for (int64_t c = 0; c < C - 1; ++c) {
-            const double la = s.up_lam[s.run_start[c]], le = s.up_lam[std::min(s.run_end[c], N) - 1];
+            const double la = lam_d[s.run_start[c]], le = lam_d[std::min(s.run_end[c], N) - 1];
             const double ma = b + d * ((1.0 - la) * x[c] + la * x[c + 1]);
             const double me = b + d * ((1.0 - le) * x[c] + le * x[c + 1]);
             inside[c] = (ma >= 0.0 && ma <= 127.0 && me >= 0.0 && me <= 127.0) ? 1.0 : 0.0;
@@ -489,20 +532,22 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
             const int64_t e = std::min<int64_t>(s.run_end[c], n0 + BLOCK_T);
             for (int o = 0; o < p.n_out; ++o) {
                 if (!audio_rate[o]) continue;
-                const double x0 = w.mods[(size_t)o * C + c], x1 = w.mods[(size_t)o * C + c + 1];
-                double* u = up + (size_t)o * BLOCK_T - n0;
-                for (int64_t t = a; t < e; ++t) u[t] = (1.0 - s.up_lam[t]) * x0 + s.up_lam[t] * x1;
+                const S x0 = (S)w.mods[(size_t)o * C + c], x1 = (S)w.mods[(size_t)o * C + c + 1];
+                S* u = up + (size_t)o * UP_STRIDE - n0;
+                // Whole vectors of LANES: a run's overhang is overwritten by the next run (or is padding).
+                for (int64_t t = a; t < e; t += LANES)
+                    for (int l = 0; l < LANES; ++l) u[t + l] = ((S)1 - lam[t + l]) * x0 + lam[t + l] * x1;
             }
             a = e;
         }
         for (int k = 0; k < p.n_osc; ++k) {
             const Osc& O = p.osc[k];
-            double* out = &w.out[(size_t)k * BLOCK_T];
+            S* out = &w.out[(size_t)k * BLOCK_T];
             if (O.kind == 2) {
-                const double* src = &w.out[(size_t)O.source * BLOCK_T];
+                const double* src = &w.out_fm[(size_t)O.source * BLOCK_T];
                 const double f0_hz = base[k], index = depth[k];
                 for (int t = 0; t < BLOCK_T; ++t) {
-                    double f = f0_hz + index * f0_hz * src[t];
+                    double f = f0_hz + index * f0_hz * (double)src[t];
                     f = f < 0.0 ? 0.0 : (f > nyquist ? nyquist : f);
                     inc[t] = f * inv_sr;
                 }
@@ -524,8 +569,8 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
                     } else {
                         const double x0 = pitch[c], x1 = pitch[c + 1];
                         for (int64_t t = a; t < e; ++t) {
-                            const double lam = s.up_lam[t];
-                            double midi = b + d * ((1.0 - lam) * x0 + lam * x1);
+                            const double l = lam_d[t];
+                            double midi = b + d * ((1.0 - l) * x0 + l * x1);
                             midi = midi < 0.0 ? 0.0 : (midi > 127.0 ? 127.0 : midi);
                             inc[t - n0] = scale * exp2_d((midi - 69.0) * (1.0 / 12.0));
                         }
@@ -534,82 +579,71 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
                 }
             }
             carry[k] = phase_block(inc, carry[k], phase0[k], cyc);
-            if (precise[k]) {
-                if (O.kind == 0 || O.kind == 2) {
-                    for (int t = 0; t < BLOCK_T; ++t) out[t] = cos2pi(cyc[t]);
-                } else {
-                    const double a = PI * partials[k] / 2.0, sh = shape[k];
-                    for (int t = 0; t < BLOCK_T; ++t) {
-                        double sv, cv;
-                        sincos2pi(cyc[t], sv, cv);
-                        out[t] = (1.0 - sh / 2.0) * tanh_d(a * sv) * (1.0 + sh * cv);
+            if (modulator[k]) {
+                double* fm = &w.out_fm[(size_t)k * BLOCK_T];
+                if (O.kind == 1)
+                    wave_square_saw<double>(cyc, partials[k], shape[k], fm);
+                else
+                    wave_sine<double>(cyc, fm);
+                if (O.kind != 2) {  // float64 VCA, upsampled here run by run
+                    for (int64_t a = n0; a < n0 + BLOCK_T;) {
+                        const int32_t c = s.up_idx[a];
+                        const int64_t e = std::min<int64_t>(s.run_end[c], n0 + BLOCK_T);
+                        const double x0 = w.mods[(size_t)O.amp * C + c], x1 = w.mods[(size_t)O.amp * C + c + 1];
+                        for (int64_t t = a; t < e; ++t) fm[t - n0] *= (1.0 - lam_d[t]) * x0 + lam_d[t] * x1;
+                        a = e;
                     }
                 }
-            } else {
-                if (O.kind == 0 || O.kind == 2) {
-                    for (int t = 0; t < BLOCK_T; ++t) {
-                        float sv, cv;
-                        sincos2pi_f(cyc[t], sv, cv);
-                        out[t] = cv;
-                    }
-                } else {
-                    const float a = (float)(PI * partials[k] / 2.0), sh = (float)shape[k];
-                    for (int t = 0; t < BLOCK_T; ++t) {
-                        float sv, cv;
-                        sincos2pi_f(cyc[t], sv, cv);
-                        out[t] = (1.0f - sh / 2.0f) * tanh_f(a * sv) * (1.0f + sh * cv);
-                    }
-                }
+                for (int t = 0; t < BLOCK_T; ++t) out[t] = (S)fm[t];
+                continue;
             }
+            if (O.kind == 1)
+                wave_square_saw<S>(cyc, partials[k], shape[k], out);
+            else
+                wave_sine<S>(cyc, out);
             if (O.kind != 2) {
-                const double* amp = up + (size_t)O.amp * BLOCK_T;
+                const S* amp = up + (size_t)O.amp * UP_STRIDE;
                 for (int t = 0; t < BLOCK_T; ++t) out[t] *= amp[t];
             }
         }
-        double* m = mix + n0;
-        for (int j = 0; j < p.n_mix; ++j) {
-            const Mix& M = p.mix[j];
-            const double level = h[M.level];
-            if (M.input >= 0) {
-                const double* x = &w.out[(size_t)M.input * BLOCK_T];
-                if (j == 0)
-                    for (int64_t t = 0; t < len; ++t) m[t] = level * x[t];
-                else
-                    for (int64_t t = 0; t < len; ++t) m[t] += level * x[t];
+        S* z = w.noise.data();
+        {
+            const S* amp = up + (size_t)p.noise_amp * UP_STRIDE;
+            if (noise) {
+                for (int64_t t = 0; t < len; ++t) z[t] = (S)noise[n0 + t] * amp[t];
             } else {
-                const double* amp = up + (size_t)p.noise_amp * BLOCK_T;
-                double* z = w.tmp.data();
-                if (noise) {
-                    for (int64_t t = 0; t < len; ++t) z[t] = noise[n0 + t] * amp[t];
-                } else {
-                    for (int64_t t = 0; t < len; ++t) {
-                        const uint32_t bits = mix32(mix32((uint32_t)(n0 + t) + k1) ^ k2);
-                        z[t] = (2.0 * ((double)(bits >> 8) * (1.0 / 16777216.0)) - 1.0) * amp[t];
-                    }
+                for (int64_t t = 0; t < len; ++t) {  // U[-1, 1) with 24 bits: exact in float32
+                    const uint32_t bits = mix32(mix32((uint32_t)(n0 + t) + k1) ^ k2);
+                    z[t] = ((S)2 * ((S)(int32_t)(bits >> 8) * (S)(1.0 / 16777216.0)) - (S)1) * amp[t];
                 }
-                if (j == 0)
-                    for (int64_t t = 0; t < len; ++t) m[t] = level * z[t];
-                else
-                    for (int64_t t = 0; t < len; ++t) m[t] += level * z[t];
             }
         }
+        S* m = dst + n0;
+        for (int j = 0; j < p.n_mix; ++j) {
+            const Mix& M = p.mix[j];
+            const S level = (S)h[M.level];
+            const S* x = M.input >= 0 ? &w.out[(size_t)M.input * BLOCK_T] : z;
+            if (j == 0)
+                for (int64_t t = 0; t < len; ++t) m[t] = level * x[t];
+            else
+                for (int64_t t = 0; t < len; ++t) m[t] += level * x[t];
+        }
     }
-    for (int64_t t = 0; t < N; ++t) dst[t] = (T)mix[t];
     if (normalize) {
         // max |x| as an integer max over the bit patterns with the sign cleared (same order for x >= 0; NaN
         // cannot occur): a reduction the compiler vectorises without fast-math.
-        using I = typename std::conditional<sizeof(T) == 8, int64_t, int32_t>::type;
+        using I = typename std::conditional<sizeof(S) == 8, int64_t, int32_t>::type;
         const I mask = std::numeric_limits<I>::max();
         I top = 0;
         for (int64_t t = 0; t < N; ++t) {
             I bits;
-            std::memcpy(&bits, &dst[t], sizeof(T));
+            std::memcpy(&bits, &dst[t], sizeof(S));
             bits &= mask;
             top = bits > top ? bits : top;
         }
-        T peak;
-        std::memcpy(&peak, &top, sizeof(T));
-        if (peak > (T)1)
+        S peak;
+        std::memcpy(&peak, &top, sizeof(S));
+        if (peak > (S)1)
             for (int64_t t = 0; t < N; ++t) dst[t] = dst[t] / peak;
     }
 }
@@ -637,7 +671,7 @@ int doppel_cpu_render(const double* human, int64_t batch, int64_t m, const int32
     s.control_rate = control_rate;
     s.eps = eps;
     s.up_idx.resize(s.n_padded);
-    s.up_lam.resize(s.n_padded);
+    s.up_lam.resize(s.n_padded + 8);  // + one vector: the upsampling reads whole vectors past a run's end
     const double scale = (double)(n_control - 1) / (double)(n_samples - 1);
     for (int64_t n = 0; n < s.n_padded; ++n) {
         const double src = scale * (double)std::min(n, n_samples - 1);
@@ -651,19 +685,22 @@ int doppel_cpu_render(const double* human, int64_t batch, int64_t m, const int32
     s.run_start.assign(n_control, s.n_padded);
     for (int64_t n = s.n_padded - 1; n >= 0; --n) s.run_start[s.up_idx[n]] = n;
     s.lam_step = scale;
+    for (int64_t n = s.n_padded; n < s.n_padded + 8; ++n) s.up_lam[n] = 1.0;
+    s.up_lam_f.assign(s.up_lam.begin(), s.up_lam.end());
     if (batch == 0) return 0;
     n_threads = std::max(1, std::min<int>(n_threads, (int)batch));
     std::atomic<int64_t> next(0);
     auto worker = [&]() {
-        Work w(p, s);
-        for (int64_t b; (b = next.fetch_add(1)) < batch;) {
-            const double* h = human + b * m;
-            const int64_t* kb = keys ? keys + 2 * b : nullptr;
-            const double* nz = noise ? noise + b * noise_stride : nullptr;
-            if (out_is_double)
-                render_sound(p, s, h, kb, nz, normalize, (double*)out + b * n_samples, w);
-            else
-                render_sound(p, s, h, kb, nz, normalize, (float*)out + b * n_samples, w);
+        if (out_is_double) {
+            Work<double> w(p, s);
+            for (int64_t b; (b = next.fetch_add(1)) < batch;)
+                render_sound(p, s, human + b * m, keys ? keys + 2 * b : nullptr,
+                             noise ? noise + b * noise_stride : nullptr, normalize, (double*)out + b * n_samples, w);
+        } else {
+            Work<float> w(p, s);
+            for (int64_t b; (b = next.fetch_add(1)) < batch;)
+                render_sound(p, s, human + b * m, keys ? keys + 2 * b : nullptr,
+                             noise ? noise + b * noise_stride : nullptr, normalize, (float*)out + b * n_samples, w);
         }
     };
     if (n_threads == 1) {
