@@ -86,7 +86,7 @@ def test_data_share(benchmark, bench_device, tmp_path):
     state = {"step": 0}
 
     def data():
-        idx = train_indices(state["step"], 0, 1, batch, trainer.config.data.n_val)
+        idx = train_indices(state["step"], 0, 1, batch, trainer.config.data.n_val, bench_device)
         state["step"] += 1
         a1, a2 = trainer.pairs(idx)
         return trainer.frontend(torch.cat([a1, a2]))
@@ -113,7 +113,7 @@ def test_train_step(benchmark, bench_device, tmp_path, precision, channels_last,
     )
 
     def step():
-        idx = train_indices(trainer.step, 0, 1, batch, trainer.config.data.n_val)
+        idx = train_indices(trainer.step, 0, 1, batch, trainer.config.data.n_val, bench_device)
         a1, a2 = trainer.pairs(idx)
         terms = trainer.train_step(idx, a1, a2)
         _synchronize(bench_device)

@@ -34,16 +34,20 @@ from doppel_torch.functional import resample
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
-def train_indices(step: int, rank: int, world_size: int, batch_size: int, n_val: int) -> torch.Tensor:
+def train_indices(
+    step: int, rank: int, world_size: int, batch_size: int, n_val: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Global sound indices (batch_size,) of `rank` at optimizer step `step` (see the module docstring)."""
     start = n_val + (step * world_size + rank) * batch_size
-    return torch.arange(start, start + batch_size, dtype=torch.int64)
+    return torch.arange(start, start + batch_size, dtype=torch.int64, device=device)
 
 
-def val_indices(batch: int, rank: int, world_size: int, batch_size: int) -> torch.Tensor:
+def val_indices(
+    batch: int, rank: int, world_size: int, batch_size: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Global sound indices of validation batch `batch` on `rank`: inside 0 .. n_val - 1."""
     start = (batch * world_size + rank) * batch_size
-    return torch.arange(start, start + batch_size, dtype=torch.int64)
+    return torch.arange(start, start + batch_size, dtype=torch.int64, device=device)
 
 
 @dataclass

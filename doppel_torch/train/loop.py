@@ -188,8 +188,10 @@ class Trainer:
                 self.read_failures += int(item["failures"])
                 yield item["indices"], item["audio1"].to(self.device), item["audio2"].to(self.device)
             return
+        # Synthetic pairs: indices made on the device, so a step never waits on a host-to-device copy.
+        device = self.device if self.real is None else "cpu"
         for step in range(start, stop):
-            indices = train_indices(step, self.env.rank, self.env.world_size, self.batch_size, cfg.data.n_val)
+            indices = train_indices(step, self.env.rank, self.env.world_size, self.batch_size, cfg.data.n_val, device)
             before = self.real.read_failures if self.real is not None else 0
             audio1, audio2 = self.pairs(indices)
             if self.real is not None:
@@ -236,7 +238,7 @@ class Trainer:
             n_batches = min(n_batches, self.config.run.val_batches)
         acc = torch.zeros(3, device=self.device)
         for b in range(n_batches):
-            indices = val_indices(b, self.env.rank, self.env.world_size, self.batch_size)
+            indices = val_indices(b, self.env.rank, self.env.world_size, self.batch_size, self.device)
             audio1, audio2 = self.pairs(indices)
             z1, z2 = self.embed(self.model, audio1, audio2, indices)
             acc += torch.stack(self.loss(z1, z2))
