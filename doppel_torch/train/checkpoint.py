@@ -18,6 +18,7 @@ alone fixes the data still to come.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         path = path / "last.pt"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: pass a .pt file written by `doppel-torch train` or its run folder")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        # torch's message is long; keep its "Unsupported ..." line (e.g. "Unsupported global: GLOBAL datetime...").
+        lines = [line.strip() for line in str(exc).splitlines() if "Unsupported" in line]
+        reason = lines[0].split(". Please")[0] if lines else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(
+            f"{path} could not be loaded as a checkpoint: it is truncated, not a torch.save file, or holds objects "
+            f"other than tensors and plain containers (weights_only=True keeps a checkpoint from running code). "
+            f"torch says: {reason}"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a doppel-torch checkpoint (no format tag {FORMAT!r})")
     return ckpt

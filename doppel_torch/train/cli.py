@@ -149,7 +149,7 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
 
     try:
         config = resolve_config(preset, resume, options, _parse_set(sets))
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         raise click.UsageError(str(exc)) from None
     try:
         try:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -63,7 +65,11 @@ def test_load_encoder_roundtrip(tmp_path):
     model.eval()
     assert torch.equal(encoder(x), model(x))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="could not be loaded as a checkpoint"):
         load_encoder(tmp_path / "junk.pt")
+    # An object that unpickling would construct (here a datetime; in an attack, anything) is refused.
+    torch.save({"format": "doppel-torch-checkpoint", "config": {}, "when": datetime.datetime.now()}, tmp_path / "obj.pt")
+    with pytest.raises(ValueError, match="(?s)weights_only=True.*datetime"):
+        load_encoder(tmp_path / "obj.pt")
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_encoder(tmp_path / "missing.pt")
