@@ -33,7 +33,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_trainer(device: torch.device, batch: int, *, precision: str, channels_last: bool, compile: bool, tmp) -> Trainer:
+def make_trainer(
+    device: torch.device, batch: int, *, precision: str, channels_last: bool, compile: bool, tmp
+) -> Trainer:
     """A Trainer with the paper's model and pair pipeline (synth voice, delta 0.25) at `batch` pairs per step."""
     backend = "triton" if device.type == "cuda" else "cpu"
     cfg = make_config(
@@ -103,7 +105,9 @@ def test_data_share(benchmark, bench_device, tmp_path):
     benchmark.extra_info.update({"device": str(bench_device), "batch": batch, "pairs_per_s": batch / median})
 
 
-@pytest.mark.parametrize("precision, channels_last, compile", [("fp32", False, False), ("bf16", True, False), ("bf16", True, True)])
+@pytest.mark.parametrize(
+    "precision, channels_last, compile", [("fp32", False, False), ("bf16", True, False), ("bf16", True, True)]
+)
 def test_train_step(benchmark, bench_device, tmp_path, precision, channels_last, compile):
     if (precision, channels_last, compile) not in _cases(bench_device):
         pytest.skip(f"{precision}/channels_last={channels_last}/compile={compile} is measured on GPU only")
@@ -134,4 +138,5 @@ def test_train_step(benchmark, bench_device, tmp_path, precision, channels_last,
     if bench_device.type in _DATA_SECONDS:
         info["data_share"] = _DATA_SECONDS[bench_device.type] / median
     benchmark.extra_info.update(info)
-    print(f"\n{precision} channels_last={channels_last} compile={compile}: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    summary = ", ".join(f"{k}={v}" for k, v in info.items())
+    print(f"\n{precision} channels_last={channels_last} compile={compile}: {summary}")

@@ -81,7 +81,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if path.is_dir():
         path = path / "last.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: pass a .pt file written by `doppel-torch train` or its run folder")
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: pass a .pt file written by `doppel-torch train` or its run folder"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:

@@ -81,7 +81,9 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def resolve_config(preset: str | None, resume: str | None, options: dict[str, Any], sets: dict[str, Any]) -> TrainConfig:
+def resolve_config(
+    preset: str | None, resume: str | None, options: dict[str, Any], sets: dict[str, Any]
+) -> TrainConfig:
     """Preset (or the resumed checkpoint's config) + explicit options + --set overrides -> a validated config."""
     overrides = {OPTION_FIELDS[k]: v for k, v in options.items() if v is not None}
     if resume is not None:
@@ -109,12 +111,16 @@ def resolve_config(preset: str | None, resume: str | None, options: dict[str, An
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None, help="Starting config [paper].")
 @click.option("--synth", type=click.Choice(SYNTHS), default=None, help="Synthesizer architecture [voice].")
 @click.option("--delta", type=float, default=None, help="Perturbation scale of the doppelgangers [0.25].")
-@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Synth backend [auto: triton on CUDA, torch on CPU].")
+@click.option(
+    "--backend", type=click.Choice(BACKENDS), default=None, help="Synth backend [auto: triton on CUDA, torch on CPU]."
+)
 @click.option("--duration", type=float, default=None, help="Seconds per sound [1.0].")
 @click.option("--sounds-per-epoch", type=int, default=None, help="Sounds per epoch, train + validation [100000].")
 @click.option("--val-fraction", type=float, default=None, help="Validation share of each epoch's sounds [0.1].")
 @click.option("--augment/--no-augment", default=None, help="Apply the paper's augmentation chain [off].")
-@click.option("--ir-dir", type=click.Path(exists=True, file_okay=False), default=None, help="Impulse responses for reverb.")
+@click.option(
+    "--ir-dir", type=click.Path(exists=True, file_okay=False), default=None, help="Impulse responses for reverb."
+)
 @click.option("--data", type=click.Path(), default=None, help="Train on real audio: a folder of wav/flac/ogg files.")
 @click.option("--jitter/--no-jitter", default=None, help="Real data: two different segments per clip [on].")
 @click.option("--mix-layers", type=int, default=None, help="Real data: segments layered into each view [1].")
@@ -128,10 +134,14 @@ def resolve_config(preset: str | None, resume: str | None, options: dict[str, An
 @click.option("--momentum", type=float, default=None, help="SGD momentum [0.9].")
 @click.option("--seed", type=int, default=None, help="Seed of data and initialisation [0].")
 @click.option("--device", type=click.Choice(DEVICES), default=None, help="Device [auto: CUDA if present].")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="auto = bf16 autocast on CUDA, fp32 on CPU.")
+@click.option(
+    "--precision", type=click.Choice(PRECISIONS), default=None, help="auto = bf16 autocast on CUDA, fp32 on CPU."
+)
 @click.option("--channels-last/--no-channels-last", default=None, help="Channels-last memory format [on].")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the encoder [off].")
-@click.option("--sync-batchnorm/--no-sync-batchnorm", default=None, help="SyncBatchNorm across GPUs [off, as the paper].")
+@click.option(
+    "--sync-batchnorm/--no-sync-batchnorm", default=None, help="SyncBatchNorm across GPUs [off, as the paper]."
+)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder [runs/doppel].")
 @click.option("--resume", type=click.Path(exists=True), default=None, help="Checkpoint file or run folder to continue.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps in total.")

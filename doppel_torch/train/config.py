@@ -113,7 +113,10 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         self.milestones = tuple(float(m) for m in self.milestones)
-        _check(self.batch_size >= 2, f"optim.batch_size (per rank) must be >= 2 for the uniformity loss, got {self.batch_size}")
+        _check(
+            self.batch_size >= 2,
+            f"optim.batch_size (per rank) must be >= 2 for the uniformity loss, got {self.batch_size}",
+        )
         _check(self.base_lr > 0, f"optim.base_lr must be > 0, got {self.base_lr}")
         _check(self.lr is None or self.lr > 0, f"optim.lr must be > 0 (or unset to scale base_lr), got {self.lr}")
         _check(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
@@ -162,11 +165,15 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(self.device in DEVICES, f"run.device must be one of {', '.join(DEVICES)}; got {self.device!r}")
-        _check(self.precision in PRECISIONS, f"run.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        _check(
+            self.precision in PRECISIONS, f"run.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}"
+        )
         _check(self.max_steps is None or self.max_steps >= 1, f"run.max_steps must be >= 1, got {self.max_steps}")
         _check(self.log_every >= 1, f"run.log_every must be >= 1, got {self.log_every}")
         _check(self.val_every >= 1, f"run.val_every must be >= 1 (epochs), got {self.val_every}")
-        _check(self.val_batches is None or self.val_batches >= 1, f"run.val_batches must be >= 1, got {self.val_batches}")
+        _check(
+            self.val_batches is None or self.val_batches >= 1, f"run.val_batches must be >= 1, got {self.val_batches}"
+        )
         _check(self.checkpoint_every >= 1, f"run.checkpoint_every must be >= 1 (steps), got {self.checkpoint_every}")
         _check(self.examples >= 0, f"run.examples must be >= 0, got {self.examples}")
 

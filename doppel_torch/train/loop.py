@@ -480,7 +480,7 @@ class Trainer:
                     bar.update(self.global_batch)
                     if self.step % cfg.run.log_every == 0:
                         m = self._flush_train_metrics()
-                        bar.set_postfix({"loss": f"{m['loss']:.3f}", "align": f"{m['align']:.3f}", "unif": f"{m['uniform']:.3f}"})
+                        bar.set_postfix({k: f"{m[k]:.3f}" for k in ("loss", "align", "uniform")})
                     if self.step % self.steps_per_epoch == 0:
                         self.epoch += 1
                         self.scheduler.step()
