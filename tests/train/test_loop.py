@@ -156,3 +156,41 @@ def test_synth_modes_take_steps(tmp_path, synth, augment):
     assert [r["kind"] for r in rows] == ["train", "train", "val"]
     assert all(float(r["align"]) > 0 for r in rows)
     assert all(-4.5 < float(r["uniform"]) < 0 for r in rows)  # log-mean-exp(-2 d^2), d^2 in [0, 4]
+
+
+def test_real_pairs_read_stereo_flac_ogg_at_other_rates(tmp_path):
+    """Segments are the channel mean of the file, cut at the drawn offset and resampled to 16 kHz."""
+    import numpy as np
+    import soundfile as sf
+
+    from doppel_torch import rng
+    from doppel_torch.functional import resample
+    from doppel_torch.train.data import RealPairs
+
+    from tests.conftest import RIRS
+
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    hall, sr = sf.read(RIRS / "hall.wav", dtype="float32", always_2d=True)  # 5 s, stereo, 44.1 kHz
+    sf.write(folder / "hall.flac", hall, sr)
+    church, sr_church = sf.read(RIRS / "large_church.wav", dtype="float32", always_2d=True)  # 2 s, 48 kHz
+    sf.write(folder / "church.ogg", church, sr_church)
+    pairs = RealPairs(folder, n_val=4, val_fraction=0.5, seed=3)
+    assert sorted(f.path.suffix for f in pairs.files) == [".flac", ".ogg"]
+    indices = torch.tensor([10, 11, 12])
+    view1, view2 = pairs(indices)
+    assert view1.shape == view2.shape == (3, 16000) and torch.isfinite(view1).all()
+    assert not torch.allclose(view1, view2)  # two different segments (temporal jitter)
+
+    clip = pairs.train_files[0]
+    data, _ = sf.read(clip.path, dtype="float32", always_2d=True)
+    mono = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    seg_len = int(np.ceil(clip.sample_rate))
+    u = rng.uniform(3, rng.Stream.DATA, indices, 3, dtype=torch.float64)
+    for row in range(3):
+        for view, out in ((0, view1), (1, view2)):
+            start = int(u[row, 1 + view] * (clip.frames - seg_len + 1))
+            expected = resample(mono[start : start + seg_len][None], clip.sample_rate, 16000)[0, :16000]
+            peak = expected.abs().max()
+            expected = expected / peak if peak > 1 else expected
+            torch.testing.assert_close(out[row], expected, atol=1e-5, rtol=1e-4)
