@@ -53,7 +53,7 @@ def _run_ranks(out_dir, source: str, audio_dir) -> list[dict]:
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("source", ["real"])
+@pytest.mark.parametrize("source", ["voice"])
 def test_two_gloo_ranks_equal_one_process_on_the_global_batch(tmp_path, audio_dir, source):
     ranks = _run_ranks(tmp_path, source, audio_dir)
     # Ranks drew disjoint, consecutive sound indices.
