@@ -79,13 +79,13 @@ def test_augment(benchmark, case, sounds, bench_device):
         return out
 
     run()  # warm-up (FFT plans, cached IR spectra)
-    out = benchmark.pedantic(run, rounds=5, iterations=1)
+    out = benchmark.pedantic(run, rounds=3, iterations=1)
     assert out.shape == sounds.shape and torch.isfinite(out).all()
     benchmark.extra_info.update(device=str(bench_device), sounds=N_SOUNDS, seconds_per_sound=1.0)
 
 
 def test_side_by_side(benchmark, sounds, bench_device):
-    """Every case interleaved, 5 repeats, medians in one run; ratios torch-audiomentations / doppel-torch."""
+    """Every case interleaved, 3 repeats, medians in one run; ratios torch-audiomentations / doppel-torch."""
     fns = {case: make_case(case, bench_device) for case in CASES}
     times = {case: [] for case in CASES}
 
@@ -102,7 +102,7 @@ def test_side_by_side(benchmark, sounds, bench_device):
     run_all()  # warm-up
     for t in times.values():
         t.clear()
-    benchmark.pedantic(run_all, rounds=5, iterations=1)
+    benchmark.pedantic(run_all, rounds=3, iterations=1)
     med = {case: statistics.median(t) for case, t in times.items()}
     spread = {case: (min(t), max(t)) for case, t in times.items()}
     ratios = {
