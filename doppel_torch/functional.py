@@ -258,6 +258,11 @@ def lowpass(audio: torch.Tensor, cutoff_hz: torch.Tensor, sample_rate: int, half
     cutoff = _cutoff_fraction(cutoff_hz, sample_rate, audio.shape[0])
     if half_size is None:
         half_size = int(lowpass_half_size(cutoff.min()).item())
+    elif cutoff.device.type == "cpu" and int(lowpass_half_size(cutoff.min())) > half_size:  # no device sync
+        raise ValueError(
+            f"half_size={half_size} is too short for a {float(cutoff.min()) * sample_rate:.4g} Hz cutoff "
+            f"(needs {int(lowpass_half_size(cutoff.min()))}): pass lowpass_half_size(lowest cutoff / sample_rate)"
+        )
     return fir_filter(audio, lowpass_filters(cutoff, half_size, dtype=audio.dtype))
 
 

@@ -76,6 +76,11 @@ def test_lowpass_and_highpass_equal_julius_filters_at_range_edges(cutoff_hz):
     torch.testing.assert_close(F.highpass(x, c, SR), hp, rtol=0, atol=2e-5)
 
 
+def test_too_short_filter_grid_is_rejected():
+    with pytest.raises(ValueError, match="too short"):
+        F.lowpass(torch.zeros(1, 100), torch.tensor([100.0]), SR, half_size=53)
+
+
 def test_reverb_equals_torch_audiomentations_given_the_impulse_responses():
     torchaudio_f = pytest.importorskip("torchaudio.functional")
     x = _audio(12, seed=2)
