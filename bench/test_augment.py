@@ -124,3 +124,39 @@ def test_side_by_side(benchmark, sounds, bench_device):
         print(f"{case:<52} {med[case] * 1e3:9.1f} ms  (min {spread[case][0] * 1e3:.1f}, max {spread[case][1] * 1e3:.1f})")
     for k, v in ratios.items():
         print(f"speedup {k:<40} {v:6.1f}x")
+
+
+def make_pipeline(device: torch.device, batch: int = 768, augment: bool = True, synth_name: str = "voice"):
+    """A zero-argument callable for one step's data: pairs of `batch` sounds (2 x batch renders), the
+    augmentation chain on both views (with reverb), the log-mel frontend -> (2 batch, 1, 96, 64).
+    Indices advance every call, as in training. Uses the Triton backend on CUDA. For bench/gpu_check.py."""
+    from doppel_torch.frontend import LogMelFrontend
+    from doppel_torch.pairs import DoppelgangerPairs
+
+    backend = "triton" if device.type == "cuda" else "torch"
+    synth = get_synth(synth_name, sample_rate=SR, duration=1.0, backend=backend)
+    chain = AugmentChain(sample_rate=SR, ir_paths=RIRS).to(device) if augment else None
+    pairs = DoppelgangerPairs(synth, delta=0.25, seed=0, augment=chain).to(device)
+    frontend = LogMelFrontend().to(device)
+    step = [0]
+
+    def run():
+        with torch.no_grad():
+            a, b = pairs(start=step[0] * batch, count=batch)
+            out = frontend(torch.cat([a, b]))
+        step[0] += 1
+        synchronize(device)
+        return out
+
+    return run
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_pipeline_step(benchmark, augment, bench_device):
+    """Pairs + augmentation + log-mel: batch 768 on GPU, 16 on CPU (a 2-core CPU takes seconds per 16 pairs)."""
+    batch = 768 if bench_device.type == "cuda" else 16
+    run = make_pipeline(bench_device, batch=batch, augment=augment)
+    run()
+    out = benchmark.pedantic(run, rounds=3, iterations=1)
+    assert out.shape == (2 * batch, 1, 96, 64) and torch.isfinite(out).all()
+    benchmark.extra_info.update(device=str(bench_device), batch=batch, pairs_per_s=batch / benchmark.stats.stats.median)
