@@ -189,6 +189,11 @@ class AugmentChain(nn.Module):
             bank[i, : len(ir)] = ir
         self.register_buffer("ir_bank", bank, persistent=False)
         self._ir_spectra: dict = {}
+        # constants as buffers: building them on the device inside a step would wait for the queued work
+        self.register_buffer("enabled", torch.tensor([t in self.transforms for t in TRANSFORMS]), persistent=False)
+        self.register_buffer(
+            "pitch_choice_table", torch.tensor(self.pitch_choices or [0.0], dtype=torch.float64), persistent=False
+        )
         # None: compute only the selected rows on CPU, every row elsewhere (see the module docstring)
         self.subset_rows: bool | None = None
 
@@ -199,8 +204,7 @@ class AugmentChain(nn.Module):
             raise ValueError(f"view must be 0 or 1 (the two sides of a pair), got {view}")
         indices = torch.as_tensor(indices, dtype=torch.int64, device=self.ir_bank.device)
         u = rng.uniform(self.seed, rng.Stream.AUGMENT + view, indices, N_DRAWS, dtype=torch.float64)
-        enabled = torch.tensor([t in self.transforms for t in TRANSFORMS], device=u.device)
-        apply = (u[:, 0::2] < self.p) & enabled
+        apply = (u[:, 0::2] < self.p) & self.enabled
         draws = u[:, 1::2]
 
         def mel_uniform(lo, hi, v):
@@ -213,7 +217,7 @@ class AugmentChain(nn.Module):
         if self.pitch_choices is None:
             semitones = self.semitones[0] + (self.semitones[1] - self.semitones[0]) * draws[:, 2]
         else:
-            choices = torch.tensor(self.pitch_choices, dtype=torch.float64, device=u.device)
+            choices = self.pitch_choice_table
             semitones = choices[torch.floor(draws[:, 2] * len(choices)).long()]
         return AugmentParams(
             apply=apply,
