@@ -169,6 +169,9 @@ def test_draws_are_keyed_by_index_and_view():
     scale = float(full.abs().max())  # reverb gains are not normalised
     torch.testing.assert_close(chain(x[3:6], idx[3:6]), full[3:6], rtol=0, atol=1e-5 * scale)  # batch-size invariant up to FFT rounding
     assert torch.equal(chain(x, idx), full)  # deterministic
+    chain.subset_rows = False  # every row computed, then torch.where (the path used on GPUs)
+    torch.testing.assert_close(chain(x, idx), full, rtol=0, atol=1e-5 * scale)
+    chain.subset_rows = None
     a, b = chain.draw(idx, SR, view=0), chain.draw(idx, SR, view=1)
     assert not torch.equal(a.apply, b.apply) or not torch.equal(a.shift, b.shift)
     other = AugmentChain(ir_paths=RIRS, seed=12).draw(idx, SR)
