@@ -1,6 +1,23 @@
-"""doppel-torch: self-supervised audio pretraining from synthetic audio doppelgangers, PyTorch-native."""
+"""doppel-torch: self-supervised audio pretraining from synthetic audio doppelgangers, PyTorch-native.
 
+    from doppel_torch import VoiceSynth, DoppelgangerPairs, AugmentChain, LogMelFrontend
+"""
+
+from doppel_torch.augment import AugmentChain
+from doppel_torch.frontend import LogMelFrontend
+from doppel_torch.pairs import DoppelgangerPairs
 from doppel_torch.synths import SYNTHS, ParametricSynth, Synth, VoiceFMSynth, VoiceSynth, get_synth
 
 __version__ = "0.1.0"
-__all__ = ["Synth", "VoiceSynth", "VoiceFMSynth", "ParametricSynth", "get_synth", "SYNTHS", "__version__"]
+__all__ = [
+    "Synth",
+    "VoiceSynth",
+    "VoiceFMSynth",
+    "ParametricSynth",
+    "get_synth",
+    "SYNTHS",
+    "DoppelgangerPairs",
+    "AugmentChain",
+    "LogMelFrontend",
+    "__version__",
+]

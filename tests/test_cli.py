@@ -25,12 +25,26 @@ def test_sample_writes_pairs_and_picture(tmp_path):
         main, ["sample", "--synth", "voice", "--delta", "0.25", "--pairs", "3", "--out", str(out), "--duration", "0.5"]
     )
     assert result.exit_code == 0, result.output
-    wavs = sorted(out.glob("*.wav"))
+    wavs = sorted(out.glob("pair_*.wav"))
     assert [w.name for w in wavs] == [f"pair_{i:02d}_{v}.wav" for i in range(3) for v in "ab"]
+    assert len(list(out.glob("sweep_*.wav"))) == 3 * 6
     audio, rate = sf.read(wavs[0])
     assert rate == 16000 and audio.shape == (8000,) and abs(audio).max() > 0
-    png = out / "pairs.png"
+    png = out / "samples.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sample_augmented_with_reverb(tmp_path, shared_dir):
+    out = tmp_path / "aug"
+    args = ["sample", "--pairs", "2", "--out", str(out), "--augment", "--ir-dir", str(shared_dir / "data" / "rirs"),
+            "--sweep", "0,0.5", "--synth", "voicefm"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "pair_00_a_clean.wav").exists() and (out / "pair_00_a.wav").exists()
+    clean, _ = sf.read(out / "pair_00_a_clean.wav")
+    augmented, _ = sf.read(out / "pair_00_a.wav")
+    assert clean.shape == augmented.shape
+    assert (out / "samples.png").exists()
 
 
 def test_bad_arguments_get_clear_messages(tmp_path):
@@ -42,6 +56,10 @@ def test_bad_arguments_get_clear_messages(tmp_path):
         (["sample", "--pairs", "0", "--out", str(tmp_path)], "--pairs"),
         (["sample"], "Missing option '--out'"),
         (["info", "--synth", "nope"], "'nope' is not one of"),
+        (["sample", "--sweep", "0,x", "--out", str(tmp_path)], "comma-separated"),
+        (["sample", "--sweep", "0,2", "--out", str(tmp_path)], "[0, 1]"),
+        (["sample", "--ir-dir", str(tmp_path / "missing"), "--augment", "--out", str(tmp_path)], "does not exist"),
+        (["sample", "--ir-dir", str(tmp_path), "--out", str(tmp_path)], "use it with --augment"),
     ]
     for args, message in cases:
         result = runner.invoke(main, args)

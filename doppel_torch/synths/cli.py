@@ -37,40 +37,52 @@ def info(synth_name: str | None) -> None:
         click.echo(f"{i:>4}  {spec.name:<24}{r.minimum:>9.4g}{r.maximum:>9.4g}{r.curve:>8.3g}  {mapping}")
 
 
+def _deltas(ctx, param, value: str) -> tuple[float, ...]:
+    try:
+        deltas = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError as err:
+        raise click.BadParameter(f"expected comma-separated numbers, e.g. 0,0.1,0.25; got {value!r}") from err
+    if any(not 0.0 <= d <= 1.0 for d in deltas):  # NaN fails this too
+        raise click.BadParameter(f"every delta must lie in [0, 1], got {value!r}")
+    return deltas
+
+
 @click.command()
 @click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default="voice", show_default=True)
 @click.option("--delta", type=click.FloatRange(min=0.0, max=1.0), default=0.25, show_default=True, callback=_finite,
               help="Perturbation scale: theta_k = clip(theta + delta * z_k, eps, 1).")
-@click.option("--pairs", "n_pairs", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--pairs", "n_pairs", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the wav files and the spectrogram picture (created if missing).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First global sound index.")
+@click.option("--sweep", default="0,0.01,0.05,0.1,0.25,0.5", show_default=True, callback=_deltas,
+              help="Deltas of the sweep (same theta, growing perturbation); empty for none.")
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Pass both views through the paper's augmentation chain (p = 0.5 per transform).")
+@click.option("--ir-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of impulse responses: adds reverb to the augmentation chain.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
 @click.option("--duration", type=click.FloatRange(min=0.05, max=30.0), default=1.0, show_default=True)
-def sample(synth_name, delta, n_pairs, out_dir, seed, start, backend, duration) -> None:
-    """Write doppelganger pairs as wav files and one PNG of their spectrograms side by side."""
-    import torch
+def sample(synth_name, delta, n_pairs, out_dir, seed, start, sweep, augment, ir_dir, backend, duration) -> None:
+    """Write doppelganger pairs and a delta sweep as wav files, and one PNG of their spectrograms.
 
-    from doppel_torch.pairs import DoppelgangerPairs
-    from doppel_torch.viz import save_spectrogram_grid, write_wav
+    Columns of samples.png: the two views of each pair, then the same sound at each delta of the sweep.
+    """
+    from doppel_torch.augment import AugmentChain
+    from doppel_torch.pairs import write_samples
 
+    if ir_dir is not None and not augment:
+        raise click.UsageError("--ir-dir adds reverb to the augmentation chain: use it with --augment")
     try:
         synth = get_synth(synth_name, backend=backend, duration=duration)
+        chain = AugmentChain(synth.sample_rate, ir_paths=ir_dir, seed=seed) if augment else None
     except (RuntimeError, ValueError) as err:
         raise click.UsageError(str(err)) from err
-    pairs = DoppelgangerPairs(synth, delta=delta, seed=seed)
-    indices = torch.arange(start, start + n_pairs)
-    audio_a, audio_b = pairs(indices)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n_pairs):
-        write_wav(out_dir / f"pair_{i:02d}_a.wav", audio_a[i], synth.sample_rate)
-        write_wav(out_dir / f"pair_{i:02d}_b.wav", audio_b[i], synth.sample_rate)
-        rows.append([audio_a[i], audio_b[i]])
-    png = save_spectrogram_grid(
-        rows, synth.sample_rate, out_dir / "pairs.png",
-        row_labels=[f"#{start + i}" for i in range(n_pairs)], col_labels=["view a", "view b"],
-        title=f"{synth_name} doppelgangers, delta = {delta:g}, seed = {seed}",
+    title = f"{synth_name} doppelgangers, delta = {delta:g}, seed = {seed}" + (", augmented" if augment else "")
+    written = write_samples(
+        synth, out_dir, n_pairs=n_pairs, start=start, seed=seed, delta=delta, sweep_deltas=sweep, augment=chain,
+        title=title,
     )
-    click.echo(f"wrote {2 * n_pairs} wav files and {png} to {out_dir}")
+    n_wav = len(list(Path(written["dir"]).glob("*.wav")))
+    click.echo(f"wrote {n_wav} wav files and {written['png']}")
