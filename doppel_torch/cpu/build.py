@@ -71,10 +71,16 @@ def _build() -> ctypes.CDLL:
                                      _cpu_fingerprint().encode(), platform.machine().encode()])).hexdigest()[:16]
     target = _cache_dir() / key / "libdoppel_synth_cpu.so"
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Build next to the target and rename: concurrent processes never load a half-written library.
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Build next to the target and rename: concurrent processes never load a half-written library.
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+            os.close(fd)
+        except OSError as exc:
+            raise RuntimeError(
+                f"backend='cpu': cannot write its kernel cache in {target.parent} ({exc}); set DOPPEL_TORCH_CACHE "
+                "to a writable folder"
+            ) from exc
         cmd = [cxx, *flags, "-shared", "-fPIC", "-pthread", str(SOURCE), "-o", tmp]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
