@@ -60,13 +60,17 @@ def render(
     """Render theta (B, m), already validated and clamped to [eps, 1] by `Synth.forward`, to audio (B, N).
 
     noise: (B, N) or (1, N) replaces the keyed noise; indices: (B,) global sound indices keying the noise
-    (default 0 .. B - 1). Output in theta's dtype (float32 or float64) on the CPU; no gradients.
+    (default 0 .. B - 1). Output in theta's dtype (float32 or float64) on the CPU, without gradients: a theta
+    that requires grad raises ValueError (use backend="torch" for gradients).
     """
     if theta.device.type != "cpu":
         raise ValueError(f"backend='cpu' renders on the CPU but theta is on {theta.device}: pass theta.cpu(), "
                          "or use backend='torch' / 'triton' on that device")
     if theta.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"theta must be float32 or float64, got {theta.dtype}")
+    if theta.requires_grad and torch.is_grad_enabled():
+        raise ValueError("backend='cpu' is not differentiable: use backend='torch' for gradients, or pass "
+                         "theta.detach() (or call under torch.no_grad()) to render without them")
     batch, m = theta.shape
     if m != synth.num_params:
         raise ValueError(f"theta must have shape (batch, {synth.num_params}), got {tuple(theta.shape)}")

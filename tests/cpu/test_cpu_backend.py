@@ -163,6 +163,16 @@ def test_generic_over_patches_and_rates(make):
     assert cpu(theta[:1].float()).shape == (1, ref.n_samples)
 
 
+def test_gradients_are_refused_with_a_clear_error():
+    cpu = get_synth("voice", backend="cpu", **SHORT)
+    theta = cpu.random_params(2).requires_grad_(True)
+    with pytest.raises(ValueError, match="not differentiable"):
+        cpu(theta, validate=False)  # (validation's float(theta.min()) warns on a tensor that requires grad)
+    with torch.no_grad():
+        assert cpu(theta).shape == (2, cpu.n_samples)
+    assert cpu(theta.detach()).shape == (2, cpu.n_samples)
+
+
 def test_empty_batch():
     cpu = get_synth("voice", backend="cpu", **SHORT)
     assert cpu(torch.empty(0, cpu.num_params)).shape == (0, cpu.n_samples)
