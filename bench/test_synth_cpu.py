@@ -91,14 +91,15 @@ def ratio_table(request):
         lines.append(f"{name:10s} {impl:14s} {r['sounds_per_s']:10.0f} {ratio:10.2f} "
                      f"{r['first_call_s']:12.1f}")
     if _SIDE_BY_SIDE:
-        lines.append(f"interleaved: each of {SIDE_BY_SIDE_ROUNDS} rounds runs every case once (same load for all); best round")
+        lines.append(f"interleaved: each of {SIDE_BY_SIDE_ROUNDS} rounds runs every case once (same load for all); "
+                     "best round")
         for name in SYNTHS:
             ours = _SIDE_BY_SIDE.get((name, "cpu"))
             for impl in ("torchsynth", "synthax"):
                 other = _SIDE_BY_SIDE.get((name, impl))
                 if ours and other:
-                    lines.append(f"  {name:10s} cpu {BATCH / ours:7.0f} sounds/s  {impl:10s} {BATCH / other:7.0f} sounds/s  "
-                                 f"ratio {other / ours:5.2f}x")
+                    lines.append(f"  {name:10s} cpu {BATCH / ours:7.0f} sounds/s  {impl:10s} "
+                                 f"{BATCH / other:7.0f} sounds/s  ratio {other / ours:5.2f}x")
             if ours and ("voice", "torchsynth") in _SIDE_BY_SIDE and name != "voice":
                 other = _SIDE_BY_SIDE[("voice", "torchsynth")]
                 lines.append(f"  {name:10s} cpu vs torchsynth Voice: {other / ours:5.2f}x")

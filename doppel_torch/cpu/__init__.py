@@ -106,7 +106,8 @@ def render(
             torch.get_num_threads(),
         )
     if code != 0:
-        raise RuntimeError(f"backend='cpu': the kernel rejected its input (code {code}); this is a bug, please report it")
+        raise RuntimeError(f"backend='cpu': the kernel rejected its input (code {code}); this is a bug, please "
+                           "report it")
     return out
 
 
