@@ -168,9 +168,10 @@ class Synth(torch.nn.Module):
         if theta.dtype not in (torch.float32, torch.float64):
             raise ValueError(f"theta must be float32 or float64, got {theta.dtype}")
         if validate and theta.numel():
-            if torch.isnan(theta).any():
+            values = theta.detach()
+            if torch.isnan(values).any():
                 raise ValueError("theta contains NaN")
-            lo, hi = float(theta.min()), float(theta.max())
+            lo, hi = float(values.min()), float(values.max())
             if lo < 0.0 or hi > 1.0:
                 raise ValueError(f"theta must lie in [0, 1] (normalised parameters); got values in [{lo:.4g}, {hi:.4g}]")
 
