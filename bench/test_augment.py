@@ -126,16 +126,18 @@ def test_side_by_side(benchmark, sounds, bench_device):
         print(f"speedup {k:<40} {v:6.1f}x")
 
 
-def make_pipeline(device: torch.device, batch: int = 768, augment: bool = True, synth_name: str = "voice"):
+def make_pipeline(device: torch.device, batch: int = 768, augment: bool = True, synth_name: str = "voice",
+                  ir_dir: Path | None = RIRS, duration: float = 1.0):
     """A zero-argument callable for one step's data: pairs of `batch` sounds (2 x batch renders), the
-    augmentation chain on both views (with reverb), the log-mel frontend -> (2 batch, 1, 96, 64).
-    Indices advance every call, as in training. Uses the Triton backend on CUDA. For bench/gpu_check.py."""
+    augmentation chain on both views (with reverb from `ir_dir`; None: no reverb), the log-mel frontend
+    -> (2 batch, 1, 96, 64). Indices advance every call, as in training. Uses the Triton backend on CUDA.
+    For bench/gpu_check.py, which passes the impulse responses it carries to the GPU machine."""
     from doppel_torch.frontend import LogMelFrontend
     from doppel_torch.pairs import DoppelgangerPairs
 
     backend = "triton" if device.type == "cuda" else "torch"
-    synth = get_synth(synth_name, sample_rate=SR, duration=1.0, backend=backend)
-    chain = AugmentChain(sample_rate=SR, ir_paths=RIRS).to(device) if augment else None
+    synth = get_synth(synth_name, sample_rate=SR, duration=duration, backend=backend)
+    chain = AugmentChain(sample_rate=SR, ir_paths=ir_dir).to(device) if augment else None
     pairs = DoppelgangerPairs(synth, delta=0.25, seed=0, augment=chain).to(device)
     frontend = LogMelFrontend().to(device)
     step = [0]

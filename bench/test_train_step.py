@@ -34,14 +34,23 @@ def _synchronize(device: torch.device) -> None:
 
 
 def make_trainer(
-    device: torch.device, batch: int, *, precision: str, channels_last: bool, compile: bool, tmp
+    device: torch.device,
+    batch: int,
+    *,
+    precision: str,
+    channels_last: bool,
+    compile: bool,
+    tmp,
+    synth: str = "voice",
+    overrides: dict | None = None,
 ) -> Trainer:
-    """A Trainer with the paper's model and pair pipeline (synth voice, delta 0.25) at `batch` pairs per step."""
+    """A Trainer with the paper's model and pair pipeline (delta 0.25) at `batch` pairs per step; `overrides`
+    are further dotted config fields (e.g. {"data.augment": True}, as bench/gpu_check.py uses)."""
     backend = "triton" if device.type == "cuda" else "cpu"
     cfg = make_config(
         "paper",
         {
-            "data.synth": "voice",
+            "data.synth": synth,
             "data.backend": backend,
             "optim.batch_size": batch,
             "run.device": device.type,
@@ -52,6 +61,7 @@ def make_trainer(
             "run.progress": False,
             "run.tensorboard": False,
             "run.examples": 0,
+            **(overrides or {}),
         },
     )
     return Trainer(cfg, log=lambda s: None)
