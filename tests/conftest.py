@@ -9,6 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+# Without a GPU the Triton kernels run in Triton's CPU interpreter, as Triton's own CI does. `@triton.jit` reads
+# the flag when it decorates a function, so it must be set before any test module imports the kernels: a kernel
+# module imported without it cannot run interpreted later in the same process.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 # CI and developers have the project's shared folder next to the repository root (../shared).
 SHARED = Path(os.environ.get("DOPPEL_SHARED", REPO.parent / "shared"))

@@ -112,7 +112,7 @@ def resolve_config(
 @click.option("--synth", type=click.Choice(SYNTHS), default=None, help="Synthesizer architecture [voice].")
 @click.option("--delta", type=float, default=None, help="Perturbation scale of the doppelgangers [0.25].")
 @click.option(
-    "--backend", type=click.Choice(BACKENDS), default=None, help="Synth backend [auto: triton on CUDA, torch on CPU]."
+    "--backend", type=click.Choice(BACKENDS), default=None, help="Synth backend [auto: triton on CUDA, cpu (native) on CPU]."
 )
 @click.option("--duration", type=float, default=None, help="Seconds per sound [1.0].")
 @click.option("--sounds-per-epoch", type=int, default=None, help="Sounds per epoch, train + validation [100000].")

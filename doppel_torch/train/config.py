@@ -47,7 +47,7 @@ class DataConfig:
     """Where the positive pairs come from.
 
     Synthetic mode (default): doppelganger pairs of `synth` with perturbation `delta`, rendered by `backend`
-    ("auto": the Triton kernels on CUDA, the torch reference on CPU).
+    ("auto": the Triton kernels on CUDA, the native kernel on CPU, or the torch reference without a compiler).
     Real-data mode (`data` set to a folder of wav/flac/ogg): two views of real clips, made different by
     `jitter` (two different segments of one clip), `augment` and/or `mix_layers` > 1 (each view is the sum of
     `mix_layers` segments of the clip, the paper's VGGSound-Mix).

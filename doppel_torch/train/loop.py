@@ -144,7 +144,7 @@ class Trainer:
         d = self.config.data
         self.synth_backend = d.backend
         if d.backend == "auto":
-            self.synth_backend = "triton" if self.device.type == "cuda" else "torch"
+            self.synth_backend = "triton" if self.device.type == "cuda" else _cpu_backend()
         synth = get_synth(
             d.synth,
             sample_rate=d.sample_rate,
@@ -539,3 +539,15 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"unreadable audio files skipped: {s['skipped_files']}")
     lines.append(f"checkpoint: {s['checkpoint']}")
     return "\n".join(lines)
+
+
+def _cpu_backend() -> str:
+    """"auto" on CPU: the native kernel (5-7x SynthAX here) when a C++ compiler can build it, else the reference."""
+    from doppel_torch.cpu import check_available
+
+    try:
+        check_available()
+    except RuntimeError as err:
+        print(f"backend auto: native CPU synth unavailable ({err}); using the torch reference")
+        return "torch"
+    return "cpu"
