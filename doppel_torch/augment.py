@@ -264,6 +264,8 @@ class AugmentChain(nn.Module):
             return v if sel is None else v[sel]
 
         if name == "highpass":
+            if x.device.type == "cpu":  # rows grouped by filter length (data-dependent shapes cost no sync here)
+                return F.highpass_grouped(x, pick(params.highpass_hz), self.sample_rate, self.highpass_half)
             return F.highpass(x, pick(params.highpass_hz), self.sample_rate, self.highpass_half)
         if name == "lowpass":
             return F.lowpass(x, pick(params.lowpass_hz), self.sample_rate, self.lowpass_half)
