@@ -206,6 +206,18 @@ def test_p_zero_is_identity_and_p_one_applies_everything():
     assert y.shape == x.shape and torch.isfinite(y).all() and not torch.allclose(y, x, atol=1e-2)
 
 
+@pytest.mark.parametrize("subset_rows", [True, False])
+def test_input_is_left_unchanged(subset_rows):
+    # the chain writes selected rows in place into its own copy; the caller's tensor must not change
+    x = _audio(6, seed=8)
+    x0 = x.clone()
+    chain = AugmentChain(p=0.5, ir_paths=RIRS, seed=5)
+    chain.subset_rows = subset_rows
+    assert 0 < int(chain.draw(torch.arange(6), SR).apply.sum()) < 6 * len(chain.transforms)
+    y = chain(x)
+    assert torch.equal(x, x0) and not torch.equal(y, x)
+
+
 def test_errors_say_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="ir_paths"):
         AugmentChain(transforms=["reverb"])
