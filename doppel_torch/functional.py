@@ -423,19 +423,20 @@ def pitch_shift(
     # deviation from the expected advance, wrapped to [-pi, pi): remainder(d - e + pi, 2 pi) - pi
     dev = torch.sub(phase_n[:, 1:], phase_n[:, :-1], out=phase[:, 1:])
     dev.sub_(shift_n).remainder_(two_pi)
-    dev.mul_(ratio[:, None, :]).add_(base)
+    torch.addcmul(base, dev, ratio[:, None, :], out=dev)
     torch.cumsum(phase, dim=1, out=phase)
     real = torch.empty(b, n_frames, n_bins, 2, dtype=dtype, device=device)
     torch.mul(mag_out, torch.cos(phase), out=real[..., 0])
     torch.mul(mag_out, torch.sin(phase, out=phase), out=real[..., 1])
-    frames = torch.fft.irfft(torch.view_as_complex(real), n=n_fft, dim=-1) * window  # (B, T, n_fft)
+    frames = torch.fft.irfft(torch.view_as_complex(real), n=n_fft, dim=-1)  # (B, T, n_fft)
 
-    # overlap-add: frame t covers hops t .. t + R - 1 of the padded signal
+    # windowed overlap-add: frame t covers hops t .. t + R - 1 of the padded signal
     r = n_fft // hop_length
     frames = frames.view(b, n_frames, r, hop_length)
+    segments = window.view(r, hop_length)
     ola = torch.zeros(b, n_frames + r - 1, hop_length, dtype=dtype, device=device)
     for i in range(r):
-        ola[:, i : i + n_frames] += frames[:, :, i]
+        ola[:, i : i + n_frames].addcmul_(frames[:, :, i], segments[i])
     ola = ola.view(b, -1)[:, pad : pad + n]
     out = ola * inv_envelope[: ola.shape[1]]
     if out.shape[1] < n:  # as torch.istft with `length`: zeros past the last frame
