@@ -227,14 +227,28 @@ def lowpass_filters(cutoff: torch.Tensor, half_size: int, zeros: float = 8.0, *,
     return h / h.sum(dim=1, keepdim=True)
 
 
+DIRECT_FIR_TAPS = 129  # fir_filter convolves directly up to this many taps, by FFT beyond
+
+
 def fir_filter(audio: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     """Per-example zero-phase FIR filtering with replicate padding: (B, N), (B, 2H + 1) -> (B, N).
 
     out[b, n] = sum_t filters[b, t + H] x_rep[b, n + t], where x_rep extends x by repeating its edge
-    samples (julius's padding). Computed by one batched FFT convolution.
+    samples (julius's padding). Computed by one grouped convolution for short filters (<= DIRECT_FIR_TAPS),
+    by one batched FFT convolution beyond.
     """
     half = (filters.shape[-1] - 1) // 2
     b, n = audio.shape
+    if filters.shape[-1] <= DIRECT_FIR_TAPS:
+        # short filters (the low-pass: <= 107 taps) as one grouped convolution, a row per group. 50 rows,
+        # 107 taps, 1 thread: predicted ~1.3x over the three 16200-point FFTs; measured 1.45x (8.5 -> 5.8 ms;
+        # 100 rows, busier machine: 23 -> 14 ms)
+        padded = audio.new_empty(1, b, n + 2 * half)
+        padded[0, :, :half] = audio[:, :1]
+        padded[0, :, half : half + n] = audio
+        padded[0, :, half + n :] = audio[:, -1:]
+        weight = filters.to(audio.dtype).flip(-1)[:, None, :]  # conv1d correlates; flip for a convolution
+        return torch.nn.functional.conv1d(padded, weight, groups=b)[0]
     # A circular convolution of N + 2H points suffices: outputs 2H .. 2H + N - 1 never wrap around.
     size = next_fast_len(n + 2 * half)
     # the replicate-padded signal written straight into the zero-padded FFT buffer: replication_pad1d and
