@@ -11,6 +11,7 @@ only makes that baseline faster than the original (it loaded and resampled a fil
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 import warnings
@@ -102,7 +103,9 @@ def test_side_by_side(benchmark, sounds, bench_device):
     run_all()  # warm-up
     for t in times.values():
         t.clear()
+    load_before = os.getloadavg()
     benchmark.pedantic(run_all, rounds=3, iterations=1)
+    load_after = os.getloadavg()
     med = {case: statistics.median(t) for case, t in times.items()}
     spread = {case: (min(t), max(t)) for case, t in times.items()}
     ratios = {
@@ -118,12 +121,14 @@ def test_side_by_side(benchmark, sounds, bench_device):
         min_max_s={k: [round(a, 4), round(b, 4)] for k, (a, b) in spread.items()},
         speedup=ratios,
         threads=torch.get_num_threads(),
+        load_average_1_5_15_min={"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in load_after]},
     )
     print()
     for case in CASES:
         print(f"{case:<52} {med[case] * 1e3:9.1f} ms  (min {spread[case][0] * 1e3:.1f}, max {spread[case][1] * 1e3:.1f})")
     for k, v in ratios.items():
         print(f"speedup {k:<40} {v:6.1f}x")
+    print(f"load average before {load_before}, after {load_after}")
 
 
 def make_pipeline(device: torch.device, batch: int = 768, augment: bool = True, synth_name: str = "voice",

@@ -303,7 +303,7 @@ def lowpass_grouped(
     synchronisation): meant for CPU. For the chain's high-pass (20-800 Hz drawn uniformly in mel, half
     lengths 80-3200), ~46 / 31 / 16 / 8 % of the rows fall in the four groups, FFT sizes 16384 / 16875 /
     18000 / 22500 instead of 22500 for all, and filters ~10x shorter for most rows. 100 rows, 1 thread,
-    busy machine: predicted ~1.5x; measured 1.4x (min 57 -> 40 ms, medians 62 -> 48 ms).
+    busy machine: predicted ~1.5x; measured 1.5x (min 79 -> 51 ms, medians 91 -> 56 ms).
     """
     cutoff = _cutoff_fraction(cutoff_hz, sample_rate, audio.shape[0])
     halves = lowpass_half_size(cutoff)
@@ -382,8 +382,10 @@ def pitch_shift(
     polar kernels run 2-5x slower); per-bin work (ratios, source bins, weights) stays on (B, bins) tables;
     the phase deviation is wrapped by one remainder; the iSTFT is an irfft plus a reshaped overlap-add
     with a cached envelope instead of torch.istft's fold. CPU, 100 sounds, 1 thread, busy machine, 15
-    interleaved runs: predicted ~2x (half the full-size passes); measured 1.25x, min 160 -> 128 ms
-    (medians 231 -> 186 ms): the FFTs (~30 ms), three gathers (~15 ms), atan2, hypot, cos and sin remain.
+    interleaved runs: predicted ~2x (half the full-size passes); measured 1.5x, min 176 -> 117 ms
+    (medians 211 -> 142 ms): the FFTs (~30 ms), three gathers (~15 ms), atan2, hypot, cos and sin remain.
+    Outputs differ from that earlier version where a phase deviation sits at +-pi (either wrap is valid; a
+    1e-7 perturbation of the input flips such bins in both versions alike).
     """
     b, n = audio.shape
     dtype, device = audio.dtype, audio.device
