@@ -23,7 +23,8 @@ its effect on pitched tones.
 
 On CPU only the rows selected for a transform are computed (boolean indexing); on other devices every row is
 computed and the selection is a `torch.where`, which keeps the step free of host synchronisation. Both give
-the same numbers, rows being independent.
+the same numbers, rows being independent. On CPU the high-pass also groups rows by filter length
+(`functional.highpass_grouped`), since data-dependent shapes cost no synchronisation there.
 """
 
 from __future__ import annotations
