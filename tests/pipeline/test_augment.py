@@ -241,7 +241,8 @@ def test_torch_audiomentations_compatibility_chain_is_per_batch_in_chunks():
     compat = TorchAudiomentationsChain(p=1.0, ir_paths=RIRS, chunk_size=3)
     y = compat(x)
     assert y.shape == x.shape and torch.isfinite(y).all()
-    torch.testing.assert_close(y[0:3], y[0:1].expand(3, -1), rtol=0, atol=0)
-    torch.testing.assert_close(y[3:6], y[3:4].expand(3, -1), rtol=0, atol=0)
+    # Identical rows get identical draws; batched float32 kernels may round rows differently (3e-8 seen in CI).
+    torch.testing.assert_close(y[0:3], y[0:1].expand(3, -1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(y[3:6], y[3:4].expand(3, -1), rtol=0, atol=1e-6)
     assert not torch.allclose(y[0], y[3])  # the two chunks got their own draws
     assert not torch.allclose(y[0], x[0])
