@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import click
 
+from doppel_torch.eval.cli import eval_command
+from doppel_torch.synths.cli import info, sample
+from doppel_torch.train.cli import train
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="doppel-torch")
@@ -14,23 +18,7 @@ def main() -> None:
     """Self-supervised audio pretraining from synthetic audio doppelgangers."""
 
 
-def _register() -> None:
-    from doppel_torch.synths.cli import info, sample
-
-    main.add_command(info)
-    main.add_command(sample)
-    try:
-        from doppel_torch.train.cli import train
-    except ImportError:  # pragma: no cover - while the training package is being built
-        pass
-    else:
-        main.add_command(train)
-    try:
-        from doppel_torch.eval.cli import eval_command
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        main.add_command(eval_command, name="eval")
-
-
-_register()
+main.add_command(info)
+main.add_command(sample)
+main.add_command(train)
+main.add_command(eval_command, name="eval")
