@@ -106,13 +106,12 @@ def load_impulse_responses(paths: str | Path | Sequence[str | Path], sample_rate
 
 @functools.lru_cache(maxsize=8)
 def _load_impulse_responses(files: tuple[str, ...], sample_rate: int) -> tuple[torch.Tensor, ...]:
-    import soundfile as sf
+    from doppel_torch.audio import load_audio
 
     irs = []
     for path in files:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)  # (L, channels)
-        mono = torch.from_numpy(data).mean(dim=1)
-        irs.append(F.resample(mono, int(rate), sample_rate))
+        mono, rate = load_audio(path)
+        irs.append(F.resample(mono, rate, sample_rate))
     return tuple(irs)
 
 

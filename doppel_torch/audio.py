@@ -1,0 +1,29 @@
+"""Reading audio files: one loader for every part that takes recordings from disk (eval clips, impulse responses)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+
+class AudioReadError(RuntimeError):
+    """An audio file could not be read (missing, corrupt or empty)."""
+
+
+def load_audio(source, name: str | None = None) -> tuple[torch.Tensor, int]:
+    """Read audio with soundfile: returns (mono float32 audio (N,), sample rate). Channels are averaged.
+
+    source: a path or a binary file object; name: how errors refer to it (default: the path).
+    Raises AudioReadError (with the file name and soundfile's reason) for unreadable or empty files.
+    """
+    name = name if name is not None else str(source)
+    try:
+        data, sr = sf.read(source if not isinstance(source, Path) else str(source), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, OSError, TypeError ...
+        raise AudioReadError(f"{name}: {e}") from e
+    if data.shape[0] == 0:
+        raise AudioReadError(f"{name}: no samples")
+    return torch.from_numpy(np.ascontiguousarray(data.mean(axis=1))), int(sr)
