@@ -175,14 +175,12 @@ class Synth(torch.nn.Module):
             if lo < 0.0 or hi > 1.0:
                 raise ValueError(f"theta must lie in [0, 1] (normalised parameters); got values in [{lo:.4g}, {hi:.4g}]")
 
-    def _noise(self, noise, theta: torch.Tensor, seed: int, indices) -> torch.Tensor:
+    def _noise(self, noise, theta: torch.Tensor, seed: int, indices: torch.Tensor | None) -> torch.Tensor:
+        """The noise to render with; `indices` were checked by `forward`."""
         batch = theta.shape[0]
         if noise is None:
             if indices is None:
                 indices = torch.arange(batch, dtype=torch.int64, device=theta.device)
-            indices = torch.as_tensor(indices, dtype=torch.int64, device=theta.device)
-            if indices.shape != (batch,):
-                raise ValueError(f"indices must have shape ({batch},), got {tuple(indices.shape)}")
             return rng.noise(seed, indices, self.n_samples, dtype=theta.dtype)
         if not isinstance(noise, torch.Tensor):
             raise ValueError("noise must be a torch.Tensor of shape (batch, n_samples) or (1, n_samples)")
