@@ -275,7 +275,15 @@ def block_sizes(n_samples: int, phase_dtype: torch.dtype) -> dict[str, int]:
     return {"BLOCK_T": block_t, "num_warps": 4}
 
 
-CONTROL_BLOCK_C = 128  # 480 control samples per second -> 4 chunks; the control pass is ~3 % of the work.
+# Control tiles are (BLOCK_S inputs) x (BLOCK_C samples) with ~20 float64 temporaries per element (two ADSRs with
+# pow, five LFO shapes). Compiled for sm_90 (python -m doppel_torch.kernels.aot), parametric (BLOCK_S 16) at
+# BLOCK_C = 128 needs 255 registers + 1,352 B of spills and 1.7 MB of code; tiles of 256 elements need 128
+# registers, no spills and 270 KB. Chosen from the compiler's resource usage, not yet timed on a GPU.
+CONTROL_TILE = 256
+
+
+def control_block_c(block_s: int) -> int:
+    return max(16, CONTROL_TILE // block_s)
 
 _TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -345,6 +353,23 @@ def _tables(layout, device: torch.device) -> dict:
     return tables
 
 
+def launch_config(synth, phase_dtype: torch.dtype, has_noise: bool, normalize: bool) -> dict[str, dict]:
+    """Compile-time arguments (constexprs and launch options) of both kernels for one synth: what `render`
+    passes and what `kernels.aot` compiles ahead of time. One program per sound for both kernels."""
+    layout = synth.layout
+    n_in, n_out = len(layout.patch.mod_inputs), len(layout.patch.mod_outputs)
+    n_vco = sum(osc.kind != "fm" for osc in layout.patch.oscillators)
+    cfg = block_sizes(synth.n_samples, phase_dtype)
+    block_s = max(2, _next_pow2(n_in))
+    return {
+        "control": dict(n_in=n_in, n_out=n_out, n_control=synth.n_control, BLOCK_S=block_s,
+                        BLOCK_C=control_block_c(block_s), N_COLS=N_IN_COLS),
+        "audio": dict(n_vco=n_vco, n_samples=synth.n_samples, n_control=synth.n_control, HAS_NOISE=bool(has_noise),
+                      NORMALIZE=bool(normalize), BLOCK_T=cfg["BLOCK_T"], BLOCK_V=max(2, _next_pow2(n_vco)),
+                      N_COLS=N_VCO_COLS, num_warps=cfg["num_warps"]),
+    }
+
+
 def render(synth, theta, noise=None, seed=0, indices=None, normalize=True, phase_dtype=None, out=None):
     """Render theta (B, m), already validated and clamped to [eps, 1], to audio (B, N) in theta's dtype.
 
@@ -379,12 +404,11 @@ def render(synth, theta, noise=None, seed=0, indices=None, normalize=True, phase
         nyquist=synth.sample_rate / 2.0, log2e=math.log2(math.e),
     )
     consts = torch.tensor([consts[k] for k in _CONSTS], dtype=phase_dtype, device=device)
-    n_in, n_out = len(layout.patch.mod_inputs), len(layout.patch.mod_outputs)
-    ctrl = torch.empty(batch, n_out, n_control, dtype=phase_dtype, device=device)
+    launch = launch_config(synth, phase_dtype, has_noise=noise is not None, normalize=normalize)
+    ctrl = torch.empty(batch, launch["control"]["n_out"], n_control, dtype=phase_dtype, device=device)
     _control_kernel[(batch,)](
         human, human.stride(0), tables["inputs"], tables["matrix"], consts, ctrl, ctrl.stride(0), ctrl.stride(1),
-        n_in, n_out, n_control,
-        BLOCK_S=max(2, _next_pow2(n_in)), BLOCK_C=CONTROL_BLOCK_C, N_COLS=N_IN_COLS,
+        **launch["control"],
     )
     if noise is None:
         if indices is None:
@@ -396,13 +420,8 @@ def render(synth, theta, noise=None, seed=0, indices=None, normalize=True, phase
         keys = torch.zeros(2, dtype=torch.int64, device=device)
         noise_arg = noise.contiguous()
         stride_nb = 0 if noise_arg.shape[0] == 1 else noise_arg.stride(0)
-    n_vco = tables["vcos"].shape[0]
-    cfg = block_sizes(n_samples, phase_dtype)
     _audio_kernel[(batch,)](
         human, human.stride(0), ctrl, ctrl.stride(0), ctrl.stride(1), tables["vcos"], consts, keys, noise_arg,
-        stride_nb, out, out.stride(0),
-        tables["noise_row"], tables["noise_level_col"], n_vco, n_samples, n_control,
-        HAS_NOISE=noise is not None, NORMALIZE=bool(normalize), BLOCK_T=cfg["BLOCK_T"],
-        BLOCK_V=max(2, _next_pow2(n_vco)), N_COLS=N_VCO_COLS, num_warps=cfg["num_warps"],
+        stride_nb, out, out.stride(0), tables["noise_row"], tables["noise_level_col"], **launch["audio"],
     )
     return out
