@@ -4,11 +4,13 @@ bench/results/ and --out after EVERY stage, so a stage that fails or runs out of
 
 Stages, in order, with their budgets in seconds (`--stages` picks a subset). A stage checks its budget between
 measurements and stops with a note; a SIGALRM at budget + grace ends a stage that hangs; a stage whose budget
-no longer fits in `--total-budget-s` (370 s) is skipped with a note.
+no longer fits in `--total-budget-s` (395 s) is skipped with a note.
 
     kernel_tests  45  pytest tests/kernels --device cuda (subprocess)
     correctness   30  Triton kernels vs the float64 reference on the GPU; SynthAX float64 renders
     synth_bench   40  synth throughput, Triton vs baselines (the baselines stop at the budget)
+    tune          25  audio-kernel chunk length x warps sweep (voicefm, 2 x 768 sounds, both phase dtypes), to
+                      set `kernels.synth.block_sizes` from measurements (chosen so far from register counts)
     frontend      10  log-mel: torch.stft vs matmul path, batch 100 and 2 x 768; agreement; the faster one
     data_share    25  pairs + augmentation (with reverb) + log-mel of 2 x 768 voicefm sounds vs a training step
                       at batch 768 (bf16, channels-last, same augmentation); target data share < 5 %
@@ -85,6 +87,7 @@ STAGES = {  # name: (budget on the GPU, budget in --cpu-smoke), seconds
     "kernel_tests": (45, 30),
     "correctness": (30, 40),
     "synth_bench": (40, 25),
+    "tune": (25, 15),
     "frontend": (10, 10),
     "data_share": (25, 25),
     "train_step": (70, 30),
@@ -324,6 +327,42 @@ class Check:
                            and r["impl"] == "triton" and "median_s" in r), None)
             if anchor and "median_s" in row:
                 row["triton_speedup"] = row["median_s"] / anchor["median_s"]
+
+    # ---- audio-kernel launch configuration sweep ----
+    def tune(self, budget: Budget, out: dict) -> None:
+        from doppel_torch.kernels import synth as kernels
+
+        device, batch = self.device, 2 if self.smoke else 2 * self._batch()
+        synth = get_synth("voicefm", backend="torch", duration=0.05 if self.smoke else 1.0).to(device)
+        theta = synth.random_params(batch, seed=1).to(device)
+        grid = {torch.float64: [(t, w) for t in (256, 512, 1024) for w in (4, 8)],
+                torch.float32: [(t, w) for t in (128, 256) for w in (4, 8)]}  # float32 phase: accuracy caps chunks at 256
+        default = kernels.block_sizes
+        rows = out.setdefault("rows", [])
+        try:
+            for phase, configs in grid.items():
+                for block_t, warps in configs:
+                    row = {"phase_dtype": str(phase).split(".")[-1], "BLOCK_T": block_t, "num_warps": warps,
+                           "default": default(synth.n_samples, phase) == {"BLOCK_T": block_t, "num_warps": warps}}
+                    rows.append(row)
+                    if budget.spent():
+                        row["skipped"] = "stage budget spent"
+                        continue
+                    kernels.block_sizes = lambda n, p, b=block_t, w=warps: {"BLOCK_T": b, "num_warps": w}
+                    times = timed(lambda: kernel_render(synth, theta, phase_dtype=phase), device,
+                                  rounds=1 if self.smoke else 5, warmup=1, budget=budget)
+                    row.update(stats(times), sounds_per_s=batch / statistics.median(times))
+                    print(f"  {row['phase_dtype']} BLOCK_T {block_t:5d} warps {warps}: {row['median_s'] * 1e3:8.2f} ms "
+                          f"{row['sounds_per_s']:12.0f} sounds/s" + ("  (default)" if row["default"] else ""), flush=True)
+        finally:
+            kernels.block_sizes = default
+        for phase in {r["phase_dtype"] for r in rows}:
+            done = [r for r in rows if r["phase_dtype"] == phase and "median_s" in r]
+            base = next((r for r in done if r["default"]), None)
+            if done and base:
+                best = min(done, key=lambda r: r["median_s"])
+                out[f"best_{phase}"] = {"BLOCK_T": best["BLOCK_T"], "num_warps": best["num_warps"],
+                                        "speedup_over_default": base["median_s"] / best["median_s"]}
 
     # ---- (a) log-mel frontend: torch.stft vs matmul ----
     def frontend(self, budget: Budget, out: dict) -> None:
@@ -647,7 +686,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (the device tool's $OUT)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--total-budget-s", type=float, default=None,
-                        help="stages that no longer fit are skipped (default 370 on the GPU, 170 in --cpu-smoke)")
+                        help="stages that no longer fit are skipped (default 395 on the GPU, 185 in --cpu-smoke)")
     parser.add_argument("--cpu-smoke", action="store_true", help="every stage at tiny sizes on the CPU")
     args = parser.parse_args()
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -655,7 +694,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
     if args.total_budget_s is None:
-        args.total_budget_s = 170.0 if args.cpu_smoke else 370.0
+        args.total_budget_s = 185.0 if args.cpu_smoke else 395.0
     if args.cpu_smoke:
         device = torch.device("cpu")
         args.out = args.out or Path(tempfile.gettempdir()) / "gpu_check_smoke"
@@ -692,6 +731,10 @@ def print_summary(result: dict) -> None:
         print(f"  {name:13s} {entry.get('status', '?'):8s} {entry.get('wall_s', 0):6.1f} s / {entry['budget_s']:.0f} s"
               + (f"  {entry.get('note') or entry.get('error')}" if entry.get("status") != "ok" else ""))
     fe, ds, ts, tr = (st.get(k, {}) for k in ("frontend", "data_share", "train_step", "train_run"))
+    for key in sorted(k for k in st.get("tune", {}) if k.startswith("best_")):
+        best = st["tune"][key]
+        print(f"  audio kernel, {key[5:]} phase: best BLOCK_T {best['BLOCK_T']} x {best['num_warps']} warps, "
+              f"{best['speedup_over_default']:.2f}x the default")
     faster = sorted(k for k in fe if k.startswith("faster_at_"))
     for key in faster:
         batch = key.rsplit("_", 1)[1]
