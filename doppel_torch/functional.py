@@ -402,7 +402,7 @@ def pitch_shift(
         raise ValueError(f"audio has {n} samples; pitch_shift needs more than n_fft // 2 = {pad}")
     n_frames = 1 + n // hop_length
     window, inv_envelope = _ola_tables(n_fft, hop_length, n_frames, dtype, device)
-    padded = torch.nn.functional.pad(audio[:, None, :], (pad, pad), mode="reflect")[:, 0, :]
+    padded = _reflect_pad(audio, pad)
     spec = torch.fft.rfft(padded.unfold(-1, n_fft, hop_length) * window, dim=-1)  # (B, T, K)
     n_bins = spec.shape[-1]
 
@@ -463,6 +463,16 @@ def pitch_shift(
     out = ola * inv_envelope[: ola.shape[1]]
     if out.shape[1] < n:  # as torch.istft with `length`: zeros past the last frame
         out = torch.nn.functional.pad(out, (0, n - out.shape[1]))
+    return out
+
+
+def _reflect_pad(audio: torch.Tensor, pad: int) -> torch.Tensor:
+    """(B, N) -> (B, N + 2 pad), reflecting about the edge samples (F.pad mode="reflect", ~10x faster on CPU)."""
+    b, n = audio.shape
+    out = audio.new_empty(b, n + 2 * pad)
+    out[:, pad : pad + n] = audio
+    out[:, :pad] = audio[:, 1 : pad + 1].flip(-1)
+    out[:, pad + n :] = audio[:, n - pad - 1 : n - 1].flip(-1)
     return out
 
 

@@ -35,6 +35,7 @@ class Stream:
     PERTURB_1 = 3  # z_1 of a doppelganger pair
     PERTURB_2 = 4  # z_2 of a doppelganger pair
     AUGMENT = 5  # augmentation draws (first view); AUGMENT + 1 for the second view
+    SHARED_NOISE = 7  # the one noise row shared by every doppelganger (pairs.DoppelgangerPairs, noise="shared")
     DATA = 16  # real-data sampling (segments, mixtures)
 
 
@@ -114,6 +115,8 @@ def normal(
     return z.to(dtype)
 
 
-def noise(seed: int, index: torch.Tensor, n_samples: int, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The synths' white noise: U[-1, 1) per sample, (len(index), n_samples), keyed by (seed, sound index)."""
-    return 2.0 * uniform(seed, Stream.NOISE, index, n_samples, dtype=dtype) - 1.0
+def noise(
+    seed: int, index: torch.Tensor, n_samples: int, *, dtype: torch.dtype = torch.float32, stream: int = Stream.NOISE
+) -> torch.Tensor:
+    """The synths' white noise: U[-1, 1) per sample, (len(index), n_samples), keyed by (seed, stream, sound index)."""
+    return 2.0 * uniform(seed, stream, index, n_samples, dtype=dtype) - 1.0

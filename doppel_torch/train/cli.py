@@ -15,12 +15,14 @@ from typing import Any
 
 import click
 
+from doppel_torch.pairs import NOISE_MODES
 from doppel_torch.train.config import BACKENDS, DEVICES, PRECISIONS, PRESETS, SYNTHS, TrainConfig, make_config
 
 # CLI option name -> dotted config field.
 OPTION_FIELDS = {
     "synth": "data.synth",
     "delta": "data.delta",
+    "noise": "data.noise",
     "backend": "data.backend",
     "duration": "data.duration",
     "sounds_per_epoch": "data.sounds_per_epoch",
@@ -111,6 +113,10 @@ def resolve_config(
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None, help="Starting config [paper].")
 @click.option("--synth", type=click.Choice(SYNTHS), default=None, help="Synthesizer architecture [voice].")
 @click.option("--delta", type=float, default=None, help="Perturbation scale of the doppelgangers [0.25].")
+@click.option(
+    "--noise", type=click.Choice(NOISE_MODES), default=None,
+    help="Synth noise source of the pairs: one row shared by all sounds (the paper's), per view, or per sound [shared].",
+)
 @click.option(
     "--backend", type=click.Choice(BACKENDS), default=None, help="Synth backend [auto: triton on CUDA, cpu (native) on CPU]."
 )

@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from doppel_torch.pairs import NOISE_MODES
+
 SYNTHS = ("voice", "voicefm", "parametric")
 BACKENDS = ("auto", "torch", "triton", "cpu")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -47,7 +49,8 @@ class DataConfig:
     """Where the positive pairs come from.
 
     Synthetic mode (default): doppelganger pairs of `synth` with perturbation `delta`, rendered by `backend`
-    ("auto": the Triton kernels on CUDA, the native kernel on CPU, or the torch reference without a compiler).
+    ("auto": the Triton kernels on CUDA, the native kernel on CPU, or the torch reference without a compiler),
+    with the synths' noise source as `noise` says (`pairs.DoppelgangerPairs`; "shared", the paper's, by default).
     Real-data mode (`data` set to a folder of wav/flac/ogg): two views of real clips, made different by
     `jitter` (two different segments of one clip), `augment` and/or `mix_layers` > 1 (each view is the sum of
     `mix_layers` segments of the clip, the paper's VGGSound-Mix).
@@ -55,6 +58,7 @@ class DataConfig:
 
     synth: str = "voice"
     delta: float = 0.25
+    noise: str = "shared"
     backend: str = "auto"
     sample_rate: int = 16000
     duration: float = 1.0
@@ -73,6 +77,7 @@ class DataConfig:
             isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and self.delta >= 0,
             f"data.delta must be a finite number >= 0 (the paper's best is 0.25), got {self.delta!r}",
         )
+        _check(self.noise in NOISE_MODES, f"data.noise must be one of {', '.join(NOISE_MODES)}; got {self.noise!r}")
         _check(self.backend in BACKENDS, f"data.backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
         _check(self.sample_rate > 0, f"data.sample_rate must be > 0, got {self.sample_rate}")
         _check(self.duration > 0, f"data.duration must be > 0 seconds, got {self.duration}")

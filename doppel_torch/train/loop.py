@@ -152,7 +152,7 @@ class Trainer:
             duration=d.duration,
             backend=self.synth_backend,
         ).to(self.device)
-        generator = DoppelgangerPairs(synth, delta=d.delta, seed=self.config.run.seed).to(self.device)
+        generator = DoppelgangerPairs(synth, delta=d.delta, seed=self.config.run.seed, noise=d.noise).to(self.device)
 
         def pairs(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return generator(indices.to(self.device))

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from doppel_torch import get_synth
+from doppel_torch import get_synth, rng
 from doppel_torch.augment import AugmentChain
 from doppel_torch.pairs import DoppelgangerPairs, delta_sweep, delta_vector, write_samples
 
@@ -55,8 +55,46 @@ def test_perturbation_is_clip_theta_plus_delta_z(voice):
 def test_delta_zero_gives_identical_pairs_and_shared_noise_is_the_default(voice):
     a, b, ta, tb = DoppelgangerPairs(voice, delta=0.0)(torch.arange(4), return_theta=True)
     assert torch.equal(ta, tb) and torch.equal(a, b)
-    a, b = DoppelgangerPairs(voice, delta=0.0, independent_noise=True)(torch.arange(4))
+    a, b = DoppelgangerPairs(voice, delta=0.0, noise="per_view")(torch.arange(4))
     assert not torch.allclose(a, b)  # Voice has a noise source: the noise realisations now differ
+    a, b = DoppelgangerPairs(voice, delta=0.0, noise="per_sound")(torch.arange(4))
+    assert torch.equal(a, b)
+
+
+def noise_of(synth, pairs, idx):
+    """The noise each sound of pairs(idx) rendered with, read back by rendering with only the noise audible."""
+    theta_1, theta_2 = pairs.perturbed(idx, dtype=torch.float64)
+    calls = []
+    original = synth.forward
+
+    def spy(theta, noise=None, seed=0, indices=None, **kw):
+        rows = noise if noise is not None else rng.noise(seed, indices, synth.n_samples, dtype=torch.float64)
+        calls.append(rows.expand(theta.shape[0], -1))
+        return original(theta, noise=noise, seed=seed, indices=indices, **kw)
+
+    synth.forward = spy
+    try:
+        pairs(idx, dtype=torch.float64)
+    finally:
+        del synth.forward
+    rows = torch.cat(calls)
+    return rows[: len(idx)], rows[len(idx):]
+
+
+@pytest.mark.parametrize("mode", ["shared", "per_view", "per_sound"])
+def test_noise_modes(voice, mode):
+    """shared: one row for every sound and view (SynthAX's); per_view: all different; per_sound: views share."""
+    idx = torch.tensor([3, 7, 11])
+    n1, n2 = noise_of(voice, DoppelgangerPairs(voice, seed=5, noise=mode), idx)
+    same_view = torch.equal(n1, n2)
+    same_sounds = torch.equal(n1[0], n1[1])
+    assert (same_view, same_sounds) == {"shared": (True, True), "per_view": (False, False),
+                                        "per_sound": (True, False)}[mode]
+    # keyed by the seed, whatever the batch: sound 7 alone gets the same noise
+    m1, _ = noise_of(voice, DoppelgangerPairs(voice, seed=5, noise=mode), idx[1:2])
+    assert torch.equal(m1[0], n1[1])
+    with pytest.raises(ValueError, match="noise must be one of"):
+        DoppelgangerPairs(voice, noise="independent")
 
 
 def test_delta_forms(voice):
@@ -119,7 +157,8 @@ def test_augmented_views_get_their_own_draws(voice):
 def test_delta_sweep_moves_along_one_direction(voice):
     sweep = delta_sweep(voice, 9, [0.0, 0.1, 0.3], seed=2)
     theta = voice.random_params(1, seed=2, start=9)
-    torch.testing.assert_close(sweep[0], voice(theta, seed=2, indices=torch.tensor([9]))[0])
+    shared = DoppelgangerPairs(voice, seed=2).shared_noise.float()  # the pairs' noise row (noise="shared")
+    torch.testing.assert_close(sweep[0], voice(theta, noise=shared)[0])
     assert sweep.shape == (3, voice.n_samples) and not torch.allclose(sweep[1], sweep[2])
 
 
