@@ -115,6 +115,11 @@ def _load_impulse_responses(files: tuple[str, ...], sample_rate: int) -> tuple[t
     return tuple(irs)
 
 
+# On CPU reverb convolves REVERB_CPU_ROWS rows at a time (their 32000-point spectra stay in cache). 52 rows,
+# 2 threads, idle: min 15.0 -> 12.2 ms (16 rows), 13.0 ms (8 rows).
+REVERB_CPU_ROWS = 16
+
+
 class AugmentChain(nn.Module):
     """Per-example augmentation chain: audio (B, N) -> (B, N), draws keyed by (seed, view, sound index).
 
@@ -289,8 +294,12 @@ class AugmentChain(nn.Module):
         key = (size, ir_len, x.dtype, x.device)
         if key not in self._ir_spectra:
             self._ir_spectra = {key: torch.fft.rfft(self.ir_bank[:, :ir_len].to(x), n=size)}
-        spec = self._ir_spectra[key][ir_index]
-        return torch.fft.irfft(torch.fft.rfft(x, n=size) * spec, n=size)[..., :n]
+        spectra = self._ir_spectra[key]
+        rows = REVERB_CPU_ROWS if x.device.type == "cpu" else x.shape[0]
+        return torch.cat([
+            torch.fft.irfft(torch.fft.rfft(x[i : i + rows], n=size) * spectra[ir_index[i : i + rows]], n=size)[..., :n]
+            for i in range(0, x.shape[0], rows)
+        ])
 
 
 class TorchAudiomentationsChain(nn.Module):
