@@ -105,6 +105,23 @@ def test_reverb_equals_torch_audiomentations_given_the_impulse_responses():
     torch.testing.assert_close(ours / scale, expected / scale, rtol=0, atol=1e-5)
 
 
+def test_cpu_row_blocks_do_not_change_results():
+    """Pitch shift and reverb run in row blocks on CPU (F.PITCH_CPU_ROWS, REVERB_CPU_ROWS): a row's result is
+    the same whatever the batch it comes in (up to FFT rounding)."""
+    from doppel_torch.augment import REVERB_CPU_ROWS
+
+    x = _audio(2 * REVERB_CPU_ROWS + 3, seed=4)
+    semitones = torch.linspace(-2, 2, x.shape[0])
+    alone = torch.cat([F.pitch_shift(x[i : i + 1].repeat(2, 1), semitones[i : i + 1].repeat(2))[:1]
+                       for i in range(x.shape[0])])
+    torch.testing.assert_close(F.pitch_shift(x, semitones), alone, rtol=0, atol=1e-5)
+    chain = AugmentChain(transforms=["reverb"], ir_paths=RIRS)
+    ir_index = torch.arange(x.shape[0]) % chain.n_irs
+    alone = torch.cat([chain._reverb(x[i : i + 1], ir_index[i : i + 1]) for i in range(x.shape[0])])
+    scale = alone.abs().max()
+    torch.testing.assert_close(chain._reverb(x, ir_index) / scale, alone / scale, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("f0", [220.0, 440.0, 1000.0])
 @pytest.mark.parametrize("semitones", [-2.0, -0.5, 1.0, 2.0])
 def test_pitch_shift_moves_a_tone_by_the_ratio(f0, semitones):
