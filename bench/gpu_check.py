@@ -230,8 +230,9 @@ class Check:
 
     # ---- (0) kernel tests ----
     def kernel_tests(self, budget: Budget, out: dict) -> None:
+        # test_aot compiles for sm_90 without a GPU (~30 s of host CPU); on the GPU the kernels compile for real
         cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/kernels",
-               "--device", self.device.type]
+               "--ignore=tests/kernels/test_aot.py", "--device", self.device.type]
         if self.smoke:
             cmd.append("--collect-only")  # the interpreter takes minutes for the whole file: check the call only
         out["command"] = " ".join(cmd[1:])
