@@ -196,13 +196,14 @@ class DoppelgangerPairs(nn.Module):
         return f"delta={delta}, seed={self.seed}, eps={self.eps:g}, noise={self.noise!r}"
 
 
-def delta_sweep(synth, index: int, deltas: Sequence[float], seed: int = 0) -> torch.Tensor:
+def delta_sweep(synth, index: int, deltas: Sequence[float], seed: int = 0, noise: str = "shared") -> torch.Tensor:
     """View 1 of sound `index` at several deltas, same theta and same z_1: (len(deltas), N).
 
     delta = 0 is the unperturbed patch; larger deltas move along the same random direction z_1.
     """
-    rows = [DoppelgangerPairs(synth, delta=float(d), seed=seed)(torch.tensor([int(index)]))[0][0] for d in deltas]
-    return torch.stack(rows)
+    index = torch.tensor([int(index)])
+    rows = [DoppelgangerPairs(synth, delta=float(d), seed=seed, noise=noise)(index)[0][0] for d in deltas]
+    return torch.stack(rows) if rows else torch.zeros(0, synth.n_samples)
 
 
 def write_samples(
@@ -215,6 +216,7 @@ def write_samples(
     delta: DeltaSpec = 0.25,
     sweep_deltas: Sequence[float] = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5),
     augment: nn.Module | None = None,
+    noise: str = "shared",
     title: str = "",
 ) -> dict[str, Path]:
     """Write doppelganger pairs (augmented when `augment` is given) and a delta sweep as wav files + one PNG.
@@ -229,7 +231,7 @@ def write_samples(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     indices = torch.arange(start, start + n_pairs)
-    clean = DoppelgangerPairs(synth, delta=delta, seed=seed)
+    clean = DoppelgangerPairs(synth, delta=delta, seed=seed, noise=noise)
     audio_a, audio_b = clean(indices)
     sr = synth.sample_rate
     if augment is not None:
@@ -241,7 +243,7 @@ def write_samples(
     for i in range(n_pairs):
         write_wav(out_dir / f"pair_{i:02d}_a.wav", audio_a[i], sr)
         write_wav(out_dir / f"pair_{i:02d}_b.wav", audio_b[i], sr)
-        sweep = delta_sweep(synth, start + i, sweep_deltas, seed=seed)
+        sweep = delta_sweep(synth, start + i, sweep_deltas, seed=seed, noise=noise)
         for d, audio in zip(sweep_deltas, sweep):
             write_wav(out_dir / f"sweep_{i:02d}_delta_{d:g}.wav", audio, sr)
         rows.append([audio_a[i], audio_b[i], *sweep])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from doppel_torch.pairs import NOISE_MODES
 from doppel_torch.synths.base import BACKENDS, SYNTHS, get_synth
 
 
@@ -51,6 +52,8 @@ def _deltas(ctx, param, value: str) -> tuple[float, ...]:
 @click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default="voice", show_default=True)
 @click.option("--delta", type=click.FloatRange(min=0.0, max=1.0), default=0.25, show_default=True, callback=_finite,
               help="Perturbation scale: theta_k = clip(theta + delta * z_k, eps, 1).")
+@click.option("--noise", type=click.Choice(NOISE_MODES), default="shared", show_default=True,
+              help="Synth noise of the pairs: one row for all sounds (the paper's), per view, or per sound.")
 @click.option("--pairs", "n_pairs", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the wav files and the spectrogram picture (created if missing).")
@@ -64,7 +67,7 @@ def _deltas(ctx, param, value: str) -> tuple[float, ...]:
               help="Folder of impulse responses: adds reverb to the augmentation chain.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
 @click.option("--duration", type=click.FloatRange(min=0.05, max=30.0), default=1.0, show_default=True)
-def sample(synth_name, delta, n_pairs, out_dir, seed, start, sweep, augment, ir_dir, backend, duration) -> None:
+def sample(synth_name, delta, noise, n_pairs, out_dir, seed, start, sweep, augment, ir_dir, backend, duration) -> None:
     """Write doppelganger pairs and a delta sweep as wav files, and one PNG of their spectrograms.
 
     Columns of samples.png: the two views of each pair, then the same sound at each delta of the sweep.
@@ -82,7 +85,7 @@ def sample(synth_name, delta, n_pairs, out_dir, seed, start, sweep, augment, ir_
     title = f"{synth_name} doppelgangers, delta = {delta:g}, seed = {seed}" + (", augmented" if augment else "")
     written = write_samples(
         synth, out_dir, n_pairs=n_pairs, start=start, seed=seed, delta=delta, sweep_deltas=sweep, augment=chain,
-        title=title,
+        noise=noise, title=title,
     )
     n_wav = len(list(Path(written["dir"]).glob("*.wav")))
     click.echo(f"wrote {n_wav} wav files and {written['png']}")
