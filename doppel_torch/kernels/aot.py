@@ -85,9 +85,10 @@ def compile_synth(synth, arch: int = 90, phase_dtype: torch.dtype = torch.float6
         compiled = triton.compile(_signature(kernel, types[part], constexprs), target=GPUTarget("cuda", arch, 32),
                                   options=options)
         rows.append({
-            "synth": synth.layout.patch.name, "kernel": part, "arch": f"sm_{arch}", "triton": triton.__version__, "phase_dtype": phase, "out_dtype": out,
-            "has_noise": has_noise, "num_warps": options["num_warps"],
+            "synth": synth.layout.patch.name, "kernel": part, "arch": f"sm_{arch}", "triton": triton.__version__,
+            "phase_dtype": phase, "out_dtype": out, "has_noise": has_noise, "num_warps": options["num_warps"],
             **{key: v for key, v in constexprs.items() if key.startswith("BLOCK")},
+            # compile_s is ~0 when Triton's cache (~/.triton/cache) already held the kernel
             "compile_s": round(time.perf_counter() - start, 2), "cubin_bytes": len(compiled.asm["cubin"]),
             **resource_usage(compiled.asm["cubin"]),
         })
