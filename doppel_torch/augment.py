@@ -246,6 +246,8 @@ class AugmentChain(nn.Module):
 
     def apply(self, audio: torch.Tensor, params: AugmentParams) -> torch.Tensor:
         """Run the chain with given draws (every transform in self.transforms, gated by params.apply)."""
+        if audio.shape[0] == 0:
+            return audio.clone()
         x, owned = audio, False  # owned: x is this call's own tensor, so rows may be written in place
         for name in self.transforms:
             mask = params.enabled(name).to(x.device)
