@@ -263,3 +263,11 @@ def test_torch_audiomentations_compatibility_chain_is_per_batch_in_chunks():
     torch.testing.assert_close(y[3:6], y[3:4].expand(3, -1), rtol=0, atol=1e-6)
     assert not torch.allclose(y[0], y[3])  # the two chunks got their own draws
     assert not torch.allclose(y[0], x[0])
+
+
+@pytest.mark.parametrize("subset_rows", [True, False])
+def test_empty_batch_gives_an_empty_batch(subset_rows):
+    chain = AugmentChain(p=1.0, ir_paths=RIRS)
+    chain.subset_rows = subset_rows
+    out = chain(torch.zeros(0, SR), torch.zeros(0, dtype=torch.int64))
+    assert out.shape == (0, SR)
