@@ -297,11 +297,13 @@ class AugmentChain(nn.Module):
         if key not in self._ir_spectra:
             self._ir_spectra = {key: torch.fft.rfft(self.ir_bank[:, :ir_len].to(x), n=size)}
         spectra = self._ir_spectra[key]
-        rows = REVERB_CPU_ROWS if x.device.type == "cpu" else x.shape[0]
-        return torch.cat([
-            torch.fft.irfft(torch.fft.rfft(x[i : i + rows], n=size) * spectra[ir_index[i : i + rows]], n=size)[..., :n]
-            for i in range(0, x.shape[0], rows)
-        ])
+
+        def convolve(rows, ir):
+            return torch.fft.irfft(torch.fft.rfft(rows, n=size) * spectra[ir], n=size)[..., :n]
+
+        if x.device.type != "cpu":
+            return convolve(x, ir_index)
+        return F.in_row_blocks(convolve, REVERB_CPU_ROWS, x, ir_index)
 
 
 class TorchAudiomentationsChain(nn.Module):
