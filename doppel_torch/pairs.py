@@ -116,9 +116,10 @@ class DoppelgangerPairs(nn.Module):
         self.augment = augment
         self.noise = noise
         self.register_buffer("delta", delta_vector(delta, synth).to(torch.float32), persistent=False)
-        row = rng.noise(self.seed, torch.zeros(1, dtype=torch.int64), synth.n_samples, dtype=torch.float64,
+        # (1, N) float32: the generator's 24-bit draws are exact in float32, so a float64 render casts losslessly
+        row = rng.noise(self.seed, torch.zeros(1, dtype=torch.int64), synth.n_samples,
                         stream=rng.Stream.SHARED_NOISE) if noise == "shared" else torch.zeros(0)
-        self.register_buffer("shared_noise", row, persistent=False)  # (1, N); float64, cast per call
+        self.register_buffer("shared_noise", row, persistent=False)
 
     @property
     def num_params(self) -> int:
