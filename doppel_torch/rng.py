@@ -11,7 +11,7 @@ The generator is a 32-bit integer hash (Wellons' "lowbias32" finaliser) applied 
     u      = (bits >> 8) * 2^-24                        # uniform in [0, 1), 24 bits, exact in float32
 
 It needs only 32-bit multiply, xor and shifts, so the Triton kernels compute the same bits
-(`doppel_torch.kernels` re-implements `mix32` with uint32 arithmetic). Here uint32 values live in int64
+(`doppel_torch.backends.triton` and `backends.cpu` re-implement `mix32` with uint32 arithmetic). Here uint32 values live in int64
 tensors: products wrap modulo 2^64 and are masked back to 32 bits, which keeps the low bits exact.
 """
 

@@ -7,52 +7,23 @@
 
 from __future__ import annotations
 
-import math
-from typing import Callable
-
 import torch
 
-from doppel_torch import rng
-from doppel_torch.reference.functional import normalize_if_clipping
-from doppel_torch.synths.layout import Layout
-from doppel_torch.synths.parametric import parametric_patch
-from doppel_torch.synths.patch import Patch
-from doppel_torch.synths.voice import voice_patch
-from doppel_torch.synths.voicefm import voicefm_patch
-
-BACKENDS = ("torch", "triton", "cpu")
-
-# Backend name -> render function with the reference renderer's signature. Kernel packages add themselves.
-_RENDERERS: dict[str, Callable[..., torch.Tensor]] = {}
-
-
-def _renderer(backend: str) -> Callable[..., torch.Tensor]:
-    if backend not in _RENDERERS:
-        if backend == "torch":
-            from doppel_torch.reference.render import render
-
-            _RENDERERS["torch"] = render
-        elif backend == "triton":
-            from doppel_torch.kernels import render as triton_render
-
-            _RENDERERS["triton"] = triton_render
-        elif backend == "cpu":
-            from doppel_torch.cpu import render as cpu_render
-
-            _RENDERERS["cpu"] = cpu_render
-    return _RENDERERS[backend]
-
-
-def _n_samples(seconds: float, rate: float) -> int:
-    # SynthAX: ceil(seconds * rate); the tolerance keeps 1.0 * 16000 at 16000 despite float rounding.
-    return int(math.ceil(seconds * rate - 1e-9))
+from doppel_torch import backends, rng
+from doppel_torch.backends import BACKENDS
+from doppel_torch.spec.patch import Patch
+from doppel_torch.spec.program import lower
+from doppel_torch.spec.patches import parametric_patch, voice_patch, voicefm_patch
 
 
 class Synth(torch.nn.Module):
     """A batched modular synthesizer rendering normalised parameters theta in [0, 1]^m to audio.
 
+    Any `Patch` renders on every backend (see the README's "Your own patch"): the patch is validated and lowered
+    once into a `Program` (doppel_torch.spec.program), which the chosen backend reads.
+
     Args:
-        patch: the architecture (see `doppel_torch.synths.patch`).
+        patch: the architecture (see `doppel_torch.spec.patch`).
         sample_rate: audio rate in Hz (paper: 16 kHz).
         control_rate: rate of envelopes, LFOs and the modulation matrix in Hz (paper: 480 Hz).
         duration: seconds per sound.
@@ -80,37 +51,27 @@ class Synth(torch.nn.Module):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-        for name, value in (("sample_rate", sample_rate), ("control_rate", control_rate), ("duration", duration)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if control_rate > sample_rate:
-            raise ValueError(f"control_rate ({control_rate} Hz) must not exceed sample_rate ({sample_rate} Hz)")
-        if not 0 < eps < 0.5:
-            raise ValueError(f"eps must be in (0, 0.5), got {eps!r}")
+        if not isinstance(patch, Patch):
+            raise ValueError(f"patch must be a doppel_torch.spec.Patch, got {type(patch).__name__}")
+        if phase_dtype not in (None, torch.float32, torch.float64):
+            raise ValueError(f"phase_dtype must be None, torch.float32 or torch.float64, got {phase_dtype!r}")
+        if phase_dtype is not None and backend != "triton":
+            raise ValueError("phase_dtype applies to backend='triton' only")
+        self.program = lower(patch, sample_rate=sample_rate, control_rate=control_rate, duration=duration, eps=eps,
+                             apply_mixer_curve=apply_mixer_curve)
         self.patch = patch
         self.sample_rate = sample_rate
         self.control_rate = control_rate
         self.duration = duration
         self.backend = backend
         self.eps = eps
-        if phase_dtype not in (None, torch.float32, torch.float64):
-            raise ValueError(f"phase_dtype must be None, torch.float32 or torch.float64, got {phase_dtype!r}")
-        if phase_dtype is not None and backend != "triton":
-            raise ValueError("phase_dtype applies to backend='triton' only")
         self.phase_dtype = phase_dtype
-        self.n_samples = _n_samples(duration, sample_rate)
-        self.n_control = _n_samples(duration, control_rate)
-        if self.n_control < 2:
-            raise ValueError(f"duration {duration} s gives fewer than 2 control samples at {control_rate} Hz")
-        self.layout = Layout(patch, apply_mixer_curve=apply_mixer_curve)
-        if backend == "triton":
-            from doppel_torch.kernels import check_available
-
-            check_available()
-        elif backend == "cpu":
-            from doppel_torch.cpu import check_available
-
-            check_available()
+        self.n_samples = self.program.n_samples
+        self.n_control = self.program.n_control
+        self.layout = self.program.layout
+        options = {"phase_dtype": phase_dtype} if backend == "triton" else {}
+        self._backend = backends.get_backend(backend, **options)
+        self._backend.check_available()
 
     # ---- parameters -------------------------------------------------------------------------------
     @property
@@ -158,40 +119,6 @@ class Synth(torch.nn.Module):
         return self.layout.table.to_unit(human)
 
     # ---- rendering -------------------------------------------------------------------------------
-    def _check_theta(self, theta: torch.Tensor, validate: bool) -> None:
-        if not isinstance(theta, torch.Tensor):
-            raise ValueError(f"theta must be a torch.Tensor of shape (batch, {self.num_params}), got {type(theta).__name__}")
-        if theta.dim() != 2 or theta.shape[1] != self.num_params:
-            raise ValueError(
-                f"theta must have shape (batch, {self.num_params}) for {self.patch.name}, got {tuple(theta.shape)}"
-            )
-        if theta.dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"theta must be float32 or float64, got {theta.dtype}")
-        if validate and theta.numel():
-            values = theta.detach()
-            if torch.isnan(values).any():
-                raise ValueError("theta contains NaN")
-            lo, hi = float(values.min()), float(values.max())
-            if lo < 0.0 or hi > 1.0:
-                raise ValueError(f"theta must lie in [0, 1] (normalised parameters); got values in [{lo:.4g}, {hi:.4g}]")
-
-    def _noise(self, noise, theta: torch.Tensor, seed: int, indices: torch.Tensor | None) -> torch.Tensor:
-        """The noise to render with; `indices` were checked by `forward`."""
-        batch = theta.shape[0]
-        if noise is None:
-            if indices is None:
-                indices = torch.arange(batch, dtype=torch.int64, device=theta.device)
-            return rng.noise(seed, indices, self.n_samples, dtype=theta.dtype)
-        if not isinstance(noise, torch.Tensor):
-            raise ValueError("noise must be a torch.Tensor of shape (batch, n_samples) or (1, n_samples)")
-        if noise.device != theta.device:
-            raise ValueError(f"noise is on {noise.device} but theta is on {theta.device}: move them to one device")
-        if noise.dim() != 2 or noise.shape[1] != self.n_samples or noise.shape[0] not in (1, batch):
-            raise ValueError(
-                f"noise must have shape ({batch}, {self.n_samples}) or (1, {self.n_samples}), got {tuple(noise.shape)}"
-            )
-        return noise.to(theta.dtype)
-
     def forward(
         self,
         theta: torch.Tensor,
@@ -200,6 +127,7 @@ class Synth(torch.nn.Module):
         seed: int = 0,
         indices: torch.Tensor | None = None,
         validate: bool = True,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Render theta (B, m) in [0, 1] to audio (B, N) in theta's dtype and on its device.
 
@@ -208,32 +136,10 @@ class Synth(torch.nn.Module):
         normalize: divide each sound by its own peak when the peak exceeds 1; False returns the raw mix.
         indices: (B,) global sound indices keying the noise; default 0 .. B - 1.
         validate: check theta's values (one host synchronisation); pipelines that make theta themselves skip it.
+        out: a contiguous (B, N) tensor of theta's dtype and device to render into.
         """
-        self._check_theta(theta, validate)
-        if indices is not None:
-            indices = torch.as_tensor(indices, dtype=torch.int64, device=theta.device)
-            if indices.shape != (theta.shape[0],):
-                raise ValueError(f"indices must have shape ({theta.shape[0]},), got {tuple(indices.shape)}")
-        theta = theta.clamp(self.eps, 1.0)
-        if self.backend != "torch":
-            # Kernels draw the keyed noise themselves (no (B, N) noise buffer) unless noise is given.
-            noise = None if noise is None else self._noise(noise, theta, seed, indices)
-            options = {"phase_dtype": self.phase_dtype} if self.backend == "triton" else {}
-            return _renderer(self.backend)(
-                self, theta, noise=noise, seed=seed, indices=indices, normalize=normalize, **options
-            )
-        human = self.layout.table.to_human(theta)
-        audio = _renderer("torch")(
-            self.layout,
-            human,
-            self._noise(noise, theta, seed, indices),
-            sample_rate=self.sample_rate,
-            control_rate=self.control_rate,
-            n_samples=self.n_samples,
-            n_control=self.n_control,
-            eps=self.eps,
-        )
-        return normalize_if_clipping(audio) if normalize else audio
+        return backends.render(self._backend, self.program, theta, noise=noise, seed=seed, indices=indices,
+                               normalize=normalize, out=out, validate=validate)
 
     def extra_repr(self) -> str:
         return (

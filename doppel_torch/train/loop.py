@@ -543,10 +543,10 @@ def format_summary(s: dict[str, Any]) -> str:
 
 def _cpu_backend() -> str:
     """"auto" on CPU: the native kernel (5-7x SynthAX here) when a C++ compiler can build it, else the reference."""
-    from doppel_torch.cpu import check_available
+    from doppel_torch.backends import get_backend
 
     try:
-        check_available()
+        get_backend("cpu").check_available()
     except RuntimeError as err:
         print(f"backend auto: native CPU synth unavailable ({err}); using the torch reference")
         return "torch"

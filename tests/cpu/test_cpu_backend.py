@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from doppel_torch import ParametricSynth, VoiceSynth, get_synth
-from doppel_torch.cpu import build
+from doppel_torch.backends.cpu import build
 from tests.conftest import SYNTHAX_REF
 
 NAMES = ["voice", "voicefm", "parametric"]

@@ -31,8 +31,8 @@ def device(request, monkeypatch) -> torch.device:
             pytest.skip("--device cuda asked for, but no CUDA device is present")
         return torch.device("cuda")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    math_module = sys.modules.get("doppel_torch.kernels._math")
+    math_module = sys.modules.get("doppel_torch.backends.triton._math")
     if math_module is not None and not math_module.INTERPRET:
-        pytest.skip("doppel_torch.kernels was imported without TRITON_INTERPRET=1 in this process; "
+        pytest.skip("doppel_torch.backends.triton was imported without TRITON_INTERPRET=1 in this process; "
                     "run `TRITON_INTERPRET=1 pytest tests/kernels`")
     return torch.device("cpu")

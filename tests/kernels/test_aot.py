@@ -24,7 +24,7 @@ def compiled() -> list[dict]:
     if not (BIN / "ptxas").exists() or not (BIN / "cuobjdump").exists():
         pytest.skip(f"this triton wheel ships no ptxas/cuobjdump in {BIN}")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "doppel_torch.kernels.aot", "--arch", "90", "--json"],
+    proc = subprocess.run([sys.executable, "-m", "doppel_torch.backends.triton.aot", "--arch", "90", "--json"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)

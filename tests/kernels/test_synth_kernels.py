@@ -1,4 +1,4 @@
-"""Triton synth kernels against the float64 torch reference (`doppel_torch.reference`), through the public API.
+"""Triton synth kernels against the float64 torch reference (`doppel_torch.backends.torch`), through the public API.
 
 Under the interpreter every render costs ~1 s, so batches are 1 to 4 sounds of 0.02 to 0.13 s (320 to 2080
 samples: shorter than one audio chunk, one partial chunk, several chunks with a partial last one).
@@ -46,13 +46,11 @@ def test_kernel_matches_reference(device, name, batch, duration, dtype, atol):
 @pytest.mark.parametrize("dtype, atol", DTYPE_ATOL)
 def test_unwritten_output_fails(device, dtype, atol):
     """The kernel writes every element of a NaN-poisoned buffer, raw (normalize=False) and normalised."""
-    from doppel_torch.kernels import render
-
     synth, ref = _pair("voicefm", 0.05)
     theta = _theta(synth, 3, 5, device, dtype)
     for normalize in (False, True):
         out = torch.full((3, synth.n_samples), float("nan"), dtype=dtype, device=device)
-        render(synth, theta, normalize=normalize, out=out)
+        assert synth(theta, normalize=normalize, out=out) is out
         assert not torch.isnan(out).any()
         torch.testing.assert_close(out.double(), ref(theta.double(), normalize=normalize), atol=atol, rtol=0)
 
@@ -113,19 +111,18 @@ def test_any_parametric_counts(device, counts):
 
 def test_float32_phase_option(device):
     """phase_dtype=float32 is the fast path: close to the reference on short sounds, refused for float64."""
-    from doppel_torch.kernels import render
-
-    synth, ref = _pair("voice", 0.05)
+    synth = get_synth("voice", duration=0.05, backend="triton", phase_dtype=torch.float32)
+    ref = get_synth("voice", duration=0.05, backend="torch")
     theta = _theta(synth, 3, 6, device, torch.float32)
-    fast = render(synth, theta, phase_dtype=torch.float32)
+    fast = synth(theta)
     # A float32 phase drifts by ~1e-7 x f0 x t cycles: 2e-3 max abs on 0.05 s at the highest pitches.
     torch.testing.assert_close(fast.double(), ref(theta.double()), atol=2e-3, rtol=0)
     with pytest.raises(ValueError, match="phase_dtype"):
-        render(synth, theta.double(), phase_dtype=torch.float32)
+        synth(theta.double())
 
 
 def test_clear_error_without_cuda(monkeypatch):
-    from doppel_torch.kernels import check_available
+    from doppel_torch.backends.triton import check_available
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -136,7 +133,7 @@ def test_clear_error_without_cuda(monkeypatch):
 
 
 def test_clear_error_without_triton(monkeypatch):
-    from doppel_torch.kernels import check_available
+    from doppel_torch.backends.triton import check_available
 
     monkeypatch.setitem(sys.modules, "triton", None)  # import triton -> ImportError
     with pytest.raises(RuntimeError, match="needs the triton package"):

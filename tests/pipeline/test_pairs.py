@@ -54,10 +54,16 @@ def test_perturbation_is_clip_theta_plus_delta_z(voice):
 
 def test_delta_zero_gives_identical_pairs_and_shared_noise_is_the_default(voice):
     a, b, ta, tb = DoppelgangerPairs(voice, delta=0.0)(torch.arange(4), return_theta=True)
-    assert torch.equal(ta, tb) and torch.equal(a, b)
+    # The eager float32 reference is equal only to rounding across batch positions (PyTorch's vectorised CPU kernels
+    # round a tensor's tail elements differently: 2e-7 seen); the native kernel renders each sound alone, bitwise.
+    assert torch.equal(ta, tb)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    cpu = get_synth("voice", duration=0.25, backend="cpu")
+    a, b = DoppelgangerPairs(cpu, delta=0.0)(torch.arange(4))
+    assert torch.equal(a, b)
     a, b = DoppelgangerPairs(voice, delta=0.0, noise="per_view")(torch.arange(4))
     assert not torch.allclose(a, b)  # Voice has a noise source: the noise realisations now differ
-    a, b = DoppelgangerPairs(voice, delta=0.0, noise="per_sound")(torch.arange(4))
+    a, b = DoppelgangerPairs(cpu, delta=0.0, noise="per_sound")(torch.arange(4))
     assert torch.equal(a, b)
 
 

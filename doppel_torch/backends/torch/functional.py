@@ -179,6 +179,38 @@ def square_saw(argument: torch.Tensor, partials: torch.Tensor, shape: torch.Tens
     return (1.0 - shape / 2.0) * square * (1.0 + shape * torch.cos(argument))
 
 
+def lpf_cutoff(cutoff_midi: torch.Tensor, mod_depth: torch.Tensor, control: torch.Tensor, nyquist: float) -> torch.Tensor:
+    """Filter cutoff (..., N) in Hz: midi_to_hz(cutoff + depth * control), clamped to [0, nyquist]."""
+    midi = cutoff_midi.unsqueeze(-1) + mod_depth.unsqueeze(-1) * control
+    return torch.clamp(midi_to_hz(midi), 0.0, nyquist)
+
+
+def lowpass(x: torch.Tensor, cutoff_hz: torch.Tensor, sample_rate: float, block: int = 256) -> torch.Tensor:
+    """Time-varying one-pole low-pass (SynthAX's `LPF`): y[n] = a[n] x[n] + (1 - a[n]) y[n - 1], y[-1] = 0,
+    a = dt / (tau + dt) with tau = 1 / (2 pi cutoff), dt = 1 / sample_rate; x, cutoff_hz: (..., N).
+
+    Evaluated in blocks: within a block y = P * cumsum(a x / P) with P the running product of (1 - a), then the
+    block's end value carried into the next. With the cutoff at most Nyquist, 1 - a >= 1 / (1 + pi), so P stays
+    above 0.24 ** 256 = 1e-158: the scan runs in float64 (no underflow, ~1e-15 relative) whatever x's dtype.
+    """
+    w = (2.0 * math.pi / sample_rate) * cutoff_hz.to(torch.float64)
+    a = w / (1.0 + w)
+    n = x.shape[-1]
+    n_blocks = -(-n // block)
+    pad = n_blocks * block - n
+    u = F.pad(a * x.to(torch.float64), (0, pad)).reshape(*x.shape[:-1], n_blocks, block)
+    decay = F.pad(1.0 - a, (0, pad), value=1.0).reshape(*x.shape[:-1], n_blocks, block)
+    prod = torch.cumprod(decay, dim=-1)
+    local = prod * torch.cumsum(u / prod, dim=-1)  # each block from a zero state
+    carry = torch.zeros_like(local[..., 0, 0])
+    blocks = []
+    for b in range(n_blocks):
+        y = local[..., b, :] + prod[..., b, :] * carry.unsqueeze(-1)
+        blocks.append(y)
+        carry = y[..., -1]
+    return torch.cat(blocks, dim=-1)[..., :n].to(x.dtype)
+
+
 def normalize_if_clipping(audio: torch.Tensor) -> torch.Tensor:
     """Divide each sound (last dim) by its own peak when that peak exceeds 1 (DESIGN.md quirk 1)."""
     peak = audio.abs().amax(dim=-1, keepdim=True)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from doppel_torch.params import ParamSpec, ParamTable
-from doppel_torch.synths.patch import Patch
+from doppel_torch.spec.params import ParamSpec, ParamTable
+from doppel_torch.spec.patch import Patch
 
 
 class Layout:
@@ -14,7 +14,7 @@ class Layout:
     """
 
     def __init__(self, patch: Patch, apply_mixer_curve: bool = False):
-        self.patch = patch
+        self.patch = patch.validate()
         self.specs: list[ParamSpec] = patch.param_specs(apply_mixer_curve)
         self.table = ParamTable(self.specs)
         self.index: dict[str, dict[str, int]] = {}

@@ -87,6 +87,12 @@ KIND_PARAMS: dict[str, dict[str, ParamRange]] = {
         "mod_depth": ParamRange(-96.0, 96.0, 0.2, symmetric=True),
         "initial_phase": ParamRange(-PI, PI),
     },
+    # One-pole low-pass (SynthAX's `LPF`), not in SynthAX's synths: cutoff as a MIDI note (8.2 Hz .. 19.9 kHz,
+    # clamped to Nyquist), moved by mod_depth semitones per unit of its modulation-matrix output, as a VCO's pitch.
+    "lpf": {
+        "cutoff": ParamRange(0.0, 135.0),
+        "mod_depth": ParamRange(-96.0, 96.0, 0.2, symmetric=True),
+    },
 }
 MOD_RANGE = ParamRange(0.0, 1.0, 0.5)  # modulation matrix entries
 LEVEL_RANGE = ParamRange(0.0, 1.0)  # audio mixer levels (per-input curves may override)

@@ -4,7 +4,7 @@ Three ADSRs and three enveloped LFOs feed a 6 x 7 modulation matrix; vco_1 (sine
 are mixed directly, vco_3 (sine) only modulates the FM operator vco_4; noise; a 4-input mixer.
 """
 
-from doppel_torch.synths.patch import Envelope, Lfo, Oscillator, Patch
+from doppel_torch.spec.patch import Envelope, Lfo, Oscillator, Patch
 
 
 def voicefm_patch() -> Patch:

@@ -6,7 +6,7 @@ vco_1..vco_n, then noise). The fm_* voices do not reach the mixer: each modulate
 (vco_{n+1}, ...) played from the modulator's keyboard. The paper's counts (2, 2, 1, 1) give 340 parameters.
 """
 
-from doppel_torch.synths.patch import Envelope, Lfo, Oscillator, Patch
+from doppel_torch.spec.patch import Envelope, Lfo, Oscillator, Patch
 
 
 def parametric_patch(sine: int = 2, square_saw: int = 2, fm_sine: int = 1, fm_square_saw: int = 1) -> Patch:

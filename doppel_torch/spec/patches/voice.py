@@ -4,7 +4,7 @@ One keyboard; a sine VCO and a square/saw VCO, each with pitch and amplitude fro
 matrix fed by two ADSRs and two enveloped LFOs; noise; a 3-input mixer.
 """
 
-from doppel_torch.synths.patch import Envelope, Lfo, Oscillator, Patch
+from doppel_torch.spec.patch import Envelope, Lfo, Oscillator, Patch
 
 
 def voice_patch() -> Patch:

@@ -24,7 +24,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("synth_cpu.cpp")
+from doppel_torch.spec.program import layout_signature
+
+SOURCE = Path(__file__).parent / "csrc" / "synth_cpu.cpp"
 DEFAULT_FLAGS = "-O3 -march=native -fno-math-errno -fno-trapping-math -std=c++17"
 
 _lock = threading.Lock()
@@ -95,6 +97,14 @@ def _build() -> ctypes.CDLL:
             )
         os.replace(tmp, target)
     lib = ctypes.CDLL(str(target))
+    # The kernel declares the tables it reads; a library whose declaration differs from the lowering's is refused.
+    lib.doppel_cpu_layout.restype = ctypes.c_char_p
+    declared = lib.doppel_cpu_layout().decode()
+    if declared != layout_signature():
+        raise RuntimeError(
+            f"backend='cpu': the kernel in {target} reads other program tables than doppel_torch.spec.program defines "
+            f"(kernel: {declared!r}; spec: {layout_signature()!r}); update the X-macro lists in {SOURCE.name}"
+        )
     fn = lib.doppel_cpu_render
     c = ctypes
     fn.argtypes = [

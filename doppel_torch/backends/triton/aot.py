@@ -4,8 +4,8 @@ A kernel that traces under `TRITON_INTERPRET=1` can still fail to compile for a 
 wrong dtype, an op the NVIDIA backend cannot lower) or compile into register spills. This module catches both on
 a CPU-only machine, with the `ptxas` and `cuobjdump` that ship in the triton wheel:
 
-    python -m doppel_torch.kernels.aot                      # every synth, sm_90 (H100/H200), both phase dtypes
-    python -m doppel_torch.kernels.aot --arch 80 --synth voice --json
+    python -m doppel_torch.backends.triton.aot                      # every synth, sm_90 (H100/H200), both phase dtypes
+    python -m doppel_torch.backends.triton.aot --arch 80 --synth voice --json
 
 It needs the compiled code path, so it refuses to run under TRITON_INTERPRET=1 (the kernels choose their
 device math at import time).
@@ -54,27 +54,30 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     return {key.lower(): int(value) for key, value in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text)}
 
 
-def compile_synth(synth, arch: int = 90, phase_dtype: torch.dtype = torch.float64, out_dtype: torch.dtype = torch.float32,
-                  has_noise: bool = False, normalize: bool = True) -> list[dict]:
-    """Compile both kernels of `render(synth, ...)` for `sm_<arch>`; one row per kernel with its resource usage.
+def compile_synth(program, arch: int = 90, phase_dtype: torch.dtype = torch.float64,
+                  out_dtype: torch.dtype = torch.float32, has_noise: bool = False, normalize: bool = True) -> list[dict]:
+    """Compile both kernels of `render(program, ...)` for `sm_<arch>`; one row per kernel with its resource usage.
     Raises whatever Triton raises when a kernel does not compile."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from doppel_torch.kernels import _math
-    from doppel_torch.kernels import synth as k
+    from doppel_torch.backends.triton import _math
+    from doppel_torch.backends.triton import synth as k
 
     if _math.INTERPRET:
-        raise RuntimeError("kernels.aot compiles the GPU code path; unset TRITON_INTERPRET and start a fresh process")
+        raise RuntimeError("aot compiles the GPU code path; unset TRITON_INTERPRET and start a fresh process")
     phase, out = _TYPES[phase_dtype], _TYPES[out_dtype]
-    launch = k.launch_config(synth, phase_dtype, has_noise=has_noise, normalize=normalize)
+    noise = k.NOISE_NONE if not program.rows("noise") else (k.NOISE_GIVEN if has_noise else k.NOISE_KEYED)
+    launch = k.launch_config(program, phase_dtype, noise=noise, normalize=normalize)
     types = {
-        "control": dict(h_ptr=f"*{phase}", stride_hb="i32", in_tab_ptr="*i32", mat_ptr="*i32", consts_ptr=f"*{phase}",
-                        ctrl_ptr=f"*{phase}", stride_cb="i32", stride_co="i32"),
+        "control": dict(h_ptr=f"*{phase}", stride_hb="i32", kb_ptr="*i32", env_ptr="*i32", lfo_ptr="*i32",
+                        in_ptr="*i32", mat_ptr="*i32", consts_ptr=f"*{phase}", ctrl_ptr=f"*{phase}", stride_cb="i32",
+                        stride_co="i32"),
         "audio": dict(h_ptr=f"*{phase}", stride_hb="i32", ctrl_ptr=f"*{phase}", stride_cb="i32", stride_co="i32",
-                      vco_ptr="*i32", consts_ptr=f"*{phase}", keys_ptr="*i64",
-                      noise_ptr=f"*{out}" if has_noise else "*i64", stride_nb="i32", out_ptr=f"*{out}",
-                      stride_ob="i32", noise_row="i32", noise_level_col="i32"),
+                      kb_ptr="*i32", osc_ptr="*i32", flt_ptr="*i32", noise_tab_ptr="*i32", mix_ptr="*i32",
+                      consts_ptr=f"*{phase}", keys_ptr="*i64", noise_ptr=f"*{out}" if has_noise else "*i64",
+                      stride_nb="i32", scratch_ptr=f"*{phase}", stride_sb="i32", out_ptr=f"*{out}", stride_ob="i32",
+                      mix_filter="i32"),
     }
     kernels = {"control": k._control_kernel, "audio": k._audio_kernel}
     rows = []
@@ -85,7 +88,7 @@ def compile_synth(synth, arch: int = 90, phase_dtype: torch.dtype = torch.float6
         compiled = triton.compile(_signature(kernel, types[part], constexprs), target=GPUTarget("cuda", arch, 32),
                                   options=options)
         rows.append({
-            "synth": synth.layout.patch.name, "kernel": part, "arch": f"sm_{arch}", "triton": triton.__version__,
+            "synth": program.patch.name, "kernel": part, "arch": f"sm_{arch}", "triton": triton.__version__,
             "phase_dtype": phase, "out_dtype": out, "has_noise": has_noise, "num_warps": options["num_warps"],
             **{key: v for key, v in constexprs.items() if key.startswith("BLOCK")},
             # compile_s is ~0 when Triton's cache (~/.triton/cache) already held the kernel
@@ -96,9 +99,10 @@ def compile_synth(synth, arch: int = 90, phase_dtype: torch.dtype = torch.float6
 
 
 def main(argv: list[str] | None = None) -> int:
-    from doppel_torch import get_synth
+    from doppel_torch.spec.patches import PATCHES
+    from doppel_torch.spec.program import lower
 
-    parser = argparse.ArgumentParser(prog="python -m doppel_torch.kernels.aot", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m doppel_torch.backends.triton.aot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, action="append", help="compute capability x 10, repeatable (default 90)")
     parser.add_argument("--synth", action="append", choices=["voice", "voicefm", "parametric"],
                         help="repeatable (default: all three)")
@@ -112,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for arch in args.arch or [90]:
         for name in args.synth or ["voice", "voicefm", "parametric"]:
-            synth = get_synth(name, backend="torch")
+            program = lower(PATCHES[name]())
             for phase in phases[args.phase_dtype]:
                 for has_noise in (False, True) if args.explicit_noise else (False,):
-                    rows += compile_synth(synth, arch, phase, torch.float32, has_noise)
+                    rows += compile_synth(program, arch, phase, torch.float32, has_noise)
                     if not args.json:
                         for r in rows[-2:]:
                             print(f"{r['synth']:10s} {r['kernel']:7s} {r['arch']} phase {r['phase_dtype']} "

@@ -1,7 +1,7 @@
 // doppel-torch CPU fast path: one fused pass per sound, generic over any Patch.
 //
-// The Python side (doppel_torch/cpu/program.py) flattens a Patch into an int32 "program" (which column of the
-// human-unit parameter row feeds which module input, and the wiring); this file renders it. Per sound:
+// It reads the tables of the one lowering of a Patch (doppel_torch/spec/program.py: which column of the human-unit
+// parameter row feeds which module input, and the wiring), declared below as X-macros. Per sound:
 //   control rate (C samples, float64): ADSRs, LFOs (times their amplitude envelope), the modulation matrix;
 //   audio rate, in blocks of BLOCK_T samples: endpoint-aligned linear upsampling of the amplitude mod outputs,
 //   VCO/FM increments, phase as a running float64 sum (the carry is wrapped to [0, 1) after every block),
@@ -20,7 +20,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -212,49 +214,153 @@ static inline uint32_t mix32(uint32_t x) {
 }
 
 // ---- the program ----------------------------------------------------------------------------------------
-// Layout of the int32 program (doppel_torch/cpu/program.py writes it):
-//   header: n_kb n_env n_lfo n_in n_out n_osc n_mix noise_amp
-//   keyboards n_kb x [midi_f0 duration]
-//   envelopes n_env x [attack decay sustain release alpha keyboard]
-//   lfos      n_lfo x [frequency mod_depth initial_phase sin tri saw rsaw sqr rate_env amp_env]
-//   mod inputs n_in x [signal]  (signal < n_env: envelope; else lfo signal - n_env)
-//   mod matrix n_out x n_in [column]
-//   oscillators n_osc x [kind keyboard tuning mod_depth initial_phase shape pitch amp source] (kind 0 sine,
-//     1 square_saw, 2 fm; unused fields -1)
-//   mixer n_mix x [input level]  (input: oscillator index, or -1 for the noise)
-// Integers other than kind/keyboard/signal/source/input/pitch/amp/noise_amp are columns of the parameter row.
+// The tables of doppel_torch/spec/program.py (`TABLES`), declared once here as X-macros: the column enums and the
+// signature string that the loader compares with `layout_signature()` both come from these lists, so a column
+// added on one side only is a clear error at load time, never a wrong sound.
+// words = [n_tables, (rows, cols) per table, the tables' rows in order, mix_filter].
+
+#define KEYBOARDS(X) X(midi_f0) X(duration)
+#define ENVELOPES(X) X(attack) X(decay) X(sustain) X(release) X(alpha) X(keyboard)
+#define LFOS(X) X(frequency) X(mod_depth) X(initial_phase) X(sin) X(tri) X(saw) X(rsaw) X(sqr) X(rate_env) X(amp_env)
+#define MOD_INPUTS(X) X(kind) X(index)
+#define MOD_OUTPUTS(X) X(role)
+#define OSCILLATORS(X) X(kind) X(keyboard) X(tuning) X(mod_depth) X(initial_phase) X(shape) X(pitch) X(amp) \
+    X(source) X(filter) X(slot)
+#define FILTERS(X) X(kind) X(cutoff) X(mod_depth) X(control) X(target)
+#define NOISE(X) X(amp)
+#define MIXER(X) X(source) X(index) X(level)
+#define TABLE_LIST(X) X(keyboards, KEYBOARDS) X(envelopes, ENVELOPES) X(lfos, LFOS) X(mod_inputs, MOD_INPUTS) \
+    X(mod_outputs, MOD_OUTPUTS) X(oscillators, OSCILLATORS) X(filters, FILTERS) X(noise, NOISE) X(mixer, MIXER)
+#define CODE_LIST(X) X(INPUT_ENVELOPE, 0) X(INPUT_LFO, 1) X(ROLE_PITCH, 0) X(ROLE_AMP, 1) X(ROLE_NOISE, 2) \
+    X(ROLE_CUTOFF, 3) X(OSC_SINE, 0) X(OSC_SQUARE_SAW, 1) X(OSC_FM, 2) X(FILTER_LPF, 0) X(MIX_OSCILLATOR, 0) \
+    X(MIX_NOISE, 1)
+
+#define COLUMN(name) name,
+#define TABLE_ENUM(table, COLS) namespace table { enum : int { COLS(COLUMN) N_COLS }; }
+TABLE_LIST(TABLE_ENUM)
+#define CODE_ENUM(name, value) constexpr int name = value;
+CODE_LIST(CODE_ENUM)
+enum : int {
+#define TABLE_ID(table, COLS) T_##table,
+    TABLE_LIST(TABLE_ID) T_matrix, N_TABLES
+};
+
+static std::string layout_signature() {
+    std::string s;
+    auto table = [&](const char* name, std::initializer_list<const char*> cols) {
+        s += name;
+        s += '=';
+        bool first = true;
+        for (const char* c : cols) {
+            if (!first) s += ',';
+            s += c;
+            first = false;
+        }
+        s += ';';
+    };
+#define QUOTED(name) #name,
+#define ADD_TABLE(name, COLS) table(#name, {COLS(QUOTED)});
+    TABLE_LIST(ADD_TABLE)
+    s += "matrix=*|";
+    bool first = true;
+#define ADD_CODE(name, value) s += (first ? "" : ","); s += #name "=" #value; first = false;
+    CODE_LIST(ADD_CODE)
+    return s;
+}
 
 struct Kb { int midi, dur; };
 struct Env { int attack, decay, sustain, release, alpha, kb; };
 struct Lfo { int freq, depth, phase, w[5], rate_env, amp_env; };
-struct Osc { int kind, kb, tuning, depth, phase, shape, pitch, amp, source; };
-struct Mix { int input, level; };
+struct Osc { int kind, kb, tuning, depth, phase, shape, pitch, amp, source, filter, slot; };
+struct Filt { int kind, cutoff, depth, control, target; };
+struct Mix { int source, index, level; };
 
 struct Program {
-    int n_kb, n_env, n_lfo, n_in, n_out, n_osc, n_mix, noise_amp;
+    int n_kb = 0, n_env = 0, n_lfo = 0, n_in = 0, n_out = 0, n_osc = 0, n_filt = 0, n_mix = 0, noise_amp = -1;
+    int mix_filter = -1;
     std::vector<Kb> kb;
     std::vector<Env> env;
     std::vector<Lfo> lfo;
-    std::vector<int> inputs, matrix;
+    std::vector<int> input_kind, input_index, role, matrix;
     std::vector<Osc> osc;
+    std::vector<Filt> filt;
     std::vector<Mix> mix;
 
+    // false on a malformed program (sizes that disagree with the declared columns, or a row out of range)
     bool parse(const int32_t* p, int64_t len) {
-        if (len < 8) return false;
-        n_kb = p[0]; n_env = p[1]; n_lfo = p[2]; n_in = p[3]; n_out = p[4]; n_osc = p[5]; n_mix = p[6];
-        noise_amp = p[7];
-        const int64_t need = 8 + 2LL * n_kb + 6LL * n_env + 10LL * n_lfo + n_in + (int64_t)n_out * n_in
-                             + 9LL * n_osc + 2LL * n_mix;
-        if (need != len) return false;
-        const int32_t* q = p + 8;
-        for (int i = 0; i < n_kb; ++i, q += 2) kb.push_back({q[0], q[1]});
-        for (int i = 0; i < n_env; ++i, q += 6) env.push_back({q[0], q[1], q[2], q[3], q[4], q[5]});
-        for (int i = 0; i < n_lfo; ++i, q += 10)
-            lfo.push_back({q[0], q[1], q[2], {q[3], q[4], q[5], q[6], q[7]}, q[8], q[9]});
-        for (int i = 0; i < n_in; ++i) inputs.push_back(*q++);
+        static const int cols[N_TABLES] = {
+#define TABLE_COLS(table, COLS) table::N_COLS,
+            TABLE_LIST(TABLE_COLS) -1};
+        if (len < 1 + 2 * N_TABLES || p[0] != N_TABLES) return false;
+        int rows[N_TABLES];
+        int64_t need = 1 + 2 * N_TABLES + 1;
+        for (int t = 0; t < N_TABLES; ++t) {
+            rows[t] = p[1 + 2 * t];
+            const int c = p[2 + 2 * t];
+            if (rows[t] < 0 || c < 0 || (t != T_matrix && c != cols[t])) return false;
+            need += (int64_t)rows[t] * c;
+        }
+        n_kb = rows[T_keyboards]; n_env = rows[T_envelopes]; n_lfo = rows[T_lfos]; n_in = rows[T_mod_inputs];
+        n_out = rows[T_mod_outputs]; n_osc = rows[T_oscillators]; n_filt = rows[T_filters]; n_mix = rows[T_mixer];
+        if (need != len || rows[T_matrix] != n_out || p[2 + 2 * T_matrix] != n_in || rows[T_noise] > 1) return false;
+        const int32_t* q = p + 1 + 2 * N_TABLES;
+        for (int i = 0; i < n_kb; ++i, q += keyboards::N_COLS) kb.push_back({q[keyboards::midi_f0], q[keyboards::duration]});
+        for (int i = 0; i < n_env; ++i, q += envelopes::N_COLS)
+            env.push_back({q[envelopes::attack], q[envelopes::decay], q[envelopes::sustain], q[envelopes::release],
+                           q[envelopes::alpha], q[envelopes::keyboard]});
+        for (int i = 0; i < n_lfo; ++i, q += lfos::N_COLS)
+            lfo.push_back({q[lfos::frequency], q[lfos::mod_depth], q[lfos::initial_phase],
+                           {q[lfos::sin], q[lfos::tri], q[lfos::saw], q[lfos::rsaw], q[lfos::sqr]}, q[lfos::rate_env],
+                           q[lfos::amp_env]});
+        for (int i = 0; i < n_in; ++i, q += mod_inputs::N_COLS) {
+            input_kind.push_back(q[mod_inputs::kind]);
+            input_index.push_back(q[mod_inputs::index]);
+        }
+        for (int i = 0; i < n_out; ++i, q += mod_outputs::N_COLS) role.push_back(q[mod_outputs::role]);
+        for (int i = 0; i < n_osc; ++i, q += oscillators::N_COLS)
+            osc.push_back({q[oscillators::kind], q[oscillators::keyboard], q[oscillators::tuning],
+                           q[oscillators::mod_depth], q[oscillators::initial_phase], q[oscillators::shape],
+                           q[oscillators::pitch], q[oscillators::amp], q[oscillators::source], q[oscillators::filter],
+                           q[oscillators::slot]});
+        for (int i = 0; i < n_filt; ++i, q += filters::N_COLS)
+            filt.push_back({q[filters::kind], q[filters::cutoff], q[filters::mod_depth], q[filters::control],
+                            q[filters::target]});
+        if (rows[T_noise] == 1) noise_amp = q[noise::amp];
+        q += rows[T_noise] * noise::N_COLS;
+        for (int i = 0; i < n_mix; ++i, q += mixer::N_COLS) mix.push_back({q[mixer::source], q[mixer::index], q[mixer::level]});
         for (int i = 0; i < n_out * n_in; ++i) matrix.push_back(*q++);
-        for (int i = 0; i < n_osc; ++i, q += 9) osc.push_back({q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8]});
-        for (int i = 0; i < n_mix; ++i, q += 2) mix.push_back({q[0], q[1]});
+        mix_filter = *q;
+        // Rows that index other tables must be in range (columns of theta are checked against m by the caller).
+        auto in = [](int v, int n) { return v >= 0 && v < n; };
+        for (const Env& e : env) if (!in(e.kb, n_kb)) return false;
+        for (const Lfo& l : lfo) if (!in(l.rate_env, n_env) || !in(l.amp_env, n_env)) return false;
+        for (int i = 0; i < n_in; ++i)
+            if (!in(input_index[i], input_kind[i] == INPUT_LFO ? n_lfo : n_env)) return false;
+        for (int k = 0; k < n_osc; ++k) {
+            const Osc& o = osc[k];
+            if (!in(o.kb, n_kb) || (o.filter >= 0 && !in(o.filter, n_filt))) return false;
+            if (o.kind == OSC_FM ? !in(o.source, k) : (!in(o.pitch, n_out) || !in(o.amp, n_out))) return false;
+        }
+        for (const Filt& f : filt) if (!in(f.control, n_out) || f.target >= n_osc) return false;
+        for (const Mix& x : mix) if (x.source == MIX_OSCILLATOR ? !in(x.index, n_osc) : noise_amp < 0) return false;
+        return (noise_amp < 0 || in(noise_amp, n_out)) && mix_filter < n_filt;
+    }
+
+    // every theta column the program reads lies in [0, m)
+    bool columns_within(int64_t m) const {
+        auto ok = [m](int c) { return c >= 0 && c < m; };
+        for (const Kb& k : kb) if (!ok(k.midi) || !ok(k.dur)) return false;
+        for (const Env& e : env)
+            if (!ok(e.attack) || !ok(e.decay) || !ok(e.sustain) || !ok(e.release) || !ok(e.alpha)) return false;
+        for (const Lfo& l : lfo) {
+            if (!ok(l.freq) || !ok(l.depth) || !ok(l.phase)) return false;
+            for (int w : l.w) if (!ok(w)) return false;
+        }
+        for (int c : matrix) if (!ok(c)) return false;
+        for (const Osc& o : osc)
+            if (!ok(o.tuning) || !ok(o.depth) || !ok(o.phase) || (o.kind == OSC_SQUARE_SAW && !ok(o.shape))) return false;
+        for (const Filt& f : filt) if (!ok(f.cutoff) || !ok(f.depth)) return false;
+        for (const Mix& x : mix) if (!ok(x.level)) return false;
         return true;
     }
 };
@@ -277,11 +383,13 @@ struct Work {
     std::vector<double> env, lfo, mods, inc, cyc, tmp, geo;
     std::vector<S> up, out, noise;
     std::vector<double> out_fm;  // float64 output of FM modulators (the carrier integrates their errors)
+    std::vector<double> fa;      // a filter's per-sample coefficients for one block
     Work(const Program& p, const Shape& s)
         : env((size_t)p.n_env * s.n_control), lfo((size_t)p.n_lfo * s.n_control), mods((size_t)p.n_out * s.n_control),
           inc(BLOCK_T), cyc(BLOCK_T), tmp(std::max<int64_t>(s.n_control, BLOCK_T)),
           geo((size_t)std::max(p.n_osc, 1) * 3 * s.n_control), up((size_t)p.n_out * (BLOCK_T + 8)),
-          out((size_t)std::max(p.n_osc, 1) * BLOCK_T), noise(BLOCK_T), out_fm((size_t)std::max(p.n_osc, 1) * BLOCK_T) {}
+          out((size_t)std::max(p.n_osc, 1) * BLOCK_T), noise(BLOCK_T), out_fm((size_t)std::max(p.n_osc, 1) * BLOCK_T),
+          fa(BLOCK_T) {}
 };
 
 // ---- control rate -----------------------------------------------------------------------------------------
@@ -376,8 +484,8 @@ static void render_control(const Program& p, const Shape& s, const double* h, Wo
         double* out = &w.mods[(size_t)o * C];
         for (int64_t t = 0; t < C; ++t) out[t] = 0.0;
         for (int i = 0; i < p.n_in; ++i) {
-            const int sig = p.inputs[i];
-            const double* src = sig < p.n_env ? &w.env[(size_t)sig * C] : &w.lfo[(size_t)(sig - p.n_env) * C];
+            const int j = p.input_index[i];
+            const double* src = p.input_kind[i] == INPUT_LFO ? &w.lfo[(size_t)j * C] : &w.env[(size_t)j * C];
             const double a = h[p.matrix[(size_t)o * p.n_in + i]];
             for (int64_t t = 0; t < C; ++t) out[t] += a * src[t];
         }
@@ -466,6 +574,31 @@ inline void wave_square_saw<float>(const double* cyc, double partials, double sh
     }
 }
 
+// The one-pole low-pass of filters row f over one block, in place: y[n] = a[n] x[n] + (1 - a[n]) y[n - 1] with
+// a = w / (1 + w), w = 2 pi cutoff / sample_rate (SynthAX's dt / (tau + dt)), the cutoff midi_to_hz(cutoff +
+// depth * control) clamped to [0, Nyquist]; `state` carries y across blocks. The coefficients are vectorised, the
+// recurrence is serial (one multiply-add per sample).
+template <typename S, typename T>
+static void lowpass_block(const Program& p, const Shape& s, const double* h, const S* up, int f, double& state,
+                          double* a, T* x, int64_t len = BLOCK_T) {
+    const Filt& F = p.filt[f];
+    const S* control = up + (size_t)F.control * (BLOCK_T + 8);
+    const double cutoff = h[F.cutoff], depth = h[F.depth], nyquist = s.sample_rate / 2.0;
+    const double scale = TWO_PI / s.sample_rate;
+    for (int64_t t = 0; t < len; ++t) {
+        double hz = 440.0 * exp2_d((cutoff + depth * (double)control[t] - 69.0) * (1.0 / 12.0));
+        hz = hz > nyquist ? nyquist : hz;
+        const double wv = scale * hz;
+        a[t] = wv / (1.0 + wv);
+    }
+    double y = state;
+    for (int64_t t = 0; t < len; ++t) {
+        y = a[t] * (double)x[t] + (1.0 - a[t]) * y;
+        x[t] = (T)y;
+    }
+    state = y;
+}
+
 // One sound: control stage, then audio blocks written straight into dst (B row of the output), then the peak.
 template <typename S>
 static void render_sound(const Program& p, const Shape& s, const double* h, const int64_t* keys, const double* noise,
@@ -489,9 +622,9 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
         const double f0 = h[p.kb[O.kb].midi], tuning = h[O.tuning];
         depth[k] = h[O.depth];
         phase0[k] = h[O.phase] / TWO_PI;  // in cycles
-        base[k] = O.kind == 2 ? 440.0 * std::exp2((f0 + tuning - 69.0) / 12.0)  // FM carrier f0 in Hz
+        base[k] = O.kind == OSC_FM ? 440.0 * std::exp2((f0 + tuning - 69.0) / 12.0)  // FM carrier f0 in Hz
                               : f0 + tuning;                                     // VCO: MIDI
-        if (O.kind == 1) {
+        if (O.kind == OSC_SQUARE_SAW) {
             const double max_f0 = 440.0 * std::exp2((f0 + tuning + std::max(depth[k], 0.0) - 69.0) / 12.0);
             partials[k] = 12000.0 / (max_f0 * std::log10(max_f0));
             shape[k] = h[O.shape];
@@ -499,19 +632,15 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
     }
     // FM modulators keep float64 waveforms and amplitudes even for a float32 output: in float32 their rounding,
     // integrated by the carrier's phase, costs voicefm 1e-4 relative L2 (1e-7 with float64 modulators).
-    std::vector<char> modulator(p.n_osc, 0);
-    for (const Osc& O : p.osc)
-        if (O.kind == 2) modulator[O.source] = 1;
-    // Amplitudes and the noise level are upsampled to audio rate; pitches are read per run (below).
+    // Amplitudes, the noise level and filter cutoffs are upsampled to audio rate; pitches are read per run (below).
     std::vector<char> audio_rate(p.n_out, 0);
-    audio_rate[p.noise_amp] = 1;
-    for (const Osc& O : p.osc)
-        if (O.amp >= 0) audio_rate[O.amp] = 1;
+    for (int o = 0; o < p.n_out; ++o) audio_rate[o] = p.role[o] != ROLE_PITCH;
+    std::vector<double> filter_state(p.n_filt, 0.0);
     // Per control run c of each VCO: its first increment, the ratio between neighbours, and whether the whole
     // run stays inside the MIDI clamp (the pitch is linear in a run, so its two ends decide).
     for (int k = 0; k < p.n_osc; ++k) {
         const Osc& O = p.osc[k];
-        if (O.kind == 2) continue;
+        if (O.kind == OSC_FM) continue;
         const double* x = &w.mods[(size_t)O.pitch * C];
         double* start = &w.geo[(size_t)k * 3 * C];
         double* ratio = start + C;
@@ -545,7 +674,7 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
         for (int k = 0; k < p.n_osc; ++k) {
             const Osc& O = p.osc[k];
             S* out = &w.out[(size_t)k * BLOCK_T];
-            if (O.kind == 2) {
+            if (O.kind == OSC_FM) {
                 const double* src = &w.out_fm[(size_t)O.source * BLOCK_T];
                 const double f0_hz = base[k], index = depth[k];
                 for (int t = 0; t < BLOCK_T; ++t) {
@@ -581,13 +710,13 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
                 }
             }
             carry[k] = phase_block(inc, carry[k], phase0[k], cyc);
-            if (modulator[k]) {
+            if (O.slot >= 0) {
                 double* fm = &w.out_fm[(size_t)k * BLOCK_T];
-                if (O.kind == 1)
+                if (O.kind == OSC_SQUARE_SAW)
                     wave_square_saw<double>(cyc, partials[k], shape[k], fm);
                 else
                     wave_sine<double>(cyc, fm);
-                if (O.kind != 2) {  // float64 VCA, upsampled here run by run
+                if (O.kind != OSC_FM) {  // float64 VCA, upsampled here run by run
                     for (int64_t a = n0; a < n0 + BLOCK_T;) {
                         const int32_t c = s.up_idx[a];
                         const int64_t e = std::min<int64_t>(s.run_end[c], n0 + BLOCK_T);
@@ -596,20 +725,22 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
                         a = e;
                     }
                 }
+                if (O.filter >= 0) lowpass_block(p, s, h, up, O.filter, filter_state[O.filter], w.fa.data(), fm);
                 for (int t = 0; t < BLOCK_T; ++t) out[t] = (S)fm[t];
                 continue;
             }
-            if (O.kind == 1)
+            if (O.kind == OSC_SQUARE_SAW)
                 wave_square_saw<S>(cyc, partials[k], shape[k], out);
             else
                 wave_sine<S>(cyc, out);
-            if (O.kind != 2) {
+            if (O.kind != OSC_FM) {
                 const S* amp = up + (size_t)O.amp * UP_STRIDE;
                 for (int t = 0; t < BLOCK_T; ++t) out[t] *= amp[t];
             }
+            if (O.filter >= 0) lowpass_block(p, s, h, up, O.filter, filter_state[O.filter], w.fa.data(), out);
         }
         S* z = w.noise.data();
-        {
+        if (p.noise_amp >= 0) {
             const S* amp = up + (size_t)p.noise_amp * UP_STRIDE;
             if (noise) {
                 for (int64_t t = 0; t < len; ++t) z[t] = (S)noise[n0 + t] * amp[t];
@@ -624,12 +755,13 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
         for (int j = 0; j < p.n_mix; ++j) {
             const Mix& M = p.mix[j];
             const S level = (S)h[M.level];
-            const S* x = M.input >= 0 ? &w.out[(size_t)M.input * BLOCK_T] : z;
+            const S* x = M.source == MIX_OSCILLATOR ? &w.out[(size_t)M.index * BLOCK_T] : z;
             if (j == 0)
                 for (int64_t t = 0; t < len; ++t) m[t] = level * x[t];
             else
                 for (int64_t t = 0; t < len; ++t) m[t] += level * x[t];
         }
+        if (p.mix_filter >= 0) lowpass_block(p, s, h, up, p.mix_filter, filter_state[p.mix_filter], w.fa.data(), m, len);
     }
     if (normalize) {
         // max |x| as an integer max over the bit patterns with the sign cleared (same order for x >= 0; NaN
@@ -654,6 +786,12 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
 
 extern "C" {
 
+// The table layout this library was compiled with, for the loader to compare with doppel_torch.spec.program.
+const char* doppel_cpu_layout() {
+    static const std::string signature = layout_signature();
+    return signature.c_str();
+}
+
 // Render `batch` sounds. human: (batch, m) float64 parameters in human units; keys: (batch, 2) int64 noise keys
 // (k1, k2 of doppel_torch.rng.sound_keys) or null when noise is given; noise: float64 rows of n_samples with row
 // stride noise_stride (0: one row for all) or null; out: (batch, n_samples) float32 (out_is_double 0) or float64.
@@ -663,7 +801,7 @@ int doppel_cpu_render(const double* human, int64_t batch, int64_t m, const int32
                       int64_t n_samples, int64_t n_control, double sample_rate, double control_rate, double eps,
                       int normalize, int n_threads) {
     Program p;
-    if (!p.parse(program, program_len)) return -1;
+    if (!p.parse(program, program_len) || !p.columns_within(m)) return -1;
     if (batch < 0 || n_samples < 2 || n_control < 2 || m <= 0) return -2;
     Shape s;
     s.n_samples = n_samples;

@@ -1,0 +1,104 @@
+"""The backend contract, the registry and the one validation of render arguments.
+
+One contract for all three backends:
+
+    backend = get_backend("cpu")                      # "torch" | "triton" (options: phase_dtype) | "cpu"
+    audio = render(backend, program, theta, noise=None, seed=0, indices=None, normalize=True, out=None)
+
+`render` here validates once (shapes, dtypes, devices, values, gradients, `out`), clamps theta to [eps, 1] and
+calls `backend.render(program, theta, noise=..., seed=..., indices=..., normalize=..., out=...)` with arguments
+that are known to be sound: a backend never repeats these checks. Every backend then returns the same thing:
+(B, N) audio in theta's dtype on theta's device, written into `out` when given, each sound divided by its own
+peak when that exceeds 1 (normalize=True), noise keyed by (seed, indices[b]) unless an explicit (B, N) or
+(1, N) `noise` is given.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from doppel_torch.spec.program import Program
+
+BACKENDS = ("torch", "triton", "cpu")
+_MODULES = {"torch": "doppel_torch.backends.torch", "triton": "doppel_torch.backends.triton",
+            "cpu": "doppel_torch.backends.cpu"}
+
+
+class Backend:
+    """What every backend provides (subclassed by each backend package's `Backend`)."""
+
+    name = ""
+    differentiable = False  # False: a theta that requires grad is refused by `render` with one message for all
+
+    def check_available(self) -> None:
+        """Raise RuntimeError saying why this backend cannot run here; return quietly when it can."""
+
+    def check_device(self, device: torch.device) -> None:
+        """Raise ValueError when this backend cannot render tensors on `device`."""
+
+    def render(self, program: Program, theta: torch.Tensor, *, noise: torch.Tensor | None, seed: int,
+               indices: torch.Tensor, normalize: bool, out: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def get_backend(name: str, **options) -> Backend:
+    """The backend called `name`, configured with its options (triton: phase_dtype)."""
+    if name not in _MODULES:
+        raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    return importlib.import_module(_MODULES[name]).Backend(**options)
+
+
+def render(backend: Backend, program: Program, theta: torch.Tensor, *, noise: torch.Tensor | None = None,
+           seed: int = 0, indices: torch.Tensor | None = None, normalize: bool = True,
+           out: torch.Tensor | None = None, validate: bool = True) -> torch.Tensor:
+    """Check every argument once, clamp theta to [eps, 1], and render with `backend` (see the module docstring).
+
+    validate=False skips only the check of theta's values (min, max, NaN: one host synchronisation)."""
+    m, n_samples = program.num_params, program.n_samples
+    if not isinstance(theta, torch.Tensor):
+        raise ValueError(f"theta must be a torch.Tensor of shape (batch, {m}), got {type(theta).__name__}")
+    if theta.dim() != 2 or theta.shape[1] != m:
+        raise ValueError(f"theta must have shape (batch, {m}) for {program.patch.name}, got {tuple(theta.shape)}")
+    if theta.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"theta must be float32 or float64, got {theta.dtype}")
+    backend.check_device(theta.device)
+    if theta.requires_grad and torch.is_grad_enabled() and not backend.differentiable:
+        raise ValueError(f"backend='{backend.name}' is not differentiable yet: use backend='torch' for gradients, or "
+                         "pass theta.detach() (or render under torch.no_grad()) to render without them")
+    batch = theta.shape[0]
+    if validate and batch:
+        values = theta.detach()
+        if torch.isnan(values).any():
+            raise ValueError("theta contains NaN")
+        lo, hi = float(values.min()), float(values.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"theta must lie in [0, 1] (normalised parameters); got values in [{lo:.4g}, {hi:.4g}]")
+    if indices is None:
+        indices = torch.arange(batch, dtype=torch.int64, device=theta.device)
+    else:
+        indices = torch.as_tensor(indices, dtype=torch.int64, device=theta.device)
+        if indices.shape != (batch,):
+            raise ValueError(f"indices must have shape ({batch},), got {tuple(indices.shape)}")
+    if noise is not None:
+        if not isinstance(noise, torch.Tensor):
+            raise ValueError(f"noise must be a torch.Tensor of shape ({batch}, {n_samples}) or (1, {n_samples})")
+        if noise.device != theta.device:
+            raise ValueError(f"noise is on {noise.device} but theta is on {theta.device}: move them to one device")
+        if noise.dim() != 2 or noise.shape[1] != n_samples or noise.shape[0] not in (1, batch):
+            raise ValueError(f"noise must have shape ({batch}, {n_samples}) or (1, {n_samples}), "
+                             f"got {tuple(noise.shape)}")
+        noise = noise.to(theta.dtype)
+    if out is not None:
+        if (not isinstance(out, torch.Tensor) or out.shape != (batch, n_samples) or out.dtype != theta.dtype
+                or out.device != theta.device or not out.is_contiguous()):
+            raise ValueError(f"out must be a contiguous ({batch}, {n_samples}) {theta.dtype} tensor on {theta.device}")
+    if program.patch.noise_amp is None:
+        noise = None
+    theta = theta.clamp(program.eps, 1.0)
+    return backend.render(program, theta, noise=noise, seed=int(seed), indices=indices, normalize=bool(normalize),
+                          out=out)
+
+
+__all__ = ["BACKENDS", "Backend", "get_backend", "render"]

@@ -1,1 +1,0 @@
-"""Pure-PyTorch reference backend: the specification and the CPU path."""

@@ -1,0 +1,206 @@
+"""A synth architecture as data: its modules, their parameters and the wiring.
+
+Every backend (the torch reference, the Triton kernels, the CPU fast path) reads a `Patch`; none hard-codes
+an architecture. The signal flow every patch follows (SynthAX's `Voice`, `VoiceExpanded`, `ParametricSynth`):
+
+    keyboard k        -> midi_f0_k, note_duration_k
+    envelope e        =  ADSR_e(note_duration of its keyboard)                      control rate (B, C)
+    lfo l             =  LFO_l(rate = ADSR rate_env_l) * ADSR amp_env_l            control rate
+    mod outputs       =  mod_matrix (n_out x n_in) @ [envelopes..., lfos...]        control rate
+    vco (sine, sq/saw)=  VCO(midi_f0 of its keyboard, pitch = up(mod[pitch])) * up(mod[amp])   audio rate
+    vco (fm)          =  FM(midi_f0 of its keyboard, modulator = output of its source vco)     audio rate, no VCA
+    noise             =  noise * up(mod[noise_amp])
+    filter f (lpf)    =  one-pole low-pass of an oscillator's output or of the mix, cutoff from mod[cutoff]
+    mix               =  sum_k level_k * input_k   over `mixer_inputs`
+
+`up` is the endpoint-aligned linear control -> audio rate upsampling (DESIGN.md, quirk 4). A filter on an
+oscillator replaces that oscillator's output wherever it is read (the mixer and FM operators name the filter);
+a filter on "mix" filters the mixer's output. `Patch.validate()` checks the wiring and names the module at fault.
+
+A user patch (see the README): build the tuple of modules, then `Synth(patch)` renders it on every backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from doppel_torch.spec.params import KIND_PARAMS, LEVEL_RANGE, MOD_RANGE, ParamRange, ParamSpec
+
+
+@dataclass(frozen=True)
+class Envelope:
+    name: str  # e.g. "adsr_1" or "lfo_1_rate_adsr"
+    keyboard: str  # whose note duration triggers it
+
+
+@dataclass(frozen=True)
+class Lfo:
+    name: str
+    rate_env: str  # envelope modulating its rate
+    amp_env: str  # envelope scaling its output (the control-rate VCA)
+
+
+@dataclass(frozen=True)
+class Oscillator:
+    name: str
+    kind: str  # "sine" | "square_saw" | "fm"
+    keyboard: str
+    pitch: str | None = None  # mod-matrix output driving pitch (sine, square_saw)
+    amp: str | None = None  # mod-matrix output driving the VCA (sine, square_saw)
+    source: str | None = None  # modulating oscillator, or the filter on one (fm)
+
+
+@dataclass(frozen=True)
+class Filter:
+    name: str
+    input: str  # an oscillator's name, or "mix"
+    cutoff: str  # mod-matrix output moving the cutoff (in semitones x the filter's mod_depth)
+    kind: str = "lpf"
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    keyboards: tuple[str, ...]
+    envelopes: tuple[Envelope, ...]
+    lfos: tuple[Lfo, ...]
+    mod_inputs: tuple[str, ...]  # envelope / lfo names, in mod-matrix column order
+    mod_outputs: tuple[str, ...]  # in mod-matrix row order
+    oscillators: tuple[Oscillator, ...]  # in evaluation order (an fm source comes before its carrier)
+    noise_amp: str | None  # mod-matrix output scaling the noise (None: no noise source)
+    mixer_inputs: tuple[str, ...]  # oscillator or filter names and "noise", in mixer-level order
+    mixer_curves: tuple[float, ...] | None = None  # declared per-input level curves (Voice: noise 0.025)
+    filters: tuple[Filter, ...] = ()
+    description: str = field(default="", compare=False)
+
+    def validate(self) -> "Patch":
+        """Raise ValueError naming the module whose wiring is invalid; return the patch when it is sound."""
+        def fail(msg: str):
+            raise ValueError(f"patch {self.name!r}: {msg}")
+
+        names = [*self.keyboards, *(e.name for e in self.envelopes), *(lfo.name for lfo in self.lfos),
+                 *(o.name for o in self.oscillators), *(f.name for f in self.filters)]
+        for name in names:
+            if names.count(name) > 1:
+                fail(f"module name {name!r} is used twice")
+            if name in ("mix", "noise", "mod_matrix", "mixer"):
+                fail(f"module name {name!r} is reserved")
+        envelopes = {e.name for e in self.envelopes}
+        lfos = {lfo.name for lfo in self.lfos}
+        outputs = set(self.mod_outputs)
+        for env in self.envelopes:
+            if env.keyboard not in self.keyboards:
+                fail(f"envelope {env.name} is triggered by unknown keyboard {env.keyboard!r}")
+        for lfo in self.lfos:
+            for role, env in (("rate_env", lfo.rate_env), ("amp_env", lfo.amp_env)):
+                if env not in envelopes:
+                    fail(f"lfo {lfo.name}: {role} {env!r} is not an envelope")
+        for group, values in (("mod_inputs", self.mod_inputs), ("mod_outputs", self.mod_outputs),
+                              ("mixer_inputs", self.mixer_inputs)):
+            if len(set(values)) != len(values):
+                fail(f"{group} lists a name twice: {values}")
+        for name in self.mod_inputs:
+            if name not in envelopes and name not in lfos:
+                fail(f"mod-matrix input {name!r} is neither an envelope nor an LFO")
+        if not self.mod_inputs or not self.mod_outputs:
+            fail("the modulation matrix needs at least one input and one output")
+        used: list[str] = []
+
+        def output(module: str, role: str, name: str | None) -> None:
+            if name not in outputs:
+                fail(f"{module}: {role} {name!r} is not a mod-matrix output")
+            used.append(name)
+
+        filtered = {}
+        for flt in self.filters:
+            if flt.kind != "lpf":
+                fail(f"filter {flt.name} has unknown kind {flt.kind!r} (known: lpf)")
+            output(flt.name, "cutoff", flt.cutoff)
+            if flt.input in filtered:
+                fail(f"filter {flt.name}: {flt.input!r} is already filtered by {filtered[flt.input]}")
+            filtered[flt.input] = flt.name
+        oscillators = {o.name: o for o in self.oscillators}
+        for flt in self.filters:
+            if flt.input != "mix" and flt.input not in oscillators:
+                fail(f"filter {flt.name}: input {flt.input!r} is neither an oscillator nor 'mix'")
+        filter_of = {f.name: f.input for f in self.filters if f.input != "mix"}
+        order = {o.name: i for i, o in enumerate(self.oscillators)}
+
+        def signal(module: str, name: str, role: str) -> str:
+            """The oscillator behind a signal name (an oscillator, or a filter on one)."""
+            if name in filter_of:
+                return filter_of[name]
+            if name in oscillators:
+                if name in filtered:
+                    fail(f"{module}: {role} {name!r} is filtered by {filtered[name]}: name the filter instead")
+                return name
+            fail(f"{module}: {role} {name!r} is neither an oscillator nor a filter on one")
+
+        for osc in self.oscillators:
+            if osc.kind not in ("sine", "square_saw", "fm"):
+                fail(f"oscillator {osc.name} has unknown kind {osc.kind!r} (known: sine, square_saw, fm)")
+            if osc.keyboard not in self.keyboards:
+                fail(f"oscillator {osc.name} is played by unknown keyboard {osc.keyboard!r}")
+            if osc.kind == "fm":
+                if osc.source is None:
+                    fail(f"FM operator {osc.name} has no source")
+                source = signal(osc.name, osc.source, "source")
+                seen, cursor = {osc.name}, oscillators[source]
+                while cursor.kind == "fm" and cursor.name not in seen:
+                    seen.add(cursor.name)
+                    cursor = oscillators.get(signal(cursor.name, cursor.source, "source"), cursor)
+                if cursor.name == osc.name or source == osc.name:
+                    fail(f"FM operator {osc.name}: its sources form a cycle through {osc.source!r}")
+                if order[source] > order[osc.name]:
+                    fail(f"FM operator {osc.name} comes before its modulator {osc.source}: list the modulator first")
+            else:
+                output(osc.name, "pitch", osc.pitch)
+                output(osc.name, "amp", osc.amp)
+        if self.noise_amp is not None:
+            output("noise", "noise_amp", self.noise_amp)
+        for name in self.mixer_inputs:
+            if name == "noise":
+                if self.noise_amp is None:
+                    fail("the mixer lists 'noise' but the patch has no noise_amp")
+            else:
+                signal("mixer", name, "input")
+        if not self.mixer_inputs:
+            fail("the mixer has no inputs")
+        if self.mixer_curves is not None and len(self.mixer_curves) != len(self.mixer_inputs):
+            fail(f"mixer_curves has {len(self.mixer_curves)} entries for {len(self.mixer_inputs)} mixer inputs")
+        for name in self.mod_outputs:
+            if name not in used:
+                fail(f"mod-matrix output {name!r} drives nothing (no pitch, amp, noise_amp or cutoff names it)")
+        return self
+
+    def modules(self) -> dict[str, tuple[str, dict]]:
+        """Parameterised modules: name -> (kind, extra) where extra holds matrix/vector sizes."""
+        mods: dict[str, tuple[str, dict]] = {k: ("keyboard", {}) for k in self.keyboards}
+        mods.update({e.name: ("adsr", {}) for e in self.envelopes})
+        mods.update({lfo.name: ("lfo", {}) for lfo in self.lfos})
+        mods.update({o.name: (o.kind, {}) for o in self.oscillators})
+        mods.update({f.name: (f.kind, {}) for f in self.filters})
+        mods["mod_matrix"] = ("mod_matrix", {"n_output": len(self.mod_outputs), "n_input": len(self.mod_inputs)})
+        mods["mixer"] = ("mixer", {"n_input": len(self.mixer_inputs)})
+        return mods
+
+    def param_specs(self, apply_mixer_curve: bool = False) -> list[ParamSpec]:
+        """The flat layout in SynthAX's `ravel_pytree` order: modules sorted by name, then parameters
+        sorted by name, matrices row-major."""
+        specs: list[ParamSpec] = []
+        for module, (kind, extra) in sorted(self.modules().items()):
+            if kind == "mod_matrix":
+                for out in range(extra["n_output"]):
+                    for inp in range(extra["n_input"]):
+                        specs.append(ParamSpec(module, "mod", (out, inp), MOD_RANGE, True))
+            elif kind == "mixer":
+                curves = self.mixer_curves or (1.0,) * extra["n_input"]
+                # SynthAX applies a curve only if every entry differs from 1; torchsynth per entry.
+                for k, curve in enumerate(curves):
+                    rng = ParamRange(LEVEL_RANGE.minimum, LEVEL_RANGE.maximum, curve)
+                    applied = curve != 1.0 and (apply_mixer_curve or all(c != 1.0 for c in curves))
+                    specs.append(ParamSpec(module, "level", (k,), rng, applied))
+            else:
+                for param, rng in sorted(KIND_PARAMS[kind].items()):
+                    specs.append(ParamSpec(module, param, (), rng, rng.curve != 1.0))
+        return specs
