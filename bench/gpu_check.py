@@ -6,11 +6,11 @@ Stages, in order, with their budgets in seconds (`--stages` picks a subset). A s
 measurements and stops with a note; a SIGALRM at budget + grace ends a stage that hangs; a stage whose budget
 no longer fits in `--total-budget-s` (395 s) is skipped with a note.
 
-    kernel_tests  45  pytest tests/kernels --device cuda (subprocess)
+    kernel_tests  45  pytest tests/backends/triton --device cuda (subprocess)
     correctness   30  Triton kernels vs the float64 reference on the GPU; SynthAX float64 renders
     synth_bench   40  synth throughput, Triton vs baselines (the baselines stop at the budget)
     tune          25  audio-kernel chunk length x warps sweep (voicefm, 2 x 768 sounds, both phase dtypes), to
-                      set `kernels.synth.block_sizes` from measurements (chosen so far from register counts)
+                      set `backends.triton.synth.block_sizes` from measurements (chosen so far from register counts)
     frontend      10  log-mel: torch.stft vs matmul path, batch 100 and 2 x 768; agreement; the faster one
     data_share    25  pairs + augmentation (with reverb) + log-mel of 2 x 768 voicefm sounds vs a training step
                       at batch 768 (bf16, channels-last, same augmentation); target data share < 5 %
@@ -52,7 +52,7 @@ from __future__ import annotations
 import os
 import sys
 
-if "--cpu-smoke" in sys.argv:  # the Triton interpreter must be chosen before doppel_torch.kernels is imported
+if "--cpu-smoke" in sys.argv:  # the Triton interpreter must be chosen before doppel_torch.backends.triton is imported
     os.environ["TRITON_INTERPRET"] = "1"
 
 import argparse  # noqa: E402
@@ -79,7 +79,13 @@ sys.path.insert(0, str(REPO / "bench"))
 from test_synth import SYNTHS, Unavailable, copy_bandwidth, make_case, throughput, time_case  # noqa: E402
 
 from doppel_torch import ParametricSynth, get_synth  # noqa: E402
-from doppel_torch.kernels import render as kernel_render  # noqa: E402
+from doppel_torch.backends import get_backend, render as backend_render  # noqa: E402
+
+
+def kernel_render(synth, theta, phase_dtype=None, **kwargs):
+    """The Triton backend on `synth`'s program, with phase_dtype as its option, through the one validation."""
+    return backend_render(get_backend("triton", phase_dtype=phase_dtype), synth.program, theta, validate=False,
+                          **kwargs)
 
 SYNTHAX_FILES = {"voice": "voice", "voicefm": "voiceexpanded", "parametric": "parametric"}
 BENCH_ORDER = ("triton", "triton_fast", "torch", "torchsynth", "synthax", "torch_compile")
@@ -231,8 +237,8 @@ class Check:
     # ---- (0) kernel tests ----
     def kernel_tests(self, budget: Budget, out: dict) -> None:
         # test_aot compiles for sm_90 without a GPU (~30 s of host CPU); on the GPU the kernels compile for real
-        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/kernels",
-               "--ignore=tests/kernels/test_aot.py", "--device", self.device.type]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/backends/triton",
+               "--ignore=tests/backends/triton/test_aot.py", "--device", self.device.type]
         if self.smoke:
             cmd.append("--collect-only")  # the interpreter takes minutes for the whole file: check the call only
         out["command"] = " ".join(cmd[1:])
@@ -331,7 +337,7 @@ class Check:
 
     # ---- audio-kernel launch configuration sweep ----
     def tune(self, budget: Budget, out: dict) -> None:
-        from doppel_torch.kernels import synth as kernels
+        from doppel_torch.backends.triton import synth as kernels
 
         device, batch = self.device, 2 if self.smoke else 2 * self._batch()
         synth = get_synth("voicefm", backend="torch", duration=0.05 if self.smoke else 1.0).to(device)

@@ -44,13 +44,9 @@ def make_case(impl: str, name: str, batch: int, device: torch.device):
         synth = get_synth(name, sample_rate=SAMPLE_RATE, control_rate=CONTROL_RATE, duration=DURATION, backend=backend)
         theta = synth.random_params(batch, seed=0, device=device)
         render = torch.compile(synth) if impl == "torch_compile" else synth
-        if impl == "triton_fast":  # float32 phase: the precision option's speed (see doppel_torch.kernels.synth)
-            from doppel_torch.kernels import render as kernel_render
-
-            theta = theta.clamp(synth.eps, 1.0)
-
-            def render(theta, validate=False):
-                return kernel_render(synth, theta, phase_dtype=torch.float32)
+        if impl == "triton_fast":  # float32 phase: the precision option's speed (see doppel_torch.backends.triton)
+            render = get_synth(name, sample_rate=SAMPLE_RATE, control_rate=CONTROL_RATE, duration=DURATION,
+                               backend="triton", phase_dtype=torch.float32)
 
         def run():
             with torch.no_grad():

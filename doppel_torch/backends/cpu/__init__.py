@@ -33,18 +33,19 @@ __all__ = ["Backend", "cpu_render"]
 
 @torch.library.custom_op("doppel_torch::cpu_render", mutates_args=("out",), device_types="cpu")
 def cpu_render(human: torch.Tensor, words: torch.Tensor, keys: Optional[torch.Tensor], noise: Optional[torch.Tensor],
-               out: torch.Tensor, n_control: int, sample_rate: float, control_rate: float, eps: float, normalize: bool,
-               n_threads: int) -> None:
+               out: torch.Tensor, n_control: int, sample_rate: float, control_rate: float, eps: float,
+               normalize: bool) -> None:
     """Render human-unit parameters (B, m) float64 into out (B, N) float32/float64 with the program `words`.
 
-    keys: (B, 2) int64 noise keys (rng.sound_keys) or None; noise: float64 (B, N) or (1, N) rows, or None."""
+    keys: (B, 2) int64 noise keys (rng.sound_keys) or None; noise: float64 (B, N) or (1, N) rows, or None.
+    Sounds are spread over torch.get_num_threads() threads."""
     batch, m = human.shape
     n_samples = out.shape[1]
     noise_stride = n_samples if noise is not None and noise.shape[0] == batch and batch > 1 else 0
     code = library().doppel_cpu_render(
         human.data_ptr(), batch, m, words.data_ptr(), words.numel(), None if keys is None else keys.data_ptr(),
         None if noise is None else noise.data_ptr(), noise_stride, out.data_ptr(), int(out.dtype == torch.float64),
-        n_samples, n_control, sample_rate, control_rate, eps, int(normalize), n_threads,
+        n_samples, n_control, sample_rate, control_rate, eps, int(normalize), torch.get_num_threads(),
     )
     if code != 0:
         raise RuntimeError(f"backend='cpu': the kernel rejected its program (code {code}); this is a bug, please "
@@ -52,7 +53,7 @@ def cpu_render(human: torch.Tensor, words: torch.Tensor, keys: Optional[torch.Te
 
 
 @cpu_render.register_fake
-def _(human, words, keys, noise, out, n_control, sample_rate, control_rate, eps, normalize, n_threads):
+def _(human, words, keys, noise, out, n_control, sample_rate, control_rate, eps, normalize):
     return None
 
 
@@ -81,5 +82,5 @@ class Backend(base.Backend):
         elif noise is not None:
             noise = noise.detach().to(torch.float64).contiguous()
         cpu_render(human, program.words, keys, noise, out, program.n_control, program.sample_rate,
-                   program.control_rate, program.eps, normalize, torch.get_num_threads())
+                   program.control_rate, program.eps, normalize)
         return out

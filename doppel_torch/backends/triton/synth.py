@@ -28,10 +28,12 @@ render of the same float32 theta, worst case): SynthAX reference parameters: voi
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton as _wrap_triton
 
 from doppel_torch import rng
 from doppel_torch.backends.triton import _math as m
@@ -41,6 +43,12 @@ from doppel_torch.backends.triton import columns as C
 _CONSTS = ("two_pi", "pi", "control_rate", "sample_rate", "eps", "lfo_exponent", "log10_2", "ctrl_scale", "nyquist",
            "log2e")
 NOISE_NONE, NOISE_KEYED, NOISE_GIVEN = 0, 1, 2
+
+
+def wrap_triton(kernel):
+    """torch.library.wrap_triton, so that torch.compile traces the launch; the interpreter's kernels are plain
+    Python functions that wrap_triton refuses, and are launched as they are."""
+    return kernel if m.INTERPRET else _wrap_triton(kernel)
 
 
 @triton.jit
@@ -215,8 +223,8 @@ def _audio_kernel(
     h_ptr, stride_hb, ctrl_ptr, stride_cb, stride_co, kb_ptr, osc_ptr, flt_ptr, noise_tab_ptr, mix_ptr, consts_ptr,
     keys_ptr, noise_ptr, stride_nb, scratch_ptr, stride_sb, out_ptr, stride_ob, mix_filter,
     n_osc: tl.constexpr, n_mix: tl.constexpr, n_samples: tl.constexpr, n_control: tl.constexpr,
-    NOISE: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr,
-    BLOCK_F: tl.constexpr,
+    NOISE: tl.constexpr, NORMALIZE: tl.constexpr, FM: tl.constexpr, FILTERS: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_V: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     h_row = h_ptr + pid_b * stride_hb
@@ -268,7 +276,8 @@ def _audio_kernel(
             noise_row = tl.load(noise_tab_ptr + C.NOISE_AMP)
             noise_amp = _upsample(ctrl_row + noise_row * stride_co, i0, i1, w0, w1, mask_t)
             mix += (noise_level * (noise.to(phase_dtype) * noise_amp)).to(out_dtype)
-        tl.debug_barrier()  # the previous chunk's FM operators have read the scratch rows rewritten below
+        if FM:
+            tl.debug_barrier()  # the previous chunk's FM operators have read the scratch rows rewritten below
         for i in range(n_osc):
             osc = osc_ptr + i * C.OSCILLATORS_N_COLS
             kind = tl.load(osc + C.OSCILLATORS_KIND)
@@ -305,23 +314,26 @@ def _audio_kernel(
                     shape = shape.to(out_dtype)
                     wave = (1.0 - shape / 2.0) * square * (1.0 + shape * -m.cos(angle))
                 signal = wave.to(phase_dtype) * amp
-            f = tl.load(osc + C.OSCILLATORS_FILTER)
-            if f >= 0:
-                state = _pick(state_f, offs_f, f)
-                signal, state = _lowpass(signal, h_row, flt_ptr, f, ctrl_row, stride_co, i0, i1, w0, w1, mask_t,
-                                         state, two_pi, sample_rate, nyquist, BLOCK_T)
-                state_f = tl.where(offs_f == f, state, state_f)
-            own_slot = tl.load(osc + C.OSCILLATORS_SLOT)
-            if own_slot >= 0:  # an FM operator later in the table reads this chunk
-                tl.store(scratch_row + own_slot * BLOCK_T + tl.arange(0, BLOCK_T), signal)
-                tl.debug_barrier()
+            if FILTERS:  # constexpr: the scan is compiled only into programs that have filters
+                f = tl.load(osc + C.OSCILLATORS_FILTER)
+                if f >= 0:
+                    state = _pick(state_f, offs_f, f)
+                    signal, state = _lowpass(signal, h_row, flt_ptr, f, ctrl_row, stride_co, i0, i1, w0, w1, mask_t,
+                                             state, two_pi, sample_rate, nyquist, BLOCK_T)
+                    state_f = tl.where(offs_f == f, state, state_f)
+            if FM:
+                own_slot = tl.load(osc + C.OSCILLATORS_SLOT)
+                if own_slot >= 0:  # an FM operator later in the table reads this chunk
+                    tl.store(scratch_row + own_slot * BLOCK_T + tl.arange(0, BLOCK_T), signal)
+                    tl.debug_barrier()
             mix += _pick(levels_v, offs_v, i) * signal.to(out_dtype)
-        if mix_filter >= 0:
-            state = _pick(state_f, offs_f, mix_filter)
-            filtered, state = _lowpass(mix.to(phase_dtype), h_row, flt_ptr, mix_filter, ctrl_row, stride_co, i0, i1,
-                                       w0, w1, mask_t, state, two_pi, sample_rate, nyquist, BLOCK_T)
-            state_f = tl.where(offs_f == mix_filter, state, state_f)
-            mix = filtered.to(out_dtype)
+        if FILTERS:
+            if mix_filter >= 0:
+                state = _pick(state_f, offs_f, mix_filter)
+                filtered, state = _lowpass(mix.to(phase_dtype), h_row, flt_ptr, mix_filter, ctrl_row, stride_co, i0,
+                                           i1, w0, w1, mask_t, state, two_pi, sample_rate, nyquist, BLOCK_T)
+                state_f = tl.where(offs_f == mix_filter, state, state_f)
+                mix = filtered.to(out_dtype)
         tl.store(out_row + offs_t, mix, mask=mask_t)
         peak = tl.maximum(peak, tl.where(mask_t, tl.abs(mix), 0.0))
     if NORMALIZE:
@@ -367,17 +379,52 @@ def launch_config(program, phase_dtype: torch.dtype, noise: int, normalize: bool
     """Compile-time arguments (constexprs and launch options) of both kernels for one program: what `render`
     passes and what `aot` compiles ahead of time. One program instance per sound for both kernels.
     noise: NOISE_NONE (the patch has none), NOISE_KEYED (drawn in the kernel) or NOISE_GIVEN (a tensor)."""
-    n_in, n_out = program.rows("mod_inputs"), program.rows("mod_outputs")
-    cfg = block_sizes(program.n_samples, phase_dtype)
+    return _launch(program.rows("mod_inputs"), program.rows("mod_outputs"), program.rows("oscillators"),
+                   program.rows("mixer"), program.rows("filters"), n_slots(program), program.n_samples,
+                   program.n_control, phase_dtype, noise, normalize)
+
+
+def _launch(n_in: int, n_out: int, n_osc: int, n_mix: int, n_filters: int, slots: int, n_samples: int,
+            n_control: int, phase_dtype: torch.dtype, noise: int, normalize: bool) -> dict[str, dict]:
+    cfg = block_sizes(n_samples, phase_dtype)
     block_s = max(2, _next_pow2(n_in))
     return {
-        "control": dict(n_in=n_in, n_out=n_out, n_control=program.n_control, BLOCK_S=block_s,
-                        BLOCK_C=control_block_c(block_s)),
-        "audio": dict(n_osc=program.rows("oscillators"), n_mix=program.rows("mixer"), n_samples=program.n_samples,
-                      n_control=program.n_control, NOISE=int(noise), NORMALIZE=bool(normalize),
-                      BLOCK_T=cfg["BLOCK_T"], BLOCK_V=max(2, _next_pow2(program.rows("oscillators"))),
-                      BLOCK_F=max(2, _next_pow2(program.rows("filters"))), num_warps=cfg["num_warps"]),
+        "control": dict(n_in=n_in, n_out=n_out, n_control=n_control, BLOCK_S=block_s, BLOCK_C=control_block_c(block_s)),
+        "audio": dict(n_osc=n_osc, n_mix=n_mix, n_samples=n_samples, n_control=n_control, NOISE=int(noise),
+                      NORMALIZE=bool(normalize), FM=slots > 0, FILTERS=n_filters > 0, BLOCK_T=cfg["BLOCK_T"], BLOCK_V=max(2, _next_pow2(n_osc)),
+                      BLOCK_F=max(2, _next_pow2(n_filters)), num_warps=cfg["num_warps"]),
     }
+
+
+@torch.library.triton_op("doppel_torch::triton_render", mutates_args={"out"})
+def triton_render(human: torch.Tensor, keyboards: torch.Tensor, envelopes: torch.Tensor, lfos: torch.Tensor,
+                  mod_inputs: torch.Tensor, matrix: torch.Tensor, oscillators: torch.Tensor, filters: torch.Tensor,
+                  noise_table: torch.Tensor, mixer: torch.Tensor, consts: torch.Tensor, keys: torch.Tensor,
+                  noise: Optional[torch.Tensor], out: torch.Tensor, n_control: int, n_filters: int, n_slots: int,
+                  mix_filter: int, noise_mode: int, normalize: bool) -> None:
+    """Both kernels on one batch, as a torch op (`torch.compile` sees the launches through `wrap_triton`).
+
+    human: (B, m) parameters in human units, phase dtype; the program's int32 tables (a table without rows as one
+    -1); consts: `_CONSTS` in the phase dtype; keys: (B, 2) int64 noise keys; noise: (B or 1, N) or None;
+    writes out (B, N)."""
+    batch, n_samples = out.shape
+    n_out, n_in = matrix.shape
+    phase_dtype = human.dtype
+    launch = _launch(n_in, n_out, oscillators.shape[0], mixer.shape[0], n_filters, n_slots, n_samples, n_control,
+                     phase_dtype, noise_mode, normalize)
+    ctrl = torch.empty(batch, n_out, n_control, dtype=phase_dtype, device=out.device)
+    wrap_triton(_control_kernel)[(batch,)](
+        human, human.stride(0), keyboards, envelopes, lfos, mod_inputs, matrix, consts, ctrl, ctrl.stride(0),
+        ctrl.stride(1), **launch["control"],
+    )
+    noise_arg = keys if noise is None else noise
+    stride_nb = 0 if noise is None or noise.shape[0] == 1 else noise.stride(0)
+    scratch = torch.empty(batch, max(1, n_slots) * launch["audio"]["BLOCK_T"], dtype=phase_dtype, device=out.device)
+    wrap_triton(_audio_kernel)[(batch,)](
+        human, human.stride(0), ctrl, ctrl.stride(0), ctrl.stride(1), keyboards, oscillators, filters, noise_table,
+        mixer, consts, keys, noise_arg, stride_nb, scratch, scratch.stride(0), out, out.stride(0), mix_filter,
+        **launch["audio"],
+    )
 
 
 def render(program, theta, *, noise, seed, indices, normalize, out, phase_dtype=None):
@@ -397,41 +444,41 @@ def render(program, theta, *, noise, seed, indices, normalize, out, phase_dtype=
         out = torch.empty(batch, n_samples, dtype=out_dtype, device=device)
     if batch == 0:
         return out
-    tables = dict(program.on(device))
-    for name, table in tables.items():  # a table without rows is never read; Triton wants a real pointer
-        if table.numel() == 0:
-            tables[name] = torch.full((1,), -1, dtype=torch.int32, device=device)
+    tables = _device_tables(program, device)
     human = program.layout.table.to_human(theta.detach().to(phase_dtype)).contiguous()
-    consts = dict(
+    consts = torch.tensor(_consts(program), dtype=phase_dtype, device=device)
+    keys = torch.zeros(1, 2, dtype=torch.int64, device=device)
+    if not program.rows("noise"):
+        mode = NOISE_NONE
+    elif noise is None:
+        mode = NOISE_KEYED
+        k1, k2 = rng.sound_keys(seed, rng.Stream.NOISE, indices)
+        keys = torch.stack([k1, k2], dim=1).contiguous()
+    else:
+        mode = NOISE_GIVEN
+        noise = noise.detach().contiguous()
+    triton_render(human, tables["keyboards"], tables["envelopes"], tables["lfos"], tables["mod_inputs"],
+                  tables["matrix"], tables["oscillators"], tables["filters"], tables["noise"], tables["mixer"], consts,
+                  keys, noise if mode == NOISE_GIVEN else None, out, n_control, program.rows("filters"),
+                  n_slots(program), program.mix_filter, mode, normalize)
+    return out
+
+
+def _consts(program) -> list[float]:
+    n_samples, n_control = program.n_samples, program.n_control
+    values = dict(
         two_pi=2.0 * math.pi, pi=math.pi, control_rate=program.control_rate, sample_rate=program.sample_rate,
         eps=program.eps, lfo_exponent=math.e, log10_2=math.log10(2.0),
         ctrl_scale=(n_control - 1) / (n_samples - 1) if n_samples > 1 else 0.0,
         nyquist=program.sample_rate / 2.0, log2e=math.log2(math.e),
     )
-    consts = torch.tensor([consts[k] for k in _CONSTS], dtype=phase_dtype, device=device)
-    if not program.rows("noise"):
-        mode = NOISE_NONE
-    else:
-        mode = NOISE_KEYED if noise is None else NOISE_GIVEN
-    launch = launch_config(program, phase_dtype, noise=mode, normalize=normalize)
-    ctrl = torch.empty(batch, launch["control"]["n_out"], n_control, dtype=phase_dtype, device=device)
-    _control_kernel[(batch,)](
-        human, human.stride(0), tables["keyboards"], tables["envelopes"], tables["lfos"], tables["mod_inputs"],
-        tables["matrix"], consts, ctrl, ctrl.stride(0), ctrl.stride(1), **launch["control"],
-    )
-    keys = torch.zeros(2, dtype=torch.int64, device=device)
-    noise_arg, stride_nb = keys, 0
-    if mode == NOISE_KEYED:
-        k1, k2 = rng.sound_keys(seed, rng.Stream.NOISE, indices)
-        keys = torch.stack([k1, k2], dim=1).contiguous()
-    elif mode == NOISE_GIVEN:
-        noise_arg = noise.detach().contiguous()
-        stride_nb = 0 if noise_arg.shape[0] == 1 else noise_arg.stride(0)
-    block_t = launch["audio"]["BLOCK_T"]
-    scratch = torch.empty(batch, max(1, n_slots(program)) * block_t, dtype=phase_dtype, device=device)
-    _audio_kernel[(batch,)](
-        human, human.stride(0), ctrl, ctrl.stride(0), ctrl.stride(1), tables["keyboards"], tables["oscillators"],
-        tables["filters"], tables["noise"], tables["mixer"], consts, keys,
-        noise_arg, stride_nb, scratch, scratch.stride(0), out, out.stride(0), program.mix_filter, **launch["audio"],
-    )
-    return out
+    return [values[k] for k in _CONSTS]
+
+
+def _device_tables(program, device: torch.device) -> dict[str, torch.Tensor]:
+    """The program's tables on `device`; a table without rows is never read, but Triton wants a real pointer."""
+    tables = dict(program.on(device))
+    for name, table in tables.items():
+        if table.numel() == 0:
+            tables[name] = torch.full((1,), -1, dtype=torch.int32, device=device)
+    return tables

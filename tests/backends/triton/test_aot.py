@@ -39,7 +39,7 @@ def test_every_kernel_compiles_for_sm90(compiled):
 
 def test_no_register_spills(compiled):
     # Spilled registers live in the stack frame; 32-64 B is the ABI frame libdevice calls need. Parametric's
-    # control kernel at 128-sample tiles spilled 1,352 B (see kernels.synth.CONTROL_TILE).
+    # control kernel at 128-sample tiles spilled 1,352 B (see backends.triton.synth.CONTROL_TILE).
     for r in compiled:
         assert r["reg"] <= 255 and r["local"] == 0, r
         assert r["stack"] <= 128, f"{r['synth']} {r['kernel']} kernel ({r['phase_dtype']}) spills: {r}"

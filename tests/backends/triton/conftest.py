@@ -1,6 +1,6 @@
 """Kernel tests run on CUDA when present, else in Triton's CPU interpreter (as Triton's own CI does).
 
-Device: `pytest tests/kernels --device cuda|cpu` (or DOPPEL_KERNEL_DEVICE), default cuda when available.
+Device: `pytest tests/backends/triton --device cuda|cpu` (or DOPPEL_KERNEL_DEVICE), default cuda when available.
 On CPU each test runs with TRITON_INTERPRET=1 set (and restored afterwards, so that other tests still see
 the real environment); the kernels must then be first imported inside these tests.
 """
@@ -34,5 +34,5 @@ def device(request, monkeypatch) -> torch.device:
     math_module = sys.modules.get("doppel_torch.backends.triton._math")
     if math_module is not None and not math_module.INTERPRET:
         pytest.skip("doppel_torch.backends.triton was imported without TRITON_INTERPRET=1 in this process; "
-                    "run `TRITON_INTERPRET=1 pytest tests/kernels`")
+                    "run `TRITON_INTERPRET=1 pytest tests/backends/triton`")
     return torch.device("cpu")

@@ -1,0 +1,75 @@
+"""Patch.validate: an invalid wiring is a ValueError that names the module at fault, before any backend runs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from doppel_torch import Synth
+from doppel_torch.spec import Filter, Oscillator
+from doppel_torch.spec.patches import PATCHES
+from tests.backends.patches import USER_PATCHES, fm_chain
+
+
+def _with(patch, **changes):
+    return dataclasses.replace(patch, **changes)
+
+
+def _oscillators(patch, **by_name):
+    return tuple(by_name.get(o.name, o) for o in patch.oscillators)
+
+
+@pytest.mark.parametrize("make", [*PATCHES.values(), *USER_PATCHES.values()])
+def test_every_shipped_and_test_patch_is_valid(make):
+    assert make().validate() is not None
+
+
+def test_unknown_fm_source():
+    patch = fm_chain()
+    bad = _with(patch, oscillators=_oscillators(patch, op_1=Oscillator("op_1", "fm", "keyboard", source="vco_9")))
+    with pytest.raises(ValueError, match=r"op_1: source 'vco_9' is neither an oscillator"):
+        Synth(bad)
+
+
+def test_fm_cycle():
+    patch = fm_chain()
+    bad = _with(patch, oscillators=_oscillators(patch, op_1=Oscillator("op_1", "fm", "keyboard", source="op_2")))
+    with pytest.raises(ValueError, match="FM operator op_1: its sources form a cycle"):
+        Synth(bad)
+    selfish = _with(patch, oscillators=_oscillators(patch, op_1=Oscillator("op_1", "fm", "keyboard", source="op_1")))
+    with pytest.raises(ValueError, match="op_1: its sources form a cycle"):
+        Synth(selfish)
+
+
+def test_fm_before_its_modulator():
+    patch = fm_chain()
+    vco, op_1, op_2 = patch.oscillators
+    with pytest.raises(ValueError, match="FM operator op_1 comes before its modulator vco"):
+        Synth(_with(patch, oscillators=(op_1, vco, op_2)))
+
+
+def test_unused_mod_output():
+    patch = fm_chain()
+    with pytest.raises(ValueError, match="mod-matrix output 'spare' drives nothing"):
+        Synth(_with(patch, mod_outputs=(*patch.mod_outputs, "spare")))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(mixer_inputs=("op_2", "noise")), "the mixer lists 'noise' but the patch has no noise_amp"),
+    (dict(mixer_inputs=("op_2", "vco_7")), "mixer: input 'vco_7' is neither an oscillator nor a filter"),
+    (dict(mod_inputs=("adsr_1", "lfo_9")), "mod-matrix input 'lfo_9' is neither an envelope nor an LFO"),
+    (dict(filters=(Filter("lpf", input="vco", cutoff="vco_amp"),)), "op_1: source 'vco' is filtered by lpf: name the filter instead"),
+    (dict(filters=(Filter("lpf", input="op_9", cutoff="vco_amp"),)), "filter lpf: input 'op_9' is neither"),
+    (dict(filters=(Filter("lpf", input="mix", cutoff="nowhere"),)), "lpf: cutoff 'nowhere' is not a mod-matrix output"),
+    (dict(filters=(Filter("lpf", input="mix", cutoff="vco_amp", kind="hpf"),)), "filter lpf has unknown kind 'hpf'"),
+    (dict(keyboards=("keyboard", "keyboard")), "module name 'keyboard' is used twice"),
+])
+def test_other_wiring_errors_name_the_module(changes, message):
+    with pytest.raises(ValueError, match=message):
+        Synth(_with(fm_chain(), **changes))
+
+
+def test_not_a_patch():
+    with pytest.raises(ValueError, match="patch must be a doppel_torch.spec.Patch"):
+        Synth("voice")
