@@ -82,3 +82,20 @@ def test_bad_arguments_get_clear_messages(tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)
         assert "Traceback" not in result.output
+
+
+def test_sample_renders_a_user_patch(tmp_path):
+    """`--patch FILE.py` renders a patch no backend knows (the README's subtractive example) on the cpu kernel."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "subtractive.py"
+    out = tmp_path / "sub"
+    result = CliRunner().invoke(main, ["sample", "--patch", str(example), "--backend", "cpu", "--pairs", "2",
+                                       "--sweep", "", "--duration", "0.5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    audio, rate = sf.read(out / "pair_00_a.wav")
+    assert rate == 16000 and audio.shape == (8000,) and abs(audio).max() > 0
+    for bad, message in ((str(tmp_path / "none.py"), "does not exist"), (f"{example}:nope", "has no 'nope'"),
+                         ("no_such_module_here", "cannot import patch module")):
+        result = CliRunner().invoke(main, ["sample", "--patch", bad, "--out", str(out)])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

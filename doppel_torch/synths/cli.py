@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from doppel_torch.pairs import NOISE_MODES
-from doppel_torch.synths.base import BACKENDS, SYNTHS, get_synth
+from doppel_torch.synths.base import BACKENDS, SYNTHS, Synth, get_synth
 
 
 def _finite(ctx, param, value):
@@ -50,6 +50,8 @@ def _deltas(ctx, param, value: str) -> tuple[float, ...]:
 
 @click.command()
 @click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default="voice", show_default=True)
+@click.option("--patch", "patch_spec", default=None, metavar="FILE.py[:NAME] | MODULE[:NAME]",
+              help="Render your own Patch instead of --synth (see examples/subtractive.py).")
 @click.option("--delta", type=click.FloatRange(min=0.0, max=1.0), default=0.25, show_default=True, callback=_finite,
               help="Perturbation scale: theta_k = clip(theta + delta * z_k, eps, 1).")
 @click.option("--noise", type=click.Choice(NOISE_MODES), default="shared", show_default=True,
@@ -67,7 +69,8 @@ def _deltas(ctx, param, value: str) -> tuple[float, ...]:
               help="Folder of impulse responses: adds reverb to the augmentation chain.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
 @click.option("--duration", type=click.FloatRange(min=0.05, max=30.0), default=1.0, show_default=True)
-def sample(synth_name, delta, noise, n_pairs, out_dir, seed, start, sweep, augment, ir_dir, backend, duration) -> None:
+def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, sweep, augment, ir_dir, backend,
+           duration) -> None:
     """Write doppelganger pairs and a delta sweep as wav files, and one PNG of their spectrograms.
 
     Columns of samples.png: the two views of each pair, then the same sound at each delta of the sweep.
@@ -78,7 +81,14 @@ def sample(synth_name, delta, noise, n_pairs, out_dir, seed, start, sweep, augme
     if ir_dir is not None and not augment:
         raise click.UsageError("--ir-dir adds reverb to the augmentation chain: use it with --augment")
     try:
-        synth = get_synth(synth_name, backend=backend, duration=duration)
+        if patch_spec is not None:
+            from doppel_torch.spec.load import load_patch
+
+            patch = load_patch(patch_spec)
+            synth_name = patch.name
+            synth = Synth(patch, backend=backend, duration=duration)
+        else:
+            synth = get_synth(synth_name, backend=backend, duration=duration)
         chain = AugmentChain(synth.sample_rate, ir_paths=ir_dir, seed=seed) if augment else None
     except (RuntimeError, ValueError) as err:
         raise click.UsageError(str(err)) from err

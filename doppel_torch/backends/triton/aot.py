@@ -99,6 +99,7 @@ def compile_synth(program, arch: int = 90, phase_dtype: torch.dtype = torch.floa
 
 
 def main(argv: list[str] | None = None) -> int:
+    from doppel_torch.spec.load import load_patch
     from doppel_torch.spec.patches import PATCHES
     from doppel_torch.spec.program import lower
 
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, action="append", help="compute capability x 10, repeatable (default 90)")
     parser.add_argument("--synth", action="append", choices=["voice", "voicefm", "parametric"],
                         help="repeatable (default: all three)")
+    parser.add_argument("--patch", action="append", default=[], metavar="FILE.py[:NAME]",
+                        help="also compile a user patch (repeatable; see doppel_torch.spec.load)")
     parser.add_argument("--phase-dtype", choices=["float64", "float32", "both"], default="both")
     parser.add_argument("--explicit-noise", action="store_true", help="also compile the noise= variant")
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
@@ -115,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     phases = {"float64": [torch.float64], "float32": [torch.float32], "both": [torch.float64, torch.float32]}
     rows = []
     for arch in args.arch or [90]:
-        for name in args.synth or ["voice", "voicefm", "parametric"]:
-            program = lower(PATCHES[name]())
+        patches = [PATCHES[name]() for name in args.synth or ([] if args.patch else PATCHES)]
+        for patch in patches + [load_patch(spec) for spec in args.patch]:
+            program = lower(patch)
             for phase in phases[args.phase_dtype]:
                 for has_noise in (False, True) if args.explicit_noise else (False,):
                     rows += compile_synth(program, arch, phase, torch.float32, has_noise)

@@ -24,15 +24,18 @@ def compiled() -> list[dict]:
     if not (BIN / "ptxas").exists() or not (BIN / "cuobjdump").exists():
         pytest.skip(f"this triton wheel ships no ptxas/cuobjdump in {BIN}")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "doppel_torch.backends.triton.aot", "--arch", "90", "--json"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    cmd = [sys.executable, "-m", "doppel_torch.backends.triton.aot", "--arch", "90", "--json",
+           "--synth", "voice", "--synth", "voicefm", "--synth", "parametric",
+           "--patch", "tests/backends/patches.py:filtered", "--patch", "tests/backends/patches.py:fm_chain"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=Path(__file__).parents[3])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
 
 def test_every_kernel_compiles_for_sm90(compiled):
     got = {(r["synth"], r["kernel"], r["phase_dtype"]) for r in compiled}
-    want = {(s, k, p) for s in ("voice", "voicefm", "parametric") for k in ("control", "audio") for p in ("fp64", "fp32")}
+    synths = ("voice", "voicefm", "parametric", "filtered", "fm_chain")  # the paper's, and user patches: filters, chains
+    want = {(s, k, p) for s in synths for k in ("control", "audio") for p in ("fp64", "fp32")}
     assert got == want
     assert all(r["cubin_bytes"] > 0 for r in compiled)
 
