@@ -15,3 +15,10 @@ for _table, _columns in TABLES.items():
     globals()[f"{_table.upper()}_N_COLS"] = tl.constexpr(len(_columns))
 for _code, _value in CODES.items():
     globals()[_code] = tl.constexpr(_value)
+
+# The float constants both kernels read from one phase-dtype vector (float literals in Triton are float32, and these
+# must not be rounded): CONST_TWO_PI is the position of "two_pi" in CONSTS.
+CONSTS = ("two_pi", "pi", "control_rate", "sample_rate", "eps", "lfo_exponent", "log10_2", "ctrl_scale", "nyquist",
+          "log2e")
+for _i, _name in enumerate(CONSTS):
+    globals()[f"CONST_{_name.upper()}"] = tl.constexpr(_i)

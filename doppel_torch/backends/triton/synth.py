@@ -39,9 +39,6 @@ from doppel_torch import rng
 from doppel_torch.backends.triton import _math as m
 from doppel_torch.backends.triton import columns as C
 
-# Constants in the phase dtype (float literals in Triton are float32; these must not be rounded).
-_CONSTS = ("two_pi", "pi", "control_rate", "sample_rate", "eps", "lfo_exponent", "log10_2", "ctrl_scale", "nyquist",
-           "log2e")
 NOISE_NONE, NOISE_KEYED, NOISE_GIVEN = 0, 1, 2
 
 
@@ -103,11 +100,11 @@ def _control_kernel(
 ):
     pid_b = tl.program_id(0)
     h_row = h_ptr + pid_b * stride_hb
-    two_pi = tl.load(consts_ptr + 0)
-    pi = tl.load(consts_ptr + 1)
-    control_rate = tl.load(consts_ptr + 2)
-    eps = tl.load(consts_ptr + 4)
-    lfo_exponent = tl.load(consts_ptr + 5)
+    two_pi = tl.load(consts_ptr + C.CONST_TWO_PI)
+    pi = tl.load(consts_ptr + C.CONST_PI)
+    control_rate = tl.load(consts_ptr + C.CONST_CONTROL_RATE)
+    eps = tl.load(consts_ptr + C.CONST_EPS)
+    lfo_exponent = tl.load(consts_ptr + C.CONST_LFO_EXPONENT)
     offs_s = tl.arange(0, BLOCK_S)
     mask_s = offs_s < n_in
     kind = tl.load(in_ptr + offs_s * C.MOD_INPUTS_N_COLS + C.MOD_INPUTS_KIND, mask=mask_s, other=0)
@@ -231,13 +228,13 @@ def _audio_kernel(
     ctrl_row = ctrl_ptr + pid_b * stride_cb
     out_row = out_ptr + pid_b * stride_ob
     scratch_row = scratch_ptr + pid_b * stride_sb
-    two_pi = tl.load(consts_ptr + 0)
-    pi = tl.load(consts_ptr + 1)
-    sample_rate = tl.load(consts_ptr + 3)
-    log10_2 = tl.load(consts_ptr + 6)
-    ctrl_scale = tl.load(consts_ptr + 7)
-    nyquist = tl.load(consts_ptr + 8)
-    log2e = tl.load(consts_ptr + 9)
+    two_pi = tl.load(consts_ptr + C.CONST_TWO_PI)
+    pi = tl.load(consts_ptr + C.CONST_PI)
+    sample_rate = tl.load(consts_ptr + C.CONST_SAMPLE_RATE)
+    log10_2 = tl.load(consts_ptr + C.CONST_LOG10_2)
+    ctrl_scale = tl.load(consts_ptr + C.CONST_CTRL_SCALE)
+    nyquist = tl.load(consts_ptr + C.CONST_NYQUIST)
+    log2e = tl.load(consts_ptr + C.CONST_LOG2E)
     out_dtype = out_ptr.dtype.element_ty
     phase_dtype = two_pi.dtype
     # Mixer levels gathered per oscillator (a register vector over oscillator rows) and for the noise.
@@ -405,7 +402,7 @@ def triton_render(human: torch.Tensor, keyboards: torch.Tensor, envelopes: torch
     """Both kernels on one batch, as a torch op (`torch.compile` sees the launches through `wrap_triton`).
 
     human: (B, m) parameters in human units, phase dtype; the program's int32 tables (a table without rows as one
-    -1); consts: `_CONSTS` in the phase dtype; keys: (B, 2) int64 noise keys; noise: (B or 1, N) or None;
+    -1); consts: `columns.CONSTS` in the phase dtype; keys: (B, 2) int64 noise keys; noise: (B or 1, N) or None;
     writes out (B, N)."""
     batch, n_samples = out.shape
     n_out, n_in = matrix.shape
@@ -472,7 +469,7 @@ def _consts(program) -> list[float]:
         ctrl_scale=(n_control - 1) / (n_samples - 1) if n_samples > 1 else 0.0,
         nyquist=program.sample_rate / 2.0, log2e=math.log2(math.e),
     )
-    return [values[k] for k in _CONSTS]
+    return [values[k] for k in C.CONSTS]
 
 
 def _device_tables(program, device: torch.device) -> dict[str, torch.Tensor]:
