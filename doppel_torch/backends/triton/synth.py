@@ -28,6 +28,7 @@ render of the same float32 theta, worst case): SynthAX reference parameters: voi
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Optional
 
 import torch
@@ -443,7 +444,7 @@ def render(program, theta, *, noise, seed, indices, normalize, out, phase_dtype=
         return out
     tables = _device_tables(program, device)
     human = program.layout.table.to_human(theta.detach().to(phase_dtype)).contiguous()
-    consts = torch.tensor(_consts(program), dtype=phase_dtype, device=device)
+    consts = _device_consts(program, device, phase_dtype)
     keys = torch.zeros(1, 2, dtype=torch.int64, device=device)
     if not program.rows("noise"):
         mode = NOISE_NONE
@@ -461,6 +462,19 @@ def render(program, theta, *, noise, seed, indices, normalize, out, phase_dtype=
     return out
 
 
+_CONST_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _device_consts(program, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`columns.CONSTS` of a program as a tensor on `device`, made once: a host-to-device copy per render would
+    wait for the GPU's queued work (a host synchronisation)."""
+    per_program = _CONST_CACHE.setdefault(program, {})
+    key = (device, dtype)
+    if key not in per_program:
+        per_program[key] = torch.tensor(_consts(program), dtype=dtype, device=device)
+    return per_program[key]
+
+
 def _consts(program) -> list[float]:
     n_samples, n_control = program.n_samples, program.n_control
     values = dict(
@@ -473,9 +487,13 @@ def _consts(program) -> list[float]:
 
 
 def _device_tables(program, device: torch.device) -> dict[str, torch.Tensor]:
-    """The program's tables on `device`; a table without rows is never read, but Triton wants a real pointer."""
-    tables = dict(program.on(device))
-    for name, table in tables.items():
-        if table.numel() == 0:
-            tables[name] = torch.full((1,), -1, dtype=torch.int32, device=device)
-    return tables
+    """The program's tables on `device` (made once); a table without rows is never read, but Triton wants a real
+    pointer: it gets one -1."""
+    per_program = _CONST_CACHE.setdefault(program, {})
+    if device not in per_program:
+        tables = dict(program.on(device))
+        for name, table in tables.items():
+            if table.numel() == 0:
+                tables[name] = torch.full((1,), -1, dtype=torch.int32, device=device)
+        per_program[device] = tables
+    return per_program[device]
