@@ -55,8 +55,11 @@ def save_spectrogram_grid(
                 continue
             spec = log_spectrogram(row[j], sample_rate)
             duration = row[j].shape[-1] / sample_rate
+            # 80 dB below each panel's peak; a (near-)silent sound is drawn against -20 dB so that it looks silent
+            # (a full-scale tone peaks at ~+42 dB here) instead of filling its panel with the top colour.
+            top = max(float(spec.max()), -20.0)
             ax.imshow(
-                spec, origin="lower", aspect="auto", cmap="magma", vmin=spec.max() - 80, vmax=spec.max(),
+                spec, origin="lower", aspect="auto", cmap="magma", vmin=top - 80, vmax=top,
                 extent=(0.0, duration, 0.0, sample_rate / 2000.0),
             )
             if i == 0 and col_labels is not None:

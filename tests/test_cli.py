@@ -95,7 +95,10 @@ def test_sample_renders_a_user_patch(tmp_path):
     assert result.exit_code == 0, result.output
     audio, rate = sf.read(out / "pair_00_a.wav")
     assert rate == 16000 and audio.shape == (8000,) and abs(audio).max() > 0
+    needs_args = tmp_path / "needs_args.py"
+    needs_args.write_text("def patch(x):\n    return x\n")
     for bad, message in ((str(tmp_path / "none.py"), "does not exist"), (f"{example}:nope", "has no 'nope'"),
-                         ("no_such_module_here", "cannot import patch module")):
+                         ("no_such_module_here", "cannot import patch module"),
+                         (str(needs_args), "patch() failed: TypeError")):
         result = CliRunner().invoke(main, ["sample", "--patch", bad, "--out", str(out)])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

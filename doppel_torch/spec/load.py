@@ -41,7 +41,11 @@ def load_patch(spec: str) -> Patch:
                          f"it as {source}:NAME")
     found = getattr(module, name)
     if callable(found) and not isinstance(found, Patch):
-        found = found()
+        try:
+            found = found()
+        except Exception as err:  # the user's code: report it in one line
+            raise ValueError(f"{source}:{name}() failed: {type(err).__name__}: {err} (it is called without "
+                             "arguments and must return a Patch)") from err
     if not isinstance(found, Patch):
-        raise ValueError(f"{source}:{name} is a {type(found).__name__}, not a doppel_torch.spec.Patch")
+        raise ValueError(f"{source}:{name} is {type(found).__name__!r}, not a doppel_torch.spec.Patch")
     return found

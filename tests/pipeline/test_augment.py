@@ -2,7 +2,6 @@
 
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +10,9 @@ import torch
 
 from doppel_torch import functional as F
 from doppel_torch.augment import TRANSFORMS, AugmentChain, AugmentParams, TorchAudiomentationsChain
+from tests.conftest import RIRS  # $DOPPEL_SHARED/data/rirs, default ../shared
 
 ta = pytest.importorskip("torch_audiomentations")
-RIRS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "rirs"
 SR = 16000
 
 

@@ -119,8 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for arch in args.arch or [90]:
         patches = [PATCHES[name]() for name in args.synth or ([] if args.patch else PATCHES)]
-        for patch in patches + [load_patch(spec) for spec in args.patch]:
-            program = lower(patch)
+        try:
+            programs = [lower(patch) for patch in patches + [load_patch(spec) for spec in args.patch]]
+        except ValueError as err:
+            parser.error(str(err))
+        for program in programs:
             for phase in phases[args.phase_dtype]:
                 for has_noise in (False, True) if args.explicit_noise else (False,):
                     rows += compile_synth(program, arch, phase, torch.float32, has_noise)
