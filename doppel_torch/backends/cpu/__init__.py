@@ -47,9 +47,12 @@ def cpu_render(human: torch.Tensor, words: torch.Tensor, keys: Optional[torch.Te
         None if noise is None else noise.data_ptr(), noise_stride, out.data_ptr(), int(out.dtype == torch.float64),
         n_samples, n_control, sample_rate, control_rate, eps, int(normalize), torch.get_num_threads(),
     )
+    if code == -3:
+        raise RuntimeError(f"backend='cpu': out of memory rendering {batch} sounds of {n_samples} samples; render "
+                           "fewer or shorter sounds per call")
     if code != 0:
-        raise RuntimeError(f"backend='cpu': the kernel rejected its program (code {code}); this is a bug, please "
-                           "report it")
+        raise RuntimeError(f"backend='cpu': the kernel failed (code {code}: -1 malformed program, -2 bad sizes, -4 "
+                           "an internal error); this is a bug, please report it")
 
 
 @cpu_render.register_fake

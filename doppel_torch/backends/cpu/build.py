@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from doppel_torch.spec.program import layout_signature
@@ -61,6 +62,93 @@ def _cache_dir() -> Path:
     return Path(root) / "cpu"
 
 
+LIBRARY = "libdoppel_synth_cpu.so"
+STALE_TMP_S = 3600  # a `tmp*.so` older than this was left by a killed compile (one takes ~20 s here)
+
+
+def _check_private(folder: Path) -> None:
+    """Refuse a cache folder that another user could write: a library planted there would run in this process."""
+    info = folder.stat()
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise RuntimeError(f"backend='cpu': its kernel cache {folder} belongs to another user (uid {info.st_uid}); set "
+                           "DOPPEL_TORCH_CACHE to a folder of your own")
+    if info.st_mode & 0o022:
+        raise RuntimeError(f"backend='cpu': its kernel cache {folder} is writable by other users (mode "
+                           f"{info.st_mode & 0o777:o}); a library planted there would be loaded: run `chmod go-w "
+                           f"{folder}` or set DOPPEL_TORCH_CACHE to a private folder")
+
+
+def _private_dirs(target: Path) -> None:
+    """Create the cache folders (mode 700) and check every level from the cache root down."""
+    root = _cache_dir().parent
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise RuntimeError(f"backend='cpu': cannot create its kernel cache {target.parent} ({exc}); set "
+                           "DOPPEL_TORCH_CACHE to a writable folder") from exc
+    for folder in (root, root / "cpu", target.parent):
+        _check_private(folder)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _remove_stale(folder: Path) -> None:
+    """Temporary libraries of compiles that were killed (kill -9, power loss) are removed on a later start."""
+    now = time.time()
+    for leftover in folder.glob("tmp*.so"):
+        try:
+            if now - leftover.stat().st_mtime > STALE_TMP_S:
+                leftover.unlink()
+        except OSError:
+            pass
+
+
+def _compile(cxx: str, flags: list[str], target: Path) -> None:
+    """Compile into a temporary file next to the target, record its hash, then rename: concurrent processes never
+    load a half-written library, and a library whose bytes change afterwards is never loaded."""
+    try:
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise RuntimeError(f"backend='cpu': cannot write its kernel cache in {target.parent} ({exc}); set "
+                           "DOPPEL_TORCH_CACHE to a writable folder") from exc
+    tmp = Path(tmp)
+    cmd = [cxx, *flags, "-shared", "-fPIC", "-pthread", str(SOURCE), "-o", str(tmp)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"backend='cpu': compiling its kernel failed: {exc}") from exc
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)  # the compiler may have removed it already (a failed link)
+        raise RuntimeError(
+            f"backend='cpu': compiling its kernel failed ({shlex.join(cmd)}):\n{proc.stderr.strip()[-2000:]}\n"
+            "Set DOPPEL_TORCH_CXXFLAGS to flags your compiler accepts, or use backend='torch'."
+        )
+    try:
+        digest = target.with_suffix(".sha256")
+        digest_tmp = digest.with_name(digest.name + f".{os.getpid()}.tmp")
+        digest_tmp.write_text(_digest(tmp))
+        os.replace(tmp, target)
+        os.replace(digest_tmp, digest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"backend='cpu': cannot write its kernel cache in {target.parent} ({exc}); free some "
+                           "space or set DOPPEL_TORCH_CACHE to another folder") from exc
+
+
+def _intact(target: Path) -> bool:
+    """The cached library exists and has the bytes recorded when it was built (truncated, corrupted or planted
+    libraries are rebuilt instead of loaded: loading one can kill the process with SIGBUS/SIGSEGV)."""
+    digest = target.with_suffix(".sha256")
+    try:
+        return target.is_file() and digest.is_file() and digest.read_text().strip() == _digest(target)
+    except OSError:
+        return False
+
+
 def _build() -> ctypes.CDLL:
     cxx = _compiler()
     flags = shlex.split(os.environ.get("DOPPEL_TORCH_CXXFLAGS", DEFAULT_FLAGS))
@@ -71,32 +159,16 @@ def _build() -> ctypes.CDLL:
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
                                      _cpu_fingerprint().encode(), platform.machine().encode()])).hexdigest()[:16]
-    target = _cache_dir() / key / "libdoppel_synth_cpu.so"
-    if not target.exists():
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Build next to the target and rename: concurrent processes never load a half-written library.
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-            os.close(fd)
-        except OSError as exc:
-            raise RuntimeError(
-                f"backend='cpu': cannot write its kernel cache in {target.parent} ({exc}); set DOPPEL_TORCH_CACHE "
-                "to a writable folder"
-            ) from exc
-        cmd = [cxx, *flags, "-shared", "-fPIC", "-pthread", str(SOURCE), "-o", tmp]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.SubprocessError) as exc:
-            os.unlink(tmp)
-            raise RuntimeError(f"backend='cpu': compiling its kernel failed: {exc}") from exc
-        if proc.returncode != 0:
-            os.unlink(tmp)
-            raise RuntimeError(
-                f"backend='cpu': compiling its kernel failed ({shlex.join(cmd)}):\n{proc.stderr.strip()[-2000:]}\n"
-                "Set DOPPEL_TORCH_CXXFLAGS to flags your compiler accepts, or use backend='torch'."
-            )
-        os.replace(tmp, target)
-    lib = ctypes.CDLL(str(target))
+    target = _cache_dir() / key / LIBRARY
+    _private_dirs(target)
+    _remove_stale(target.parent)
+    if not _intact(target):
+        _compile(cxx, flags, target)
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as exc:
+        raise RuntimeError(f"backend='cpu': cannot load its kernel {target} ({exc}); delete that folder to rebuild "
+                           "it, or use backend='torch'") from exc
     # The kernel declares the tables it reads; a library whose declaration differs from the lowering's is refused.
     lib.doppel_cpu_layout.restype = ctypes.c_char_p
     declared = lib.doppel_cpu_layout().decode()

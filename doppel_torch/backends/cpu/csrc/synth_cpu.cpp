@@ -22,6 +22,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <limits>
+#include <new>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -788,24 +789,11 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
     }
 }
 
-}  // namespace
 
-extern "C" {
-
-// The table layout this library was compiled with, for the loader to compare with doppel_torch.spec.program.
-const char* doppel_cpu_layout() {
-    static const std::string signature = layout_signature();
-    return signature.c_str();
-}
-
-// Render `batch` sounds. human: (batch, m) float64 parameters in human units; keys: (batch, 2) int64 noise keys
-// (k1, k2 of doppel_torch.rng.sound_keys) or null when noise is given; noise: float64 rows of n_samples with row
-// stride noise_stride (0: one row for all) or null; out: (batch, n_samples) float32 (out_is_double 0) or float64.
-// Returns 0, or a negative code: -1 malformed program, -2 bad sizes.
-int doppel_cpu_render(const double* human, int64_t batch, int64_t m, const int32_t* program, int64_t program_len,
-                      const int64_t* keys, const double* noise, int64_t noise_stride, void* out, int out_is_double,
-                      int64_t n_samples, int64_t n_control, double sample_rate, double control_rate, double eps,
-                      int normalize, int n_threads) {
+static int render_batch(const double* human, int64_t batch, int64_t m, const int32_t* program, int64_t program_len,
+                        const int64_t* keys, const double* noise, int64_t noise_stride, void* out, int out_is_double,
+                        int64_t n_samples, int64_t n_control, double sample_rate, double control_rate, double eps,
+                        int normalize, int n_threads) {
     Program p;
     if (!p.parse(program, program_len) || !p.columns_within(m)) return -1;
     if (batch < 0 || n_samples < 2 || n_control < 2 || m <= 0) return -2;
@@ -836,7 +824,10 @@ int doppel_cpu_render(const double* human, int64_t batch, int64_t m, const int32
     if (batch == 0) return 0;
     n_threads = std::max(1, std::min<int>(n_threads, (int)batch));
     std::atomic<int64_t> next(0);
-    auto worker = [&]() {
+    std::atomic<int> failed(0);
+    // No C++ exception may leave a thread (std::terminate) or cross into Python: a worker records it and stops all.
+    auto worker = [&]() noexcept {
+        try {
         if (out_is_double) {
             Work<double> w(p, s);
             for (int64_t b; (b = next.fetch_add(1)) < batch;)
@@ -848,15 +839,55 @@ int doppel_cpu_render(const double* human, int64_t batch, int64_t m, const int32
                 render_sound(p, s, human + b * m, keys ? keys + 2 * b : nullptr,
                              noise ? noise + b * noise_stride : nullptr, normalize, (float*)out + b * n_samples, w);
         }
+        } catch (const std::bad_alloc&) {
+            failed = -3;
+            next = batch;
+        } catch (...) {
+            failed = -4;
+            next = batch;
+        }
     };
-    if (n_threads == 1) {
-        worker();
-    } else {
-        std::vector<std::thread> pool;
-        for (int i = 0; i < n_threads; ++i) pool.emplace_back(worker);
-        for (auto& th : pool) th.join();
+    std::vector<std::thread> pool;
+    for (int i = 1; i < n_threads; ++i) {
+        try {
+            pool.emplace_back(worker);
+        } catch (...) {  // no more threads to be had (a process or memory limit): the ones started do the work
+            break;
+        }
     }
-    return 0;
+    worker();
+    for (auto& th : pool) th.join();
+    return failed.load();
+}
+
+}  // namespace
+
+extern "C" {
+
+// The table layout this library was compiled with, for the loader to compare with doppel_torch.spec.program.
+const char* doppel_cpu_layout() {
+    static const std::string signature = layout_signature();
+    return signature.c_str();
+}
+
+
+
+// Render `batch` sounds. human: (batch, m) float64 parameters in human units; keys: (batch, 2) int64 noise keys
+// (k1, k2 of doppel_torch.rng.sound_keys) or null when noise is given; noise: float64 rows of n_samples with row
+// stride noise_stride (0: one row for all) or null; out: (batch, n_samples) float32 (out_is_double 0) or float64.
+// Returns 0, or a negative code: -1 malformed program, -2 bad sizes, -3 out of memory, -4 another C++ error.
+int doppel_cpu_render(const double* human, int64_t batch, int64_t m, const int32_t* program, int64_t program_len,
+                      const int64_t* keys, const double* noise, int64_t noise_stride, void* out, int out_is_double,
+                      int64_t n_samples, int64_t n_control, double sample_rate, double control_rate, double eps,
+                      int normalize, int n_threads) {
+    try {
+        return render_batch(human, batch, m, program, program_len, keys, noise, noise_stride, out, out_is_double,
+                            n_samples, n_control, sample_rate, control_rate, eps, normalize, n_threads);
+    } catch (const std::bad_alloc&) {
+        return -3;
+    } catch (...) {
+        return -4;
+    }
 }
 
 }  // extern "C"
