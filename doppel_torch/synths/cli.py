@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from doppel_torch.pairs import NOISE_MODES
+from doppel_torch.pairs import MAX_DELTA, NOISE_MODES
 from doppel_torch.synths.base import BACKENDS, SYNTHS, Synth, get_synth
 
 
@@ -43,8 +43,8 @@ def _deltas(ctx, param, value: str) -> tuple[float, ...]:
         deltas = tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError as err:
         raise click.BadParameter(f"expected comma-separated numbers, e.g. 0,0.1,0.25; got {value!r}") from err
-    if any(not 0.0 <= d <= 1.0 for d in deltas):  # NaN fails this too
-        raise click.BadParameter(f"every delta must lie in [0, 1], got {value!r}")
+    if any(not 0.0 <= d <= MAX_DELTA for d in deltas):  # NaN fails this too
+        raise click.BadParameter(f"every delta must lie in [0, {MAX_DELTA:g}], got {value!r}")
     return deltas
 
 
@@ -52,8 +52,10 @@ def _deltas(ctx, param, value: str) -> tuple[float, ...]:
 @click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default="voice", show_default=True)
 @click.option("--patch", "patch_spec", default=None, metavar="FILE.py[:NAME] | MODULE[:NAME]",
               help="Render your own Patch instead of --synth (see examples/subtractive.py).")
-@click.option("--delta", type=click.FloatRange(min=0.0, max=1.0), default=0.25, show_default=True, callback=_finite,
-              help="Perturbation scale: theta_k = clip(theta + delta * z_k, eps, 1).")
+@click.option("--delta", type=click.FloatRange(min=0.0, max=MAX_DELTA), default=0.25, show_default=True,
+              callback=_finite,
+              help=f"Perturbation scale, 0 to {MAX_DELTA:g} (the rule of `train` too): "
+                   "theta_k = clip(theta + delta * z_k, eps, 1).")
 @click.option("--noise", type=click.Choice(NOISE_MODES), default="shared", show_default=True,
               help="Synth noise of the pairs: one row for all sounds (the paper's), per view, or per sound.")
 @click.option("--pairs", "n_pairs", type=click.IntRange(1, 64), default=8, show_default=True)

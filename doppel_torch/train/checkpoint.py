@@ -75,6 +75,20 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return path
 
 
+def remove_leftover_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files beside `path` that `save_checkpoint` leaves when its process is killed
+    mid-write (kill -9, power loss); returns their paths. Call it at the start of the run that owns the folder."""
+    path = Path(path)
+    removed = []
+    for tmp in sorted(path.parent.glob(f".{path.name}.*.tmp")):
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(tmp)
+    return removed
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; clear errors for missing or foreign files."""
     path = Path(path)

@@ -11,11 +11,12 @@ r"""Train a ResNet18 on audio doppelgangers: the paper's recipe by default; pres
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
-from doppel_torch.pairs import NOISE_MODES
+from doppel_torch.pairs import MAX_DELTA, NOISE_MODES
 from doppel_torch.train.config import BACKENDS, DEVICES, PRECISIONS, PRESETS, SYNTHS, TrainConfig, make_config
 
 # CLI option name -> dotted config field.
@@ -83,6 +84,12 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def resume_folder(resume: str) -> Path:
+    """The run folder of a --resume argument: the folder itself, or the folder holding the checkpoint file."""
+    path = Path(resume)
+    return path if path.is_dir() else path.parent
+
+
 def resolve_config(
     preset: str | None, resume: str | None, options: dict[str, Any], sets: dict[str, Any]
 ) -> TrainConfig:
@@ -94,6 +101,11 @@ def resolve_config(
         from doppel_torch.train.checkpoint import load_checkpoint
 
         base = TrainConfig.from_dict(load_checkpoint(resume)["config"])
+        # The run continues in the folder the user named (--out, else the checkpoint's own folder), never in the
+        # run.out_dir stored inside the checkpoint; and a --max-steps cap of an earlier invocation does not carry
+        # over (it would make every resume run 0 steps).
+        overrides.setdefault("run.out_dir", str(resume_folder(resume)))
+        base.run.max_steps = None
         overrides["run.resume"] = resume
         config = base.with_overrides(overrides)
     else:
@@ -112,7 +124,10 @@ def resolve_config(
 @click.command("train", help=__doc__.split("\n\n")[0] + "\n\nExamples:\n\n\b\n" + __doc__.split("\n\n")[1])
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None, help="Starting config [paper].")
 @click.option("--synth", type=click.Choice(SYNTHS), default=None, help="Synthesizer architecture [voice].")
-@click.option("--delta", type=float, default=None, help="Perturbation scale of the doppelgangers [0.25].")
+@click.option(
+    "--delta", type=float, default=None,
+    help=f"Perturbation scale, 0 to {MAX_DELTA:g} (the rule of `sample` too): theta_k = clip(theta + delta z_k, eps, 1) [0.25].",
+)
 @click.option(
     "--noise", type=click.Choice(NOISE_MODES), default=None,
     help="Synth noise source of the pairs: one row shared by all sounds (the paper's), per view, or per sound [shared].",
@@ -135,7 +150,11 @@ def resolve_config(
 @click.option("--embed-dim", type=int, default=None, help="Embedding dimension [512].")
 @click.option("--batch-size", type=int, default=None, help="Pairs per rank per step [768].")
 @click.option("--lr", type=float, default=None, help="Peak learning rate [0.12 x global batch / 256].")
-@click.option("--epochs", type=int, default=None, help="Epochs [200].")
+@click.option(
+    "--epochs", type=int, default=None,
+    help="Epochs [200]. With --resume, more epochs extend the run: the LR milestones move to the same fractions "
+    "of the new total and the LR becomes what that schedule gives at the current epoch (printed).",
+)
 @click.option("--weight-decay", type=float, default=None, help="SGD weight decay [1e-6].")
 @click.option("--momentum", type=float, default=None, help="SGD momentum [0.9].")
 @click.option("--seed", type=int, default=None, help="Seed of data and initialisation [0].")
@@ -148,10 +167,19 @@ def resolve_config(
 @click.option(
     "--sync-batchnorm/--no-sync-batchnorm", default=None, help="SyncBatchNorm across GPUs [off, as the paper]."
 )
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder [runs/doppel].")
+@click.option(
+    "--out", type=click.Path(file_okay=False), default=None,
+    help="Run folder [runs/doppel; with --resume, the checkpoint's folder].",
+)
 @click.option("--resume", type=click.Path(exists=True), default=None, help="Checkpoint file or run folder to continue.")
-@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps in total.")
-@click.option("--log-every", type=int, default=None, help="Steps between log lines [50].")
+@click.option(
+    "--max-steps", type=int, default=None,
+    help="Stop after this many optimizer steps in total (counted from step 0; not kept by a later --resume).",
+)
+@click.option(
+    "--log-every", type=int, default=None,
+    help="Steps between logged training metrics (CSV, TensorBoard; a printed line with --no-progress) [50].",
+)
 @click.option("--val-every", type=int, default=None, help="Epochs between validations [1].")
 @click.option("--val-batches", type=int, default=None, help="Cap on validation batches [all].")
 @click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints [1000].")

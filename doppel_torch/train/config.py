@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from doppel_torch.pairs import NOISE_MODES
+from doppel_torch.pairs import MAX_DELTA, NOISE_MODES
 
 SYNTHS = ("voice", "voicefm", "parametric")
 BACKENDS = ("auto", "torch", "triton", "cpu")
@@ -30,6 +30,29 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_types(obj: Any, section: str) -> None:
+    """Every field holds a value of its annotated type (an int where "int", None only where "... | None"), so a
+    value such as ``--set optim.batch_size=abc`` is a ValueError naming the field, not a TypeError later."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        if kinds[0].startswith("tuple"):
+            ok = isinstance(value, (list, tuple)) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+            )
+            expected = "a list of numbers"
+        else:
+            allowed = _TYPES[kinds[0]]
+            ok = isinstance(value, allowed) and (bool in allowed or not isinstance(value, bool))
+            expected = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[kinds[0]]
+        _check(ok, f"{section}.{f.name} must be {expected}" + (" or none" if "None" in kinds else "") + f", got {value!r}")
+
+
 @dataclass
 class ModelConfig:
     """Encoder shape. width 64 is ResNet18; smaller widths are for tests and smoke runs."""
@@ -39,6 +62,7 @@ class ModelConfig:
     width: int = 64
 
     def __post_init__(self) -> None:
+        _check_types(self, "model")
         _check(self.in_channels == 1, f"model.in_channels must be 1 (log-mel input), got {self.in_channels}")
         _check(self.embed_dim >= 1, f"model.embed_dim must be >= 1, got {self.embed_dim}")
         _check(self.width >= 1, f"model.width must be >= 1 (64 is ResNet18), got {self.width}")
@@ -72,10 +96,12 @@ class DataConfig:
     num_workers: int = 2
 
     def __post_init__(self) -> None:
+        _check_types(self, "data")
         _check(self.synth in SYNTHS, f"data.synth must be one of {', '.join(SYNTHS)}; got {self.synth!r}")
         _check(
-            isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and self.delta >= 0,
-            f"data.delta must be a finite number >= 0 (the paper's best is 0.25), got {self.delta!r}",
+            isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and 0 <= self.delta <= MAX_DELTA,
+            f"data.delta must be a finite number >= 0 and <= {MAX_DELTA:g} (the paper's best is 0.25), "
+            f"got {self.delta!r}",
         )
         _check(self.noise in NOISE_MODES, f"data.noise must be one of {', '.join(NOISE_MODES)}; got {self.noise!r}")
         _check(self.backend in BACKENDS, f"data.backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
@@ -117,6 +143,7 @@ class OptimConfig:
     uniform_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        _check_types(self, "optim")
         self.milestones = tuple(float(m) for m in self.milestones)
         _check(
             self.batch_size >= 2,
@@ -169,6 +196,7 @@ class RunConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
+        _check_types(self, "run")
         _check(self.device in DEVICES, f"run.device must be one of {', '.join(DEVICES)}; got {self.device!r}")
         _check(
             self.precision in PRECISIONS, f"run.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections import Counter
 import signal
 import threading
 import time
@@ -135,16 +136,26 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self._csv = None
         self._tb = None
+        self._resumed_step = 0  # the checkpoint's own step number (before a world-size conversion)
+        if cfg.run.resume:
+            self.load(cfg.run.resume)
 
     # ---- data ---------------------------------------------------------------------------------------
     def _synth_pairs(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         from doppel_torch.pairs import DoppelgangerPairs
         from doppel_torch.synths import get_synth
 
+        from doppel_torch.backends import get_backend
+
         d = self.config.data
         self.synth_backend = d.backend
         if d.backend == "auto":
             self.synth_backend = "triton" if self.device.type == "cuda" else _cpu_backend()
+        else:
+            try:
+                get_backend(self.synth_backend).check_available()
+            except RuntimeError as err:  # e.g. --backend triton without CUDA: a usage error, not a crash
+                raise ValueError(f"--backend {self.synth_backend} cannot run here: {err}") from None
         synth = get_synth(
             d.synth,
             sample_rate=d.sample_rate,
@@ -331,12 +342,14 @@ class Trainer:
         if not self.env.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in ckpt_io.remove_leftover_temporaries(self.out_dir / "last.pt"):
+            self._log(f"removed {leftover}: a checkpoint write that a killed process left unfinished")
         path = self.out_dir / "metrics.csv"
         fields = ["kind", "step", "epoch", "lr", "loss", "align", "uniform", "pairs_per_s", "elapsed_s"]
         kept = []
         if path.exists() and self.step > 0:  # resuming: drop rows logged after the checkpoint
             with open(path, newline="") as f:
-                kept = [row for row in csv.DictReader(f) if int(row["step"]) <= self.step]
+                kept = [row for row in csv.DictReader(f) if int(row["step"]) <= self._resumed_step]
         f = open(path, "w", newline="")
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -378,29 +391,70 @@ class Trainer:
         return path
 
     def load(self, path: str | Path) -> None:
-        """Restore model, optimizer, scheduler, step, epoch and RNG from a checkpoint of the same recipe."""
+        """Restore model, optimizer, scheduler, step, epoch and RNG from a checkpoint of the same recipe.
+
+        The recipe (model, data, optim) must equal the checkpoint's, except optim.epochs: a different number of
+        epochs extends (or shortens) the run, with the LR milestones recomputed as fractions of the new total and
+        the LR set to what that schedule gives at the current epoch. A checkpoint of another world size continues
+        at the same epoch and at the same fraction of it (the step counter is converted; global batch, peak LR
+        and data order change).
+        """
         ckpt = ckpt_io.load_checkpoint(path, map_location=self.device)
         mine, theirs = self.config.to_dict(), ckpt["config"]
         diffs = [
             f"{section}.{k}: checkpoint {theirs[section].get(k)!r}, now {v!r}"
             for section in ("model", "data", "optim")
             for k, v in mine[section].items()
-            if theirs.get(section, {}).get(k) != v
+            if theirs.get(section, {}).get(k) != v and (section, k) != ("optim", "epochs")
         ]
         if diffs:
-            raise ValueError("cannot resume: the recipe differs from the checkpoint's:\n  " + "\n  ".join(diffs))
-        if ckpt.get("world_size", self.env.world_size) != self.env.world_size:
+            raise ValueError(
+                f"cannot resume {path}: the recipe differs from the checkpoint's ({'; '.join(diffs)}); resume "
+                f"without those options, or start a new run with another --out"
+            )
+        step, epoch = int(ckpt["step"]), int(ckpt["epoch"])
+        old_world = int(ckpt.get("world_size", self.env.world_size))
+        if old_world != self.env.world_size:
+            old_spe = self.config.steps_per_epoch(old_world)
+            new_step = epoch * self.steps_per_epoch + (step - epoch * old_spe) * self.steps_per_epoch // old_spe
             warnings.warn(
-                f"resuming a run of world size {ckpt['world_size']} on {self.env.world_size} ranks: the global "
-                f"batch, learning rate and data order change",
+                f"resuming a run of world size {old_world} on {self.env.world_size} rank(s): the global batch "
+                f"({self.batch_size * old_world} -> {self.global_batch}), peak learning rate and data order change; "
+                f"its step {step} (epoch {epoch} + {step - epoch * old_spe}/{old_spe} steps) is step {new_step} here "
+                f"(epoch {epoch} + {new_step - epoch * self.steps_per_epoch}/{self.steps_per_epoch})",
                 stacklevel=2,
+            )
+        else:
+            new_step = step
+        old_epochs = int(theirs["optim"]["epochs"])
+        if new_step > self.total_steps:
+            raise ValueError(
+                f"cannot resume {path} with --epochs {self.config.optim.epochs}: the run has done {epoch} epochs "
+                f"already (of {old_epochs}); pass --epochs {old_epochs} or more to continue or extend it"
             )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
+        self._resumed_step = step
+        self.step, self.epoch = new_step, epoch
         self.last_val = dict(ckpt.get("metrics", {}))
         ckpt_io.set_rng_state(ckpt["rng"])
+        if old_epochs != self.config.optim.epochs or old_world != self.env.world_size:
+            old_lr = self.optimizer.param_groups[0]["lr"]
+            milestones = self.config.optim.milestone_epochs()
+            lr = self.peak_lr * self.config.optim.gamma ** sum(m <= epoch for m in milestones)
+            self.scheduler.milestones = Counter(milestones)
+            self.scheduler.base_lrs = [self.peak_lr for _ in self.optimizer.param_groups]
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] = lr
+            self.scheduler._last_lr = [lr for _ in self.optimizer.param_groups]
+            if self.env.is_main:
+                self._log(
+                    f"resume: optim.epochs {old_epochs} -> {self.config.optim.epochs}, world size {old_world} -> "
+                    f"{self.env.world_size}: LR milestones now at epochs {milestones} (fractions "
+                    f"{list(self.config.optim.milestones)} of {self.config.optim.epochs}); lr {lr:g} from epoch "
+                    f"{epoch} (it was {old_lr:g})"
+                )
 
     # ---- the run ------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -447,15 +501,18 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.config
-        if cfg.run.resume:
-            self.load(cfg.run.resume)
         self._start_time = time.perf_counter()
         self._interval_start, self._interval_step = self._start_time, self.step
         start_step = self.step
         if self.env.is_main:
             self._log(self.describe())
-            if start_step:
+            if cfg.run.resume:
                 self._log(f"resumed from {cfg.run.resume} at step {start_step} (epoch {self.epoch})")
+            if start_step >= self.end_step:
+                self._log(
+                    f"nothing to do: the run is at step {start_step} of {self.end_step} (epoch {self.epoch} of "
+                    f"{cfg.optim.epochs}); pass a larger --max-steps or --epochs to extend it"
+                )
         self._open_logs()
         handlers = {}
         if threading.current_thread() is threading.main_thread():
@@ -481,6 +538,12 @@ class Trainer:
                     if self.step % cfg.run.log_every == 0:
                         m = self._flush_train_metrics()
                         bar.set_postfix({k: f"{m[k]:.3f}" for k in ("loss", "align", "uniform")})
+                        if bar.disable and self.env.is_main:  # --no-progress: one line per log interval
+                            self._log(
+                                f"step {self.step}/{self.end_step} (epoch {self.step / self.steps_per_epoch:.2f}): "
+                                f"loss {m['loss']:.4f} align {m['align']:.4f} uniform {m['uniform']:.4f} "
+                                f"lr {self.optimizer.param_groups[0]['lr']:.3g}, {m['pairs_per_s']:.1f} pairs/s"
+                            )
                     if self.step % self.steps_per_epoch == 0:
                         self.epoch += 1
                         self.scheduler.step()
@@ -501,7 +564,7 @@ class Trainer:
                     break
             if status == "interrupted":
                 self.save()
-            elif self.step % self.steps_per_epoch != 0:  # stopped by max_steps inside an epoch
+            elif self.step % self.steps_per_epoch != 0 and self.step > start_step:  # max_steps inside an epoch
                 self.validate()
                 self.save()
         finally:

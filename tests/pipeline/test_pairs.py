@@ -134,6 +134,8 @@ def test_delta_forms(voice):
         (torch.ones(78, 1), "vector of 78"),
         ({"no_such_module": 0.1}, "neither a module"),
         ({"adsr_1": -1.0}, ">= 0"),
+        (1e9, "<= 1"),  # the rule of `doppel-torch train --delta` and `sample --delta` alike
+        ({"*": 0.25, "adsr_1/attack": 1.5}, r"<= 1 .*too large for \['adsr_1/attack'\]"),
     ],
 )
 def test_bad_delta_is_rejected(voice, delta, match):

@@ -49,12 +49,34 @@ def test_cli_runs_prints_config_and_saves_it(tmp_path, audio_dir):
         (["--set", "optim.epochs"], "expected section.field=value"),
         (["--duration", "0.5"], "raise --duration"),
         (["--synth", "moog"], "Invalid value for '--synth'"),
+        (["--delta", "1e9"], "data.delta must be a finite number >= 0 and <= 1"),
+        (["--set", "optim.batch_size=abc"], "optim.batch_size must be an integer, got 'abc'"),
+        (["--set", "run.progress=3"], "run.progress must be true or false, got 3"),
+        (["--set", "optim.lr=fast"], "optim.lr must be a number or none, got 'fast'"),
     ],
 )
 def test_bad_options_give_clear_errors(tmp_path, args, message):
     result = CliRunner().invoke(train, [*TINY_ARGS, "--out", str(tmp_path), *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_delta_rule_is_stated_in_help_for_train_and_sample():
+    from doppel_torch.synths.cli import sample
+
+    for command in (train, sample):
+        text = " ".join(CliRunner().invoke(command, ["--help"]).output.split())
+        assert "Perturbation scale, 0 to 1" in text, text
+
+
+def test_triton_backend_without_cuda_is_a_one_line_error(tmp_path, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the triton backend can run")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    result = CliRunner().invoke(train, [*TINY_ARGS, "--out", str(tmp_path), "--backend", "triton", "--max-steps", "1"])
+    assert result.exit_code == 2, result.output
+    assert "Error: --backend triton cannot run here: backend='triton' needs a CUDA GPU" in result.output
+    assert not isinstance(result.exception, RuntimeError)
 
 
 def test_preset_with_resume_is_refused(tmp_path):
@@ -99,3 +121,111 @@ def test_signal_writes_a_checkpoint_and_exits(tmp_path, audio_dir, signum, worke
         logged = [int(r["step"]) for r in csv.DictReader(f)]
     assert ckpt["step"] >= 1 and ckpt["step"] == max(logged)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def _metric_rows(folder):
+    with open(folder / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+REAL = ["--sounds-per-epoch", "40", "--epochs", "1"]  # 9 steps of 4 pairs per epoch
+
+
+def test_resume_extends_steps_and_epochs_without_duplicate_rows(tmp_path, audio_dir):
+    run = ["--data", str(audio_dir), *REAL, *TINY_ARGS]
+    out = tmp_path / "run"
+    result = CliRunner().invoke(train, [*run, "--out", str(out), "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+    # --no-progress prints one line per --log-every steps.
+    assert "step 1/2 (epoch 0.11): loss" in result.output and "step 2/2 (epoch 0.22): loss" in result.output
+    # The same cap again: nothing to do, and no second validation row for step 2.
+    result = CliRunner().invoke(train, ["--resume", str(out), "--max-steps", "2"])
+    assert result.exit_code == 0 and "nothing to do: the run is at step 2 of 2" in result.output, result.output
+    # Without --max-steps the stored cap does not carry over: the run goes on to its last epoch.
+    result = CliRunner().invoke(train, ["--resume", str(out)])
+    assert result.exit_code == 0 and "done: step 9 (epoch 1.00)" in result.output, result.output
+    # More epochs extend a finished run, and the new LR schedule is printed.
+    result = CliRunner().invoke(train, ["--resume", str(out), "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    assert "optim.epochs 1 -> 3" in result.output and "LR milestones now at epochs [2, 3, 3]" in result.output
+    assert "done: step 27 (epoch 3.00)" in result.output
+    ckpt = ckpt_io.load_checkpoint(out)
+    assert ckpt["epoch"] == 3 and ckpt["config"]["optim"]["epochs"] == 3
+    # Epoch 1 of 3 is before the new milestones: back to the peak lr, then three decays by the end.
+    assert "lr 0.001875 from epoch 1 (it was 1.875e-06)" in result.output
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.12 * 4 / 256 * 0.001)
+    val_steps = [int(r["step"]) for r in _metric_rows(out) if r["kind"] == "val"]
+    assert val_steps == [2, 9, 18, 27]
+    train_steps = [int(r["step"]) for r in _metric_rows(out) if r["kind"] == "train"]
+    assert train_steps == list(range(1, 28))
+    # Fewer epochs than already done: a one-line refusal.
+    result = CliRunner().invoke(train, ["--resume", str(out), "--epochs", "2"])
+    assert result.exit_code == 2 and "the run has done 3 epochs already" in result.output, result.output
+
+
+def test_resume_with_another_recipe_is_a_one_line_error(tmp_path, audio_dir):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(train, ["--data", str(audio_dir), *REAL, *TINY_ARGS, "--out", str(out), "--max-steps", "1"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(train, ["--resume", str(out), "--lr", "0.5", "--width", "8"])
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "cannot resume" in error[0], result.output
+    assert "optim.lr: checkpoint None, now 0.5" in error[0] and "model.width: checkpoint 4, now 8" in error[0]
+
+
+def test_resume_writes_to_the_named_folder_and_removes_leftovers(tmp_path, audio_dir):
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    result = CliRunner().invoke(train, ["--data", str(audio_dir), *REAL, *TINY_ARGS, "--out", str(run), "--max-steps", "1"])
+    assert result.exit_code == 0, result.output
+    ckpt = ckpt_io.load_checkpoint(run)
+    ckpt["config"]["run"]["out_dir"] = str(elsewhere)  # a checkpoint copied from another machine or folder
+    ckpt_io.save_checkpoint(run / "last.pt", ckpt)
+    leftover = run / ".last.pt.k1ll9abc.tmp"  # what kill -9 during a checkpoint write leaves
+    leftover.write_bytes(b"half a checkpoint")
+    result = CliRunner().invoke(train, ["--resume", str(run), "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert not elsewhere.exists()
+    assert ckpt_io.load_checkpoint(run)["step"] == 2 and not leftover.exists()
+    assert f"removed {leftover}" in result.output
+    # --out names another folder: the run continues there.
+    other = tmp_path / "other"
+    result = CliRunner().invoke(train, ["--resume", str(run / "last.pt"), "--out", str(other), "--max-steps", "3"])
+    assert result.exit_code == 0, result.output
+    assert ckpt_io.load_checkpoint(other)["step"] == 3 and ckpt_io.load_checkpoint(run)["step"] == 2
+    assert not elsewhere.exists()
+
+
+def test_two_process_run_resumed_in_one_process_keeps_its_epoch(tmp_path, audio_dir):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    # World size 2, batch 4 per rank: 36 training sounds -> 4 steps per epoch; stop 2 steps into epoch 2.
+    args = ["--data", str(audio_dir), "--sounds-per-epoch", "40", "--epochs", "2", *TINY_ARGS, "--out", str(out),
+            "--max-steps", "6"]  # fmt: skip
+    procs = []
+    for rank in range(2):
+        env = {
+            **os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, "-m", "doppel_torch.train", *args], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))  # fmt: skip
+    for p in procs:
+        text, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, text.decode()[-3000:]
+    ckpt = ckpt_io.load_checkpoint(out)
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 6 and ckpt["epoch"] == 1
+    # One process: 9 steps per epoch; 2 of 4 steps into epoch 2 is step 9 + 4 here.
+    with pytest.warns(UserWarning, match="its step 6 .* is step 13 here"):
+        result = CliRunner().invoke(train, ["--resume", str(out), "--max-steps", "14"])
+    assert result.exit_code == 0, result.output
+    assert "resumed from" in result.output and "at step 13 (epoch 1)" in result.output
+    assert "done: step 14 (epoch 1.56)" in result.output
+    epochs = [float(r["epoch"]) for r in _metric_rows(out)]
+    assert epochs == sorted(epochs), epochs
+    assert ckpt_io.load_checkpoint(out)["epoch"] == 1
