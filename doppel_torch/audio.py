@@ -20,10 +20,13 @@ def load_audio(source, name: str | None = None) -> tuple[torch.Tensor, int]:
     Raises AudioReadError (with the file name and soundfile's reason) for unreadable or empty files.
     """
     name = name if name is not None else str(source)
+    source = str(source) if isinstance(source, Path) else source
     try:
-        data, sr = sf.read(source if not isinstance(source, Path) else str(source), dtype="float32", always_2d=True)
+        data, sr = sf.read(source, dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, OSError, TypeError ...
-        raise AudioReadError(f"{name}: {e}") from e
+        # soundfile names a file object by its repr ("Error opening <_io.BytesIO object at 0x...>"): name it instead.
+        reason = str(e).replace(f"Error opening {source!r}: ", "").replace(repr(source), name)
+        raise AudioReadError(f"{name}: {reason}") from e
     if data.shape[0] == 0:
         raise AudioReadError(f"{name}: no samples")
     return torch.from_numpy(np.ascontiguousarray(data.mean(axis=1))), int(sr)

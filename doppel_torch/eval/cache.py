@@ -25,14 +25,22 @@ class EmbeddingCache:
     def path(self, key: str, file_hash: str) -> Path:
         return self.root / key / file_hash[:2] / f"{file_hash}.npy"
 
-    def get(self, key: str, file_hash: str) -> torch.Tensor | None:
+    def get(self, key: str, file_hash: str, size: int | None = None) -> torch.Tensor | None:
+        """The cached (D,) float32 vector, or None when there is none or it is not a valid embedding: truncated (an
+        interrupted write), not a 1-D float vector of `size` values (another extractor's, a damaged file) or
+        holding NaN or inf. A None makes the caller recompute the entry and overwrite it."""
         p = self.path(key, file_hash)
         if not p.is_file():
             return None
         try:
-            return torch.from_numpy(np.load(p, allow_pickle=False))
-        except (OSError, ValueError):  # a truncated entry from an interrupted run: recompute it
+            vec = np.load(p, allow_pickle=False)
+        except (OSError, ValueError, EOFError):  # a truncated entry from an interrupted run: recompute it
             return None
+        if vec.ndim != 1 or vec.dtype.kind != "f" or (size is not None and vec.shape[0] != size):
+            return None
+        if not np.isfinite(vec).all():
+            return None
+        return torch.from_numpy(vec.astype(np.float32, copy=False))
 
     def put(self, key: str, file_hash: str, embedding: torch.Tensor) -> None:
         """Write atomically (temporary file, then rename), so readers never see half a vector."""

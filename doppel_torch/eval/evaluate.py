@@ -64,7 +64,7 @@ def extract_features(
                 key = (emb.cache_key, h)
                 vec = memo.get(key)
                 if vec is None and cache is not None:
-                    vec = cache.get(*key)
+                    vec = cache.get(*key, size=emb.embedding_size)
                 if vec is not None:
                     found[key] = vec
         clips: dict[str, torch.Tensor] = {}

@@ -70,6 +70,9 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
     hop = int(round(TIMESTAMP_HOP_MS * SAMPLE_RATE / 1000))
     n_sounds, n = audio.shape
     n_ts = n // hop + 1
+    if n_sounds == 0:
+        ts = torch.zeros(0, n_ts, dtype=torch.float32, device=audio.device)
+        return audio.new_zeros(0, n_ts, model.timestamp_embedding_size, dtype=torch.float32), ts
     half = emb.window // 2
     need = (n_ts - 1) * hop + emb.window
     padded = torch.nn.functional.pad(audio.float(), (half, max(0, need - half - n)))

@@ -19,7 +19,10 @@ open are skipped with a warning and counted; a clip shorter than a segment is pl
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +65,10 @@ def scan_audio_folder(folder: str | Path) -> tuple[list[AudioFile], list[tuple[P
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"--data {folder}: not a folder; pass a folder of {'/'.join(AUDIO_SUFFIXES)} files")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-    files, skipped = [], []
+    paths, skipped = _walk_audio(folder)
+    for path, reason in skipped:
+        warnings.warn(f"skipping {path}: {reason}", stacklevel=2)
+    files = []
     for path in paths:
         try:
             info = sf.info(str(path))
@@ -79,6 +84,46 @@ def scan_audio_folder(folder: str | Path) -> tuple[list[AudioFile], list[tuple[P
             f"need at least 2 (one for training, one for validation)"
         )
     return files, skipped
+
+
+def _walk_audio(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Audio-suffixed regular files under `folder` (sorted), following symbolic links to folders, and the (path,
+    reason) of what cannot be used: an audio-named link whose target is missing or that loops, a linked folder that
+    leads back to a folder already scanned (a link loop), an unreadable folder."""
+    found: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        here = stack.pop()
+        try:
+            st = here.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                skipped.append((here, "symbolic link loop: leads to a folder already scanned"))
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(here), key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append((here, f"unreadable folder: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                st = os.stat(path)  # follows links
+            except OSError as exc:  # a dangling or looping link (or a file removed meanwhile)
+                if path.suffix.lower() in AUDIO_SUFFIXES:
+                    loop = exc.errno == errno.ELOOP
+                    skipped.append((path, "symbolic link loop" if loop else "dangling symbolic link (no target)"))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(path)
+            elif path.suffix.lower() not in AUDIO_SUFFIXES:
+                continue
+            elif stat.S_ISREG(st.st_mode):
+                found.append(path)
+            else:
+                skipped.append((path, "not a regular file"))
+    return sorted(found), skipped
 
 
 class RealPairs:
@@ -108,7 +153,8 @@ class RealPairs:
         self.jitter = jitter
         self.mix_layers = mix_layers
         self.seed = seed
-        self.read_failures = 0
+        self.read_failures = 0  # read attempts that failed
+        self.failed_files: set[str] = set()  # the files they failed on (scanned readable, unreadable since)
         order = torch.randperm(len(self.files), generator=torch.Generator().manual_seed(seed)).tolist()
         n_val_files = max(1, int(round(val_fraction * len(self.files))))
         n_val_files = min(n_val_files, len(self.files) - 1)
@@ -148,7 +194,9 @@ class RealPairs:
                 return [self._segment(clip, u) for u in offsets], clip.sample_rate
             except Exception as exc:  # a file that became unreadable (truncated, corrupt data)
                 self.read_failures += 1
-                warnings.warn(f"skipping unreadable audio file {clip.path}: {exc}", stacklevel=2)
+                if str(clip.path) not in self.failed_files:
+                    self.failed_files.add(str(clip.path))
+                    warnings.warn(f"skipping unreadable audio file {clip.path}: {exc}", stacklevel=2)
         raise RuntimeError("no readable audio file left in the data folder")
 
     def _segment(self, clip: AudioFile, u: float) -> torch.Tensor:
@@ -180,7 +228,7 @@ class RealPairBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         indices = train_indices(step, self.rank, self.world_size, self.batch_size, self.n_val)
-        before = self.pairs.read_failures
         audio1, audio2 = self.pairs(indices)
-        failures = torch.tensor(self.pairs.read_failures - before)
-        return {"step": torch.tensor(step), "indices": indices, "audio1": audio1, "audio2": audio2, "failures": failures}
+        # The worker's own set of files that failed so far (a list of str passes through the DataLoader as is).
+        failed = sorted(self.pairs.failed_files)
+        return {"step": torch.tensor(step), "indices": indices, "audio1": audio1, "audio2": audio2, "failed": failed}

@@ -131,7 +131,7 @@ class Trainer:
         self._acc_steps = 0
         self._interval_start = time.perf_counter()
         self._interval_step = 0
-        self.read_failures = 0
+        self.failed_files: set[str] = set()  # files that were readable at the scan and failed a read since
         self.history: list[dict[str, Any]] = []
         self.last_val: dict[str, float] = {}
         self._csv = None
@@ -196,17 +196,16 @@ class Trainer:
                 worker_init_fn=_ignore_sigint,
             )
             for item in loader:
-                self.read_failures += int(item["failures"])
+                self.failed_files.update(item["failed"])
                 yield item["indices"], item["audio1"].to(self.device), item["audio2"].to(self.device)
             return
         # Synthetic pairs: indices made on the device, so a step never waits on a host-to-device copy.
         device = self.device if self.real is None else "cpu"
         for step in range(start, stop):
             indices = train_indices(step, self.env.rank, self.env.world_size, self.batch_size, cfg.data.n_val, device)
-            before = self.real.read_failures if self.real is not None else 0
             audio1, audio2 = self.pairs(indices)
             if self.real is not None:
-                self.read_failures += self.real.read_failures - before
+                self.failed_files |= self.real.failed_files
             yield indices, audio1, audio2
 
     # ---- one step -----------------------------------------------------------------------------------
@@ -582,7 +581,8 @@ class Trainer:
             "elapsed_s": elapsed,
             "pairs_per_s": (self.step - start_step) * self.global_batch / max(elapsed, 1e-9),
             "val": dict(self.last_val),
-            "skipped_files": (len(self.real.skipped) if self.real is not None else 0) + self.read_failures,
+            # Files, not read attempts: one that fails on every read counts once.
+            "skipped_files": 0 if self.real is None else len(self.real.skipped) + len(self.failed_files | self.real.failed_files),
             "checkpoint": str(self.out_dir / "last.pt"),
         }
         if self.env.is_main:

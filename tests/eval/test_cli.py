@@ -60,6 +60,10 @@ def test_unreadable_file_is_reported_not_fatal(tiny_checkpoint, fsdd_root, tmp_p
     entry = json.loads((tmp_path / "out" / "eval.json").read_text())["tasks"]["digits"]
     assert entry["n_files"] == 13 and entry["n_used"] == 12
     assert entry["unreadable"][0]["path"].endswith("broken.wav")
+    # The reason names no file object ("Error opening <_io.BytesIO object at 0x...>"), only soundfile's reason.
+    error = entry["unreadable"][0]["error"]
+    assert "BytesIO" not in error and error.startswith("Error in WAV/W64/RF64 file. Malformed"), error
+    assert "BytesIO" not in result.output and f"{root / 'd1' / 'broken.wav'}: {error}" in result.output
     assert "broken.wav" in (tmp_path / "out" / "eval.md").read_text()
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
+
 import pytest
 import torch
 
 from doppel_torch.eval import hear
 from doppel_torch.eval.cache import EmbeddingCache
-from doppel_torch.eval.embed import AudioReadError, Embedder, load_audio
+from doppel_torch.eval.embed import AudioReadError, Embedder, file_sha256, load_audio
 from doppel_torch.eval.evaluate import extract_features
 from doppel_torch.functional import resample
 from doppel_torch.models import ResNet18Encoder
@@ -83,6 +85,10 @@ def test_hear_api(tiny_checkpoint, clip):
     n_ts = audio.shape[0] // 800 + 1
     assert emb.shape == (2, n_ts, 64) and ts.shape == (2, n_ts)
     torch.testing.assert_close(ts[0, :3], torch.tensor([0.0, 50.0, 100.0]))
+    # An empty batch gives empty outputs of the right shapes, as get_scene_embeddings does.
+    emb0, ts0 = hear.get_timestamp_embeddings(batch[:0], model)
+    assert emb0.shape == (0, n_ts, 64) and ts0.shape == (0, n_ts) and emb0.dtype == ts0.dtype == torch.float32
+    assert hear.get_scene_embeddings(batch[:0], model).shape == (0, 64)
     with pytest.raises(ValueError, match="checkpoint path"):
         hear.load_model("")
 
@@ -123,3 +129,23 @@ def test_cache_and_unreadable_files(fsdd_root, tmp_path, small_embedder):
     other = Embedder(ResNet18Encoder(embed_dim=32, width=8), 32, "another-checkpoint")
     with pytest.raises(AssertionError, match="cache miss"):
         extract_features({"p": Embedder(Poisoned(), 32, other.key)}, files[:1], cache, progress=False)
+
+
+def test_damaged_cache_entries_are_recomputed(fsdd_root, tmp_path, small_embedder):
+    files = [fsdd_root / "recordings" / n for n in ("0_theo_0.wav", "1_theo_0.wav", "2_lucas_3.wav")]
+    cache = EmbeddingCache(tmp_path / "cache")
+    first, _, _ = extract_features({"small": small_embedder}, files, cache, progress=False)
+    entries = sorted((tmp_path / "cache").rglob("*.npy"))
+    assert len(entries) == 3
+    damage = {0: np.zeros(5, np.float32), 1: np.full(32, np.nan, np.float32), 2: np.zeros((32, 2), np.float32)}
+    hashes = {}
+    for i, f in enumerate(files):  # wrong length, all NaN, wrong shape
+        h = file_sha256(f)
+        np.save(cache.path(small_embedder.cache_key, h), damage[i])
+        hashes[i] = h
+        assert cache.get(small_embedder.cache_key, h, size=32) is None
+    again, kept, bad = extract_features({"small": small_embedder}, files, cache, progress=False)
+    assert kept.tolist() == [0, 1, 2] and not bad
+    torch.testing.assert_close(again["small"], first["small"])
+    for i in hashes:  # rewritten with the good vector
+        torch.testing.assert_close(cache.get(small_embedder.cache_key, hashes[i], size=32), first["small"][i])

@@ -194,3 +194,53 @@ def test_real_pairs_read_stereo_flac_ogg_at_other_rates(tmp_path):
             peak = expected.abs().max()
             expected = expected / peak if peak > 1 else expected
             torch.testing.assert_close(out[row], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_dangling_links_and_link_loops_are_counted_as_skipped(tmp_path, audio_dir):
+    folder = tmp_path / "audio"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("0_george_0.wav", "1_jackson_0.wav", "2_theo_0.wav"):
+        shutil.copy(audio_dir / name, folder / name)
+    shutil.copy(audio_dir / "3_nicolas_0.wav", folder / "sub" / "3_nicolas_0.wav")
+    (folder / "gone.wav").symlink_to(folder / "deleted.wav")  # dangling
+    (folder / "loop.wav").symlink_to(folder / "loop.wav")  # a link to itself
+    (folder / "sub" / "up").symlink_to(folder)  # a folder link back to the top: a loop
+    linked = tmp_path / "linked"  # a linked folder of audio is read
+    linked.mkdir()
+    shutil.copy(audio_dir / "0_theo_0.wav", linked / "0_theo_0.wav")
+    (folder / "more").symlink_to(linked)
+    cfg = tiny_config(tmp_path / "run", data__data=str(folder), run__max_steps=1)
+    with pytest.warns(UserWarning, match="skipping .*gone.wav: dangling symbolic link"):
+        trainer = Trainer(cfg, log=_quiet)
+    reasons = {p.name: r for p, r in trainer.real.skipped}
+    assert reasons == {
+        "gone.wav": "dangling symbolic link (no target)",
+        "loop.wav": "symbolic link loop",
+        "up": "symbolic link loop: leads to a folder already scanned",
+    }
+    assert sorted(f.path.name for f in trainer.real.files) == [
+        "0_george_0.wav", "0_theo_0.wav", "1_jackson_0.wav", "2_theo_0.wav", "3_nicolas_0.wav"
+    ]  # fmt: skip
+    assert trainer.fit()["skipped_files"] == 3
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_file_failing_every_read_counts_once(tmp_path, audio_dir, workers):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for name in ("0_george_0.wav", "1_jackson_0.wav", "2_theo_0.wav", "3_nicolas_0.wav"):
+        shutil.copy(audio_dir / name, folder / name)
+    cfg = tiny_config(tmp_path / "run", data__data=str(folder), data__num_workers=workers, run__max_steps=3,
+                      data__val_fraction=0.25)  # fmt: skip
+    trainer = Trainer(cfg, log=_quiet)
+    broken = trainer.real.train_files[0].path
+    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")  # readable at the scan, unreadable since
+    if workers == 0:
+        with pytest.warns(UserWarning, match=f"skipping unreadable audio file {broken}"):
+            summary = trainer.fit()
+    else:  # the worker process warns on its own stderr
+        summary = trainer.fit()
+    assert summary["skipped_files"] == 1
+    assert trainer.failed_files | trainer.real.failed_files == {str(broken)}
+    if workers == 0:
+        assert trainer.real.read_failures > 1  # read attempts, counted apart
