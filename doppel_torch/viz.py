@@ -39,14 +39,17 @@ def save_spectrogram_grid(
     title: str | None = None,
 ) -> Path:
     """One PNG with a grid of spectrograms: rows[i][j] is a sound (N,). Used for doppelganger pairs side by
-    side (columns = views) and for delta sweeps (columns = deltas)."""
+    side (columns = views) and for delta sweeps (columns = deltas). Each panel shows 80 dB below its own peak;
+    the colour bar reads in dB relative to that peak."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 1.9 * n_rows), squeeze=False, sharex=True, sharey=True)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols + 0.8, 1.9 * n_rows), squeeze=False, sharex=True,
+                             sharey=True)
+    image = None
     for i, row in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i][j]
@@ -58,8 +61,8 @@ def save_spectrogram_grid(
             # 80 dB below each panel's peak; a (near-)silent sound is drawn against -20 dB so that it looks silent
             # (a full-scale tone peaks at ~+42 dB here) instead of filling its panel with the top colour.
             top = max(float(spec.max()), -20.0)
-            ax.imshow(
-                spec, origin="lower", aspect="auto", cmap="magma", vmin=top - 80, vmax=top,
+            image = ax.imshow(
+                spec - top, origin="lower", aspect="auto", cmap="magma", vmin=-80.0, vmax=0.0,
                 extent=(0.0, duration, 0.0, sample_rate / 2000.0),
             )
             if i == 0 and col_labels is not None:
@@ -72,8 +75,64 @@ def save_spectrogram_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    if image is not None:
+        bar = fig.colorbar(image, ax=axes, fraction=0.02, pad=0.01)
+        bar.set_label("dB re the panel's peak (silence: re -20 dB)", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def logmel_grid_figure(
+    mels: Sequence[Sequence[torch.Tensor]],
+    *,
+    hop_s: float,
+    f_min: float,
+    f_max: float,
+    panel_titles: Sequence[Sequence[str]] | None = None,
+    title: str | None = None,
+):
+    """A matplotlib figure of log-mel examples: mels[i][j] is one (frames, bands) log(mel + 0.01) example.
+
+    Axes: time in seconds (frame k at k x hop_s) and mel band index (band 0 at f_min, the last at f_max); one
+    colour scale for every panel, shown by a colour bar. The caller saves and closes the figure.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(mels), max(len(r) for r in mels)
+    values = torch.cat([m.detach().float().cpu().flatten() for row in mels for m in row])
+    vmin, vmax = float(values.min()), float(values.max())
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.4 * n_cols + 0.9, 2.2 * n_rows + 0.5), squeeze=False,
+                             sharex=True, sharey=True)
+    image = None
+    for i, row in enumerate(mels):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            if j >= len(row):
+                ax.axis("off")
+                continue
+            m = row[j].detach().float().cpu()
+            n_frames, n_bands = m.shape
+            image = ax.imshow(m.T.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
+                              extent=(0.0, n_frames * hop_s, -0.5, n_bands - 0.5))
+            if panel_titles is not None:
+                ax.set_title(panel_titles[i][j], fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"mel band\n({f_min:g}-{f_max:g} Hz)", fontsize=7)
+            if i == n_rows - 1:
+                ax.set_xlabel("time (s)", fontsize=7)
+            ax.tick_params(labelsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    if image is not None:
+        bar = fig.colorbar(image, ax=axes, fraction=0.03, pad=0.02)
+        bar.set_label("log(mel + 0.01)", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    return fig

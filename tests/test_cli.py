@@ -102,3 +102,21 @@ def test_sample_renders_a_user_patch(tmp_path):
                          (str(needs_args), "patch() failed: TypeError")):
         result = CliRunner().invoke(main, ["sample", "--patch", bad, "--out", str(out)])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_sample_png_has_a_colour_bar_and_says_view_a_is_the_sweep_column(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    saved = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, *a, **k: (saved.append(fig), real(fig, path, *a, **k)))
+    result = CliRunner().invoke(main, ["sample", "--pairs", "1", "--sweep", "0,0.25", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    [fig] = saved
+    assert "view a = the sweep's delta 0.25 column (the same sound)" in fig._suptitle.get_text()
+    [bar] = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert bar.get_ylabel().startswith("dB re the panel's peak")
+    # ... and it is: the wav of view a equals the sweep's wav at the same delta.
+    view_a, _ = sf.read(tmp_path / "pair_00_a.wav")
+    sweep, _ = sf.read(tmp_path / "sweep_00_delta_0.25.wav")
+    assert (view_a == sweep).all()

@@ -75,7 +75,8 @@ def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, 
            duration) -> None:
     """Write doppelganger pairs and a delta sweep as wav files, and one PNG of their spectrograms.
 
-    Columns of samples.png: the two views of each pair, then the same sound at each delta of the sweep.
+    Columns of samples.png: the two views of each pair, then the same sound at each delta of the sweep (view a
+    is the sweep's column at --delta when that delta is in the sweep). Colours: dB below each panel's peak.
     """
     from doppel_torch.augment import AugmentChain
     from doppel_torch.pairs import write_samples
@@ -95,6 +96,10 @@ def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, 
     except (RuntimeError, ValueError) as err:
         raise click.UsageError(str(err)) from err
     title = f"{synth_name} doppelgangers, delta = {delta:g}, seed = {seed}" + (", augmented" if augment else "")
+    if augment:
+        title += "\nthe sweep columns are clean (not augmented) renders of view a's sound"
+    elif delta in sweep:
+        title += f"\nview a = the sweep's delta {delta:g} column (the same sound); the sweep moves view a's theta along z_1"
     written = write_samples(
         synth, out_dir, n_pairs=n_pairs, start=start, seed=seed, delta=delta, sweep_deltas=sweep, augment=chain,
         noise=noise, title=title,

@@ -17,6 +17,7 @@ broadcasts it); the data differs by rank through the global sound indices (`dopp
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 from collections import Counter
 import signal
@@ -260,33 +261,34 @@ class Trainer:
         return self.last_val
 
     def _write_examples(self, audio1: torch.Tensor, audio2: torch.Tensor, indices: torch.Tensor) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         import soundfile as sf
+
+        from doppel_torch.viz import logmel_grid_figure
 
         k = min(self.config.run.examples, audio1.shape[0])
         folder = self.out_dir / "examples" / f"step_{self.step:07d}"
         folder.mkdir(parents=True, exist_ok=True)
         views = [self.augment(a[:k], indices[:k], v) if self.augment else a[:k] for v, a in enumerate((audio1, audio2))]
         mels = [self.frontend(v).float().cpu() for v in views]
-        fig, axes = plt.subplots(2, k, figsize=(2.2 * k, 4.4), squeeze=False)
         sr = self.config.data.sample_rate
         for j in range(k):
             for v in range(2):
                 wav = views[v][j].float().cpu()
                 sf.write(folder / f"sound{int(indices[j])}_view{v + 1}.wav", wav.numpy(), sr)
-                ax = axes[v, j]
-                ax.imshow(mels[v][j, 0].T.numpy(), origin="lower", aspect="auto", cmap="magma")
-                ax.set_title(f"#{int(indices[j])} view {v + 1}", fontsize=8)
-                ax.set_xticks([])
-                ax.set_yticks([])
                 if self._tb is not None:
                     peak = wav.abs().max().clamp_min(1e-9)
                     self._tb.add_audio(f"examples/sound{j}_view{v + 1}", (wav / peak)[None], self.step, sample_rate=sr)
-        fig.tight_layout()
-        fig.savefig(folder / "logmel.png", dpi=80)
+        # The frontend is built with its default band edges (125 and 7500 Hz, VGGish's).
+        bands = inspect.signature(type(self.frontend)).parameters
+        fig = logmel_grid_figure(
+            [[mels[v][j, 0] for j in range(k)] for v in range(2)],
+            hop_s=self.frontend.hop_length / sr, f_min=bands["f_min"].default, f_max=bands["f_max"].default,
+            panel_titles=[[f"#{int(indices[j])} view {v + 1}" for j in range(k)] for v in range(2)],
+            title=f"validation log-mel examples, step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})"
+            + (", augmented" if self.augment else ""),
+        )
+        fig.savefig(folder / "logmel.png", dpi=80, bbox_inches="tight")
         if self._tb is not None:
             self._tb.add_figure("examples/logmel", fig, self.step)
         plt.close(fig)

@@ -229,3 +229,35 @@ def test_two_process_run_resumed_in_one_process_keeps_its_epoch(tmp_path, audio_
     epochs = [float(r["epoch"]) for r in _metric_rows(out)]
     assert epochs == sorted(epochs), epochs
     assert ckpt_io.load_checkpoint(out)["epoch"] == 1
+
+
+def _capture_figures(monkeypatch):
+    """Record every matplotlib figure saved (the PNGs a person opens), to read its titles, labels and colour bar."""
+    from matplotlib.figure import Figure
+
+    saved = []
+    real = Figure.savefig
+
+    def savefig(fig, path, *args, **kwargs):
+        saved.append((str(path), fig))
+        return real(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
+def test_logmel_png_has_axes_units_colour_bar_and_step(tmp_path, audio_dir, monkeypatch):
+    saved = _capture_figures(monkeypatch)
+    args = ["--data", str(audio_dir), *REAL, *TINY_ARGS, "--out", str(tmp_path), "--max-steps", "2", "--examples", "2"]
+    result = CliRunner().invoke(train, args)
+    assert result.exit_code == 0, result.output
+    [(path, fig)] = [(p, f) for p, f in saved if p.endswith("logmel.png")]
+    assert path.endswith("step_0000002/logmel.png")
+    assert fig._suptitle.get_text() == "validation log-mel examples, step 2 (epoch 0.22)"
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "log(mel + 0.01)"
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 4
+    assert {ax.get_xlabel() for ax in panels} == {"", "time (s)"}
+    assert {ax.get_ylabel() for ax in panels} == {"", "mel band\n(125-7500 Hz)"}
+    assert panels[0].get_xlim() == pytest.approx((0.0, 0.96))
