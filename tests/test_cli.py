@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
@@ -120,3 +123,50 @@ def test_sample_png_has_a_colour_bar_and_says_view_a_is_the_sweep_column(tmp_pat
     view_a, _ = sf.read(tmp_path / "pair_00_a.wav")
     sweep, _ = sf.read(tmp_path / "sweep_00_delta_0.25.wav")
     assert (view_a == sweep).all()
+
+
+def _bash_blocks(text: str) -> list[str]:
+    blocks = text.split("```bash\n")[1:]
+    return [b.split("```", 1)[0] for b in blocks]
+
+
+def test_readme_commands_run_from_the_venv_and_ci_runs_the_readme_test_command():
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    setup_and_use = readme.split("## Set-up", 1)[1].split("## Synthesizers", 1)[0]
+    commands = [line for block in _bash_blocks(setup_and_use) for line in block.splitlines() if line.strip()]
+    assert len(commands) >= 12
+    for line in commands:  # nothing bare: set-up never activates the venv
+        if line.startswith("#"):
+            continue
+        for word in ("doppel-torch", "torchrun", "pip", "python"):
+            assert not line.startswith(word + " "), line
+    setup, test = _bash_blocks(readme)[:2]
+    assert "pip install -e . &&" in setup and "[test]" not in setup  # the main job's install only
+    test_command = test.strip()
+    assert test_command == '.venv/bin/pip install -q -e ".[test]" && .venv/bin/python -m pytest -q'
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci
+
+
+@pytest.mark.slow
+def test_readme_setup_job_runs_as_written(tmp_path):
+    """The set-up block's training command, as written (the cpu-smoke preset, 27 steps; ~20-60 s on 2 cores)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    setup = _bash_blocks((REPO / "README.md").read_text())[0].strip()
+    command = setup.split(" && ")[-1]
+    assert command == ".venv/bin/doppel-torch train --synth voice --preset cpu-smoke"
+    exe = Path(sys.executable).parent / "doppel-torch"
+    if not exe.exists():
+        pytest.skip(f"{exe} is not installed (pip install -e . installs it)")
+    result = subprocess.run([str(exe), *command.split()[1:]], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "done: step 27 (epoch 3.00)" in result.stdout
+    assert (tmp_path / "runs" / "doppel" / "last.pt").is_file()
