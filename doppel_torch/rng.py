@@ -18,6 +18,7 @@ tensors: products wrap modulo 2^64 and are masked back to 32 bits, which keeps t
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -59,9 +60,19 @@ def _mix32_int(x: int) -> int:
     return x
 
 
+def check_seed(seed) -> int:
+    """seed as a Python int in [-2^63, 2^64): the 64 bits the keys read (a larger seed would wrap silently)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    seed = int(seed)
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must lie in [-2^63, 2^64) (64 bits), got {seed}")
+    return seed
+
+
 def seed_key(seed: int, stream: int) -> int:
-    """32-bit key of (seed, stream); seed may be any Python int (negative and > 32 bits included)."""
-    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+    """32-bit key of (seed, stream); seed is any integer in [-2^63, 2^64) (negative and > 32 bits included)."""
+    seed = check_seed(seed) & 0xFFFFFFFFFFFFFFFF
     k = _mix32_int((seed >> 32) ^ _mix32_int(stream * GOLDEN + 1))
     return _mix32_int((seed & MASK32) ^ k)
 
@@ -92,7 +103,10 @@ def uniform(
     offset: int = 0,
 ) -> torch.Tensor:
     """U[0, 1) draws with 24-bit resolution: (len(index), n) for counters offset .. offset + n - 1."""
-    index = torch.as_tensor(index, dtype=torch.int64)
+    index = torch.as_tensor(index)
+    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        raise ValueError(f"sound indices must be integers, got {index.dtype}")
+    index = index.to(torch.int64)
     k1, k2 = sound_keys(seed, stream, index.reshape(-1, 1))
     counter = torch.arange(offset, offset + n, device=index.device, dtype=torch.int64)
     bits = bits32(k1, k2, counter)

@@ -19,6 +19,7 @@ import importlib
 
 import torch
 
+from doppel_torch import rng
 from doppel_torch.spec.program import Program
 
 BACKENDS = ("torch", "triton", "cpu")
@@ -78,9 +79,14 @@ def render(backend: Backend, program: Program, theta: torch.Tensor, *, noise: to
     if indices is None:
         indices = torch.arange(batch, dtype=torch.int64, device=theta.device)
     else:
-        indices = torch.as_tensor(indices, dtype=torch.int64, device=theta.device)
+        indices = torch.as_tensor(indices, device=theta.device)
+        if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+            raise ValueError(f"indices must be integer global sound indices, got {indices.dtype}")
+        indices = indices.to(torch.int64)
         if indices.shape != (batch,):
             raise ValueError(f"indices must have shape ({batch},), got {tuple(indices.shape)}")
+        if validate and batch and bool((indices < 0).any()):
+            raise ValueError("indices must be >= 0 (global sound indices)")
     if noise is not None:
         if not isinstance(noise, torch.Tensor):
             raise ValueError(f"noise must be a torch.Tensor of shape ({batch}, {n_samples}) or (1, {n_samples})")
@@ -97,8 +103,8 @@ def render(backend: Backend, program: Program, theta: torch.Tensor, *, noise: to
     if program.patch.noise_amp is None:
         noise = None
     theta = theta.clamp(program.eps, 1.0)
-    return backend.render(program, theta, noise=noise, seed=int(seed), indices=indices, normalize=bool(normalize),
-                          out=out)
+    return backend.render(program, theta, noise=noise, seed=rng.check_seed(seed), indices=indices,
+                          normalize=bool(normalize), out=out)
 
 
 __all__ = ["BACKENDS", "Backend", "get_backend", "render"]

@@ -191,20 +191,31 @@ def _lower_tables(layout: Layout) -> tuple[dict[str, torch.Tensor], int]:
     return out, mix_filter
 
 
-@functools.lru_cache(maxsize=64)
+def _number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def lower(patch: Patch, *, sample_rate: float = 16000, control_rate: float = 480, duration: float = 1.0,
           eps: float = 1e-6, apply_mixer_curve: bool = False) -> Program:
     """Validate and lower `patch` for these rates and duration (cached: one Program per argument set).
 
     Raises ValueError naming the module for an invalid patch, and for rates or a duration that give fewer than
     two samples."""
+    if not isinstance(patch, Patch):
+        raise ValueError(f"patch must be a doppel_torch.spec.Patch, got {type(patch).__name__}")
     for name, value in (("sample_rate", sample_rate), ("control_rate", control_rate), ("duration", duration)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        if not _number(value) or value <= 0:
             raise ValueError(f"{name} must be a positive number, got {value!r}")
     if control_rate > sample_rate:
         raise ValueError(f"control_rate ({control_rate} Hz) must not exceed sample_rate ({sample_rate} Hz)")
-    if not 0 < eps < 0.5:
-        raise ValueError(f"eps must be in (0, 0.5), got {eps!r}")
+    if not _number(eps) or not 0 < eps < 0.5:
+        raise ValueError(f"eps must be a number in (0, 0.5), got {eps!r}")
+    return _lower(patch, float(sample_rate), float(control_rate), float(duration), float(eps), bool(apply_mixer_curve))
+
+
+@functools.lru_cache(maxsize=64)
+def _lower(patch: Patch, sample_rate: float, control_rate: float, duration: float, eps: float,
+           apply_mixer_curve: bool) -> Program:
     n_samples, n_control = n_samples_of(duration, sample_rate), n_samples_of(duration, control_rate)
     if n_control < 2:
         raise ValueError(f"duration {duration} s gives fewer than 2 control samples at {control_rate} Hz")

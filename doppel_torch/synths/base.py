@@ -51,8 +51,6 @@ class Synth(torch.nn.Module):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-        if not isinstance(patch, Patch):
-            raise ValueError(f"patch must be a doppel_torch.spec.Patch, got {type(patch).__name__}")
         if phase_dtype not in (None, torch.float32, torch.float64):
             raise ValueError(f"phase_dtype must be None, torch.float32 or torch.float64, got {phase_dtype!r}")
         if phase_dtype is not None and backend != "triton":
@@ -104,10 +102,11 @@ class Synth(torch.nn.Module):
 
         Row i depends only on (seed, start + i): the same sound whatever the batch size or device.
         """
-        if not isinstance(n, int) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
-        if start < 0:
-            raise ValueError(f"start must be >= 0, got {start!r}")
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError(f"start must be a non-negative integer (a global sound index), got {start!r}")
+        rng.check_seed(seed)
         index = torch.arange(start, start + n, dtype=torch.int64, device=device)
         return rng.uniform(seed, rng.Stream.THETA, index, self.num_params, dtype=dtype)
 
