@@ -56,7 +56,9 @@ def test_cli_runs_prints_config_and_saves_it(tmp_path, audio_dir):
     ],
 )
 def test_bad_options_give_clear_errors(tmp_path, args, message):
-    result = CliRunner().invoke(train, [*TINY_ARGS, "--out", str(tmp_path), *args])
+    # A small run, so an option wrongly accepted fails the test in a second instead of training for hours.
+    small = ["--sounds-per-epoch", "40", "--max-steps", "1"]
+    result = CliRunner().invoke(train, [*TINY_ARGS, *small, "--out", str(tmp_path), *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
 
