@@ -47,3 +47,16 @@ def _deterministic_threads():
     # Two cores in CI: keep each test's intra-op threads bounded and results independent of load.
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+def tie_rows(synth, theta, noise) -> list[int]:
+    """Rows whose render jumps O(1) (> 0.5) when theta moves 1e-9 inward from the clip bounds: an LFO's phase sits on
+    its square's or saw's edge there, and SynthAX's float rounding picks a side no other implementation reproduces.
+    On the reference renders only voicefm/aug row 0 does (jump 0.95); elsewhere a 1e-9 move changes the FM synths
+    by at most 0.04 (chaotic, not a tie). bench/test_ties_synthax.py renders SynthAX itself at the moved theta: it
+    and doppel-torch agree to 1.8e-7 on every row there."""
+    import torch
+
+    at = synth(theta, noise=noise, normalize=False)
+    inward = synth(theta.clamp(synth.eps + 1e-9, 1.0 - 1e-9), noise=noise, normalize=False)
+    return (at - inward).abs().amax(dim=1).gt(0.5).nonzero().flatten().tolist()

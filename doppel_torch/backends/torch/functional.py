@@ -112,6 +112,37 @@ def adsr(
 
 
 LFO_EXPONENT = math.e  # soft-max sharpness of the shape selector (SynthAX/torchsynth default)
+# The LFO phase is accumulated in fixed point, LFO_PHASE_BITS fractional bits of a cycle in int64: integer sums are
+# exact in any order, so every backend lands on the same side of the square's and saw's jumps, even where clipped
+# parameters put the phase exactly on one (a frequency of 20 Hz at 480 Hz is 1/24 cycle per step; with the initial
+# phase at pi, float sums in different orders put step 6 on either side of the square's edge). Increments are
+# rounded to 2^-44 cycles (5.7e-14), far below float32 and SynthAX's float64 differences.
+LFO_PHASE_BITS = 44
+_ROUND = 6755399441055744.0  # 1.5 * 2^52: (x + _ROUND) - _ROUND rounds |x| < 2^51 to an integer, half to even
+
+
+def fixed_point_phase(increment: torch.Tensor, phase0_cycles: torch.Tensor) -> torch.Tensor:
+    """Wrapped phase in cycles, u[t] = frac(phase0 + sum_{s <= t} increment[s]), in [0, 1), evaluated exactly in fixed
+    point (the value every backend computes bit for bit). increment: (..., C) cycles per step >= 0; phase0: (...,).
+    Returned in float64; its gradient is that of the float sum (straight through the rounding)."""
+    scale = float(2**LFO_PHASE_BITS)
+    mask = 2**LFO_PHASE_BITS - 1
+    inc = increment.detach().to(torch.float64)
+    steps = ((inc * scale + _ROUND) - _ROUND).to(torch.int64)
+    start = (((phase0_cycles.detach().to(torch.float64) * scale + _ROUND) - _ROUND).to(torch.int64)) & mask
+    # blocks of 1024 steps keep the running int64 sums far from overflow (each step is < 2^51 / 2^44 = 128 cycles)
+    acc = torch.zeros_like(start)
+    parts = []
+    for block in torch.split(steps, 1024, dim=-1):
+        sums = (torch.cumsum(block, dim=-1) + acc.unsqueeze(-1)) & mask
+        acc = sums[..., -1]
+        parts.append(sums)
+    fixed = (torch.cat(parts, dim=-1) + start.unsqueeze(-1)) & mask
+    u = fixed.to(torch.float64) * (1.0 / scale)
+    if increment.requires_grad or phase0_cycles.requires_grad:  # gradient of the float phase, value of the exact one
+        float_phase = torch.cumsum(increment.to(torch.float64), dim=-1) + phase0_cycles.to(torch.float64).unsqueeze(-1)
+        u = u + (float_phase - float_phase.detach())
+    return u
 
 
 def lfo(
@@ -127,14 +158,16 @@ def lfo(
     frequency_hz, mod_depth_hz, initial_phase: (...,); shape_weights: (..., 5) for (sin, tri, saw, rsaw, sqr)
     in [0, 1]; rate_env: (..., C). Instantaneous rate max(f + depth * rate_env, 0); the shapes are mixed
     with weights w ** e / sum(w ** e) (all-zero weights divide 0 by 0: DESIGN.md quirk 5; theta >= eps avoids it).
+    The shapes are SynthAX's, written on the wrapped phase u in cycles (argument = 2 pi u): cos(argument + pi),
+    a square that is 1 where that cosine is positive (0.5 where it is exactly 0), saw = u, rsaw = 1 - u, triangle.
     """
     freq = torch.clamp(frequency_hz.unsqueeze(-1) + mod_depth_hz.unsqueeze(-1) * rate_env, min=0.0)
-    cycles = wrapped_cumsum(freq / control_rate)
-    argument = TWO_PI * cycles + initial_phase.unsqueeze(-1)
-    cos = torch.cos(argument + math.pi)
-    square = (torch.sign(cos) + 1.0) / 2.0
-    cos = (cos + 1.0) / 2.0
-    saw = torch.remainder(argument, TWO_PI) / TWO_PI
+    u = fixed_point_phase(freq / control_rate, initial_phase / TWO_PI).to(freq.dtype)
+    cos = (1.0 - torch.cos(TWO_PI * u)) / 2.0  # (cos(2 pi u + pi) + 1) / 2
+    inside = (u > 0.25) & (u < 0.75)
+    edge = (u == 0.25) | (u == 0.75)
+    square = torch.where(inside, 1.0, torch.where(edge, 0.5, 0.0)).to(u.dtype)
+    saw = u
     rsaw = 1.0 - saw
     tri = 2.0 * saw
     tri = torch.where(tri > 1.0, 2.0 - tri, tri)

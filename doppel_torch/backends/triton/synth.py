@@ -41,6 +41,10 @@ from doppel_torch.backends.triton import _math as m
 from doppel_torch.backends.triton import columns as C
 
 NOISE_NONE, NOISE_KEYED, NOISE_GIVEN = 0, 1, 2
+LFO_PHASE_BITS = 44  # functional.LFO_PHASE_BITS
+LFO_SCALE = tl.constexpr(float(2**LFO_PHASE_BITS))
+LFO_MASK = tl.constexpr(2**LFO_PHASE_BITS - 1)
+ROUND_MAGIC = tl.constexpr(6755399441055744.0)  # 1.5 * 2^52
 
 
 def wrap_triton(kernel):
@@ -131,7 +135,10 @@ def _control_kernel(
     w_saw = (w_saw / total)[:, None]
     w_rsaw = (w_rsaw / total)[:, None]
     w_sqr = (w_sqr / total)[:, None]
-    carry = tl.zeros((BLOCK_S,), dtype=two_pi.dtype)
+    # The LFO phase in fixed point (functional.fixed_point_phase): int64 sums are exact in any order, so the
+    # in-chunk tree scan lands on the same side of the square's and saw's jumps as the other backends.
+    start = (((phase0.to(tl.float64) / two_pi.to(tl.float64)) * LFO_SCALE + ROUND_MAGIC) - ROUND_MAGIC).to(tl.int64)
+    carry = tl.zeros((BLOCK_S,), dtype=tl.int64)
     ctrl_row = ctrl_ptr + pid_b * stride_cb
     for c0 in range(0, n_control, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
@@ -141,14 +148,13 @@ def _control_kernel(
         rate_env = _adsr(t, h_row, env_ptr, kb_ptr, rate_env_row, mask_s, control_rate, eps)
         inc = tl.maximum(freq + depth * rate_env, 0.0) / control_rate
         inc = tl.where(mask_c[None, :], inc, 0.0)
-        cycles = m.frac(carry[:, None] + tl.cumsum(inc, axis=1))
-        carry = m.frac(carry + tl.sum(inc, axis=1))
-        argument = two_pi * cycles + phase0
-        cos = m.cos(argument + pi)
-        square = (m.sign(cos) + 1.0) / 2.0
-        cos = (cos + 1.0) / 2.0
-        saw = argument % two_pi  # fmod, then made non-negative: torch.remainder
-        saw = tl.where(saw < 0, saw + two_pi, saw) / two_pi
+        steps = ((inc.to(tl.float64) * LFO_SCALE + ROUND_MAGIC) - ROUND_MAGIC).to(tl.int64)
+        fixed = (carry[:, None] + tl.cumsum(steps, axis=1)) & LFO_MASK
+        carry = (carry + tl.sum(steps, axis=1)) & LFO_MASK
+        u = (((fixed + start) & LFO_MASK).to(tl.float64) * (1.0 / LFO_SCALE)).to(two_pi.dtype)
+        cos = (1.0 - m.cos(two_pi * u)) / 2.0  # (cos(2 pi u + pi) + 1) / 2
+        square = tl.where((u > 0.25) & (u < 0.75), 1.0, tl.where((u == 0.25) | (u == 0.75), 0.5, 0.0))
+        saw = u
         rsaw = 1.0 - saw
         tri = 2.0 * saw
         tri = tl.where(tri > 1.0, 2.0 - tri, tri)

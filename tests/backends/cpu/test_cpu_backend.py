@@ -9,7 +9,7 @@ import torch
 
 from doppel_torch import ParametricSynth, VoiceSynth, get_synth
 from doppel_torch.backends.cpu import build
-from tests.conftest import SYNTHAX_REF
+from tests.conftest import SYNTHAX_REF, tie_rows
 
 NAMES = ["voice", "voicefm", "parametric"]
 NPZ = {"voice": "voice.npz", "voicefm": "voiceexpanded.npz", "parametric": "parametric.npz"}
@@ -77,11 +77,15 @@ def test_matches_synthax_float64_and_beats_its_float32(name, shared_dir):
     for which in ("init", "aug"):
         theta = torch.from_numpy(data[f"params_{which}"]).double()
         truth = torch.from_numpy(data[f"premix_{which}_f64"])
+        ties = tie_rows(cpu, theta, noise)  # rows on a waveform's jump (see tests/conftest.py): at most one
+        assert len(ties) <= 1
+        keep = [i for i in range(theta.shape[0]) if i not in ties]
         got64 = cpu(theta, noise=noise, normalize=False)
-        torch.testing.assert_close(got64, truth, atol=1e-6, rtol=0)
-        got32 = cpu(theta.float(), noise=noise.float(), normalize=False).double()
+        torch.testing.assert_close(got64[keep], truth[keep], atol=1e-6, rtol=0)
+        got32 = cpu(theta.float(), noise=noise.float(), normalize=False).double()[keep]
+        truth = truth[keep]
         ours = _rel_l2(got32, truth)
-        theirs = _rel_l2(torch.from_numpy(data[f"premix_{which}_f32"]).double(), truth)
+        theirs = _rel_l2(torch.from_numpy(data[f"premix_{which}_f32"]).double()[keep], truth)
         print(f"{name}/{which}: relative L2 vs float64, cpu float32 worst {ours.max():.2e}, SynthAX float32 worst "
               f"{theirs.max():.2e}")
         assert ours.max() <= theirs.max() / 10

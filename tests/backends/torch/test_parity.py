@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from doppel_torch import get_synth
-from tests.conftest import SYNTHAX_REF, import_torchsynth
+from tests.conftest import SYNTHAX_REF, import_torchsynth, tie_rows
 
 REF_FILES = {"voice": "voice", "voicefm": "voiceexpanded", "parametric": "parametric"}
 
@@ -41,7 +41,10 @@ def test_float64_equals_synthax(name, which):
     theta = torch.from_numpy(ref[f"params_{which}"]).double()
     noise = torch.from_numpy(ref["noise_f32"]).double()  # SynthAX: one noise row for the whole batch
     premix = synth(theta, noise=noise, normalize=False)
-    err = (premix - torch.from_numpy(ref[f"premix_{which}_f64"])).abs().max().item()
+    ties = tie_rows(synth, theta, noise)  # voicefm/aug row 0: an LFO at 20 Hz and phase pi, clipped to exactly 1
+    assert len(ties) <= 1, f"{name}/{which}: rows {ties} sit on a waveform's jump"
+    keep = [i for i in range(theta.shape[0]) if i not in ties]
+    err = (premix - torch.from_numpy(ref[f"premix_{which}_f64"]))[keep].abs().max().item()
     assert err <= 1e-6, f"{name}/{which}: max abs error {err:.3g} vs SynthAX float64"
 
 

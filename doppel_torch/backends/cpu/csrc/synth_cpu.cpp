@@ -37,6 +37,9 @@ constexpr double LOG2E = 1.4426950408889634074;
 constexpr double LN2 = 0.69314718055994530942;
 constexpr double LFO_EXPONENT = 2.71828182845904523536;  // math.e, as the reference
 constexpr double ROUND_MAGIC = 6755399441055744.0;     // 1.5 * 2^52: (x + M) - M rounds x to an integer
+constexpr int LFO_PHASE_BITS = 44;                      // functional.LFO_PHASE_BITS: LFO phase in fixed point
+constexpr double LFO_SCALE = (double)(1ULL << LFO_PHASE_BITS);
+constexpr uint64_t LFO_MASK = (1ULL << LFO_PHASE_BITS) - 1;
 
 // ---- branch-free float64 math, vectorisable -------------------------------------------------------------
 
@@ -459,21 +462,23 @@ static void render_control(const Program& p, const Shape& s, const double* h, Wo
         double mode[5], total = 0.0;
         for (int k = 0; k < 5; ++k) total += (mode[k] = std::pow(h[L.w[k]], LFO_EXPONENT));
         for (int k = 0; k < 5; ++k) mode[k] /= total;
-        const double f = h[L.freq], depth = h[L.depth], phase0 = h[L.phase] / TWO_PI;
+        const double f = h[L.freq], depth = h[L.depth];
         double* out = &w.lfo[(size_t)l * C];
-        double cycles = 0.0;
-        for (int64_t t = 0; t < C; ++t) {  // wrapped running phase in cycles (serial, C steps)
-            cycles += std::max(f + depth * rate_env[t], 0.0) / s.control_rate;
-            cycles -= std::floor(cycles);
-            tmp[t] = cycles + phase0;  // the reference's argument 2 pi cycles + phase0, in cycles
+        // The phase in fixed point, exactly as functional.fixed_point_phase: every backend sums the same integers.
+        uint64_t acc = 0;
+        const uint64_t start = (uint64_t)(int64_t)(((h[L.phase] / TWO_PI) * LFO_SCALE + ROUND_MAGIC) - ROUND_MAGIC);
+        for (int64_t t = 0; t < C; ++t) {  // serial, C steps
+            const double inc = std::max(f + depth * rate_env[t], 0.0) / s.control_rate;
+            acc = (acc + (uint64_t)(int64_t)((inc * LFO_SCALE + ROUND_MAGIC) - ROUND_MAGIC)) & LFO_MASK;
+            tmp[t] = (double)((acc + start) & LFO_MASK) * (1.0 / LFO_SCALE);  // u in [0, 1), exact
         }
         for (int64_t t = 0; t < C; ++t) {
-            const double x = tmp[t];
+            const double u = tmp[t];
             double sv, cosv;
-            sincos2pi(x + 0.5, sv, cosv);  // cos(argument + pi)
-            const double square = cosv > 0.0 ? 1.0 : (cosv < 0.0 ? 0.0 : 0.5);  // (sign(cos) + 1) / 2
-            cosv = (cosv + 1.0) / 2.0;
-            const double saw = x - std::floor(x);  // remainder(argument, 2 pi) / 2 pi
+            sincos2pi(u, sv, cosv);
+            const double square = u > 0.25 && u < 0.75 ? 1.0 : (u == 0.25 || u == 0.75 ? 0.5 : 0.0);
+            cosv = (1.0 - cosv) / 2.0;  // (cos(2 pi u + pi) + 1) / 2
+            const double saw = u;
             const double rsaw = 1.0 - saw;
             double tri = 2.0 * saw;
             tri = tri > 1.0 ? 2.0 - tri : tri;
