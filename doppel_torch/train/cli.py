@@ -1,6 +1,6 @@
 r"""Train a ResNet18 on audio doppelgangers: the paper's recipe by default; presets and options override it.
 
-    doppel-torch train --synth voice --preset cpu-smoke        # a few minutes on a laptop CPU
+    doppel-torch train --synth voice --preset cpu-smoke        # 27 steps, ~10-20 s on 2 CPU cores
     doppel-torch train --synth voicefm                         # the paper's recipe on one GPU
     torchrun --standalone --nproc_per_node 8 -m doppel_torch.train --synth voicefm
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \
