@@ -144,8 +144,12 @@ def test_cpu_synth_throughput(benchmark, ratio_table, name, impl):
     run()  # compilation (torch.compile, jax.jit, the kernel's first build) happens here
     first_call_s = time.perf_counter() - start
     benchmark.group = f"{name} batch {BATCH} (cpu)"
-    benchmark.pedantic(run, setup=lambda: (time.sleep(SETTLE_S), run()), rounds=ROUNDS[impl], warmup_rounds=1,
-                       iterations=1)
+
+    def settle_then_warm():  # returns None: pytest-benchmark reads a returned value as the call's (args, kwargs)
+        time.sleep(SETTLE_S)
+        run()
+
+    benchmark.pedantic(run, setup=settle_then_warm, rounds=ROUNDS[impl], warmup_rounds=1, iterations=1)
     best = benchmark.stats.stats.min
     info = {"sounds_per_s": BATCH / best, "x_realtime": BATCH / best, "best_s": best,
             "median_s": benchmark.stats.stats.median, "first_call_s": first_call_s}
