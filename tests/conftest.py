@@ -55,8 +55,6 @@ def tie_rows(synth, theta, noise) -> list[int]:
     On the reference renders only voicefm/aug row 0 does (jump 0.95); elsewhere a 1e-9 move changes the FM synths
     by at most 0.04 (chaotic, not a tie). bench/test_ties_synthax.py renders SynthAX itself at the moved theta: it
     and doppel-torch agree to 1.8e-7 on every row there."""
-    import torch
-
     at = synth(theta, noise=noise, normalize=False)
     inward = synth(theta.clamp(synth.eps + 1e-9, 1.0 - 1e-9), noise=noise, normalize=False)
     return (at - inward).abs().amax(dim=1).gt(0.5).nonzero().flatten().tolist()

@@ -80,11 +80,6 @@ def tanh(x, log2e):
 
 
 @triton.jit
-def sign(x):
-    return (x > 0).to(x.dtype) - (x < 0).to(x.dtype)
-
-
-@triton.jit
 def mix32(x):
     """`doppel_torch.rng.mix32` on uint32 (products wrap modulo 2 ** 32)."""
     x = x ^ (x >> 16)

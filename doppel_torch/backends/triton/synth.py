@@ -106,7 +106,6 @@ def _control_kernel(
     pid_b = tl.program_id(0)
     h_row = h_ptr + pid_b * stride_hb
     two_pi = tl.load(consts_ptr + C.CONST_TWO_PI)
-    pi = tl.load(consts_ptr + C.CONST_PI)
     control_rate = tl.load(consts_ptr + C.CONST_CONTROL_RATE)
     eps = tl.load(consts_ptr + C.CONST_EPS)
     lfo_exponent = tl.load(consts_ptr + C.CONST_LFO_EXPONENT)
