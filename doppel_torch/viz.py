@@ -29,6 +29,17 @@ def log_spectrogram(audio: torch.Tensor, sample_rate: int, n_fft: int = 512, hop
     return (20.0 * torch.log10(spec + 1e-5)).numpy()
 
 
+def _title_and_colour_bar(fig, axes, image, title, label: str, *, fontsize: int, fraction: float, pad: float):
+    """The figure's title, layout and one colour bar for every panel of a grid (image: the last panel drawn)."""
+    if title:
+        fig.suptitle(title, fontsize=fontsize + 2)
+    fig.tight_layout()
+    if image is not None:
+        bar = fig.colorbar(image, ax=axes, fraction=fraction, pad=pad)
+        bar.set_label(label, fontsize=fontsize)
+        bar.ax.tick_params(labelsize=fontsize - 1)
+
+
 def save_spectrogram_grid(
     rows: Sequence[Sequence[torch.Tensor]],
     sample_rate: int,
@@ -72,13 +83,8 @@ def save_spectrogram_grid(
             if i == n_rows - 1:
                 ax.set_xlabel("s", fontsize=8)
             ax.tick_params(labelsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    if image is not None:
-        bar = fig.colorbar(image, ax=axes, fraction=0.02, pad=0.01)
-        bar.set_label("dB re the panel's peak (silence: re -20 dB)", fontsize=8)
-        bar.ax.tick_params(labelsize=7)
+    _title_and_colour_bar(fig, axes, image, title, "dB re the panel's peak (silence: re -20 dB)", fontsize=8,
+                          fraction=0.02, pad=0.01)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90, bbox_inches="tight")
@@ -128,11 +134,5 @@ def logmel_grid_figure(
             if i == n_rows - 1:
                 ax.set_xlabel("time (s)", fontsize=7)
             ax.tick_params(labelsize=6)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    if image is not None:
-        bar = fig.colorbar(image, ax=axes, fraction=0.03, pad=0.02)
-        bar.set_label("log(mel + 0.01)", fontsize=7)
-        bar.ax.tick_params(labelsize=6)
+    _title_and_colour_bar(fig, axes, image, title, "log(mel + 0.01)", fontsize=7, fraction=0.03, pad=0.02)
     return fig

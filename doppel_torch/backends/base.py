@@ -100,7 +100,7 @@ def render(backend: Backend, program: Program, theta: torch.Tensor, *, noise: to
         if (not isinstance(out, torch.Tensor) or out.shape != (batch, n_samples) or out.dtype != theta.dtype
                 or out.device != theta.device or not out.is_contiguous()):
             raise ValueError(f"out must be a contiguous ({batch}, {n_samples}) {theta.dtype} tensor on {theta.device}")
-    if program.patch.noise_amp is None:
+    if not program.rows("noise"):  # a patch without a noise source ignores a given noise tensor
         noise = None
     theta = theta.clamp(program.eps, 1.0)
     return backend.render(program, theta, noise=noise, seed=rng.check_seed(seed), indices=indices,

@@ -145,12 +145,13 @@ class Patch:
                 if osc.source is None:
                     fail(f"FM operator {osc.name} has no source")
                 source = signal(osc.name, osc.source, "source")
-                seen, cursor = {osc.name}, oscillators[source]
-                while cursor.kind == "fm" and cursor.name not in seen:
-                    seen.add(cursor.name)
-                    cursor = oscillators.get(signal(cursor.name, cursor.source, "source"), cursor)
-                if cursor.name == osc.name or source == osc.name:
-                    fail(f"FM operator {osc.name}: its sources form a cycle through {osc.source!r}")
+                chain, cursor = {osc.name}, osc  # follow the sources back to a VCO; meeting one twice is a cycle
+                while cursor.kind == "fm":
+                    upstream = signal(cursor.name, cursor.source, "source")
+                    if upstream in chain:
+                        fail(f"FM operator {osc.name}: its sources form a cycle through {osc.source!r}")
+                    chain.add(upstream)
+                    cursor = oscillators[upstream]
                 if order[source] > order[osc.name]:
                     fail(f"FM operator {osc.name} comes before its modulator {osc.source}: list the modulator first")
             else:

@@ -1,7 +1,7 @@
 """The one lowering of a `Patch`: named integer tables that every backend reads, and nothing else encodes the wiring.
 
     program = lower(voice_patch(), sample_rate=16000, control_rate=480, duration=1.0)
-    program.tables["oscillators"][:, program.col("oscillators", "pitch")]     # mod-output row of each VCO's pitch
+    program.tables["oscillators"][:, col("oscillators", "pitch")]     # mod-output row of each VCO's pitch
 
 `TABLES` defines every table's columns, once. The torch backend indexes with `col(table, name)`; the Triton kernels
 read constexpr column constants generated from `TABLES` (`backends/triton/columns.py`); the C++ kernel declares
@@ -95,9 +95,6 @@ class Program:
 
     def rows(self, table: str) -> int:
         return self.tables[table].shape[0]
-
-    def col(self, table: str, name: str) -> int:
-        return col(table, name)
 
     def column(self, table: str, name: str) -> list[int]:
         """One column of a table as Python ints."""

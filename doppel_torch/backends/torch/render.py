@@ -12,21 +12,21 @@ from doppel_torch.backends.torch import functional as F
 from doppel_torch.spec.program import INPUT_LFO, MATRIX, MIX_NOISE, OSC_FM, OSC_SINE, Program, col
 
 
-def _cols(program: Program, table: str, *names: str) -> list[torch.Tensor]:
-    t = program.tables[table].long()
-    return [t[:, col(table, name)] for name in names]
+def _cols(tab: dict[str, torch.Tensor], table: str, *names: str) -> list[torch.Tensor]:
+    """Columns of one table as index tensors (int32 indexes as well as int64)."""
+    return [tab[table][:, col(table, name)] for name in names]
 
 
 def render(program: Program, human: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
     """Mixer output before normalisation, (B, N), from parameters in human units (B, m) and noise (B or 1, N)."""
     sample_rate, control_rate = program.sample_rate, program.control_rate
     n_samples, n_control, eps = program.n_samples, program.n_control, program.eps
-    tab = {name: t.long() for name, t in program.tables.items()}
+    tab = program.on(human.device)  # cached per device: no per-call copies of the index tables
 
     # Envelopes, stacked: (B, E, C).
     attack, decay, sustain, release, alpha, keyboard = _cols(
-        program, "envelopes", "attack", "decay", "sustain", "release", "alpha", "keyboard")
-    (duration,) = _cols(program, "keyboards", "duration")
+        tab, "envelopes", "attack", "decay", "sustain", "release", "alpha", "keyboard")
+    (duration,) = _cols(tab, "keyboards", "duration")
     env_sig = F.adsr(attack_s=human[:, attack], decay_s=human[:, decay], sustain=human[:, sustain],
                      release_s=human[:, release], alpha=human[:, alpha], note_on_s=human[:, duration[keyboard]],
                      n_control=n_control, control_rate=control_rate, eps=eps)
@@ -34,23 +34,23 @@ def render(program: Program, human: torch.Tensor, noise: torch.Tensor | None) ->
     # LFOs with their rate and amplitude envelopes (control-rate VCA), stacked: (B, L, C).
     if program.rows("lfos"):
         freq, depth, phase0, rate_env, amp_env = _cols(
-            program, "lfos", "frequency", "mod_depth", "initial_phase", "rate_env", "amp_env")
-        weights = _cols(program, "lfos", "sin", "tri", "saw", "rsaw", "sqr")
+            tab, "lfos", "frequency", "mod_depth", "initial_phase", "rate_env", "amp_env")
+        weights = _cols(tab, "lfos", "sin", "tri", "saw", "rsaw", "sqr")
         lfo_sig = F.lfo(frequency_hz=human[:, freq], mod_depth_hz=human[:, depth], initial_phase=human[:, phase0],
                         shape_weights=torch.stack([human[:, w] for w in weights], dim=-1),
                         rate_env=env_sig[:, rate_env], control_rate=control_rate) * env_sig[:, amp_env]
     else:
         lfo_sig = env_sig[:, :0]
 
-    # Modulation matrix at control rate: (B, n_out, C); all but the pitch rows upsampled to audio rate up front.
-    kind, index = _cols(program, "mod_inputs", "kind", "index")
+    # Modulation matrix at control rate: (B, n_out, C), every row upsampled to audio rate.
+    kind, index = _cols(tab, "mod_inputs", "kind", "index")
     inputs = torch.cat([env_sig, lfo_sig], dim=1)[:, index + (kind == INPUT_LFO) * env_sig.shape[1]]
     mods = torch.matmul(human[:, tab[MATRIX]], inputs)
     mod = F.upsample(mods, n_samples)
 
     # Oscillators in table order (an FM operator reads its source's output, filtered if its source is).
-    osc_tab = tab["oscillators"].tolist()
-    filters = tab["filters"].tolist()
+    osc_tab = program.tables["oscillators"].tolist()  # the CPU copies: Python ints without a device sync
+    filters = program.tables["filters"].tolist()
     c = {name: col("oscillators", name) for name in ("kind", "keyboard", "tuning", "mod_depth", "initial_phase",
                                                       "shape", "pitch", "amp", "source", "filter")}
     midi_f0 = human[:, tab["keyboards"][:, col("keyboards", "midi_f0")]]
@@ -76,7 +76,8 @@ def render(program: Program, human: torch.Tensor, noise: torch.Tensor | None) ->
 
     if program.rows("noise"):
         noise_out = noise * mod[:, program.tables["noise"][0, col("noise", "amp")].item()]
-    source, index, level = _cols(program, "mixer", "source", "index", "level")
+    source, index = _cols(program.tables, "mixer", "source", "index")
+    (level,) = _cols(tab, "mixer", "level")
     levels = human[:, level]  # (B, n_mix)
     mix = None
     for k, (src, i) in enumerate(zip(source.tolist(), index.tolist())):

@@ -467,13 +467,14 @@ def render(program, theta, *, noise, seed, indices, normalize, out, phase_dtype=
     return out
 
 
-_CONST_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# program -> {(device, dtype): consts, device: padded tables}: what a render needs on the device, made once.
+_DEVICE_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _device_consts(program, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """`columns.CONSTS` of a program as a tensor on `device`, made once: a host-to-device copy per render would
     wait for the GPU's queued work (a host synchronisation)."""
-    per_program = _CONST_CACHE.setdefault(program, {})
+    per_program = _DEVICE_CACHE.setdefault(program, {})
     key = (device, dtype)
     if key not in per_program:
         per_program[key] = torch.tensor(_consts(program), dtype=dtype, device=device)
@@ -494,7 +495,7 @@ def _consts(program) -> list[float]:
 def _device_tables(program, device: torch.device) -> dict[str, torch.Tensor]:
     """The program's tables on `device` (made once); a table without rows is never read, but Triton wants a real
     pointer: it gets one -1."""
-    per_program = _CONST_CACHE.setdefault(program, {})
+    per_program = _DEVICE_CACHE.setdefault(program, {})
     if device not in per_program:
         tables = dict(program.on(device))
         for name, table in tables.items():
