@@ -136,6 +136,10 @@ class AugmentChain(nn.Module):
             ratios torch-audiomentations can use (`fast_pitch_semitones`), which is what the paper's
             "+-2 semitones" amounted to: at 16 kHz only 125/128 and 128/125, i.e. -+0.41 semitones.
         pitch_n_fft, pitch_hop: STFT of the pitch shifter.
+        group: examples that share one draw: rows [k * group, (k + 1) * group) of a call take the draws of the
+            group's first row. 1 (default) draws per example; the paper's released code augments synthetic
+            batches in chunks of 100 with one draw per chunk (doppelgangers/data.py:211, 273-275, mode
+            per_batch in conf/transform/audiomentations.yaml), which is group=100.
     """
 
     def __init__(
@@ -152,6 +156,7 @@ class AugmentChain(nn.Module):
         pitch: str = "uniform",
         pitch_n_fft: int = 1024,
         pitch_hop: int = 256,
+        group: int = 1,
     ):
         super().__init__()
         if pitch not in ("uniform", "fast_ratios"):
@@ -162,6 +167,8 @@ class AugmentChain(nn.Module):
         for name, (lo, hi) in (("highpass_hz", highpass_hz), ("lowpass_hz", lowpass_hz)):
             if not 0 < lo <= hi <= nyquist:
                 raise ValueError(f"{name} must satisfy 0 < low <= high <= sample_rate / 2 = {nyquist}, got {(lo, hi)}")
+        if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+            raise ValueError(f"group must be an integer >= 1 (examples sharing one draw), got {group!r}")
         if semitones[0] > semitones[1] or shift_fraction[0] > shift_fraction[1]:
             raise ValueError("ranges must be (low, high) with low <= high")
         if transforms is None:
@@ -179,6 +186,7 @@ class AugmentChain(nn.Module):
         self.shift_fraction = tuple(map(float, shift_fraction))
         self.transforms = tuple(t for t in TRANSFORMS if t in transforms)
         self.seed = int(seed)
+        self.group = group
         self.pitch_n_fft, self.pitch_hop = int(pitch_n_fft), int(pitch_hop)
         self.pitch = pitch
         self.pitch_choices = fast_pitch_semitones(sample_rate, self.semitones) if pitch == "fast_ratios" else None
@@ -242,6 +250,8 @@ class AugmentChain(nn.Module):
         indices = torch.as_tensor(indices)
         if indices.shape != (audio.shape[0],):
             raise ValueError(f"indices must have shape ({audio.shape[0]},), got {tuple(indices.shape)}")
+        if self.group > 1:  # each group of rows takes the draws of its first row
+            indices = indices[torch.arange(len(indices), device=indices.device) // self.group * self.group]
         return self.apply(audio, self.draw(indices, audio.shape[-1], view))
 
     def apply(self, audio: torch.Tensor, params: AugmentParams) -> torch.Tensor:

@@ -1,7 +1,8 @@
-r"""Train a ResNet18 on audio doppelgangers: the paper's recipe by default; presets and options override it.
+r"""Train a ResNet18 on audio doppelgangers: the default recipe, a preset (--preset paper: the released code) and options.
 
     doppel-torch train --synth voice --preset cpu-smoke        # 27 steps, ~10-20 s on 2 CPU cores
-    doppel-torch train --synth voicefm                         # the paper's recipe on one GPU
+    doppel-torch train --synth voicefm                         # the default recipe on one GPU
+    doppel-torch train --synth voicefm --preset paper --ir-dir rirs/   # the paper's released code, exactly
     torchrun --standalone --nproc_per_node 8 -m doppel_torch.train --synth voicefm
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \
         -m doppel_torch.train --synth voicefm                  # run on each node
@@ -29,6 +30,7 @@ OPTION_FIELDS = {
     "sounds_per_epoch": "data.sounds_per_epoch",
     "val_fraction": "data.val_fraction",
     "augment": "data.augment",
+    "augment_group": "data.augment_group",
     "ir_dir": "data.ir_dir",
     "data": "data.data",
     "jitter": "data.jitter",
@@ -53,6 +55,7 @@ OPTION_FIELDS = {
     "val_every": "run.val_every",
     "val_batches": "run.val_batches",
     "checkpoint_every": "run.checkpoint_every",
+    "keep_every": "run.keep_every",
     "examples": "run.examples",
     "progress": "run.progress",
     "tensorboard": "run.tensorboard",
@@ -109,7 +112,7 @@ def resolve_config(
         overrides["run.resume"] = resume
         config = base.with_overrides(overrides)
     else:
-        config = make_config(preset or "paper", overrides)
+        config = make_config(preset or "default", overrides)
     # --set values may legitimately be None (e.g. optim.lr=none), so apply them one by one.
     for key, value in sets.items():
         d = config.to_dict()
@@ -120,52 +123,73 @@ def resolve_config(
         config = TrainConfig.from_dict(d)
     return config
 
+_DEFAULT = TrainConfig()
+_PAPER = make_config("paper")
+
+
+def _number(v: float) -> str:
+    return f"{v:.0e}".replace("e-0", "e-") if 0 < abs(v) < 1e-3 else f"{v:g}"
+
+
+def _default(name: str, shown: str | None = None) -> str:
+    """'[default]' for a help text, read from the config so that help cannot drift from it; '[default; --preset
+    paper: value]' where the paper preset differs. `shown` replaces the default's printed value."""
+    section, _, key = name.partition(".")
+    value, paper = getattr(getattr(_DEFAULT, section), key), getattr(getattr(_PAPER, section), key)
+
+    def text(v: Any) -> str:
+        return {True: "on", False: "off", None: "none"}.get(v, str(v)) if isinstance(v, (bool, type(None))) else _number(v) if isinstance(v, float) else str(v)
+
+    out = shown if shown is not None else text(value)
+    return f"[{out}; --preset paper: {text(paper)}]" if paper != value else f"[{out}]"
+
 
 @click.command("train", help=__doc__.split("\n\n")[0] + "\n\nExamples:\n\n\b\n" + __doc__.split("\n\n")[1])
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None, help="Starting config [paper].")
-@click.option("--synth", type=click.Choice(SYNTHS), default=None, help="Synthesizer architecture [voice].")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None, help="Starting config: default (the field defaults), paper (the released training code: the '--preset paper' "
+    "values below), cpu-smoke (a small CPU run) [default].")
+@click.option("--synth", type=click.Choice(SYNTHS), default=None, help=f"Synthesizer architecture {_default('data.synth')}.")
 @click.option(
     "--delta", type=float, default=None,
-    help=f"Perturbation scale, 0 to {MAX_DELTA:g} (the rule of `sample` too): theta_k = clip(theta + delta z_k, eps, 1) [0.25].",
+    help=f"Perturbation scale, 0 to {MAX_DELTA:g} (the rule of `sample` too): theta_k = clip(theta + delta z_k, eps, 1) {_default('data.delta')}.",
 )
 @click.option(
     "--noise", type=click.Choice(NOISE_MODES), default=None,
-    help="Synth noise source of the pairs: one row shared by all sounds (the paper's), per view, or per sound [shared].",
+    help=f"Synth noise source of the pairs: one row shared by all sounds (the paper's), per view, or per sound {_default('data.noise')}.",
 )
 @click.option(
     "--backend", type=click.Choice(BACKENDS), default=None, help="Synth backend [auto: triton on CUDA, cpu (native) on CPU]."
 )
-@click.option("--duration", type=float, default=None, help="Seconds per sound [1.0].")
-@click.option("--sounds-per-epoch", type=int, default=None, help="Sounds per epoch, train + validation [100000].")
-@click.option("--val-fraction", type=float, default=None, help="Validation share of each epoch's sounds [0.1].")
-@click.option("--augment/--no-augment", default=None, help="Apply the paper's augmentation chain [off].")
+@click.option("--duration", type=float, default=None, help=f"Seconds per sound {_default('data.duration')}.")
+@click.option("--sounds-per-epoch", type=int, default=None, help=f"Sounds per epoch, train + validation {_default('data.sounds_per_epoch')}.")
+@click.option("--val-fraction", type=float, default=None, help=f"Validation share of each epoch's sounds {_default('data.val_fraction')}.")
+@click.option("--augment/--no-augment", default=None, help=f"Apply the paper's augmentation chain (HPF, LPF, pitch, shift, reverb with --ir-dir) {_default('data.augment')}.")
 @click.option(
     "--ir-dir", type=click.Path(exists=True, file_okay=False), default=None, help="Impulse responses for reverb."
 )
 @click.option("--data", type=click.Path(), default=None, help="Train on real audio: a folder of wav/flac/ogg files.")
-@click.option("--jitter/--no-jitter", default=None, help="Real data: two different segments per clip [on].")
-@click.option("--mix-layers", type=int, default=None, help="Real data: segments layered into each view [1].")
-@click.option("--num-workers", type=int, default=None, help="Real data: DataLoader workers [2].")
-@click.option("--width", type=int, default=None, help="ResNet18 first-stage width [64].")
-@click.option("--embed-dim", type=int, default=None, help="Embedding dimension [512].")
-@click.option("--batch-size", type=int, default=None, help="Pairs per rank per step [768].")
+@click.option("--jitter/--no-jitter", default=None, help=f"Real data: two different segments per clip {_default('data.jitter')}.")
+@click.option("--mix-layers", type=int, default=None, help=f"Real data: segments layered into each view {_default('data.mix_layers')}.")
+@click.option("--num-workers", type=int, default=None, help=f"Real data: DataLoader workers {_default('data.num_workers')}.")
+@click.option("--width", type=int, default=None, help=f"ResNet18 first-stage width {_default('model.width')}.")
+@click.option("--embed-dim", type=int, default=None, help=f"Embedding dimension {_default('model.embed_dim')}.")
+@click.option("--batch-size", type=int, default=None, help=f"Pairs per rank per step {_default('optim.batch_size')}.")
 @click.option("--lr", type=float, default=None, help="Peak learning rate [0.12 x global batch / 256].")
 @click.option(
     "--epochs", type=int, default=None,
-    help="Epochs [200]. With --resume, more epochs extend the run: the LR milestones move to the same fractions "
+    help=f"Epochs {_default('optim.epochs')}. With --resume, more epochs extend the run: the LR milestones move to the same fractions "
     "of the new total and the LR becomes what that schedule gives at the current epoch (printed).",
 )
-@click.option("--weight-decay", type=float, default=None, help="SGD weight decay [1e-6].")
-@click.option("--momentum", type=float, default=None, help="SGD momentum [0.9].")
-@click.option("--seed", type=int, default=None, help="Seed of data and initialisation [0].")
+@click.option("--weight-decay", type=float, default=None, help=f"SGD weight decay {_default('optim.weight_decay')}.")
+@click.option("--momentum", type=float, default=None, help=f"SGD momentum {_default('optim.momentum')} (the released code has none; README: why the default differs).")
+@click.option("--seed", type=int, default=None, help=f"Seed of data and initialisation {_default('run.seed')}.")
 @click.option("--device", type=click.Choice(DEVICES), default=None, help="Device [auto: CUDA if present].")
 @click.option(
-    "--precision", type=click.Choice(PRECISIONS), default=None, help="auto = bf16 autocast on CUDA, fp32 on CPU."
+    "--precision", type=click.Choice(PRECISIONS), default=None, help=f"auto = bf16 autocast on CUDA, fp32 on CPU {_default('run.precision')}."
 )
-@click.option("--channels-last/--no-channels-last", default=None, help="Channels-last memory format [on].")
-@click.option("--compile/--no-compile", default=None, help="torch.compile the encoder [off].")
+@click.option("--channels-last/--no-channels-last", default=None, help=f"Channels-last memory format {_default('run.channels_last')}.")
+@click.option("--compile/--no-compile", default=None, help=f"torch.compile the encoder {_default('run.compile')}.")
 @click.option(
-    "--sync-batchnorm/--no-sync-batchnorm", default=None, help="SyncBatchNorm across GPUs [off, as the paper]."
+    "--sync-batchnorm/--no-sync-batchnorm", default=None, help=f"SyncBatchNorm across GPUs (multi-GPU CUDA runs) {_default('run.sync_batchnorm')}."
 )
 @click.option(
     "--out", type=click.Path(file_okay=False), default=None,
@@ -178,12 +202,20 @@ def resolve_config(
 )
 @click.option(
     "--log-every", type=int, default=None,
-    help="Steps between logged training metrics (CSV, TensorBoard; a printed line with --no-progress) [50].",
+    help=f"Steps between logged training metrics (CSV, TensorBoard; a printed line with --no-progress) {_default('run.log_every')}.",
 )
-@click.option("--val-every", type=int, default=None, help="Epochs between validations [1].")
+@click.option("--val-every", type=int, default=None, help=f"Epochs between validations {_default('run.val_every')}.")
 @click.option("--val-batches", type=int, default=None, help="Cap on validation batches [all].")
-@click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints [1000].")
-@click.option("--examples", type=int, default=None, help="Audio/spectrogram examples written at validation [4].")
+@click.option("--checkpoint-every", type=int, default=None, help=f"Steps between writes of last.pt {_default('run.checkpoint_every')}.")
+@click.option(
+    "--keep-every", type=int, default=None,
+    help=f"Also keep a checkpoint epoch-NNNN.pt every this many epochs (0: only last.pt) {_default('run.keep_every')}.",
+)
+@click.option(
+    "--augment-group", type=int, default=None,
+    help=f"Sounds of a batch that share one augmentation draw (1: per sound) {_default('data.augment_group')}.",
+)
+@click.option("--examples", type=int, default=None, help=f"Audio/spectrogram examples written at validation {_default('run.examples')}.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [on].")
 @click.option("--tensorboard/--no-tensorboard", default=None, help="TensorBoard logs [on].")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE", help="Override any config field.")

@@ -1,10 +1,58 @@
 """Training configuration: a tree of dataclasses, validated on construction, with presets.
 
-``TrainConfig`` = model + data + optim + run. Every field has the paper's value by default
-(../DESIGN.md, Training; paper section 3.1): ResNet18 with a 1-channel stem and 512-d output, batch 768 per
-rank, SGD with lr = 0.12 x global batch / 256 and weight decay 1e-6, MultiStepLR (gamma 0.1) at 77.5 / 85 /
-92.5 % of the epochs, 200 epochs of 100,000 sounds with a 90 / 10 train / validation split, delta = 0.25.
-Momentum is 0.9, as in the alignment/uniformity reference code the paper follows (Wang & Isola, 2020).
+``TrainConfig`` = model + data + optim + run. The field defaults are doppel-torch's default recipe, which is the
+paper's (paper section 3.1, ../DESIGN.md Training) except where a preset says otherwise: ResNet18 with a
+1-channel stem and 512-d output, batch 768 per rank, SGD with lr = 0.12 x global batch / 256 and weight decay
+1e-6, MultiStepLR (gamma 0.1) at 77.5 / 85 / 92.5 % of the epochs, 200 epochs of 100,000 sounds with a 90 / 10
+train / validation split, delta = 0.25. Where the default differs from the paper's released code it says why
+(`optim.momentum`; augmentation, SyncBatchNorm, precision and the validation / checkpoint cadence are execution
+choices that the `paper` preset sets as released).
+
+``--preset paper`` is the released training code (GitHub PapayaResearch/doppelgangers, commit a72dc0a), field by
+field; paths are that repository's:
+
+=====================  ==================  ===============================================================
+field                  paper preset        source
+=====================  ==================  ===============================================================
+model.in_channels      1                   conf/embedding/resnet.yaml:3 (conv_channels: 1)
+model.embed_dim        512                 conf/embedding/resnet.yaml:5 (embedding_size)
+model.width            64                  doppelgangers/resnet.py:40 (torchvision resnet18)
+data.synth             (your --synth)      conf/config.yaml:8 (synth: voice); Table 1 has all three
+data.delta             0.25                conf/config.yaml:30 (data.synthetic.delta)
+data.noise             shared              SynthAX renders a batch with one noise row (data.py:264-265)
+data.sample_rate       16000               conf/config.yaml:25
+data.duration          1.0                 conf/config.yaml:24
+data.sounds_per_epoch  100000              conf/config.yaml:23 (max_n; data.py:247 batches of 768)
+data.val_fraction      0.1                 conf/config.yaml:21 (train_size 0.9; train.py:97-102)
+data.augment           True                conf/config.yaml:22 (apply_transform: true)
+data.augment_group     100                 data.py:211, 273-275 (augmentation_chunksize 100, mode per_batch)
+data.augment_pitch     fast_ratios         torch_audiomentations.PitchShift (conf/transform/audiomentations.yaml:17-22)
+data.ir_dir            (your --ir-dir)     conf/config.yaml:26 (ir_paths from $IR_PATH); reverb is off without one
+optim.batch_size       768                 conf/config.yaml:19 (per GPU; paper: 2 x V100)
+optim.base_lr          0.12                model.py:135; see the lr note below
+optim.momentum         0.0                 model.py:133-137 (torch.optim.SGD without momentum: PyTorch's 0)
+optim.weight_decay     1e-6                model.py:136
+optim.epochs           200                 conf/config.yaml:47
+optim.milestones       .775, .85, .925     conf/config.yaml:59-62; epochs int(epochs x m) (model.py:139)
+optim.gamma            0.1                 model.py:144
+optim.align_alpha      2                   conf/config.yaml:49
+optim.uniform_t        2                   conf/config.yaml:48
+optim.align_weight     1                   conf/config.yaml:50
+optim.uniform_weight   1                   conf/config.yaml:51 (uniformity = mean over both views, model.py:69)
+run.seed               0                   conf/config.yaml:69
+run.precision          fp32                conf/trainer/main.yaml sets none: Lightning's default "32-true"
+run.sync_batchnorm     True                conf/trainer/main.yaml:15 (applies to CUDA multi-GPU runs)
+run.val_every          10                  conf/trainer/main.yaml:17 (check_val_every_n_epoch)
+run.keep_every         10                  conf/trainer/main.yaml:11-14 (every_n_epochs 10, save_top_k -1)
+run.log_every          30                  conf/trainer/main.yaml:16 (log_every_n_steps)
+=====================  ==================  ===============================================================
+
+The lr note: the released code computes ``0.12 * (batch_size // 256) * world_size`` (model.py:135), which is
+0 for a per-GPU batch under 256 and drops the remainder above it (0.12 x 2 for 767). The paper's formula,
+0.12 x global batch / 256 (section 3.4: "0.72 ... 0.12 x total batch size / 256"), equals it for multiples of
+256 and is kept for every batch. Without a counterpart here: the released validation set is redrawn at each
+validation (its JAX key advances), doppel-torch's is the fixed sounds 0 .. n_val - 1, so validation curves are
+comparable across epochs; Lightning's ``benchmark: true`` (cuDNN autotuning) is a speed setting.
 
 Presets override a few fields (``PRESETS``); the CLI then overrides single fields. The resolved config is
 printed at start and saved, as ``to_dict()``, in every checkpoint.
@@ -23,6 +71,7 @@ SYNTHS = ("voice", "voicefm", "parametric")
 BACKENDS = ("auto", "torch", "triton", "cpu")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+AUGMENT_PITCH = ("uniform", "fast_ratios")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -78,6 +127,9 @@ class DataConfig:
     Real-data mode (`data` set to a folder of wav/flac/ogg): two views of real clips, made different by
     `jitter` (two different segments of one clip), `augment` and/or `mix_layers` > 1 (each view is the sum of
     `mix_layers` segments of the clip, the paper's VGGSound-Mix).
+    `augment_group` consecutive sounds of a batch share one draw of the augmentation chain (1: per sound; the
+    released code: 100); `augment_pitch` is "uniform" semitones or torch-audiomentations' "fast_ratios"
+    (`augment.AugmentChain`).
     """
 
     synth: str = "voice"
@@ -89,6 +141,8 @@ class DataConfig:
     sounds_per_epoch: int = 100_000
     val_fraction: float = 0.1
     augment: bool = False
+    augment_group: int = 1
+    augment_pitch: str = "uniform"
     ir_dir: str | None = None
     data: str | None = None
     jitter: bool = True
@@ -110,6 +164,11 @@ class DataConfig:
         _check(self.sounds_per_epoch >= 2, f"data.sounds_per_epoch must be >= 2, got {self.sounds_per_epoch}")
         _check(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         _check(self.mix_layers >= 1, f"data.mix_layers must be >= 1, got {self.mix_layers}")
+        _check(self.augment_group >= 1, f"data.augment_group must be >= 1 (sounds sharing one draw), got {self.augment_group}")
+        _check(
+            self.augment_pitch in AUGMENT_PITCH,
+            f"data.augment_pitch must be one of {', '.join(AUGMENT_PITCH)}; got {self.augment_pitch!r}",
+        )
         _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.data is None:
             _check(self.mix_layers == 1, "data.mix_layers > 1 needs real data: pass --data PATH")
@@ -127,7 +186,10 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD with the paper's linear lr scaling and a MultiStepLR over epochs."""
+    """SGD with the paper's linear lr scaling and a MultiStepLR over epochs.
+
+    momentum: MOMENTUM_NOTE
+    """
 
     batch_size: int = 768
     base_lr: float = 0.12
@@ -165,8 +227,9 @@ class OptimConfig:
         return self.lr if self.lr is not None else self.base_lr * self.batch_size * world_size / 256
 
     def milestone_epochs(self) -> list[int]:
-        """MultiStepLR milestones in epochs: round(fraction x epochs) (155, 170, 185 of 200)."""
-        return [int(round(m * self.epochs)) for m in self.milestones]
+        """MultiStepLR milestones in epochs: int(fraction x epochs), as the released code (155, 170, 185 of 200;
+        7, 8, 9 of 10)."""
+        return [int(m * self.epochs) for m in self.milestones]
 
 
 @dataclass
@@ -174,8 +237,10 @@ class RunConfig:
     """Execution: device, precision, logging, checkpoints. None of these change the recipe.
 
     precision "auto" is bf16 autocast on CUDA and fp32 on CPU. `max_steps` stops early (smoke runs, tests);
-    `val_batches` caps the validation batches; `checkpoint_every` is in optimizer steps (a checkpoint is also
-    written at every epoch end and on exit).
+    `val_batches` caps the validation batches; `checkpoint_every` is in optimizer steps (last.pt is also
+    written at every epoch end and on exit); `keep_every` > 0 also keeps a copy epoch-NNNN.pt every that many
+    epochs (the released code keeps one every 10). `sync_batchnorm` converts BatchNorm to SyncBatchNorm in
+    multi-GPU (CUDA) runs; it has no effect in a single process.
     """
 
     seed: int = 0
@@ -191,6 +256,7 @@ class RunConfig:
     val_every: int = 1
     val_batches: int | None = None
     checkpoint_every: int = 1000
+    keep_every: int = 0
     examples: int = 4
     progress: bool = True
     tensorboard: bool = True
@@ -208,6 +274,7 @@ class RunConfig:
             self.val_batches is None or self.val_batches >= 1, f"run.val_batches must be >= 1, got {self.val_batches}"
         )
         _check(self.checkpoint_every >= 1, f"run.checkpoint_every must be >= 1 (steps), got {self.checkpoint_every}")
+        _check(self.keep_every >= 0, f"run.keep_every must be >= 0 (epochs; 0 keeps only last.pt), got {self.keep_every}")
         _check(self.examples >= 0, f"run.examples must be >= 0, got {self.examples}")
 
 
@@ -280,10 +347,22 @@ def _field_names() -> list[str]:
     return out
 
 
-# Presets: dotted-key overrides of the paper's recipe.
+# Presets: dotted-key overrides of the default recipe (the field defaults above).
 PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's recipe (every default above).
-    "paper": {},
+    # doppel-torch's default recipe: every field default.
+    "default": {},
+    # The paper's released training code, field by field (the table in the module docstring).
+    "paper": {
+        "data.augment": True,
+        "data.augment_group": 100,
+        "data.augment_pitch": "fast_ratios",
+        "optim.momentum": 0.0,
+        "run.precision": "fp32",
+        "run.sync_batchnorm": True,
+        "run.val_every": 10,
+        "run.keep_every": 10,
+        "run.log_every": 30,
+    },
     # A few minutes on 2 CPU cores: a narrow ResNet18, 0.5 s sounds, 3 short epochs.
     "cpu-smoke": {
         "model.width": 16,
@@ -301,7 +380,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_config(preset: str = "paper", overrides: dict[str, Any] | None = None) -> TrainConfig:
+def make_config(preset: str = "default", overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The config of `preset` with dotted-key `overrides` applied (None values are ignored)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")

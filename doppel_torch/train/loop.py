@@ -77,7 +77,10 @@ class Trainer:
         self.model = ResNet18Encoder(cfg.model.in_channels, cfg.model.embed_dim, cfg.model.width).to(self.device)
         if cfg.run.sync_batchnorm and self.env.distributed:
             if self.device.type != "cuda":
-                raise ValueError("--sync-batchnorm needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
+                raise ValueError(
+                    "--sync-batchnorm needs CUDA devices (torch's SyncBatchNorm does not run on CPU; the paper "
+                    "preset turns it on): pass --no-sync-batchnorm"
+                )
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if cfg.run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -175,7 +178,10 @@ class Trainer:
         from doppel_torch.augment import AugmentChain
 
         d = self.config.data
-        chain = AugmentChain(sample_rate=d.sample_rate, ir_paths=d.ir_dir, seed=self.config.run.seed).to(self.device)
+        chain = AugmentChain(
+            sample_rate=d.sample_rate, ir_paths=d.ir_dir, seed=self.config.run.seed, group=d.augment_group,
+            pitch=d.augment_pitch,
+        ).to(self.device)
 
         def augment(audio: torch.Tensor, indices: torch.Tensor, view: int) -> torch.Tensor:
             return chain(audio, indices.to(self.device), view=view)
@@ -383,12 +389,16 @@ class Trainer:
             "metrics": dict(self.last_val),
         }
 
-    def save(self) -> Path | None:
-        """Write out_dir/last.pt (rank 0) after checking that the loss so far is finite."""
+    def save(self, keep: bool = False) -> Path | None:
+        """Write out_dir/last.pt (rank 0) after checking that the loss so far is finite; with `keep`, also
+        out_dir/epoch-NNNN.pt (run.keep_every), which later saves leave alone."""
         self._flush_train_metrics()
         path = None
         if self.env.is_main:
-            path = ckpt_io.save_checkpoint(self.out_dir / "last.pt", self.state_dict())
+            state = self.state_dict()
+            path = ckpt_io.save_checkpoint(self.out_dir / "last.pt", state)
+            if keep:
+                ckpt_io.save_checkpoint(self.out_dir / f"epoch-{self.epoch:04d}.pt", state)
         return path
 
     def load(self, path: str | Path) -> None:
@@ -483,7 +493,7 @@ class Trainer:
         else:
             source = f"synth {cfg.data.synth} (backend {self.synth_backend}), delta {cfg.data.delta}"
         lines += [
-            f"data: {source}; augmentation {'on' if cfg.data.augment else 'off'}",
+            f"data: {source}; augmentation {_augmentation(cfg.data)}",
             f"global batch {self.global_batch} = {env.world_size} x {self.batch_size}; peak lr {self.peak_lr:g}; "
             f"{self.steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs = {self.total_steps} steps; "
             f"LR milestones at epochs {cfg.optim.milestone_epochs()}",
@@ -555,7 +565,7 @@ class Trainer:
                                     f"epoch {self.epoch}: val loss {v['loss']:.4f} align {v['align']:.4f} "
                                     f"uniform {v['uniform']:.4f}"
                                 )
-                        self.save()
+                        self.save(keep=cfg.run.keep_every > 0 and self.epoch % cfg.run.keep_every == 0)
                     elif self.step % cfg.run.checkpoint_every == 0:
                         self.save()
                     if any_rank(self._stop_signal is not None, self.env):
@@ -604,6 +614,15 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"unreadable audio files skipped: {s['skipped_files']}")
     lines.append(f"checkpoint: {s['checkpoint']}")
     return "\n".join(lines)
+
+
+def _augmentation(d) -> str:
+    """One phrase for the resolved augmentation settings, e.g. 'on (one draw per 100 sounds, no reverb: no --ir-dir)'."""
+    if not d.augment:
+        return "off"
+    parts = ["one draw per sound" if d.augment_group == 1 else f"one draw per {d.augment_group} sounds",
+             f"pitch {d.augment_pitch}", "reverb from " + d.ir_dir if d.ir_dir else "no reverb: no --ir-dir"]
+    return f"on ({', '.join(parts)})"
 
 
 def _cpu_backend() -> str:

@@ -269,3 +269,17 @@ def test_empty_batch_gives_an_empty_batch(subset_rows):
     chain.subset_rows = subset_rows
     out = chain(torch.zeros(0, SR), torch.zeros(0, dtype=torch.int64))
     assert out.shape == (0, SR)
+
+
+def test_group_shares_one_draw_per_chunk_as_the_released_code():
+    """group=100 (the released code's chunks of 100): rows of a chunk are augmented alike, chunks differ."""
+    chain = AugmentChain(16000, p=1.0, group=3, transforms=("lowpass", "shift"))
+    tone = torch.sin(torch.arange(8000) * 0.3).expand(7, -1).contiguous()
+    out = chain(tone, torch.arange(40, 47))
+    assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2]) and torch.equal(out[3], out[5])
+    assert not torch.equal(out[2], out[3]) and not torch.equal(out[5], out[6])
+    # the shared draw is the chunk's first sound's own per-sound draw
+    single = AugmentChain(16000, p=1.0, transforms=("lowpass", "shift"))
+    torch.testing.assert_close(out[3], single(tone[:1], torch.tensor([43]))[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="group must be an integer >= 1"):
+        AugmentChain(16000, group=0)

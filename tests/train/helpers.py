@@ -24,6 +24,6 @@ TINY = {
 
 
 def tiny_config(out_dir, **overrides: Any) -> TrainConfig:
-    """make_config("paper") with TINY and `overrides` (keys with "__" for ".": optim__lr=...)."""
+    """make_config("default") with TINY and `overrides` (keys with "__" for ".": optim__lr=...)."""
     extra = {k.replace("__", "."): v for k, v in overrides.items()}
-    return make_config("paper", {**TINY, "run.out_dir": str(out_dir), **extra})
+    return make_config("default", {**TINY, "run.out_dir": str(out_dir), **extra})

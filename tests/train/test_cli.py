@@ -149,7 +149,7 @@ def test_resume_extends_steps_and_epochs_without_duplicate_rows(tmp_path, audio_
     # More epochs extend a finished run, and the new LR schedule is printed.
     result = CliRunner().invoke(train, ["--resume", str(out), "--epochs", "3"])
     assert result.exit_code == 0, result.output
-    assert "optim.epochs 1 -> 3" in result.output and "LR milestones now at epochs [2, 3, 3]" in result.output
+    assert "optim.epochs 1 -> 3" in result.output and "LR milestones now at epochs [2, 2, 2]" in result.output
     assert "done: step 27 (epoch 3.00)" in result.output
     ckpt = ckpt_io.load_checkpoint(out)
     assert ckpt["epoch"] == 3 and ckpt["config"]["optim"]["epochs"] == 3

@@ -60,3 +60,32 @@ def test_lr_schedule_steps_at_milestone_epochs(tmp_path, audio_dir):
     expected = [peak * 0.1 ** sum(e >= m for m in (31, 34, 37)) for e in range(40)]
     assert lrs == pytest.approx(expected, rel=1e-12)
     assert torch.is_tensor(trainer.frontend.filterbank)
+
+
+def test_paper_preset_is_the_released_code():
+    """--preset paper field by field (sources in doppel_torch/train/config.py's docstring)."""
+    paper, default = make_config("paper"), make_config("default")
+    assert paper.optim.momentum == 0.0 and paper.optim.weight_decay == 1e-6 and paper.optim.base_lr == 0.12
+    assert paper.run.sync_batchnorm and paper.run.precision == "fp32"
+    assert paper.data.augment and paper.data.augment_group == 100 and paper.data.augment_pitch == "fast_ratios"
+    assert (paper.run.val_every, paper.run.keep_every, paper.run.log_every) == (10, 10, 30)
+    assert (paper.optim.batch_size, paper.optim.epochs, paper.data.sounds_per_epoch) == (768, 200, 100_000)
+    assert paper.data.delta == 0.25 and paper.data.noise == "shared" and paper.data.val_fraction == 0.1
+    assert paper.model == default.model
+    # lr: the paper's formula, not the released integer division (0 below a batch of 256)
+    assert paper.optim.peak_lr(world_size=2) == pytest.approx(0.72)
+    assert make_config("paper", {"optim.batch_size": 64}).optim.peak_lr(world_size=1) == pytest.approx(0.03)
+    # milestones as the released int(epochs x m)
+    assert make_config("paper", {"optim.epochs": 10}).optim.milestone_epochs() == [7, 8, 9]
+
+
+def test_help_states_the_true_defaults():
+    from click.testing import CliRunner
+
+    from doppel_torch.train.cli import train
+
+    text = " ".join(CliRunner().invoke(train, ["--help"]).output.split())
+    d = TrainConfig()
+    assert f"SGD momentum [{d.optim.momentum:g}; --preset paper: 0]" in text
+    assert f"[{'on' if d.run.sync_batchnorm else 'off'}; --preset paper: on]" in text
+    assert "as the paper" not in text
