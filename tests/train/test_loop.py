@@ -54,9 +54,11 @@ def test_lr_schedule_in_the_loop(tmp_path, audio_dir):
     # int(3.7) = 3 (the released code's int(); round() gave 3, 3, 4).
     cfg = tiny_config(
         tmp_path, data__data=str(audio_dir), data__sounds_per_epoch=8, data__val_fraction=0.5, optim__epochs=4,
-        run__val_every=10,
+        run__val_every=10, run__keep_every=2,
     )
     Trainer(cfg, log=_quiet).fit()
+    # run.keep_every=2 keeps epoch 2 and 4 beside last.pt (the released code keeps one every 10 epochs)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["epoch-0002.pt", "epoch-0004.pt", "last.pt"]
     lrs = [float(r["lr"]) for r in _rows(tmp_path / "metrics.csv") if r["kind"] == "train"]
     peak = 0.12 * 4 / 256
     assert lrs == pytest.approx([peak, peak, peak, peak * 0.001])
