@@ -228,8 +228,9 @@ class OptimConfig:
 
     def milestone_epochs(self) -> list[int]:
         """MultiStepLR milestones in epochs: int(fraction x epochs), as the released code (155, 170, 185 of 200;
-        7, 8, 9 of 10)."""
-        return [int(m * self.epochs) for m in self.milestones]
+        7, 8, 9 of 10), and at least 1: a milestone at epoch 0 (int(0.775) for a 1-epoch run) would make
+        MultiStepLR decay the lr before the first step."""
+        return [max(1, int(m * self.epochs)) for m in self.milestones]
 
 
 @dataclass

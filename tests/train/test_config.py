@@ -89,3 +89,10 @@ def test_help_states_the_true_defaults():
     assert f"SGD momentum [{d.optim.momentum:g}; --preset paper: 0]" in text
     assert f"[{'on' if d.run.sync_batchnorm else 'off'}; --preset paper: on]" in text
     assert "as the paper" not in text
+
+
+def test_one_epoch_run_starts_at_the_peak_lr(tmp_path, audio_dir):
+    cfg = tiny_config(tmp_path, optim__epochs=1, data__data=str(audio_dir))
+    assert cfg.optim.milestone_epochs() == [1, 1, 1]
+    trainer = Trainer(cfg, log=lambda s: None)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.peak_lr)
