@@ -382,7 +382,7 @@ def _audio_files(folder: Path) -> list[Path]:
 # ------------------------------------------------------------------------- the paper's other datasets
 
 
-VIVAE_NAME = re.compile(r"^S(\d+)_([a-z]+)_([a-z]+)_(\d+)$")
+VIVAE_NAME = re.compile(r"^S(\d+)_([A-Za-z]+)_")  # as ARCH reads it: speaker, emotion, then anything
 
 
 def vivae(root: Path | str) -> Task:
