@@ -168,20 +168,41 @@ class Task:
         )
 
     def sample(self, max_files: int, seed: int = 0) -> Task:
-        """At most `max_files` examples, drawn round-robin over (fold, first label) cells so that every
-        fold and class keeps examples. Deterministic in `seed`."""
+        """At most `max_files` examples, stratified over folds and classes. Deterministic in `seed`.
+
+        Each fold (or fixed split) keeps a share proportional to its size, at least one file where
+        `max_files` allows; within a fold, files are drawn round-robin over the classes (a file's first label)
+        in one seeded class order shared by every fold, so a draw too small for every class keeps the same
+        classes on every side of a split rather than losing whole folds.
+        """
         if max_files >= len(self):
             return self
         rng = random.Random(seed)
-        cells: dict[tuple[str, str], list[int]] = {}
-        for i in range(len(self)):
-            cells.setdefault((self.folds[i], self.labels[i][0]), []).append(i)
-        queues = [rng.sample(v, len(v)) for _, v in sorted(cells.items())]
+        rank = {c: i for i, c in enumerate(rng.sample(self.classes, len(self.classes)))}
+        folds = self.fold_names()
+        members: dict[str, list[int]] = {f: [] for f in folds}
+        for i, f in enumerate(self.folds):
+            members[f].append(i)
+        share = {f: max_files * len(members[f]) / len(self) for f in folds}
+        quota = {f: int(share[f]) for f in folds}
+        for f in sorted(folds, key=lambda f: quota[f] - share[f])[: max_files - sum(quota.values())]:
+            quota[f] += 1  # largest remainders first
+        for f in folds:
+            if quota[f] == 0 and max_files >= len(folds):
+                donor = max(folds, key=lambda g: quota[g])
+                quota[donor], quota[f] = quota[donor] - 1, 1
         chosen: list[int] = []
-        while len(chosen) < max_files:
-            for q in queues:
-                if q and len(chosen) < max_files:
-                    chosen.append(q.pop())
+        for f in folds:
+            cells: dict[str, list[int]] = {}
+            for i in members[f]:
+                cells.setdefault(self.labels[i][0], []).append(i)
+            queues = [rng.sample(cells[c], len(cells[c])) for c in sorted(cells, key=rank.__getitem__)]
+            taken = 0
+            while taken < quota[f]:
+                for q in queues:
+                    if q and taken < quota[f]:
+                        chosen.append(q.pop())
+                        taken += 1
         return self.subset(sorted(chosen))
 
     def check_group_disjoint(self) -> None:

@@ -17,7 +17,7 @@ from doppel_torch.eval.cli import eval_command
 from doppel_torch.eval.metrics import mean_average_precision, score
 from doppel_torch.eval.suite import PAPER_SUITE, find_suite
 from doppel_torch.eval.tasks import (
-    FSD50K_TOO_LONG, _hear_subsample, crema_d, fsd50k, hear_kfolds, hear_str2int, libricount, nsynth_pitch,
+    FSD50K_TOO_LONG, Task, _hear_subsample, crema_d, fsd50k, hear_kfolds, hear_str2int, libricount, nsynth_pitch,
     parse_task_spec, vivae, vocal_imitation,
 )
 
@@ -290,3 +290,22 @@ def test_suite_bad_inputs(tmp_path):
     assert "task LCount (libricount): not found" in result.output
     result = runner.invoke(eval_command, ["--suite", "paper", "--data-root", str(tmp_path / "nope"), "-q"])
     assert result.exit_code == 1 and "data root" in result.output and "does not exist" in result.output
+
+
+def test_max_files_keeps_every_fold_of_a_many_class_task():
+    """--max-files below the number of (fold, class) cells: every fold keeps files, in proportion to its size,
+    and the classes kept are the same on every side (a fixed split of 200 classes, as FSD50K's, drawn to 30)."""
+    files = [f"/x/{i}.wav" for i in range(1200)]
+    labels = [(f"c{i % 200:03d}",) for i in range(1200)]
+    folds = ["train"] * 800 + ["valid"] * 200 + ["test"] * 200
+    task = Task("t", files, labels, sorted({ls[0] for ls in labels}), False, folds, "fixed").sample(30, seed=1)
+    assert [task.folds.count(s) for s in ("train", "valid", "test")] == [20, 5, 5]
+    by_split = {s: {ls[0] for ls, f in zip(task.labels, task.folds) if f == s} for s in ("train", "valid", "test")}
+    assert by_split["valid"] <= by_split["train"] and by_split["test"] <= by_split["train"]
+    # ESC-50's shape: 5 folds x 50 classes, 100 files -> 20 per fold, the same 20 classes in each
+    files = [f"/x/{i}.wav" for i in range(2000)]
+    labels = [(f"c{i // 5 % 50:02d}",) for i in range(2000)]
+    folds = [f"fold{i % 5 + 1}" for i in range(2000)]
+    task = Task("esc", files, labels, sorted({ls[0] for ls in labels}), False, folds).sample(100)
+    assert len(task.fold_names()) == 5 and len(task.classes) == 20
+    assert all(task.folds.count(f) == 20 for f in task.fold_names())
