@@ -2,8 +2,11 @@
 
     doppel-torch eval runs/exp/last.pt --task fsdd --task esc50:/data/ESC-50-master --out eval-results
     doppel-torch eval runs/a/last.pt runs/b/last.pt --task csv:my_manifest.csv --probe mlp-grid
+    doppel-torch eval runs/exp/last.pt --suite paper --data-root /data --task fsdd
 
-Task specs are KIND[:PATH]: fsdd (digit + speaker), fsdd-digit, fsdd-speaker, esc50, us8k, hear, folder, csv.
+Task specs are KIND[:PATH]: fsdd (digit + speaker), fsdd-digit, fsdd-speaker, esc50, us8k, vivae, nsynth-pitch-5h,
+crema-d, fsd50k, vocal-imitation, libricount, hear, folder, csv. `--suite paper` adds every task of the paper's
+Table 1 found under --data-root (see `doppel_torch.eval.suite`) and prints the table in the paper's column order.
 Writes eval.json and eval.md into --out and prints the table. Embeddings are cached on disk per
 checkpoint content and audio file content (--cache-dir), so a rerun only fits the probes.
 """
@@ -20,6 +23,7 @@ from doppel_torch.eval.embed import Embedder
 from doppel_torch.eval.evaluate import evaluate
 from doppel_torch.eval.probe import PROBE_KINDS, ProbeConfig
 from doppel_torch.eval.report import markdown_table, write_report
+from doppel_torch.eval.suite import SUITES, find_suite, suite_markdown, suite_summary, suite_table
 from doppel_torch.eval.tasks import parse_task_spec
 
 DEFAULT_CACHE = Path("~/.cache/doppel-torch/embeddings")
@@ -49,9 +53,18 @@ def _checkpoint_names(paths: tuple[str, ...]) -> list[str]:
 
 @click.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoints", nargs=-1, type=click.Path(exists=True))
-@click.option("--task", "-t", "task_specs", multiple=True, required=True, metavar="KIND[:PATH]",
+@click.option("--task", "-t", "task_specs", multiple=True, metavar="KIND[:PATH]",
               help="Task to probe (repeatable): fsdd, fsdd-digit, fsdd-speaker, esc50:PATH, us8k:PATH, "
-                   "hear:PATH, folder:PATH, csv:PATH.")
+                   "vivae:PATH, nsynth-pitch-5h:PATH, crema-d:PATH, fsd50k:PATH, vocal-imitation:PATH, "
+                   "libricount:PATH (each the dataset's own folder), hear:PATH, folder:PATH, csv:PATH.")
+@click.option("--suite", type=click.Choice(sorted(SUITES)), default=None,
+              help="Run every task of a suite found under --data-root: paper = Table 1's ESC-50, UrbanSound8K, "
+                   "VIVAE, NSynth pitch 5h, CREMA-D, FSD50K, Vocal Imitation, LibriCount, each as a HEAR task "
+                   "folder (DIR/esc50-v2.0.0-full/, DIR/tasks/...) or in its own layout (DIR/ESC-50-master/, "
+                   "DIR/UrbanSound8K/, DIR/VIVAE/, DIR/nsynth/, DIR/CREMA-D/, DIR/FSD50K/, DIR/VocalImitationSet/, "
+                   "DIR/LibriCount10-0dB/); absent tasks are skipped with a line saying where it looked.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Folder holding the datasets of --suite.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="eval-results", show_default=True,
               help="Folder for eval.json and eval.md.")
 @click.option("--probe", "probe_kind", type=click.Choice(PROBE_KINDS), default="linear", show_default=True,
@@ -74,18 +87,31 @@ def _checkpoint_names(paths: tuple[str, ...]) -> list[str]:
 @click.option("--no-cache", is_flag=True, help="Do not read or write the embedding cache.")
 @click.option("--device", default=None, help="Device for the encoders (default: cuda if available, else cpu).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def eval_command(checkpoints, task_specs, out_dir, probe_kind, seeds, max_epochs, patience, lr, batch_size,
-                 standardize, baselines, random_init_seed, max_files, cache_dir, no_cache, device, quiet):
-    """Probe the encoders of CHECKPOINTS (files or run folders) on each --task; print a table and write
-    JSON + markdown reports. Without CHECKPOINTS, only the baselines are probed."""
+def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind, seeds, max_epochs, patience, lr,
+                 batch_size, standardize, baselines, random_init_seed, max_files, cache_dir, no_cache, device, quiet):
+    """Probe the encoders of CHECKPOINTS (files or run folders) on each --task and --suite task; print a table
+    and write JSON + markdown reports. Without CHECKPOINTS, only the baselines are probed."""
     seeds_list = _parse_seeds(seeds)
     if not checkpoints and not baselines:
         raise click.UsageError("nothing to evaluate: give CHECKPOINTS, or keep the baselines on")
+    if not task_specs and not suite:
+        raise click.UsageError("no task: give --task KIND[:PATH] (repeatable) or --suite paper --data-root DIR")
+    if (suite is None) != (data_root is None):
+        raise click.UsageError("--suite and --data-root go together: --suite paper --data-root DIR")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         config = ProbeConfig(kind=probe_kind, lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
                              standardize=standardize)
         tasks = [t for spec in task_specs for t in parse_task_spec(spec)]
+        if suite:
+            found, missing = find_suite(suite, data_root)
+            for line in missing:
+                click.echo(line, err=True)
+            for entry, task, folder, fmt in found:
+                click.echo(f"task {entry.column} ({entry.name}): {len(task)} files, {fmt} at {folder}", err=True)
+            if not found and not tasks:
+                raise ValueError(f"no task of suite {suite!r} found under {data_root} (see the lines above)")
+            tasks = [task for _, task, _, _ in found] + tasks
         if max_files is not None:
             if max_files < 1:
                 raise ValueError("--max-files must be >= 1")
@@ -112,6 +138,11 @@ def eval_command(checkpoints, task_specs, out_dir, probe_kind, seeds, max_epochs
         if entry["unreadable"]:
             click.echo(f"warning: {name}: {len(entry['unreadable'])} unreadable file(s) left out, e.g. "
                        f"{entry['unreadable'][0]['path']}: {entry['unreadable'][0]['error']}", err=True)
+    if suite:
+        report["suite"] = suite_summary(suite, data_root, found, missing)
     json_path, md_path = write_report(report, out_dir)
-    click.echo(markdown_table(report))
+    if suite:
+        with open(md_path, "a") as f:
+            f.write("\n" + suite_markdown(report) + "\n")
+    click.echo(suite_table(report) if suite else markdown_table(report))
     click.echo(f"wrote {json_path} and {md_path}")

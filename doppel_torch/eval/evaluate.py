@@ -127,7 +127,7 @@ def cross_validate(
                 x[t(split.train)], y[t(split.train)], x[t(split.valid)], y[t(split.valid)],
                 len(task.classes), task.multilabel, config, seed,
             )
-            test_score = score(predict(fit.model, x[t(split.test)]), y[t(split.test)], task.multilabel)
+            test_score = score(predict(fit.model, x[t(split.test)]), y[t(split.test)], task.multilabel, task.metric)
             runs.append(dict(split=split.name, seed=int(seed), score=test_score, valid_score=fit.valid_score,
                              best_epoch=fit.best_epoch, point=fit.point))
             bar.update(1)
@@ -189,8 +189,8 @@ def evaluate(
 
 
 def chance_level(task: Task) -> float:
-    """Accuracy of always predicting the most frequent class (single-label tasks)."""
-    if task.multilabel:
+    """Accuracy of always predicting the most frequent class (tasks scored by accuracy)."""
+    if task.metric != "accuracy":
         return math.nan
     counts = np.bincount(task.targets().numpy(), minlength=len(task.classes))
     return float(counts.max() / counts.sum())

@@ -43,6 +43,20 @@ def mean_average_precision(scores: torch.Tensor, target: torch.Tensor) -> float:
     return sum(average_precision(scores[:, c], target[:, c]) for c in cols) / len(cols)
 
 
-def score(scores: torch.Tensor, target: torch.Tensor, multilabel: bool) -> float:
-    """The task's metric: mAP if `multilabel` else accuracy."""
-    return mean_average_precision(scores, target) if multilabel else accuracy(scores, target)
+def score(scores: torch.Tensor, target: torch.Tensor, multilabel: bool, metric: str | None = None) -> float:
+    """The task's metric: `metric` ("accuracy" or "mAP"), by default mAP if `multilabel` else accuracy.
+
+    mAP of a single-label task (HEAR's Vocal Imitation) ranks the softmax probabilities of each class
+    against one-hot targets, as hear-eval-kit scores its softmax predictions (a logit column would rank
+    examples differently)."""
+    metric = metric or ("mAP" if multilabel else "accuracy")
+    if metric == "accuracy":
+        if multilabel:
+            raise ValueError("accuracy is not defined for multi-label targets; use mAP")
+        return accuracy(scores, target)
+    if metric != "mAP":
+        raise ValueError(f"unknown metric {metric!r}; use 'accuracy' or 'mAP'")
+    if multilabel:
+        return mean_average_precision(scores, target)
+    probs = torch.softmax(scores.double(), dim=1)
+    return mean_average_precision(probs, torch.nn.functional.one_hot(target, scores.shape[1]).double())

@@ -8,15 +8,18 @@ A `Task` is a list of audio files, one label set per file and a split scheme:
 - ``fixed``: the dataset defines train / valid / test (HEAR ``trainvaltest`` tasks); one split.
 
 Where a dataset only gives groups (a speaker, a source recording), `grouped_folds` assigns whole groups to
-folds, so a group never sits on both sides of a split.
+folds, so a group never sits on both sides of a split. Where the paper's numbers come from HEAR's own k-fold
+split of a dataset that defines none (LibriCount, Vocal Imitation, CREMA-D), `hear_kfolds` redoes that split.
 
-Loaders: `fsdd`, `esc50`, `urbansound8k`, `hear_task`, `label_folder`, `csv_manifest`, and `parse_task_spec`
-for the command line's ``KIND[:PATH]`` strings.
+Loaders, one per layout: `fsdd`, `esc50`, `urbansound8k`, `vivae`, `nsynth_pitch`, `crema_d`, `fsd50k`,
+`vocal_imitation`, `libricount` (each dataset's own published layout), `hear_task` (a hear-preprocess task
+folder), `label_folder`, `csv_manifest`; `parse_task_spec` reads the command line's ``KIND[:PATH]`` strings.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import random
@@ -30,6 +33,9 @@ import torch
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 FIXED_SPLITS = ("train", "valid", "test")
+METRICS = ("accuracy", "mAP")
+# hear-eval-kit score names (task_metadata.json "evaluation", the first is the task's primary score) -> ours
+HEAR_METRICS = {"top1_acc": "accuracy", "pitch_acc": "accuracy", "mAP": "mAP"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,9 @@ class Task:
         folds: fold name per example (``split_mode="folds"``) or ``train``/``valid``/``test``
             (``split_mode="fixed"``).
         groups: optional group per example (speaker, source recording): checked never to cross a split.
+        metric: ``"accuracy"`` or ``"mAP"`` (macro, over classes with positives); default mAP for multi-label
+            tasks, else accuracy. A single-label task may be scored by mAP (HEAR's Vocal Imitation): the probe
+            stays a softmax classifier and its class probabilities are ranked against one-hot targets.
     """
 
     name: str
@@ -65,8 +74,15 @@ class Task:
     folds: list[str]
     split_mode: str = "folds"
     groups: list[str] | None = None
+    metric: str | None = None
 
     def __post_init__(self) -> None:
+        if self.metric is None:
+            self.metric = "mAP" if self.multilabel else "accuracy"
+        if self.metric not in METRICS:
+            raise ValueError(f"task {self.name!r}: metric must be one of {METRICS}, got {self.metric!r}")
+        if self.multilabel and self.metric != "mAP":
+            raise ValueError(f"task {self.name!r}: a multi-label task is scored by mAP, not {self.metric}")
         n = len(self.files)
         if n == 0:
             raise ValueError(f"task {self.name!r} has no audio files")
@@ -106,11 +122,6 @@ class Task:
 
     def __len__(self) -> int:
         return len(self.files)
-
-    @property
-    def metric(self) -> str:
-        """``"mAP"`` for multi-label tasks, ``"accuracy"`` otherwise."""
-        return "mAP" if self.multilabel else "accuracy"
 
     def targets(self) -> torch.Tensor:
         """Class indices (N,) int64 for single-label tasks, multi-hot (N, C) float32 for multi-label ones."""
@@ -153,23 +164,45 @@ class Task:
             folds=[self.folds[i] for i in indices],
             split_mode=self.split_mode,
             groups=None if self.groups is None else [self.groups[i] for i in indices],
+            metric=self.metric,
         )
 
     def sample(self, max_files: int, seed: int = 0) -> Task:
-        """At most `max_files` examples, drawn round-robin over (fold, first label) cells so that every
-        fold and class keeps examples. Deterministic in `seed`."""
+        """At most `max_files` examples, stratified over folds and classes. Deterministic in `seed`.
+
+        Each fold (or fixed split) keeps a share proportional to its size, at least one file where
+        `max_files` allows; within a fold, files are drawn round-robin over the classes (a file's first label)
+        in one seeded class order shared by every fold, so a draw too small for every class keeps the same
+        classes on every side of a split rather than losing whole folds.
+        """
         if max_files >= len(self):
             return self
         rng = random.Random(seed)
-        cells: dict[tuple[str, str], list[int]] = {}
-        for i in range(len(self)):
-            cells.setdefault((self.folds[i], self.labels[i][0]), []).append(i)
-        queues = [rng.sample(v, len(v)) for _, v in sorted(cells.items())]
+        rank = {c: i for i, c in enumerate(rng.sample(self.classes, len(self.classes)))}
+        folds = self.fold_names()
+        members: dict[str, list[int]] = {f: [] for f in folds}
+        for i, f in enumerate(self.folds):
+            members[f].append(i)
+        share = {f: max_files * len(members[f]) / len(self) for f in folds}
+        quota = {f: int(share[f]) for f in folds}
+        for f in sorted(folds, key=lambda f: quota[f] - share[f])[: max_files - sum(quota.values())]:
+            quota[f] += 1  # largest remainders first
+        for f in folds:
+            if quota[f] == 0 and max_files >= len(folds):
+                donor = max(folds, key=lambda g: quota[g])
+                quota[donor], quota[f] = quota[donor] - 1, 1
         chosen: list[int] = []
-        while len(chosen) < max_files:
-            for q in queues:
-                if q and len(chosen) < max_files:
-                    chosen.append(q.pop())
+        for f in folds:
+            cells: dict[str, list[int]] = {}
+            for i in members[f]:
+                cells.setdefault(self.labels[i][0], []).append(i)
+            queues = [rng.sample(cells[c], len(cells[c])) for c in sorted(cells, key=rank.__getitem__)]
+            taken = 0
+            while taken < quota[f]:
+                for q in queues:
+                    if q and taken < quota[f]:
+                        chosen.append(q.pop())
+                        taken += 1
         return self.subset(sorted(chosen))
 
     def check_group_disjoint(self) -> None:
@@ -283,7 +316,9 @@ def fsdd(root: Path | str | None = None, target: str = "digit") -> Task:
 
 
 def esc50(root: Path | str) -> Task:
-    """ESC-50: ``meta/esc50.csv`` (filename, fold, category, src_file) and ``audio/``; 5 official folds."""
+    """ESC-50 (Piczak 2015; GitHub karolpiczak/ESC-50, the ``ESC-50-master`` archive): ``meta/esc50.csv``
+    (filename, fold, target, category, esc10, src_file, take) and ``audio/``; the 5 official folds (HEAR's
+    ``esc50-v2.0.0-full`` keeps them), grouped by source recording."""
     root = _require_dir(Path(root), "ESC-50")
     meta = _require_file(root / "meta" / "esc50.csv", "ESC-50 metadata")
     files, labels, folds, groups = [], [], [], []
@@ -298,7 +333,9 @@ def esc50(root: Path | str) -> Task:
 
 
 def urbansound8k(root: Path | str) -> Task:
-    """UrbanSound8K: ``metadata/UrbanSound8K.csv`` and ``audio/fold{k}/``; 10 official folds, grouped by fsID."""
+    """UrbanSound8K (Salamon et al. 2014): ``metadata/UrbanSound8K.csv`` (slice_file_name, fsID, start, end,
+    salience, fold, classID, class) and ``audio/fold{k}/``; the 10 official folds (ARCH keeps them), grouped
+    by Freesound recording (fsID)."""
     root = _require_dir(Path(root), "UrbanSound8K")
     meta = _require_file(root / "metadata" / "UrbanSound8K.csv", "UrbanSound8K metadata")
     files, labels, folds, groups = [], [], [], []
@@ -312,13 +349,239 @@ def urbansound8k(root: Path | str) -> Task:
     return Task("urbansound8k", files, labels, classes, False, folds, "folds", groups)
 
 
+# ------------------------------------------------------------------------ HEAR's own k-fold split, NSynth 5h
+
+
+def hear_str2int(s: str) -> int:
+    """hear-preprocess's ``util/luigi.py:str2int``: a string's SHA-1 as an int mod 2**32 - 1 (its RNG seeds)."""
+    return int(hashlib.sha1(s.encode("utf-8")).hexdigest(), 16) % (2**32 - 1)
+
+
+def hear_kfolds(keys: list[str], labels: list[tuple[str, ...]], n_folds: int, retries: int = 1000) -> list[str]:
+    """HEAR's ``new_split_kfold`` fold names (``fold00`` ...) for examples with split keys `keys`.
+
+    hear-preprocess 2021 ``pipeline.py``, ``ExtractMetadata.split_k_folds``: the unique keys sorted, shuffled
+    by ``random.Random("split_k_folds")`` (then ``"split_k_folds_retry_{i}"``), cut into `n_folds` parts by
+    ``np.array_split``; the first seed whose every fold holds every label wins. Its default key is the file
+    stem, so the same files give HEAR's folds.
+    """
+    unique = sorted(set(keys))
+    if len(unique) < n_folds:
+        raise ValueError(f"{len(unique)} files cannot fill {n_folds} folds; is the dataset folder complete?")
+    every = {c for ls in labels for c in ls}
+    for attempt in range(retries):
+        seed = "split_k_folds" if attempt == 0 else f"split_k_folds_retry_{attempt - 1}"
+        shuffled = list(unique)
+        random.Random(seed).shuffle(shuffled)
+        fold_of = {}
+        for j, part in enumerate(np.array_split(np.arange(len(shuffled)), n_folds)):
+            fold_of.update((shuffled[int(i)], f"fold{j:02d}") for i in part)
+        folds = [fold_of[k] for k in keys]
+        seen: dict[str, set[str]] = {}
+        for fold, ls in zip(folds, labels):
+            seen.setdefault(fold, set()).update(ls)
+        if all(s == every for s in seen.values()):
+            return folds
+    raise ValueError(f"no HEAR fold seed out of {retries} puts every label in each of {n_folds} folds; "
+                     "a class has fewer files than folds")
+
+
+def _hear_subsample(stems: list[str], split: str, max_files: int) -> set[str]:
+    """hear-preprocess ``SubsampleSplit.run``: stems sorted, shuffled by pandas ``sample(frac=1,
+    random_state=str2int(f"SubsampleSplit({split})"))`` (= ``np.random.RandomState(seed).permutation``), the
+    first `max_files` kept."""
+    ordered = sorted(stems)
+    order = np.random.RandomState(hear_str2int(f"SubsampleSplit({split})")).permutation(len(ordered))
+    return {ordered[i] for i in order[:max_files]}
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS),
+                  key=lambda p: _natural_key(p.name))
+
+
+# ------------------------------------------------------------------------- the paper's other datasets
+
+
+VIVAE_NAME = re.compile(r"^S(\d+)_([A-Za-z]+)_")  # as ARCH reads it: speaker, emotion, then anything
+
+
+def vivae(root: Path | str) -> Task:
+    """VIVAE 1.0 (Holz et al. 2022, Zenodo 4066235): ``full_set/S{speaker}_{emotion}_{intensity}_{take}.wav``
+    (e.g. ``S01_achievement_low_01.wav``), 11 speakers, 6 emotions.
+
+    ARCH's protocol (``arch_eval/evaluation/classification/sound/vivae.py``): label = emotion, one fold per
+    speaker (leave-one-speaker-out; validation on the next speaker), so the probe is tested on an unheard voice.
+    """
+    root = _require_dir(Path(root), "VIVAE")
+    full = root / "full_set"
+    if not full.is_dir():
+        raise FileNotFoundError(f"VIVAE folder {root} has no full_set/ folder; give the folder that holds full_set/")
+    files, labels, folds = [], [], []
+    for p in _audio_files(full):
+        m = VIVAE_NAME.match(p.stem)
+        if m is None:
+            raise ValueError(f"VIVAE file {p.name} has no label: names must be S<speaker>_<emotion>_<intensity>_<n>.wav")
+        files.append(p)
+        labels.append((m.group(2),))
+        folds.append(f"S{int(m.group(1)):02d}")
+    if not files:
+        raise FileNotFoundError(f"no audio files in {full}")
+    return Task("vivae", files, labels, sorted({ls[0] for ls in labels}), False, folds, "folds", list(folds))
+
+
+NSYNTH_SPLITS = {"train": "train", "valid": "valid", "test": "test"}
+
+
+def nsynth_pitch(root: Path | str, hours: float | None = 5.0) -> Task:
+    """NSynth 2.2.3 (Engel et al. 2017) pitch, HEAR's ``nsynth_pitch-v2.2.3-5h``: ``nsynth-{train,valid,test}/
+    examples.json`` (note_str -> {pitch, ...}) and ``nsynth-{split}/audio/{note_str}.wav`` (4 s, 16 kHz).
+
+    As hear-preprocess ``nsynth_pitch.py``: label = MIDI pitch, only pitches 21-108 (88 piano keys), NSynth's
+    own train / valid / test split; ``hours=5`` keeps HEAR's 5 h subsample (train 4,000, valid 500, test 500
+    files of 4 s: 5 h x 80/90, x 10/90 and x 10/90, drawn as hear-preprocess ``SubsampleSplit`` does, see
+    `_hear_subsample`). ``hours=None`` keeps every file.
+    """
+    root = _require_dir(Path(root), "NSynth")
+    files, labels, folds = [], [], []
+    percent = {"train": 80, "valid": 10, "test": 10}  # hear-preprocess pipeline.py: 80/10/10, of 90 train+valid
+    for split in NSYNTH_SPLITS:
+        folder = root / f"nsynth-{split}"
+        meta = _require_file(folder / "examples.json", f"NSynth {split} examples.json")
+        notes = {k: v for k, v in json.loads(meta.read_text()).items() if 21 <= int(v["pitch"]) <= 108}
+        keep = set(notes) if hours is None else _hear_subsample(
+            list(notes), split, int(3600 * hours * percent[split] / 90 / 4.0))
+        for stem in sorted(keep):
+            files.append(folder / "audio" / f"{stem}.wav")
+            labels.append((str(int(notes[stem]["pitch"])),))
+            folds.append(split)
+    name = "nsynth-pitch" + ("" if hours is None else f"-{hours:g}h")
+    return Task(name, files, labels, sorted({ls[0] for ls in labels}, key=int), False, folds, "fixed")
+
+
+CREMA_D_EMOTIONS = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
+
+
+def crema_d(root: Path | str, n_folds: int = 5) -> Task:
+    """CREMA-D (Cao et al. 2014; GitHub CheyneyComputerScience/CREMA-D): ``AudioWAV/{actor}_{sentence}_
+    {emotion}_{level}.wav`` (e.g. ``1001_DFA_ANG_XX.wav``); label = the emotion code (ANG, DIS, FEA, HAP,
+    NEU, SAD).
+
+    HEAR's ``tfds_crema_d-1.0.0-full`` protocol: 5 new folds by file (its split key is the file, not the
+    actor), drawn with `hear_kfolds`. HEAR keyed the files by TFDS id, so the folds are HEAR's algorithm on
+    the original names, not HEAR's exact folds; actors do cross folds, as in HEAR.
+    """
+    root = _require_dir(Path(root), "CREMA-D")
+    audio = root / "AudioWAV"
+    if not audio.is_dir():
+        raise FileNotFoundError(f"CREMA-D folder {root} has no AudioWAV/ folder; give the folder that holds AudioWAV/")
+    files, labels = [], []
+    for p in _audio_files(audio):
+        parts = p.stem.split("_")
+        if len(parts) != 4 or parts[2] not in CREMA_D_EMOTIONS:
+            raise ValueError(f"CREMA-D file {p.name} has no emotion code: names must be "
+                             f"actor_sentence_EMOTION_level.wav with EMOTION in {', '.join(CREMA_D_EMOTIONS)}")
+        files.append(p)
+        labels.append((parts[2],))
+    if not files:
+        raise FileNotFoundError(f"no audio files in {audio}")
+    stems = [p.stem for p in files]
+    classes = sorted({ls[0] for ls in labels})
+    return Task("crema-d", files, labels, classes, False, hear_kfolds(stems, labels, n_folds), "folds", stems)
+
+
+# hear-preprocess fsd50k.py: "These 12 train files have length >= 30sec ... and thus should be removed"
+FSD50K_TOO_LONG = frozenset({83299, 83298, 121426, 121351, 121472, 121471, 124796, 397150, 124797, 124800,
+                             124834, 124858})
+
+
+def fsd50k(root: Path | str) -> Task:
+    """FSD50K 1.0 (Fonseca et al. 2021, Zenodo 4060432): ``FSD50K.ground_truth/dev.csv`` (fname, labels,
+    mids, split: train / val) and ``eval.csv`` (fname, labels, mids), audio ``FSD50K.dev_audio/{fname}.wav``
+    and ``FSD50K.eval_audio/{fname}.wav``; labels comma-separated (200 classes, multi-label, mAP).
+
+    HEAR's ``fsd50k-v1.0-full``: the dataset's fixed split (dev train -> train, dev val -> valid, eval -> test),
+    without the 12 dev files over 30 s that hear-preprocess drops.
+    """
+    root = _require_dir(Path(root), "FSD50K")
+    files, labels, folds = [], [], []
+    for csv_name, audio_dir in (("dev.csv", "FSD50K.dev_audio"), ("eval.csv", "FSD50K.eval_audio")):
+        meta = _require_file(root / "FSD50K.ground_truth" / csv_name, f"FSD50K ground truth {csv_name}")
+        with open(meta, newline="") as f:
+            reader = csv.DictReader(f)
+            need = {"fname", "labels"} | ({"split"} if csv_name == "dev.csv" else set())
+            if not need <= set(reader.fieldnames or []):
+                raise ValueError(f"{meta}: expected columns {sorted(need)}, found {reader.fieldnames}")
+            for row in reader:
+                if csv_name == "dev.csv" and int(row["fname"]) in FSD50K_TOO_LONG:
+                    continue
+                files.append(root / audio_dir / f"{row['fname']}.wav")
+                labels.append(tuple(s.strip() for s in row["labels"].split(",") if s.strip()))
+                folds.append("test" if csv_name == "eval.csv" else {"val": "valid"}.get(row["split"], row["split"]))
+    classes = sorted({c for ls in labels for c in ls})
+    return Task("fsd50k", files, labels, classes, True, folds, "fixed")
+
+
+def vocal_imitation(root: Path | str, n_folds: int = 3) -> Task:
+    """Vocal Imitation Set 1.1.3 (Kim et al. 2018, Zenodo 1340763): ``VocalImitationSet/vocal_imitations.txt``
+    (tab-separated; included, imitation_filename, reference_filename, ...) and the audio under
+    ``vocal_imitations/included/``.
+
+    HEAR's ``vocal_imitation-v1.1.3-full``: the included imitations, label = the imitated reference recording
+    (302 classes), 3 new folds by file (`hear_kfolds`, HEAR's split key: the file stem, so the same files give
+    HEAR's folds); scored by mAP, HEAR's primary score for this task.
+    """
+    root = _require_dir(Path(root), "Vocal Imitation")
+    meta = _require_file(root / "vocal_imitations.txt", "Vocal Imitation metadata")
+    audio = root / "vocal_imitations" / "included"
+    with open(meta, newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        need = {"included", "imitation_filename", "reference_filename"}
+        if not need <= set(reader.fieldnames or []):
+            raise ValueError(f"{meta}: expected tab-separated columns {sorted(need)}, found {reader.fieldnames}")
+        rows = [r for r in reader if r["included"].strip().lower() in ("1", "true", "1.0")]
+    files = [audio / r["imitation_filename"] for r in rows]
+    labels = [(r["reference_filename"],) for r in rows]
+    if not files:
+        raise FileNotFoundError(f"{meta} lists no included imitation")
+    stems = [p.stem for p in files]
+    classes = sorted({ls[0] for ls in labels})
+    return Task("vocal-imitation", files, labels, classes, False, hear_kfolds(stems, labels, n_folds), "folds",
+                stems, metric="mAP")
+
+
+def libricount(root: Path | str, n_folds: int = 5) -> Task:
+    """LibriCount10-0dB 1.0 (Stöter et al. 2018, Zenodo 1216072): ``test/{count}_{id}.wav`` (5 s mixtures of
+    0-10 speakers; the zip's json annotations are not needed).
+
+    HEAR's ``libricount-v1.0.0-hear2021-full``: label = the speaker count (11 classes), 5 new folds by file
+    (`hear_kfolds` with HEAR's split key, the file stem, so the same files give HEAR's folds).
+    """
+    root = _require_dir(Path(root), "LibriCount")
+    folder = root / "test" if (root / "test").is_dir() else root
+    files = [p for p in _audio_files(folder) if p.suffix.lower() == ".wav"]
+    if not files:
+        raise FileNotFoundError(f"no .wav files in {folder}; expected LibriCount's test/ folder")
+    labels = []
+    for p in files:
+        count = p.stem.split("_")[0]
+        if not count.isdigit():
+            raise ValueError(f"LibriCount file {p.name} has no speaker count: names must be <count>_<id>.wav")
+        labels.append((str(int(count)),))
+    stems = [p.stem for p in files]
+    classes = sorted({ls[0] for ls in labels}, key=int)
+    return Task("libricount", files, labels, classes, False, hear_kfolds(stems, labels, n_folds), "folds", stems)
+
+
 # ------------------------------------------------------------------------------------------------ HEAR
 
 
 def hear_task(root: Path | str) -> Task:
-    """A task folder preprocessed by hear-preprocess (scene tasks only).
+    """A task folder preprocessed by hear-preprocess 2021.x (scene tasks only; as in the HEAR 2021 release,
+    e.g. ``esc50-v2.0.0-full/``).
 
-    Reads ``task_metadata.json`` (prediction_type, split_mode), ``labelvocabulary.csv`` (idx, label), one
+    Reads ``task_metadata.json`` (prediction_type, split_mode, evaluation: its first score is the task's
+    metric, top1_acc / pitch_acc -> accuracy, mAP -> mAP), ``labelvocabulary.csv`` (idx, label), one
     ``{split}.json`` per split (file name -> list of labels) and the audio under ``{sample_rate}/{split}/``
     (16000 preferred).
     """
@@ -330,6 +593,8 @@ def hear_task(root: Path | str) -> Task:
             "only scene (clip-level) tasks can be probed here"
         )
     multilabel = meta.get("prediction_type") == "multilabel"
+    primary = (meta.get("evaluation") or [None])[0]
+    metric = HEAR_METRICS.get(primary) if not multilabel else "mAP"
     rates = sorted((d for d in root.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
     if not rates:
         raise FileNotFoundError(f"HEAR task {root}: no audio folder named by sample rate (e.g. 16000/)")
@@ -356,7 +621,7 @@ def hear_task(root: Path | str) -> Task:
             files.append(split_dir / name)
             labels.append(tuple(str(x) for x in ls))
             folds.append(split)
-    return Task(root.name, files, labels, classes, multilabel, folds, split_mode)
+    return Task(root.name, files, labels, classes, multilabel, folds, split_mode, metric=metric)
 
 
 # ------------------------------------------------------------------------------- generic folder, CSV
@@ -427,13 +692,19 @@ def csv_manifest(path: Path | str, n_folds: int = 5, seed: int = 0) -> Task:
 
 # ------------------------------------------------------------------------------------------ task specs
 
-TASK_KINDS = ("fsdd", "fsdd-digit", "fsdd-speaker", "esc50", "us8k", "hear", "folder", "csv")
+TASK_LOADERS = {
+    "esc50": esc50, "us8k": urbansound8k, "vivae": vivae, "nsynth-pitch-5h": nsynth_pitch, "crema-d": crema_d,
+    "fsd50k": fsd50k, "vocal-imitation": vocal_imitation, "libricount": libricount, "hear": hear_task,
+    "folder": label_folder, "csv": csv_manifest,
+}
+TASK_KINDS = ("fsdd", "fsdd-digit", "fsdd-speaker", *TASK_LOADERS)
 
 
 def parse_task_spec(spec: str) -> list[Task]:
     """``KIND[:PATH]`` -> tasks. ``fsdd`` gives two tasks (digit, speaker); PATH is optional for the FSDD
-    kinds only (default: `default_fsdd_root`). Kinds: fsdd, fsdd-digit, fsdd-speaker, esc50, us8k, hear,
-    folder, csv."""
+    kinds only (default: `default_fsdd_root`). Kinds: fsdd, fsdd-digit, fsdd-speaker, esc50, us8k, vivae,
+    nsynth-pitch-5h, crema-d, fsd50k, vocal-imitation, libricount (each PATH: the dataset's own folder, see
+    the loaders), hear (a HEAR task folder), folder, csv."""
     kind, _, path = spec.partition(":")
     kind = kind.strip().lower()
     if kind not in TASK_KINDS:
@@ -444,5 +715,4 @@ def parse_task_spec(spec: str) -> list[Task]:
         return [fsdd(root, t) for t in targets]
     if not path:
         raise ValueError(f"task {kind!r} needs a path: {kind}:PATH")
-    loader = {"esc50": esc50, "us8k": urbansound8k, "hear": hear_task, "folder": label_folder, "csv": csv_manifest}
-    return [loader[kind](path)]
+    return [TASK_LOADERS[kind](path)]
