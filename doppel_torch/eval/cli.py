@@ -1,7 +1,7 @@
 """`doppel-torch eval`: linear probes of trained encoders on tasks from disk, with baselines side by side.
 
     doppel-torch eval runs/exp/last.pt --task fsdd --task esc50:/data/ESC-50-master --out eval-results
-    doppel-torch eval runs/a/last.pt runs/b/last.pt --task csv:my_manifest.csv --probe mlp-grid
+    doppel-torch eval runs/a/last.pt runs/b/last.pt --task csv:my_manifest.csv --probe hear
     doppel-torch eval runs/exp/last.pt --suite paper --data-root /data --task fsdd
 
 Task specs are KIND[:PATH]: fsdd (digit + speaker), fsdd-digit, fsdd-speaker, esc50, us8k, vivae, nsynth-pitch-5h,
@@ -21,7 +21,7 @@ import torch
 from doppel_torch.eval.cache import EmbeddingCache
 from doppel_torch.eval.embed import Embedder
 from doppel_torch.eval.evaluate import evaluate
-from doppel_torch.eval.probe import PROBE_KINDS, ProbeConfig
+from doppel_torch.eval.probe import PROBE_CHOICES, RENAMED, ProbeConfig
 from doppel_torch.eval.report import markdown_table, write_report
 from doppel_torch.eval.suite import SUITES, find_suite, suite_markdown, suite_summary, suite_table
 from doppel_torch.eval.tasks import parse_task_spec
@@ -56,7 +56,9 @@ def _checkpoint_names(paths: tuple[str, ...]) -> list[str]:
 @click.option("--task", "-t", "task_specs", multiple=True, metavar="KIND[:PATH]",
               help="Task to probe (repeatable): fsdd, fsdd-digit, fsdd-speaker, esc50:PATH, us8k:PATH, "
                    "vivae:PATH, nsynth-pitch-5h:PATH, crema-d:PATH, fsd50k:PATH, vocal-imitation:PATH, "
-                   "libricount:PATH (each the dataset's own folder), hear:PATH, folder:PATH, csv:PATH.")
+                   "libricount:PATH (each the dataset's own folder), hear:PATH, folder:PATH, csv:PATH. fsdd without a "
+                   "PATH reads $DOPPEL_SHARED/data/fsdd (default: the shared/ folder beside the checkout); fsdd:PATH "
+                   "reads PATH/recordings/ (or PATH itself).")
 @click.option("--suite", type=click.Choice(sorted(SUITES)), default=None,
               help="Run every task of a suite found under --data-root: paper = Table 1's ESC-50, UrbanSound8K, "
                    "VIVAE, NSynth pitch 5h, CREMA-D, FSD50K, Vocal Imitation, LibriCount, each as a HEAR task "
@@ -67,22 +69,31 @@ def _checkpoint_names(paths: tuple[str, ...]) -> list[str]:
               help="Folder holding the datasets of --suite.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="eval-results", show_default=True,
               help="Folder for eval.json and eval.md.")
-@click.option("--probe", "probe_kind", type=click.Choice(PROBE_KINDS), default="linear", show_default=True,
-              help="linear: the paper's probe (Adam, lr 1e-3, batch 32); mlp-grid: the HEAR kit's MLP grid.")
+@click.option("--probe", "probe_kind", type=click.Choice(PROBE_CHOICES + tuple(RENAMED)), default="paper",
+              show_default=True, metavar="[paper|hear|arch]",
+              help="Probe protocol. paper: the paper's linear probe (Adam lr 1e-3, batch 32, early stopping, "
+                   "patience 20, max 200 epochs; 'linear' is an alias); hear: hear-eval-kit's MLP grid (8 of its 16 "
+                   "points drawn with seed 42, selected on the first split); arch: ARCH's linear protocol (AdamW, "
+                   "warm-up + linear decay, 200 epochs, 80/20 train/valid of the non-test folds, best epoch by "
+                   "validation loss; adds macro F1). Each is documented with its source lines in "
+                   "doppel_torch/eval/probe.py.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Probe seeds, comma-separated.")
-@click.option("--max-epochs", type=int, default=200, show_default=True, help="Epoch cap of every probe fit.")
-@click.option("--patience", type=int, default=20, show_default=True,
-              help="Early stopping: validation checks without improvement (linear probe).")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Linear probe learning rate.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Linear probe batch size.")
-@click.option("--standardize/--no-standardize", default=True, show_default=True,
-              help="Z-score the embeddings with training-fold statistics before the probe.")
+@click.option("--max-epochs", type=int, default=None,
+              help="Epoch cap of every probe fit [the protocol's: paper 200, hear 500, arch 200].")
+@click.option("--patience", type=int, default=None,
+              help="Early stopping: validation checks without improvement [paper 20, hear 20; arch has none].")
+@click.option("--lr", type=float, default=None, help="Learning rate [paper 1e-3, arch 1e-3; hear: its grid's].")
+@click.option("--batch-size", type=int, default=None, help="Probe batch size [paper 32, hear 1024, arch 32].")
+@click.option("--standardize/--no-standardize", default=None,
+              help="Z-score the embeddings with training-split statistics before the probe [paper: on; hear, arch: "
+                   "off, as the kits].")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also probe a random-init ResNet18 and pooled log-mel features.")
 @click.option("--random-init-seed", type=int, default=0, show_default=True,
               help="Seed of the random-init baseline (same architecture as the first checkpoint).")
 @click.option("--max-files", type=int, default=None,
-              help="Use at most this many files per task (stratified over folds and classes), for quick runs.")
+              help="Use at most this many files of each task, for quick runs: each fold keeps a share proportional "
+                   "to its size, drawn round-robin over the classes (deterministic). Default: every file.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=str(DEFAULT_CACHE), show_default=True)
 @click.option("--no-cache", is_flag=True, help="Do not read or write the embedding cache.")
 @click.option("--device", default=None, help="Device for the encoders (default: cuda if available, else cpu).")
@@ -100,7 +111,7 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
         raise click.UsageError("--suite and --data-root go together: --suite paper --data-root DIR")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        config = ProbeConfig(kind=probe_kind, lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
+        config = ProbeConfig(protocol=probe_kind, lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
                              standardize=standardize)
         tasks = [t for spec in task_specs for t in parse_task_spec(spec)]
         if suite:

@@ -15,7 +15,7 @@ import datetime as dt
 import hashlib
 import io
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +24,11 @@ from tqdm.auto import tqdm
 
 from doppel_torch.eval.cache import EmbeddingCache
 from doppel_torch.eval.embed import SAMPLE_RATE, AudioReadError, Embedder, load_audio
-from doppel_torch.eval.probe import ProbeConfig, fit_probe, predict
-from doppel_torch.eval.metrics import score
-from doppel_torch.eval.tasks import Task
+from doppel_torch.eval.metrics import macro_f1, score
+from doppel_torch.eval.probe import (
+    ARCH_SPLIT_SEED, ARCH_VALID_FRACTION, LinearJob, ProbeConfig, fit_linear_many, fit_probe, predict,
+)
+from doppel_torch.eval.tasks import Split, Task
 from doppel_torch.functional import resample
 
 
@@ -99,21 +101,43 @@ def extract_features(
     return features, np.asarray(kept, dtype=np.int64), unreadable
 
 
+def protocol_splits(task: Task, protocol: str) -> list[Split]:
+    """The (train, valid, test) splits a protocol uses on `task`.
+
+    ``paper`` and ``hear``: the task's own (test fold k, validation fold k + 1, train the rest; or its fixed split).
+    ``arch``: test fold k; the other folds, concatenated in fold order, split 80/20 into train / validation as
+    scikit-learn's ``train_test_split(test_size=0.2, random_state=42)`` does (ARCH esc50.py:155-175): the first
+    ceil(0.2 n) of ``RandomState(42).permutation(n)`` validate, the rest train. A fixed split is kept.
+    """
+    if protocol != "arch" or task.split_mode == "fixed":
+        return task.splits()
+    folds = np.asarray(task.folds)
+    names = task.fold_names()
+    out = []
+    for name in names:
+        pool = np.concatenate([np.flatnonzero(folds == other) for other in names if other != name])
+        perm = np.random.RandomState(ARCH_SPLIT_SEED).permutation(len(pool))
+        n_valid = math.ceil(ARCH_VALID_FRACTION * len(pool))
+        out.append(Split(name, pool[perm[n_valid:]], pool[perm[:n_valid]], np.flatnonzero(folds == name)))
+    return out
+
+
 def cross_validate(
     features: torch.Tensor, task: Task, config: ProbeConfig, seeds=(0,), progress: bool = False, desc: str = ""
 ) -> list[dict]:
-    """Fit and score a probe on every split of `task` for every seed. features: (N, D), rows = task.files.
+    """Fit and score a probe on every split of `task` for every seed, by `config`'s protocol.
+    features: (N, D), rows = task.files.
 
-    Returns one dict per run: split, seed, score (the task's metric on the test fold), valid_score,
-    best_epoch, point (the chosen hyperparameters).
+    Returns one dict per run: split, seed, score (the task's metric on the test fold), f1 (macro F1 on the test
+    fold, single-label tasks), valid_score, best_epoch, epochs_run, point (the chosen hyperparameters).
+    ``paper`` and ``arch`` fit all (split, seed) probes of the task at once (`fit_linear_many`); ``hear`` selects
+    its grid point on the first split per seed, then retrains that point on the other splits.
     """
     if features.shape[0] != len(task):
         raise ValueError(f"{features.shape[0]} feature rows for {len(task)} files of task {task.name!r}")
     x = features.float()
     y = task.targets()
-    runs = []
-    splits = task.splits()
-    bar = tqdm(total=len(splits) * len(seeds), desc=desc or f"{task.name} probes", disable=not progress, leave=False)
+    splits = protocol_splits(task, config.protocol)
     for split in splits:
         if len(split.train) == 0 or len(split.valid) == 0 or len(split.test) == 0:
             raise ValueError(
@@ -121,24 +145,51 @@ def cross_validate(
                 f"({len(split.train)}, {len(split.valid)}, {len(split.test)} files); a fixed split needs train, "
                 "valid and test files, and every fold needs readable files"
             )
+    n_classes = len(task.classes)
+    bar = tqdm(total=len(splits) * len(seeds), desc=desc or f"{task.name} probes", disable=not progress, leave=False)
+    fits: dict[tuple[int, int], object] = {}
+    if config.protocol in ("paper", "arch"):
+        jobs = [LinearJob(split.train, split.valid, int(seed)) for split in splits for seed in seeds]
+        results = iter(fit_linear_many(x, y, jobs, n_classes, task.multilabel, config))
+        for i in range(len(splits)):
+            for seed in seeds:
+                fits[i, seed] = next(results)
+        bar.update(len(jobs))
+    else:
         t = torch.as_tensor
         for seed in seeds:
-            fit = fit_probe(
-                x[t(split.train)], y[t(split.train)], x[t(split.valid)], y[t(split.valid)],
-                len(task.classes), task.multilabel, config, seed,
-            )
-            test_score = score(predict(fit.model, x[t(split.test)]), y[t(split.test)], task.multilabel, task.metric)
-            runs.append(dict(split=split.name, seed=int(seed), score=test_score, valid_score=fit.valid_score,
-                             best_epoch=fit.best_epoch, point=fit.point))
-            bar.update(1)
+            for i, split in enumerate(splits):
+                grid = config if i == 0 else replace(config, grid=[fits[0, seed].point])
+                fits[i, seed] = fit_probe(x[t(split.train)], y[t(split.train)], x[t(split.valid)], y[t(split.valid)],
+                                          n_classes, task.multilabel, grid, seed)
+                bar.update(1)
     bar.close()
+    runs = []
+    for i, split in enumerate(splits):
+        test = torch.as_tensor(split.test)
+        for seed in seeds:
+            fit = fits[i, seed]
+            logits = predict(fit.model, x[test])
+            run = dict(split=split.name, seed=int(seed), score=score(logits, y[test], task.multilabel),
+                       valid_score=fit.valid_score, best_epoch=fit.best_epoch, epochs_run=fit.epochs_run, point=fit.point)
+            if not task.multilabel:
+                run["f1"] = macro_f1(logits, y[test])
+            runs.append(run)
     return runs
 
 
 def summarize(runs: list[dict]) -> dict:
-    """mean, std (ddof = 1; 0 for a single run) and n of the runs' test scores."""
-    s = np.array([r["score"] for r in runs], dtype=np.float64)
-    return dict(mean=float(s.mean()), std=float(s.std(ddof=1)) if len(s) > 1 else 0.0, n=len(s))
+    """mean, std (ddof = 1; 0 for a single run) and n of the runs' test scores; f1_mean and f1_std likewise
+    where the runs have a macro F1."""
+    def mean_std(values):
+        v = np.array(values, dtype=np.float64)
+        return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+    mean, std = mean_std([r["score"] for r in runs])
+    out = dict(mean=mean, std=std, n=len(runs))
+    if runs and all("f1" in r for r in runs):
+        out["f1_mean"], out["f1_std"] = mean_std([r["f1"] for r in runs])
+    return out
 
 
 def evaluate(
@@ -159,7 +210,9 @@ def evaluate(
         raise ValueError(f"task names must be unique, got {names}")
     report = dict(
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        probe={k: v for k, v in asdict(config).items() if k != "grid"} | {"grid_points": len(config.points())},
+        probe={k: v for k, v in asdict(config).items() if k != "grid"}
+        | {"kind": config.protocol, "grid_points": len(config.points()), "description": config.describe()}
+        | ({"grid": config.grid} if config.protocol == "hear" else {}),
         seeds=seeds,
         extractors={n: dict(key=e.key, embedding_size=e.embedding_size) for n, e in embedders.items()},
         tasks={},

@@ -60,3 +60,19 @@ def score(scores: torch.Tensor, target: torch.Tensor, multilabel: bool, metric: 
         return mean_average_precision(scores, target)
     probs = torch.softmax(scores.double(), dim=1)
     return mean_average_precision(probs, torch.nn.functional.one_hot(target, scores.shape[1]).double())
+
+
+def macro_f1(scores: torch.Tensor, target: torch.Tensor) -> float:
+    """Macro F1 of the top-1 predictions over the classes present in the target or the predictions (scikit-learn's
+    ``f1_score(average="macro")``, a class without true or predicted positives scoring 0). scores: (N, C); target: (N,)."""
+    if scores.shape[0] != target.shape[0] or scores.shape[0] == 0:
+        raise ValueError(f"F1 needs as many non-zero score rows as targets, got {scores.shape[0]} and {target.shape[0]}")
+    pred = scores.argmax(dim=1)
+    labels = torch.unique(torch.cat([pred, target]))
+    f1 = []
+    for c in labels.tolist():
+        tp = ((pred == c) & (target == c)).sum().item()
+        fp = ((pred == c) & (target != c)).sum().item()
+        fn = ((pred != c) & (target == c)).sum().item()
+        f1.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(f1) / len(f1)

@@ -8,18 +8,26 @@ from pathlib import Path
 
 
 def markdown_table(report: dict) -> str:
-    """Rows: feature extractors; columns: tasks with their metric; cells: mean +- std over folds and seeds (%)."""
+    """Rows: feature extractors; columns: tasks with their metric (and macro F1 where the protocol reports it, as
+    ``arch`` does); cells: mean +- std over folds and seeds (%). The first line names the probe protocol."""
     tasks = report["tasks"]
     names = list(report["extractors"])
-    header = "| extractor | " + " | ".join(f"{t} ({e['metric']})" for t, e in tasks.items()) + " |"
-    lines = [header, "|" + "---|" * (len(tasks) + 1)]
+    protocol = report["probe"].get("kind", "paper")
+    with_f1 = protocol == "arch"
+    columns = []  # (task, key of mean, key of std, header)
+    for t, e in tasks.items():
+        columns.append((t, "mean", "std", f"{t} ({e['metric']})"))
+        if with_f1 and e["metric"] == "accuracy":
+            columns.append((t, "f1_mean", "f1_std", f"{t} (macro F1)"))
+    lines = [f"Probe protocol: {protocol}.", "", "| extractor | " + " | ".join(c[3] for c in columns) + " |",
+             "|" + "---|" * (len(columns) + 1)]
     for name in names:
         cells = []
-        for entry in tasks.values():
-            r = entry["results"].get(name)
-            cells.append("-" if r is None else f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}")
+        for t, mean, std, _ in columns:
+            r = tasks[t]["results"].get(name)
+            cells.append("-" if r is None or mean not in r else f"{100 * r[mean]:.1f} ± {100 * r[std]:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    chance = [e.get("chance", math.nan) for e in tasks.values()]
+    chance = [tasks[t].get("chance", math.nan) if mean == "mean" else math.nan for t, mean, _, _ in columns]
     if any(not math.isnan(c) for c in chance):
         lines.append("| (chance) | " + " | ".join("-" if math.isnan(c) else f"{100 * c:.1f}" for c in chance) + " |")
     return "\n".join(lines)
@@ -31,8 +39,7 @@ def markdown_report(report: dict) -> str:
     out = [
         "# doppel-torch eval",
         "",
-        f"Created {report['created']}. Probe: {p['kind']} (lr {p['lr']}, batch {p['batch_size']}, "
-        f"max {p['max_epochs']} epochs, patience {p['patience']}, {p['grid_points']} grid point(s)); "
+        f"Created {report['created']}. Probe: {p.get('description', p['kind'])}; "
         f"seeds {report['seeds']}. Cells: mean ± std (%) over splits x seeds.",
         "",
         markdown_table(report),
