@@ -57,7 +57,6 @@ one-model loop they equal (tested), and the path of the ``hear`` MLPs.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import math
@@ -68,6 +67,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from doppel_torch.eval.embed import cpu_threads
 from doppel_torch.eval.metrics import score
 
 PROTOCOLS = ("paper", "hear", "arch")
@@ -313,17 +313,6 @@ def fit_point(x_train, y_train, x_valid, y_valid, n_classes: int, multilabel: bo
     return FitResult(model, best, best_epoch, epoch, point, best_loss if protocol == "arch" else math.nan)
 
 
-@contextlib.contextmanager
-def _intra_op_threads(n: int):
-    """Run a block with `n` intra-op CPU threads, then restore the previous count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def probe_threads(x: torch.Tensor) -> int:
     """Probes on CPU run single-threaded: their steps ((32, 512) x (512, C) for the linear probe) are too small
     to split, and on a loaded 2-core machine two threads made a 20-epoch linear fit 15x slower (3.4 s vs
@@ -336,7 +325,7 @@ def fit_probe(x_train, y_train, x_valid, y_valid, n_classes: int, multilabel: bo
     """Fit every point of `config` on one split and keep the one with the best validation score (the first on
     ties, as the kit's stable sort)."""
     best = None
-    with _intra_op_threads(probe_threads(x_train)):
+    with cpu_threads(probe_threads(x_train)):
         for point in config.points():
             result = fit_point(x_train, y_train, x_valid, y_valid, n_classes, multilabel, point, seed,
                                config.standardize, config.protocol)
@@ -386,7 +375,7 @@ def fit_linear_many(x: torch.Tensor, y: torch.Tensor, jobs: list[LinearJob], n_c
     for job in jobs:
         if len(job.train) == 0 or len(job.valid) == 0:
             raise ValueError("a probe needs non-empty training and validation sets")
-    with _intra_op_threads(probe_threads(x)), torch.no_grad():
+    with cpu_threads(probe_threads(x)), torch.no_grad():
         train = [torch.as_tensor(j.train, dtype=torch.int64) for j in jobs]
         valid = [torch.as_tensor(j.valid, dtype=torch.int64) for j in jobs]
         stats = [standardize_stats(x[t], config.standardize) for t in train]

@@ -84,3 +84,23 @@ def test_bad_inputs_give_clear_errors(tiny_checkpoint, tmp_path):
 def test_nothing_to_evaluate_is_a_usage_error():
     result = CliRunner().invoke(eval_command, ["--task", "fsdd", "--no-baselines"])
     assert result.exit_code == 2 and "nothing to evaluate" in result.output
+
+
+def test_probe_protocols_are_named_in_the_report(tiny_checkpoint, fsdd_root, tmp_path):
+    args = [str(tiny_checkpoint), "--task", f"fsdd-digit:{fsdd_root}", "--no-baselines", "--max-files", "60",
+            "--seeds", "0", "--cache-dir", str(tmp_path / "cache"), "-q"]
+    result = CliRunner().invoke(eval_command, args + ["--probe", "arch", "--max-epochs", "5", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert "Probe protocol: arch." in result.output
+    assert "| extractor | fsdd-digit (accuracy) | fsdd-digit (macro F1) |" in result.output
+    report = json.loads((tmp_path / "a" / "eval.json").read_text())
+    assert report["probe"]["kind"] == "arch" and report["probe"]["max_epochs"] == 5
+    assert report["probe"]["standardize"] is False and "AdamW" in report["probe"]["description"]
+    assert "f1_mean" in report["tasks"]["fsdd-digit"]["results"][tiny_checkpoint.parent.name]
+    assert "Probe: arch (linear, AdamW" in (tmp_path / "a" / "eval.md").read_text()
+    result = CliRunner().invoke(eval_command, args + ["--probe", "linear", "--max-epochs", "3", "--out", str(tmp_path / "l")])
+    assert result.exit_code == 0 and "Probe protocol: paper." in result.output
+    result = CliRunner().invoke(eval_command, args + ["--probe", "mlp-grid"])
+    assert result.exit_code == 1 and "probe 'mlp-grid' was replaced by 'hear'" in result.output
+    result = CliRunner().invoke(eval_command, args + ["--probe", "arch", "--patience", "3"])
+    assert result.exit_code == 1 and "without early stopping" in result.output

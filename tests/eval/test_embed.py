@@ -149,3 +149,13 @@ def test_damaged_cache_entries_are_recomputed(fsdd_root, tmp_path, small_embedde
     torch.testing.assert_close(again["small"], first["small"])
     for i in hashes:  # rewritten with the good vector
         torch.testing.assert_close(cache.get(small_embedder.cache_key, hashes[i], size=32), first["small"][i])
+
+
+def test_free_cpu_threads_stays_within_torchs_count():
+    from doppel_torch.eval.embed import cpu_threads, free_cpu_threads
+
+    assert 1 <= free_cpu_threads() <= torch.get_num_threads()
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
