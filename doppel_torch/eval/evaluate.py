@@ -113,15 +113,21 @@ def _extract_features(embedders, files, cache, memo, progress, desc, chunk):
 def protocol_splits(task: Task, protocol: str) -> list[Split]:
     """The (train, valid, test) splits a protocol uses on `task`.
 
-    ``paper`` and ``hear``: the task's own (test fold k, validation fold k + 1, train the rest; or its fixed split).
+    ``paper`` and ``hear``: the task's own (test fold k, validation fold k + 1, train the rest; or its fixed split);
+    for ``hear`` the training rows are in fold order, as the kit's unshuffled loader reads them (ConcatDataset of
+    the sorted training folds, task_predictions.py:804-818).
     ``arch``: test fold k; the other folds, concatenated in fold order, split 80/20 into train / validation as
     scikit-learn's ``train_test_split(test_size=0.2, random_state=42)`` does (ARCH esc50.py:155-175): the first
     ceil(0.2 n) of ``RandomState(42).permutation(n)`` validate, the rest train. A fixed split is kept.
     """
-    if protocol != "arch" or task.split_mode == "fixed":
+    if protocol == "paper" or task.split_mode == "fixed":
         return task.splits()
     folds = np.asarray(task.folds)
     names = task.fold_names()
+    if protocol == "hear":  # the kit concatenates the training folds in sorted order and never shuffles them
+        rank = {name: i for i, name in enumerate(names)}
+        return [replace(s, train=np.array(sorted(s.train, key=lambda i: (rank[task.folds[i]], i)), dtype=np.int64))
+                for s in task.splits()]
     out = []
     for name in names:
         pool = np.concatenate([np.flatnonzero(folds == other) for other in names if other != name])
