@@ -2,7 +2,7 @@
 
 - `embed`: `Embedder` (checkpoint / random-init / log-mel), `load_audio`.
 - `hear`: the HEAR API (`load_model`, `get_scene_embeddings`, `get_timestamp_embeddings`).
-- `probe`: the paper's linear probe and the HEAR MLP grid; `metrics`: accuracy and mAP.
+- `probe`: the probe protocols paper (linear), hear (hear-eval-kit's MLP grid) and arch; `metrics`: accuracy, mAP, F1.
 - `tasks`: FSDD, ESC-50, UrbanSound8K, VIVAE, NSynth pitch, CREMA-D, FSD50K, Vocal Imitation, LibriCount,
   HEAR task folders, label folders, CSV manifests; `suite`: the paper's Table 1 found under one folder.
 - `evaluate`: embed, cross-validate and summarise; `report`: markdown and JSON; `cli`: `doppel-torch eval`.
