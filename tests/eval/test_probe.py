@@ -121,6 +121,11 @@ def test_arch_splits_hold_out_a_fold_and_split_the_rest_80_20(digit_task):
         assert pool + len(split.test) == len(digit_task) and len(split.valid) == int(np.ceil(0.2 * pool))
         assert not set(split.train) & set(split.valid)
     assert [s.name for s in protocol_splits(digit_task, "arch")] == digit_task.fold_names()
+    # hear: the task's splits, training rows in sorted-fold order (the kit's unshuffled ConcatDataset)
+    for ours, kit in zip(protocol_splits(digit_task, "hear"), digit_task.splits()):
+        assert sorted(ours.train) == sorted(kit.train) and list(ours.valid) == list(kit.valid)
+        ranks = [digit_task.fold_names().index(digit_task.folds[i]) for i in ours.train]
+        assert ranks == sorted(ranks)
     # ARCH's learning rate: 0 at the first step, linear warm-up over 10 % of the steps, linear decay to 0
     assert [arch_lr_factor(s, 100) for s in (0, 5, 10, 55, 100, 120)] == [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
 
