@@ -1,4 +1,4 @@
-"""`doppel-torch eval`: linear probes of trained encoders on tasks from disk, with baselines side by side.
+"""`doppel-torch eval`: probes of trained encoders on tasks from disk (protocols paper, hear, arch), baselines beside.
 
     doppel-torch eval runs/exp/last.pt --task fsdd --task esc50:/data/ESC-50-master --out eval-results
     doppel-torch eval runs/a/last.pt runs/b/last.pt --task csv:my_manifest.csv --probe hear

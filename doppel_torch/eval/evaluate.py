@@ -165,7 +165,7 @@ def cross_validate(
     fits: dict[tuple[int, int], object] = {}
     if config.protocol in ("paper", "arch"):
         jobs = [LinearJob(split.train, split.valid, int(seed)) for split in splits for seed in seeds]
-        results = iter(fit_linear_many(x, y, jobs, n_classes, task.multilabel, config))
+        results = iter(fit_linear_many(x, y, jobs, n_classes, task.multilabel, config, task.metric))
         for i in range(len(splits)):
             for seed in seeds:
                 fits[i, seed] = next(results)
@@ -176,7 +176,7 @@ def cross_validate(
             for i, split in enumerate(splits):
                 grid = config if i == 0 else replace(config, grid=[fits[0, seed].point])
                 fits[i, seed] = fit_probe(x[t(split.train)], y[t(split.train)], x[t(split.valid)], y[t(split.valid)],
-                                          n_classes, task.multilabel, grid, seed)
+                                          n_classes, task.multilabel, grid, seed, task.metric)
                 bar.update(1)
     bar.close()
     runs = []
@@ -185,7 +185,7 @@ def cross_validate(
         for seed in seeds:
             fit = fits[i, seed]
             logits = predict(fit.model, x[test])
-            run = dict(split=split.name, seed=int(seed), score=score(logits, y[test], task.multilabel),
+            run = dict(split=split.name, seed=int(seed), score=score(logits, y[test], task.multilabel, task.metric),
                        valid_score=fit.valid_score, best_epoch=fit.best_epoch, epochs_run=fit.epochs_run, point=fit.point)
             if not task.multilabel:
                 run["f1"] = macro_f1(logits, y[test])

@@ -252,13 +252,14 @@ def batch_mean_loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool, bat
 
 
 def fit_point(x_train, y_train, x_valid, y_valid, n_classes: int, multilabel: bool, point: dict, seed: int,
-              standardize: bool = True, protocol: str = "paper") -> FitResult:
+              standardize: bool = True, protocol: str = "paper", metric: str | None = None) -> FitResult:
     """Fit one probe with plain PyTorch (autograd, torch.optim) and return its selected epoch's weights.
 
     ``paper``/``hear``: early stopping on the validation score (every `check_every` epochs, `patience` checks),
     the best check's weights; ``hear`` trains in file order (the kit's loader does not shuffle). ``arch``: AdamW with
     ARCH's warm-up/decay schedule, all `max_epochs` epochs, the epoch with the lowest validation loss.
-    x_*: (N, D) float32; y_*: (N,) int64 class indices or (N, C) multi-hot float32.
+    x_*: (N, D) float32; y_*: (N,) int64 class indices or (N, C) multi-hot float32; `metric`: the validation
+    score (`metrics.score`; default accuracy, mAP for multi-label).
     """
     if len(x_train) == 0 or len(x_valid) == 0:
         raise ValueError("a probe needs non-empty training and validation sets")
@@ -295,13 +296,13 @@ def fit_point(x_train, y_train, x_valid, y_valid, n_classes: int, multilabel: bo
                 logits = predict(model, x_valid)
                 v_loss = batch_mean_loss(logits, y_valid, multilabel, bs)
                 if v_loss < best_loss or best_state is None:
-                    best_loss, best, best_state, best_epoch = v_loss, score(logits, y_valid, multilabel), \
+                    best_loss, best, best_state, best_epoch = v_loss, score(logits, y_valid, multilabel, metric), \
                         copy.deepcopy(model.state_dict()), epoch
                 continue
             last = epoch == point["max_epochs"]
             if epoch % point["check_every"] and not (last and best_state is None):
                 continue
-            s = score(predict(model, x_valid), y_valid, multilabel)
+            s = score(predict(model, x_valid), y_valid, multilabel, metric)
             if s > best:
                 best, best_state, best_epoch, since = s, copy.deepcopy(model.state_dict()), epoch, 0
             else:
@@ -321,14 +322,14 @@ def probe_threads(x: torch.Tensor) -> int:
 
 
 def fit_probe(x_train, y_train, x_valid, y_valid, n_classes: int, multilabel: bool, config: ProbeConfig,
-              seed: int = 0) -> FitResult:
+              seed: int = 0, metric: str | None = None) -> FitResult:
     """Fit every point of `config` on one split and keep the one with the best validation score (the first on
     ties, as the kit's stable sort)."""
     best = None
     with cpu_threads(probe_threads(x_train)):
         for point in config.points():
             result = fit_point(x_train, y_train, x_valid, y_valid, n_classes, multilabel, point, seed,
-                               config.standardize, config.protocol)
+                               config.standardize, config.protocol, metric)
             if best is None or result.valid_score > best.valid_score:
                 best = result
     return best
@@ -348,7 +349,7 @@ GROUP_BYTES = 256 << 20  # memory for the z-scored training rows of one group of
 
 
 def fit_linear_many(x: torch.Tensor, y: torch.Tensor, jobs: list[LinearJob], n_classes: int, multilabel: bool,
-                    config: ProbeConfig) -> list[FitResult]:
+                    config: ProbeConfig, metric: str | None = None) -> list[FitResult]:
     """Fit one linear probe per job, all at once: the same result as `fit_point` on each job, in one loop.
 
     The probes are stacked ((M, C, D) weights, nn.Linear's layout); each step gathers every probe's next batch
@@ -375,11 +376,11 @@ def fit_linear_many(x: torch.Tensor, y: torch.Tensor, jobs: list[LinearJob], n_c
     # stacked steps are big enough to share between free cores (one-probe steps are not: see probe_threads)
     with cpu_threads(free_cpu_threads() if x.device.type == "cpu" else torch.get_num_threads()), torch.no_grad():
         for i in range(0, len(jobs), size):
-            out += _fit_linear_group(x, y, jobs[i : i + size], n_classes, multilabel, config)
+            out += _fit_linear_group(x, y, jobs[i : i + size], n_classes, multilabel, config, metric)
     return out
 
 
-def _fit_linear_group(x, y, jobs, n_classes, multilabel, config) -> list[FitResult]:
+def _fit_linear_group(x, y, jobs, n_classes, multilabel, config, metric) -> list[FitResult]:
     arch = config.protocol == "arch"
     m, d, c, bs = len(jobs), x.shape[1], n_classes, config.batch_size
     beta1, beta2, eps, wd = 0.9, 0.999, 1e-8, (ARCH_WEIGHT_DECAY if arch else 0.0)
@@ -460,7 +461,7 @@ def _fit_linear_group(x, y, jobs, n_classes, multilabel, config) -> list[FitResu
             continue
         checked = True
         logits = torch.baddbmm(state["b"], state["xv"], state["w"].transpose(1, 2))  # (L, V, C)
-        scores = _scores(logits, state["yv"], n_valid[live], multilabel)
+        scores = _scores(logits, state["yv"], n_valid[live], multilabel, metric)
         if arch:
             losses = _batch_mean_losses(logits, state["yv"], n_valid[live], multilabel, bs)
             improved = losses < best_loss[live]
@@ -526,13 +527,13 @@ def _adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, active, beta1, beta2,
     param.copy_(torch.where(a, new_param, param))
 
 
-def _scores(logits: torch.Tensor, y: torch.Tensor, counts: np.ndarray, multilabel: bool) -> np.ndarray:
+def _scores(logits: torch.Tensor, y: torch.Tensor, counts: np.ndarray, multilabel: bool, metric=None) -> np.ndarray:
     """The task metric per probe on its padded validation rows. logits: (M, V, C); counts: (M,) real rows."""
-    if not multilabel:
+    if not multilabel and metric in (None, "accuracy"):
         correct = (logits.argmax(-1) == y).double()
         real = torch.arange(logits.shape[1])[None] < torch.as_tensor(counts)[:, None]
         return (torch.where(real, correct, 0.0).sum(1) / torch.as_tensor(counts, dtype=torch.float64)).numpy()
-    return np.array([score(logits[j, : int(n)], y[j, : int(n)], True) for j, n in enumerate(counts)])
+    return np.array([score(logits[j, : int(n)], y[j, : int(n)], multilabel, metric) for j, n in enumerate(counts)])
 
 
 def _batch_mean_losses(logits, y, counts: np.ndarray, multilabel: bool, batch_size: int) -> np.ndarray:

@@ -165,7 +165,8 @@ def suite_table(report: dict) -> str:
     metric_short = {"accuracy": "acc", "mAP": "mAP"}
     header = [f"{e.column} ({metric_short[e.metric]})" for e in entries]
     header += [f"{t} ({metric_short[report['tasks'][t]['metric']]})" for t in extra]
-    lines = ["| extractor | " + " | ".join(header) + " |", "|" + "---|" * (len(header) + 1)]
+    lines = [f"Probe protocol: {report['probe'].get('kind', 'paper')}.", "",
+             "| extractor | " + " | ".join(header) + " |", "|" + "---|" * (len(header) + 1)]
     for name in report["extractors"]:
         cells = [_cell(report["tasks"].get(e.name, {}).get("results", {}).get(name)) for e in entries]
         cells += [_cell(report["tasks"][t]["results"].get(name)) for t in extra]
