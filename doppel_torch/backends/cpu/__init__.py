@@ -26,9 +26,10 @@ import torch
 from doppel_torch import rng
 from doppel_torch.backends import base
 from doppel_torch.backends.cpu.build import library
+from doppel_torch.spec.control import control_signals
 from doppel_torch.spec.program import Program
 
-__all__ = ["Backend", "cpu_render"]
+__all__ = ["Backend", "cpu_render", "cpu_render_audio", "cpu_render_audio_backward"]
 
 
 @torch.library.custom_op("doppel_torch::cpu_render", mutates_args=("out",), device_types="cpu")
@@ -60,8 +61,117 @@ def _(human, words, keys, noise, out, n_control, sample_rate, control_rate, eps,
     return None
 
 
+def _check(code: int, what: str, batch: int, n_samples: int) -> None:
+    if code == -3:
+        raise RuntimeError(f"backend='cpu': out of memory {what} {batch} sounds of {n_samples} samples; use fewer or "
+                           "shorter sounds per call")
+    if code != 0:
+        raise RuntimeError(f"backend='cpu': the {what} kernel failed (code {code}: -1 malformed program, -2 bad sizes, "
+                           "-4 an internal error); this is a bug, please report it")
+
+
+def _noise_stride(noise: Optional[torch.Tensor], batch: int, n_samples: int) -> int:
+    return n_samples if noise is not None and noise.shape[0] == batch and batch > 1 else 0
+
+
+def _ptr(t: Optional[torch.Tensor]):
+    return None if t is None else t.data_ptr()
+
+
+def _n_blocks(n_samples: int) -> int:
+    block = library().doppel_cpu_grad_block()
+    return -(-n_samples // block)
+
+
+@torch.library.custom_op("doppel_torch::cpu_render_audio", mutates_args=(), device_types="cpu")
+def cpu_render_audio(human: torch.Tensor, mods: torch.Tensor, words: torch.Tensor, keys: Optional[torch.Tensor],
+                     noise: Optional[torch.Tensor], n_samples: int, n_state: int, sample_rate: float,
+                     control_rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The differentiable path's audio rate: human (B, m) and control signals mods (B, n_out, C), float64, -> the
+    unnormalised mix (B, N) float64 and per-block checkpoints (B, n_blocks, n_state) that the backward restarts from
+    (n_state = oscillators + filters). Differentiable in human, mods and noise (`register_autograd` below)."""
+    batch, m = human.shape
+    n_control = mods.shape[2]
+    out = torch.empty(batch, n_samples, dtype=torch.float64)
+    ckpt = torch.empty(batch, _n_blocks(n_samples), n_state, dtype=torch.float64)
+    code = library().doppel_cpu_grad_forward(
+        human.data_ptr(), batch, m, words.data_ptr(), words.numel(), mods.data_ptr(), _ptr(keys), _ptr(noise),
+        _noise_stride(noise, batch, n_samples), out.data_ptr(), ckpt.data_ptr(), n_samples, n_control, sample_rate,
+        control_rate, torch.get_num_threads())
+    _check(code, "rendering", batch, n_samples)
+    return out, ckpt
+
+
+@cpu_render_audio.register_fake
+def _(human, mods, words, keys, noise, n_samples, n_state, sample_rate, control_rate):
+    batch = human.shape[0]
+    return (human.new_empty(batch, n_samples),
+            human.new_empty(batch, -(-n_samples // _FAKE_BLOCK), n_state))
+
+
+_FAKE_BLOCK = 256  # BLOCK_T of the kernel (checked against doppel_cpu_grad_block() in the tests)
+
+
+@torch.library.custom_op("doppel_torch::cpu_render_audio_backward", mutates_args=(), device_types="cpu")
+def cpu_render_audio_backward(grad: torch.Tensor, human: torch.Tensor, mods: torch.Tensor, words: torch.Tensor,
+                              keys: Optional[torch.Tensor], noise: Optional[torch.Tensor], ckpt: torch.Tensor,
+                              sample_rate: float, control_rate: float,
+                              want_noise: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The adjoint of `cpu_render_audio`: grad (B, N) = dL/d mix -> (dL/d human (B, m), dL/d mods (B, n_out, C),
+    dL/d noise (B, N), one row per sound, or an empty tensor unless want_noise), recomputing each block's forward
+    from its checkpoint (see csrc/synth_cpu_grad.inc for the math)."""
+    batch, m = human.shape
+    n_samples = grad.shape[1]
+    g_human = torch.empty_like(human)
+    g_mods = torch.empty_like(mods)
+    g_noise = torch.empty(batch if want_noise else 0, n_samples, dtype=torch.float64)
+    code = library().doppel_cpu_grad_backward(
+        human.data_ptr(), batch, m, words.data_ptr(), words.numel(), mods.data_ptr(), _ptr(keys), _ptr(noise),
+        _noise_stride(noise, batch, n_samples), ckpt.data_ptr(), grad.data_ptr(), g_human.data_ptr(),
+        g_mods.data_ptr(), g_noise.data_ptr() if want_noise else None, n_samples, mods.shape[2], sample_rate,
+        control_rate, torch.get_num_threads())
+    _check(code, "differentiating", batch, n_samples)
+    return g_human, g_mods, g_noise
+
+
+@cpu_render_audio_backward.register_fake
+def _(grad, human, mods, words, keys, noise, ckpt, sample_rate, control_rate, want_noise):
+    return (torch.empty_like(human), torch.empty_like(mods),
+            grad.new_empty(grad.shape[0] if want_noise else 0, grad.shape[1]))
+
+
+def _setup_context(ctx, inputs, output):
+    human, mods, words, keys, noise, n_samples, n_state, sample_rate, control_rate = inputs
+    ctx.save_for_backward(human, mods, words, keys, noise, output[1])
+    ctx.rates = (sample_rate, control_rate)
+
+
+def _backward(ctx, grad_audio, grad_ckpt):
+    human, mods, words, keys, noise, ckpt = ctx.saved_tensors
+    want_noise = noise is not None and ctx.needs_input_grad[4]
+    g_human, g_mods, g_noise = cpu_render_audio_backward(
+        grad_audio.to(torch.float64).contiguous(), human, mods, words, keys, noise, ckpt, *ctx.rates, want_noise)
+    if want_noise:
+        if noise.shape[0] != g_noise.shape[0]:  # one noise row shared by every sound
+            g_noise = g_noise.sum(dim=0, keepdim=True)
+    else:
+        g_noise = None
+    return g_human, g_mods, None, None, g_noise, None, None, None, None
+
+
+torch.library.register_autograd("doppel_torch::cpu_render_audio", _backward, setup_context=_setup_context)
+
+
+def _normalize_if_clipping(audio: torch.Tensor) -> torch.Tensor:
+    """Each sound divided by its own peak when that exceeds 1: the reference's `normalize_if_clipping` (the same
+    three torch ops, written again here because a backend imports no other), differentiated by autograd."""
+    peak = audio.abs().amax(dim=-1, keepdim=True)
+    return torch.where(peak > 1.0, audio / torch.where(peak > 1.0, peak, torch.ones_like(peak)), audio)
+
+
 class Backend(base.Backend):
     name = "cpu"
+    differentiable = True
 
     def check_available(self) -> None:
         library()  # builds (or loads the cached) kernel; RuntimeError saying why it cannot
@@ -72,6 +182,9 @@ class Backend(base.Backend):
                              "backend='torch' / 'triton' on that device")
 
     def render(self, program: Program, theta: torch.Tensor, *, noise, seed, indices, normalize, out):
+        if torch.is_grad_enabled() and (theta.requires_grad or (noise is not None and noise.requires_grad)):
+            return self._render_differentiable(program, theta, noise=noise, seed=seed, indices=indices,
+                                               normalize=normalize, out=out)
         batch = theta.shape[0]
         if out is None:
             out = torch.empty(batch, program.n_samples, dtype=theta.dtype)
@@ -87,3 +200,24 @@ class Backend(base.Backend):
         cpu_render(human, program.words, keys, noise, out, program.n_control, program.sample_rate,
                    program.control_rate, program.eps, normalize)
         return out
+
+    def _render_differentiable(self, program: Program, theta: torch.Tensor, *, noise, seed, indices, normalize, out):
+        """The same sound through autograd: control rate by torch (spec.control), audio rate and its adjoint by the
+        kernel (`cpu_render_audio`), peak normalisation by torch; float64 inside, cast to theta's dtype at the end."""
+        human = program.layout.table.to_human(theta.to(torch.float64))
+        mods = control_signals(program, human)
+        keys = None
+        if noise is None and program.rows("noise"):
+            k1, k2 = rng.sound_keys(seed, rng.Stream.NOISE, indices)
+            keys = torch.stack((k1, k2), dim=1).contiguous()
+        elif noise is not None:
+            noise = noise.to(torch.float64).contiguous()
+        n_state = program.rows("oscillators") + program.rows("filters")
+        audio, _ = cpu_render_audio(human.contiguous(), mods.contiguous(), program.words, keys, noise,
+                                    program.n_samples, n_state, program.sample_rate, program.control_rate)
+        if normalize:
+            audio = _normalize_if_clipping(audio)
+        audio = audio.to(theta.dtype)
+        if out is None:
+            return audio
+        return out.copy_(audio)
