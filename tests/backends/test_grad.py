@@ -148,10 +148,10 @@ def test_batch_of_zero_and_out():
 
 
 def test_checkpoint_block_matches_the_kernel():
-    from doppel_torch.backends.cpu import _FAKE_BLOCK
+    from doppel_torch.backends.cpu import GRAD_BLOCK
     from doppel_torch.backends.cpu.build import library
 
-    assert library().doppel_cpu_grad_block() == _FAKE_BLOCK
+    assert library().doppel_cpu_grad_block() == GRAD_BLOCK
 
 
 @pytest.mark.parametrize("name", ["triton"])

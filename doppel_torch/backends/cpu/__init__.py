@@ -26,10 +26,9 @@ import torch
 from doppel_torch import rng
 from doppel_torch.backends import base
 from doppel_torch.backends.cpu.build import library
-from doppel_torch.spec.control import control_signals
 from doppel_torch.spec.program import Program
 
-__all__ = ["Backend", "cpu_render", "cpu_render_audio", "cpu_render_audio_backward"]
+__all__ = ["Backend", "cpu_render", "cpu_render_grad", "cpu_render_grad_backward"]
 
 
 @torch.library.custom_op("doppel_torch::cpu_render", mutates_args=("out",), device_types="cpu")
@@ -78,95 +77,89 @@ def _ptr(t: Optional[torch.Tensor]):
     return None if t is None else t.data_ptr()
 
 
-def _n_blocks(n_samples: int) -> int:
-    block = library().doppel_cpu_grad_block()
-    return -(-n_samples // block)
-
-
-@torch.library.custom_op("doppel_torch::cpu_render_audio", mutates_args=(), device_types="cpu")
-def cpu_render_audio(human: torch.Tensor, mods: torch.Tensor, words: torch.Tensor, keys: Optional[torch.Tensor],
-                     noise: Optional[torch.Tensor], n_samples: int, n_state: int, sample_rate: float,
-                     control_rate: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The differentiable path's audio rate: human (B, m) and control signals mods (B, n_out, C), float64, -> the
-    unnormalised mix (B, N) float64 and per-block checkpoints (B, n_blocks, n_state) that the backward restarts from
-    (n_state = oscillators + filters). Differentiable in human, mods and noise (`register_autograd` below)."""
+@torch.library.custom_op("doppel_torch::cpu_render_grad", mutates_args=(), device_types="cpu")
+def cpu_render_grad(human: torch.Tensor, words: torch.Tensor, keys: Optional[torch.Tensor], noise: Optional[torch.Tensor],
+                    n_samples: int, n_control: int, n_state: int, sample_rate: float, control_rate: float, eps: float,
+                    normalize: bool, double: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The differentiable render: human (B, m) float64 -> audio (B, N) (float64 if `double`, else float32), per
+    sound divided by its peak where that exceeds 1 and `normalize` is set, as `cpu_render`; and what the backward
+    needs: the peaks (B,) and their sample indices (B,) int64, and per-block checkpoints (B, n_blocks, n_state)
+    (n_state = oscillators + filters: phase carries and filter states). Differentiable in human and noise
+    (`register_autograd` below; the math is in csrc/synth_cpu_grad.inc)."""
     batch, m = human.shape
-    n_control = mods.shape[2]
-    out = torch.empty(batch, n_samples, dtype=torch.float64)
-    ckpt = torch.empty(batch, _n_blocks(n_samples), n_state, dtype=torch.float64)
+    out = torch.empty(batch, n_samples, dtype=torch.float64 if double else torch.float32)
+    ckpt = torch.empty(batch, -(-n_samples // GRAD_BLOCK), n_state, dtype=torch.float64)
+    peak = torch.empty(batch, dtype=torch.float64)
+    arg = torch.empty(batch, dtype=torch.int64)
     code = library().doppel_cpu_grad_forward(
-        human.data_ptr(), batch, m, words.data_ptr(), words.numel(), mods.data_ptr(), _ptr(keys), _ptr(noise),
-        _noise_stride(noise, batch, n_samples), out.data_ptr(), ckpt.data_ptr(), n_samples, n_control, sample_rate,
-        control_rate, torch.get_num_threads())
+        human.data_ptr(), batch, m, words.data_ptr(), words.numel(), _ptr(keys), _ptr(noise),
+        _noise_stride(noise, batch, n_samples), out.data_ptr(), int(double), peak.data_ptr(), arg.data_ptr(),
+        ckpt.data_ptr(), n_samples, n_control, sample_rate, control_rate, eps, int(normalize), torch.get_num_threads())
     _check(code, "rendering", batch, n_samples)
-    return out, ckpt
+    return out, ckpt, peak, arg
 
 
-@cpu_render_audio.register_fake
-def _(human, mods, words, keys, noise, n_samples, n_state, sample_rate, control_rate):
+GRAD_BLOCK = 256  # samples per checkpoint: the kernel's BLOCK_T (doppel_cpu_grad_block(), checked by the tests)
+
+
+@cpu_render_grad.register_fake
+def _(human, words, keys, noise, n_samples, n_control, n_state, sample_rate, control_rate, eps, normalize, double):
     batch = human.shape[0]
-    return (human.new_empty(batch, n_samples),
-            human.new_empty(batch, -(-n_samples // _FAKE_BLOCK), n_state))
+    return (human.new_empty(batch, n_samples, dtype=torch.float64 if double else torch.float32),
+            human.new_empty(batch, -(-n_samples // GRAD_BLOCK), n_state), human.new_empty(batch),
+            human.new_empty(batch, dtype=torch.int64))
 
 
-_FAKE_BLOCK = 256  # BLOCK_T of the kernel (checked against doppel_cpu_grad_block() in the tests)
-
-
-@torch.library.custom_op("doppel_torch::cpu_render_audio_backward", mutates_args=(), device_types="cpu")
-def cpu_render_audio_backward(grad: torch.Tensor, human: torch.Tensor, mods: torch.Tensor, words: torch.Tensor,
-                              keys: Optional[torch.Tensor], noise: Optional[torch.Tensor], ckpt: torch.Tensor,
-                              sample_rate: float, control_rate: float,
-                              want_noise: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The adjoint of `cpu_render_audio`: grad (B, N) = dL/d mix -> (dL/d human (B, m), dL/d mods (B, n_out, C),
-    dL/d noise (B, N), one row per sound, or an empty tensor unless want_noise), recomputing each block's forward
-    from its checkpoint (see csrc/synth_cpu_grad.inc for the math)."""
+@torch.library.custom_op("doppel_torch::cpu_render_grad_backward", mutates_args=(), device_types="cpu")
+def cpu_render_grad_backward(grad: torch.Tensor, audio: torch.Tensor, human: torch.Tensor, words: torch.Tensor,
+                             keys: Optional[torch.Tensor], noise: Optional[torch.Tensor], ckpt: torch.Tensor,
+                             peak: torch.Tensor, arg: torch.Tensor, n_control: int, sample_rate: float,
+                             control_rate: float, eps: float, normalize: bool,
+                             want_noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adjoint of `cpu_render_grad`: grad = dL/d audio (B, N) -> dL/d human (B, m) and dL/d noise (B, N), one
+    row per sound (an empty tensor unless want_noise), recomputing each block's forward from its checkpoint."""
     batch, m = human.shape
     n_samples = grad.shape[1]
+    grad = grad.to(audio.dtype).contiguous()
     g_human = torch.empty_like(human)
-    g_mods = torch.empty_like(mods)
     g_noise = torch.empty(batch if want_noise else 0, n_samples, dtype=torch.float64)
     code = library().doppel_cpu_grad_backward(
-        human.data_ptr(), batch, m, words.data_ptr(), words.numel(), mods.data_ptr(), _ptr(keys), _ptr(noise),
-        _noise_stride(noise, batch, n_samples), ckpt.data_ptr(), grad.data_ptr(), g_human.data_ptr(),
-        g_mods.data_ptr(), g_noise.data_ptr() if want_noise else None, n_samples, mods.shape[2], sample_rate,
-        control_rate, torch.get_num_threads())
+        human.data_ptr(), batch, m, words.data_ptr(), words.numel(), _ptr(keys), _ptr(noise),
+        _noise_stride(noise, batch, n_samples), audio.data_ptr(), grad.data_ptr(), int(audio.dtype == torch.float64),
+        peak.data_ptr(), arg.data_ptr(), ckpt.data_ptr(), g_human.data_ptr(),
+        g_noise.data_ptr() if want_noise else None, n_samples, n_control, sample_rate, control_rate, eps,
+        int(normalize), torch.get_num_threads())
     _check(code, "differentiating", batch, n_samples)
-    return g_human, g_mods, g_noise
+    return g_human, g_noise
 
 
-@cpu_render_audio_backward.register_fake
-def _(grad, human, mods, words, keys, noise, ckpt, sample_rate, control_rate, want_noise):
-    return (torch.empty_like(human), torch.empty_like(mods),
-            grad.new_empty(grad.shape[0] if want_noise else 0, grad.shape[1]))
+@cpu_render_grad_backward.register_fake
+def _(grad, audio, human, words, keys, noise, ckpt, peak, arg, n_control, sample_rate, control_rate, eps, normalize,
+      want_noise):
+    return torch.empty_like(human), grad.new_empty(grad.shape[0] if want_noise else 0, grad.shape[1],
+                                                   dtype=torch.float64)
 
 
 def _setup_context(ctx, inputs, output):
-    human, mods, words, keys, noise, n_samples, n_state, sample_rate, control_rate = inputs
-    ctx.save_for_backward(human, mods, words, keys, noise, output[1])
-    ctx.rates = (sample_rate, control_rate)
+    human, words, keys, noise, n_samples, n_control, n_state, sample_rate, control_rate, eps, normalize, _ = inputs
+    audio, ckpt, peak, arg = output
+    ctx.save_for_backward(audio, human, words, keys, noise, ckpt, peak, arg)
+    ctx.args = (n_control, sample_rate, control_rate, eps, normalize)
 
 
-def _backward(ctx, grad_audio, grad_ckpt):
-    human, mods, words, keys, noise, ckpt = ctx.saved_tensors
-    want_noise = noise is not None and ctx.needs_input_grad[4]
-    g_human, g_mods, g_noise = cpu_render_audio_backward(
-        grad_audio.to(torch.float64).contiguous(), human, mods, words, keys, noise, ckpt, *ctx.rates, want_noise)
-    if want_noise:
-        if noise.shape[0] != g_noise.shape[0]:  # one noise row shared by every sound
-            g_noise = g_noise.sum(dim=0, keepdim=True)
-    else:
+def _backward(ctx, grad_audio, grad_ckpt, grad_peak, grad_arg):
+    audio, human, words, keys, noise, ckpt, peak, arg = ctx.saved_tensors
+    want_noise = noise is not None and ctx.needs_input_grad[3]
+    g_human, g_noise = cpu_render_grad_backward(grad_audio, audio, human, words, keys, noise, ckpt, peak, arg,
+                                                *ctx.args, want_noise)
+    if not want_noise:
         g_noise = None
-    return g_human, g_mods, None, None, g_noise, None, None, None, None
+    elif noise.shape[0] != g_noise.shape[0]:  # one noise row shared by every sound
+        g_noise = g_noise.sum(dim=0, keepdim=True)
+    return g_human, None, None, g_noise, None, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd("doppel_torch::cpu_render_audio", _backward, setup_context=_setup_context)
-
-
-def _normalize_if_clipping(audio: torch.Tensor) -> torch.Tensor:
-    """Each sound divided by its own peak when that exceeds 1: the reference's `normalize_if_clipping` (the same
-    three torch ops, written again here because a backend imports no other), differentiated by autograd."""
-    peak = audio.abs().amax(dim=-1, keepdim=True)
-    return torch.where(peak > 1.0, audio / torch.where(peak > 1.0, peak, torch.ones_like(peak)), audio)
+torch.library.register_autograd("doppel_torch::cpu_render_grad", _backward, setup_context=_setup_context)
 
 
 class Backend(base.Backend):
@@ -202,10 +195,9 @@ class Backend(base.Backend):
         return out
 
     def _render_differentiable(self, program: Program, theta: torch.Tensor, *, noise, seed, indices, normalize, out):
-        """The same sound through autograd: control rate by torch (spec.control), audio rate and its adjoint by the
-        kernel (`cpu_render_audio`), peak normalisation by torch; float64 inside, cast to theta's dtype at the end."""
-        human = program.layout.table.to_human(theta.to(torch.float64))
-        mods = control_signals(program, human)
+        """The same sound through autograd: the kernel renders it (float64 inside, written in theta's dtype) and its
+        adjoint gives dL/d human (and dL/d noise); torch differentiates only clamp and to_human, (B, m)."""
+        human = program.layout.table.to_human(theta.to(torch.float64)).contiguous()
         keys = None
         if noise is None and program.rows("noise"):
             k1, k2 = rng.sound_keys(seed, rng.Stream.NOISE, indices)
@@ -213,11 +205,9 @@ class Backend(base.Backend):
         elif noise is not None:
             noise = noise.to(torch.float64).contiguous()
         n_state = program.rows("oscillators") + program.rows("filters")
-        audio, _ = cpu_render_audio(human.contiguous(), mods.contiguous(), program.words, keys, noise,
-                                    program.n_samples, n_state, program.sample_rate, program.control_rate)
-        if normalize:
-            audio = _normalize_if_clipping(audio)
-        audio = audio.to(theta.dtype)
+        audio = cpu_render_grad(human, program.words, keys, noise, program.n_samples, program.n_control, n_state,
+                                program.sample_rate, program.control_rate, program.eps, normalize,
+                                theta.dtype == torch.float64)[0]
         if out is None:
             return audio
         return out.copy_(audio)
