@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from doppel_torch.backends.torch import functional as F
-from doppel_torch.spec.program import MIX_NOISE, OSC_FM, OSC_SINE, Program, col
+from doppel_torch.spec.program import INPUT_LFO, MATRIX, MIX_NOISE, OSC_FM, OSC_SINE, Program, col
 
 
 def _cols(tab: dict[str, torch.Tensor], table: str, *names: str) -> list[torch.Tensor]:
@@ -19,12 +19,33 @@ def _cols(tab: dict[str, torch.Tensor], table: str, *names: str) -> list[torch.T
 
 def render(program: Program, human: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
     """Mixer output before normalisation, (B, N), from parameters in human units (B, m) and noise (B or 1, N)."""
-    sample_rate = program.sample_rate
-    n_samples = program.n_samples
+    sample_rate, control_rate = program.sample_rate, program.control_rate
+    n_samples, n_control, eps = program.n_samples, program.n_control, program.eps
     tab = program.on(human.device)  # cached per device: no per-call copies of the index tables
 
-    # Control rate (ADSRs, LFOs, the modulation matrix; spec.control): (B, n_out, C), upsampled to audio rate.
-    mods = F.control_signals(program, human)
+    # Envelopes, stacked: (B, E, C).
+    attack, decay, sustain, release, alpha, keyboard = _cols(
+        tab, "envelopes", "attack", "decay", "sustain", "release", "alpha", "keyboard")
+    (duration,) = _cols(tab, "keyboards", "duration")
+    env_sig = F.adsr(attack_s=human[:, attack], decay_s=human[:, decay], sustain=human[:, sustain],
+                     release_s=human[:, release], alpha=human[:, alpha], note_on_s=human[:, duration[keyboard]],
+                     n_control=n_control, control_rate=control_rate, eps=eps)
+
+    # LFOs with their rate and amplitude envelopes (control-rate VCA), stacked: (B, L, C).
+    if program.rows("lfos"):
+        freq, depth, phase0, rate_env, amp_env = _cols(
+            tab, "lfos", "frequency", "mod_depth", "initial_phase", "rate_env", "amp_env")
+        weights = _cols(tab, "lfos", "sin", "tri", "saw", "rsaw", "sqr")
+        lfo_sig = F.lfo(frequency_hz=human[:, freq], mod_depth_hz=human[:, depth], initial_phase=human[:, phase0],
+                        shape_weights=torch.stack([human[:, w] for w in weights], dim=-1),
+                        rate_env=env_sig[:, rate_env], control_rate=control_rate) * env_sig[:, amp_env]
+    else:
+        lfo_sig = env_sig[:, :0]
+
+    # Modulation matrix at control rate: (B, n_out, C), every row upsampled to audio rate.
+    kind, index = _cols(tab, "mod_inputs", "kind", "index")
+    inputs = torch.cat([env_sig, lfo_sig], dim=1)[:, index + (kind == INPUT_LFO) * env_sig.shape[1]]
+    mods = torch.matmul(human[:, tab[MATRIX]], inputs)
     mod = F.upsample(mods, n_samples)
 
     # Oscillators in table order (an FM operator reads its source's output, filtered if its source is).
