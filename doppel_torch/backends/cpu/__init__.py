@@ -12,8 +12,11 @@ from the float64 reference on every synth, where SynthAX's float32 is 1e-3 (Voic
 backend="torch" render the same sound for the same seed.
 
 The kernel is the torch op `doppel_torch::cpu_render` (with a fake implementation for shapes), so
-`torch.compile(fullgraph=True)` traces through a render. Not differentiable yet: `backends.render` refuses a theta
-that requires grad. Why native code: torch.compile of the reference reaches 270-570 sounds/s on 2 cores after
+`torch.compile(fullgraph=True)` traces through a render. Differentiable: a theta (or an explicit noise tensor) that
+requires grad renders through `doppel_torch::cpu_render_grad`, a torch op with a native backward registered by
+`torch.library.register_autograd` (the adjoint of every stage, control rate included, in csrc/synth_cpu_grad.inc;
+the backward recomputes each block of 256 samples from a per-block checkpoint, so no per-module audio is kept).
+Gradients equal the reference's autograd (float64: <= 1e-8 relative per parameter). Why native code: torch.compile of the reference reaches 270-570 sounds/s on 2 cores after
 80-95 s of compilation (eager: 45-105 sounds/s); this kernel renders thousands per second (bench/test_synth_cpu.py).
 """
 
