@@ -123,9 +123,10 @@ def test_guarded_points_give_the_reference_values(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_float32_gradients_are_finite_and_close(name):
-    """A float32 theta: the kernel differentiates in float64 and returns float32 gradients; over the interior they
-    stay within 1e-4 relative (per sound, L2) of the float64 reference's (measured worst: see test_float32_...
-    in the README's numbers), where the float32 reference itself is 1e-3 (voice) to 1e0 (the FM synths) away."""
+    """A float32 theta: the kernel differentiates in float64 and returns float32 gradients. Measured (1 s, 8 interior
+    sounds, relative L2 per sound against the float64 reference's gradient at the same point, median / worst):
+    voice 4.0e-8 / 6.4e-7, voicefm 5.0e-8 / 5.0e-7, parametric 4.9e-8 / 2.2e-7, where the float32 reference's own
+    autograd is 4.0e-3 / 5.3e-2, 3.1e-3 / 0.66 and 1.8e-2 / 1.2 away. Tolerance 1e-5: 15x the worst measured."""
     ref, cpu = _synths(name, duration=0.1)
     theta = _interior(ref, 4, seed=15, dtype=torch.float32)
     weights = torch.randn(4, ref.n_samples, generator=torch.Generator().manual_seed(7))
@@ -133,7 +134,7 @@ def test_float32_gradients_are_finite_and_close(name):
     (got,) = _grads(cpu, theta, weights)
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     rel = (got.double() - want).norm(dim=-1) / want.norm(dim=-1)
-    assert float(rel.max()) <= 1e-4, float(rel.max())
+    assert float(rel.max()) <= 1e-5, float(rel.max())
 
 
 def test_batch_of_zero_and_out():
