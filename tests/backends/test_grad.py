@@ -56,6 +56,18 @@ def test_float64_gradients_equal_the_reference_autograd(name):
         assert _worst_relative(got, want) <= 1e-7, name
 
 
+@pytest.mark.parametrize("name", ["parametric", "filtered"])
+def test_odd_lengths(name):
+    """501 samples (a last block of 245, not a multiple of the kernel's 4 partial sums), 16 control samples; batch 1."""
+    ref, cpu = _synths(name, duration=0.0313)
+    assert ref.n_samples == 501
+    theta = _interior(ref, 1, seed=17)
+    weights = torch.randn(1, ref.n_samples, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    (want,) = _grads(ref, theta, weights)
+    (got,) = _grads(cpu, theta, weights)
+    assert _worst_relative(got, want) <= 1e-7
+
+
 @pytest.mark.parametrize("name", ["voice", "filtered"])
 @pytest.mark.parametrize("rows", [1, 3])
 def test_gradients_reach_an_explicit_noise_tensor(name, rows):
