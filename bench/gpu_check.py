@@ -4,11 +4,13 @@ bench/results/ and --out after EVERY stage, so a stage that fails or runs out of
 
 Stages, in order, with their budgets in seconds (`--stages` picks a subset). A stage checks its budget between
 measurements and stops with a note; a SIGALRM at budget + grace ends a stage that hangs; a stage whose budget
-no longer fits in `--total-budget-s` (395 s) is skipped with a note.
+no longer fits in `--total-budget-s` (410 s) is skipped with a note.
 
     kernel_tests  45  pytest tests/backends/triton --device cuda (subprocess)
     correctness   30  Triton kernels vs the float64 reference on the GPU; SynthAX float64 renders
     synth_bench   40  synth throughput, Triton vs baselines (the baselines stop at the budget)
+    grad_bench    15  forward + backward sounds/s, batch 64, 1 s, float32: backend="triton" vs the reference's
+                      autograd on CUDA (target 20x; a backend without a backward is recorded with its refusal)
     tune          25  audio-kernel chunk length x warps sweep (voicefm, 2 x 768 sounds, both phase dtypes), to
                       set `backends.triton.synth.block_sizes` from measurements (chosen so far from register counts)
     frontend      10  log-mel: torch.stft vs matmul path, batch 100 and 2 x 768; agreement; the faster one
@@ -93,6 +95,7 @@ STAGES = {  # name: (budget on the GPU, budget in --cpu-smoke), seconds
     "kernel_tests": (45, 30),
     "correctness": (30, 40),
     "synth_bench": (40, 25),
+    "grad_bench": (15, 15),
     "tune": (25, 15),
     "frontend": (10, 10),
     "data_share": (25, 25),
@@ -334,6 +337,43 @@ class Check:
                            and r["impl"] == "triton" and "median_s" in r), None)
             if anchor and "median_s" in row:
                 row["triton_speedup"] = row["median_s"] / anchor["median_s"]
+
+    # ---- forward + backward throughput ----
+    def grad_bench(self, budget: Budget, out: dict) -> None:
+        device = self.device
+        batch = 2 if self.smoke else 64
+        warmup, repeats = (0, 1) if self.smoke else (1, 5)
+        rows = out.setdefault("rows", [])
+        for name in SYNTHS:
+            per_impl = {}
+            for backend in ("triton", "torch"):
+                row = {"synth": name, "batch": batch, "impl": backend}
+                rows.append(row)
+                if budget.spent():
+                    row["skipped"] = "stage budget spent"
+                    continue
+                synth = get_synth(name, backend=backend)
+                theta0 = synth.random_params(batch, seed=0, device=device)
+                weights = torch.randn(batch, synth.n_samples, device=device,
+                                      generator=torch.Generator(device=device).manual_seed(0))
+
+                def step(synth=synth, theta0=theta0, weights=weights):
+                    theta = theta0.clone().requires_grad_(True)
+                    (synth(theta, validate=False) * weights).mean().backward()
+                    return theta.grad
+
+                try:
+                    times = timed(step, device, repeats, warmup, budget)
+                except ValueError as err:  # a backend without a backward refuses (never drops) the gradient
+                    row["skipped"] = str(err)
+                    print(f"  {name:10s} {backend:7s} {err}", flush=True)
+                    continue
+                row.update(stats(times), sounds_per_s=batch / statistics.median(times))
+                per_impl[backend] = row
+                print(f"  {name:10s} {backend:7s} {row['median_s'] * 1e3:9.2f} ms {row['sounds_per_s']:10.0f} "
+                      "sounds/s (fwd + bwd)", flush=True)
+            if "triton" in per_impl and "torch" in per_impl:
+                per_impl["triton"]["speedup_over_reference"] = per_impl["torch"]["median_s"] / per_impl["triton"]["median_s"]
 
     # ---- audio-kernel launch configuration sweep ----
     def tune(self, budget: Budget, out: dict) -> None:
@@ -693,7 +733,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (the device tool's $OUT)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--total-budget-s", type=float, default=None,
-                        help="stages that no longer fit are skipped (default 395 on the GPU, 185 in --cpu-smoke)")
+                        help="stages that no longer fit are skipped (default 410 on the GPU, 185 in --cpu-smoke)")
     parser.add_argument("--cpu-smoke", action="store_true", help="every stage at tiny sizes on the CPU")
     args = parser.parse_args()
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -701,7 +741,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
     if args.total_budget_s is None:
-        args.total_budget_s = 185.0 if args.cpu_smoke else 395.0
+        args.total_budget_s = 185.0 if args.cpu_smoke else 410.0
     if args.cpu_smoke:
         device = torch.device("cpu")
         args.out = args.out or Path(tempfile.gettempdir()) / "gpu_check_smoke"

@@ -65,9 +65,11 @@ def render(backend: Backend, program: Program, theta: torch.Tensor, *, noise: to
     if theta.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"theta must be float32 or float64, got {theta.dtype}")
     backend.check_device(theta.device)
-    if theta.requires_grad and torch.is_grad_enabled() and not backend.differentiable:
-        raise ValueError(f"backend='{backend.name}' is not differentiable yet: use backend='torch' for gradients, or "
-                         "pass theta.detach() (or render under torch.no_grad()) to render without them")
+    wants_grad = theta.requires_grad or (isinstance(noise, torch.Tensor) and noise.requires_grad)
+    if wants_grad and torch.is_grad_enabled() and not backend.differentiable:
+        raise ValueError(f"backend='{backend.name}' is not differentiable yet: use backend='torch' or 'cpu' for "
+                         "gradients, or pass theta.detach() and noise.detach() (or render under torch.no_grad()) to "
+                         "render without them")
     batch = theta.shape[0]
     if validate and batch:
         values = theta.detach()

@@ -218,5 +218,7 @@ def _lower(patch: Patch, sample_rate: float, control_rate: float, duration: floa
         raise ValueError(f"duration {duration} s gives fewer than 2 control samples at {control_rate} Hz")
     layout = Layout(patch, apply_mixer_curve=apply_mixer_curve)
     tables, mix_filter = _lower_tables(layout)
-    return Program(layout=layout, sample_rate=float(sample_rate), control_rate=float(control_rate),
-                   n_samples=n_samples, n_control=n_control, eps=float(eps), tables=tables, mix_filter=mix_filter)
+    program = Program(layout=layout, sample_rate=float(sample_rate), control_rate=float(control_rate),
+                      n_samples=n_samples, n_control=n_control, eps=float(eps), tables=tables, mix_filter=mix_filter)
+    program.words  # cached now: inside torch.compile, Python 3.11's cached_property lock is a graph break
+    return program

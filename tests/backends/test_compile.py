@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from doppel_torch import DoppelgangerPairs, LogMelFrontend, get_synth
@@ -28,3 +29,18 @@ def test_ops_are_registered():
     import doppel_torch.backends.triton.synth  # noqa: F401
 
     assert hasattr(torch.ops.doppel_torch, "cpu_render") and hasattr(torch.ops.doppel_torch, "triton_render")
+
+
+@pytest.mark.slow  # torch.compile of the render and its backward: ~3 min on 2 loaded cores
+def test_compile_fullgraph_forward_and_backward_with_the_cpu_kernel():
+    synth = get_synth("voice", backend="cpu", duration=0.05)
+
+    def loss(theta):
+        return synth(theta, validate=False).square().mean()
+
+    theta = (0.05 + 0.9 * synth.random_params(3, seed=0, dtype=torch.float64)).requires_grad_(True)
+    torch.compile(loss, fullgraph=True)(theta).backward()  # a graph break raises here
+    compiled = theta.grad.clone()
+    theta.grad = None
+    loss(theta).backward()
+    torch.testing.assert_close(compiled, theta.grad, rtol=1e-12, atol=0)

@@ -62,14 +62,23 @@ def test_out_is_written_and_returned(backend):
         synth(theta, out=out[:, :-1])
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
-def test_gradients_are_refused_alike_never_dropped(backend):
-    synth, _ = _synths(backend)
-    theta = synth.random_params(2, seed=7).to(device_of(backend)).requires_grad_(True)
-    with pytest.raises(ValueError, match=f"backend='{backend}' is not differentiable yet: use backend='torch'"):
+def test_gradients_are_refused_never_dropped_without_a_backward():
+    synth, _ = _synths("triton")
+    theta = synth.random_params(2, seed=7).to(device_of("triton")).requires_grad_(True)
+    with pytest.raises(ValueError, match="backend='triton' is not differentiable yet: use backend='torch' or 'cpu'"):
         synth(theta, validate=False)
     with torch.no_grad():
         assert synth(theta).shape == (2, synth.n_samples)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_differentiable_backends_give_the_same_gradient(backend):
+    synth, ref = _synths(backend)
+    theta = (0.1 + 0.8 * synth.random_params(2, seed=8, dtype=torch.float64)).requires_grad_(True)
+    synth(theta, validate=False).square().sum().backward()
+    want = theta.detach().clone().requires_grad_(True)
+    ref(want).square().sum().backward()
+    torch.testing.assert_close(theta.grad, want.grad, rtol=1e-7, atol=1e-9 * float(want.grad.abs().max()))
 
 
 def test_the_reference_is_differentiable():

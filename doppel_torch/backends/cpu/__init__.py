@@ -12,8 +12,11 @@ from the float64 reference on every synth, where SynthAX's float32 is 1e-3 (Voic
 backend="torch" render the same sound for the same seed.
 
 The kernel is the torch op `doppel_torch::cpu_render` (with a fake implementation for shapes), so
-`torch.compile(fullgraph=True)` traces through a render. Not differentiable yet: `backends.render` refuses a theta
-that requires grad. Why native code: torch.compile of the reference reaches 270-570 sounds/s on 2 cores after
+`torch.compile(fullgraph=True)` traces through a render. Differentiable: a theta (or an explicit noise tensor) that
+requires grad renders through `doppel_torch::cpu_render_grad`, a torch op with a native backward registered by
+`torch.library.register_autograd` (the adjoint of every stage, control rate included, in csrc/synth_cpu_grad.inc;
+the backward recomputes each block of 256 samples from a per-block checkpoint, so no per-module audio is kept).
+Gradients equal the reference's autograd (float64: <= 1e-8 relative per parameter). Why native code: torch.compile of the reference reaches 270-570 sounds/s on 2 cores after
 80-95 s of compilation (eager: 45-105 sounds/s); this kernel renders thousands per second (bench/test_synth_cpu.py).
 """
 
@@ -28,7 +31,7 @@ from doppel_torch.backends import base
 from doppel_torch.backends.cpu.build import library
 from doppel_torch.spec.program import Program
 
-__all__ = ["Backend", "cpu_render"]
+__all__ = ["Backend", "cpu_render", "cpu_render_grad", "cpu_render_grad_backward"]
 
 
 @torch.library.custom_op("doppel_torch::cpu_render", mutates_args=("out",), device_types="cpu")
@@ -60,8 +63,111 @@ def _(human, words, keys, noise, out, n_control, sample_rate, control_rate, eps,
     return None
 
 
+def _check(code: int, what: str, batch: int, n_samples: int) -> None:
+    if code == -3:
+        raise RuntimeError(f"backend='cpu': out of memory {what} {batch} sounds of {n_samples} samples; use fewer or "
+                           "shorter sounds per call")
+    if code != 0:
+        raise RuntimeError(f"backend='cpu': the {what} kernel failed (code {code}: -1 malformed program, -2 bad sizes, "
+                           "-4 an internal error); this is a bug, please report it")
+
+
+def _noise_stride(noise: Optional[torch.Tensor], batch: int, n_samples: int) -> int:
+    return n_samples if noise is not None and noise.shape[0] == batch and batch > 1 else 0
+
+
+def _ptr(t: Optional[torch.Tensor]):
+    return None if t is None else t.data_ptr()
+
+
+@torch.library.custom_op("doppel_torch::cpu_render_grad", mutates_args=(), device_types="cpu")
+def cpu_render_grad(human: torch.Tensor, words: torch.Tensor, keys: Optional[torch.Tensor], noise: Optional[torch.Tensor],
+                    n_samples: int, n_control: int, n_state: int, sample_rate: float, control_rate: float, eps: float,
+                    normalize: bool, double: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The differentiable render: human (B, m) float64 -> audio (B, N) (float64 if `double`, else float32), per
+    sound divided by its peak where that exceeds 1 and `normalize` is set, as `cpu_render`; and what the backward
+    needs: the peaks (B,) and their sample indices (B,) int64, and per-block checkpoints (B, n_blocks, n_state)
+    (n_state = oscillators + filters: phase carries and filter states). Differentiable in human and noise
+    (`register_autograd` below; the math is in csrc/synth_cpu_grad.inc)."""
+    batch, m = human.shape
+    out = torch.empty(batch, n_samples, dtype=torch.float64 if double else torch.float32)
+    ckpt = torch.empty(batch, -(-n_samples // GRAD_BLOCK), n_state, dtype=torch.float64)
+    peak = torch.empty(batch, dtype=torch.float64)
+    arg = torch.empty(batch, dtype=torch.int64)
+    code = library().doppel_cpu_grad_forward(
+        human.data_ptr(), batch, m, words.data_ptr(), words.numel(), _ptr(keys), _ptr(noise),
+        _noise_stride(noise, batch, n_samples), out.data_ptr(), int(double), peak.data_ptr(), arg.data_ptr(),
+        ckpt.data_ptr(), n_samples, n_control, sample_rate, control_rate, eps, int(normalize), torch.get_num_threads())
+    _check(code, "rendering", batch, n_samples)
+    return out, ckpt, peak, arg
+
+
+GRAD_BLOCK = 256  # samples per checkpoint: the kernel's BLOCK_T (doppel_cpu_grad_block(), checked by the tests)
+
+
+@cpu_render_grad.register_fake
+def _(human, words, keys, noise, n_samples, n_control, n_state, sample_rate, control_rate, eps, normalize, double):
+    batch = human.shape[0]
+    return (human.new_empty(batch, n_samples, dtype=torch.float64 if double else torch.float32),
+            human.new_empty(batch, -(-n_samples // GRAD_BLOCK), n_state), human.new_empty(batch),
+            human.new_empty(batch, dtype=torch.int64))
+
+
+@torch.library.custom_op("doppel_torch::cpu_render_grad_backward", mutates_args=(), device_types="cpu")
+def cpu_render_grad_backward(grad: torch.Tensor, audio: torch.Tensor, human: torch.Tensor, words: torch.Tensor,
+                             keys: Optional[torch.Tensor], noise: Optional[torch.Tensor], ckpt: torch.Tensor,
+                             peak: torch.Tensor, arg: torch.Tensor, n_control: int, sample_rate: float,
+                             control_rate: float, eps: float, normalize: bool,
+                             want_noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adjoint of `cpu_render_grad`: grad = dL/d audio (B, N) -> dL/d human (B, m) and dL/d noise (B, N), one
+    row per sound (an empty tensor unless want_noise), recomputing each block's forward from its checkpoint."""
+    batch, m = human.shape
+    n_samples = grad.shape[1]
+    grad = grad.to(audio.dtype).contiguous()
+    g_human = torch.empty_like(human)
+    g_noise = torch.empty(batch if want_noise else 0, n_samples, dtype=torch.float64)
+    code = library().doppel_cpu_grad_backward(
+        human.data_ptr(), batch, m, words.data_ptr(), words.numel(), _ptr(keys), _ptr(noise),
+        _noise_stride(noise, batch, n_samples), audio.data_ptr(), grad.data_ptr(), int(audio.dtype == torch.float64),
+        peak.data_ptr(), arg.data_ptr(), ckpt.data_ptr(), g_human.data_ptr(),
+        g_noise.data_ptr() if want_noise else None, n_samples, n_control, sample_rate, control_rate, eps,
+        int(normalize), torch.get_num_threads())
+    _check(code, "differentiating", batch, n_samples)
+    return g_human, g_noise
+
+
+@cpu_render_grad_backward.register_fake
+def _(grad, audio, human, words, keys, noise, ckpt, peak, arg, n_control, sample_rate, control_rate, eps, normalize,
+      want_noise):
+    return torch.empty_like(human), grad.new_empty(grad.shape[0] if want_noise else 0, grad.shape[1],
+                                                   dtype=torch.float64)
+
+
+def _setup_context(ctx, inputs, output):
+    human, words, keys, noise, n_samples, n_control, n_state, sample_rate, control_rate, eps, normalize, _ = inputs
+    audio, ckpt, peak, arg = output
+    ctx.save_for_backward(audio, human, words, keys, noise, ckpt, peak, arg)
+    ctx.args = (n_control, sample_rate, control_rate, eps, normalize)
+
+
+def _backward(ctx, grad_audio, grad_ckpt, grad_peak, grad_arg):
+    audio, human, words, keys, noise, ckpt, peak, arg = ctx.saved_tensors
+    want_noise = noise is not None and ctx.needs_input_grad[3]
+    g_human, g_noise = cpu_render_grad_backward(grad_audio, audio, human, words, keys, noise, ckpt, peak, arg,
+                                                *ctx.args, want_noise)
+    if not want_noise:
+        g_noise = None
+    elif noise.shape[0] != g_noise.shape[0]:  # one noise row shared by every sound
+        g_noise = g_noise.sum(dim=0, keepdim=True)
+    return g_human, None, None, g_noise, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("doppel_torch::cpu_render_grad", _backward, setup_context=_setup_context)
+
+
 class Backend(base.Backend):
     name = "cpu"
+    differentiable = True
 
     def check_available(self) -> None:
         library()  # builds (or loads the cached) kernel; RuntimeError saying why it cannot
@@ -72,6 +178,9 @@ class Backend(base.Backend):
                              "backend='torch' / 'triton' on that device")
 
     def render(self, program: Program, theta: torch.Tensor, *, noise, seed, indices, normalize, out):
+        if torch.is_grad_enabled() and (theta.requires_grad or (noise is not None and noise.requires_grad)):
+            return self._render_differentiable(program, theta, noise=noise, seed=seed, indices=indices,
+                                               normalize=normalize, out=out)
         batch = theta.shape[0]
         if out is None:
             out = torch.empty(batch, program.n_samples, dtype=theta.dtype)
@@ -87,3 +196,21 @@ class Backend(base.Backend):
         cpu_render(human, program.words, keys, noise, out, program.n_control, program.sample_rate,
                    program.control_rate, program.eps, normalize)
         return out
+
+    def _render_differentiable(self, program: Program, theta: torch.Tensor, *, noise, seed, indices, normalize, out):
+        """The same sound through autograd: the kernel renders it (float64 inside, written in theta's dtype) and its
+        adjoint gives dL/d human (and dL/d noise); torch differentiates only clamp and to_human, (B, m)."""
+        human = program.layout.table.to_human(theta.to(torch.float64)).contiguous()
+        keys = None
+        if noise is None and program.rows("noise"):
+            k1, k2 = rng.sound_keys(seed, rng.Stream.NOISE, indices)
+            keys = torch.stack((k1, k2), dim=1).contiguous()
+        elif noise is not None:
+            noise = noise.to(torch.float64).contiguous()
+        n_state = program.rows("oscillators") + program.rows("filters")
+        audio = cpu_render_grad(human, program.words, keys, noise, program.n_samples, program.n_control, n_state,
+                                program.sample_rate, program.control_rate, program.eps, normalize,
+                                theta.dtype == torch.float64)[0]
+        if out is None:
+            return audio
+        return out.copy_(audio)

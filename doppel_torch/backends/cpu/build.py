@@ -28,6 +28,7 @@ from pathlib import Path
 from doppel_torch.spec.program import layout_signature
 
 SOURCE = Path(__file__).parent / "csrc" / "synth_cpu.cpp"
+SOURCES = (SOURCE, SOURCE.with_name("synth_cpu_grad.inc"))  # the grad file is #included by SOURCE; both are hashed
 DEFAULT_FLAGS = "-O3 -march=native -fno-math-errno -fno-trapping-math -std=c++17"
 
 _lock = threading.Lock()
@@ -156,7 +157,7 @@ def _build() -> ctypes.CDLL:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise RuntimeError(f"backend='cpu': cannot run the C++ compiler {cxx}: {exc}") from exc
-    source = SOURCE.read_bytes()
+    source = b"\0".join(path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
                                      _cpu_fingerprint().encode(), platform.machine().encode()])).hexdigest()[:16]
     target = _cache_dir() / key / LIBRARY
@@ -184,6 +185,14 @@ def _build() -> ctypes.CDLL:
         c.c_int, c.c_int64, c.c_int64, c.c_double, c.c_double, c.c_double, c.c_int, c.c_int,
     ]
     fn.restype = c.c_int
+    ptr, i64, f64, i32 = c.c_void_p, c.c_int64, c.c_double, c.c_int
+    lib.doppel_cpu_grad_block.restype = i32
+    lib.doppel_cpu_grad_forward.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, i64, ptr, i32, ptr, ptr, ptr, i64, i64,
+                                            f64, f64, f64, i32, i32]
+    lib.doppel_cpu_grad_forward.restype = i32
+    lib.doppel_cpu_grad_backward.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, i64, ptr, ptr, i32, ptr, ptr, ptr, ptr,
+                                             ptr, i64, i64, f64, f64, f64, i32, i32]
+    lib.doppel_cpu_grad_backward.restype = i32
     return lib
 
 

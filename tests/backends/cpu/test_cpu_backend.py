@@ -167,14 +167,18 @@ def test_generic_over_patches_and_rates(make):
     assert cpu(theta[:1].float()).shape == (1, ref.n_samples)
 
 
-def test_gradients_are_refused_with_a_clear_error():
+def test_gradients_flow_and_no_grad_renders_as_before():
     cpu = get_synth("voice", backend="cpu", **SHORT)
     theta = cpu.random_params(2).requires_grad_(True)
-    with pytest.raises(ValueError, match="not differentiable"):
-        cpu(theta, validate=False)  # (validation's float(theta.min()) warns on a tensor that requires grad)
+    audio = cpu(theta, validate=False)
+    assert audio.requires_grad and audio.dtype == torch.float32
+    audio.square().sum().backward()
+    assert theta.grad.dtype == torch.float32 and torch.isfinite(theta.grad).all() and theta.grad.abs().sum() > 0
     with torch.no_grad():
-        assert cpu(theta).shape == (2, cpu.n_samples)
-    assert cpu(theta.detach()).shape == (2, cpu.n_samples)
+        plain = cpu(theta)
+    assert not plain.requires_grad
+    torch.testing.assert_close(plain, audio.detach(), atol=1e-5, rtol=0)
+    assert not cpu(theta.detach()).requires_grad
 
 
 def test_empty_batch():

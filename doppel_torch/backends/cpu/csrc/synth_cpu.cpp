@@ -910,3 +910,6 @@ int doppel_cpu_render(const double* human, int64_t batch, int64_t m, const int32
 }
 
 }  // extern "C"
+
+// The differentiable path (audio-rate forward with checkpoints, and its adjoint): same translation unit, own file.
+#include "synth_cpu_grad.inc"

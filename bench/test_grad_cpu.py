@@ -1,0 +1,148 @@
+"""Gradients at kernel speed on the CPU: forward + backward of backend="cpu" (native adjoint) vs the torch reference's
+autograd, side by side in one run; voice, voicefm, parametric; batch 64, 16 kHz, 1 s, float32; and the peak memory
+of forward + backward per sound.
+
+    pytest bench/test_grad_cpu.py --benchmark -p no:cacheprovider -s
+
+Speed: one call = theta (64, m) requiring grad -> synth(theta) -> loss = mean(audio * w) (w fixed random) ->
+backward; every case is warmed up, then ROUNDS rounds interleave all six cases (each round: a SETTLE_S pause, one
+untimed call, one timed call, as bench/test_synth_cpu.py), so load from other processes hits them alike; the best
+round of each is kept and the ratios come from those. Memory: each case runs in a fresh subprocess, which renders
+one sound first (kernel loaded, allocator warm), resets the peak resident size (/proc/self/clear_refs, 5), runs one
+forward + backward at batch 64 and reads the peak (VmHWM): its growth over the resident size before, / 64 = peak
+bytes per sound (a high-water mark: every tensor autograd keeps, the kernel's buffers, the allocator's slack).
+Results: bench/results/cpu-grad-<date>.json with the CPU model, versions and git commit.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from doppel_torch import get_synth
+
+BATCH = 64
+SYNTHS = ("voice", "voicefm", "parametric")
+IMPLS = ("cpu", "torch")
+ROUNDS = 5
+SETTLE_S = 0.25
+REPO = Path(__file__).resolve().parents[1]
+
+_MEMORY_SCRIPT = r"""
+import sys, torch
+from doppel_torch import get_synth
+name, backend, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+synth = get_synth(name, backend=backend)
+def step(n):
+    theta = synth.random_params(n, seed=0).requires_grad_(True)
+    w = torch.randn(n, synth.n_samples, generator=torch.Generator().manual_seed(0))
+    (synth(theta, validate=False) * w).mean().backward()
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+step(1)
+with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM, the peak resident size, to the current one
+    f.write("5")
+before = status("VmRSS")
+step(batch)
+print(status("VmHWM") - before)
+"""
+
+
+def _case(name: str, backend: str):
+    synth = get_synth(name, backend=backend)
+    theta0 = synth.random_params(BATCH, seed=0)
+    w = torch.randn(BATCH, synth.n_samples, generator=torch.Generator().manual_seed(0))
+
+    def run():
+        theta = theta0.clone().requires_grad_(True)
+        (synth(theta, validate=False) * w).mean().backward()
+        return theta.grad
+
+    return run
+
+
+def _peak_bytes(name: str, backend: str) -> int:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, name, backend, str(BATCH)], capture_output=True,
+                          text=True, timeout=900, env=env, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory case {name}/{backend} failed: {proc.stderr[-2000:]}")
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def test_cpu_grad_side_by_side(request):
+    cases = {(name, impl): _case(name, impl) for name in SYNTHS for impl in IMPLS}
+    for run in cases.values():  # kernel build, first-call costs
+        run()
+    best = {key: float("inf") for key in cases}
+    times: dict = {key: [] for key in cases}
+    for _ in range(ROUNDS):
+        for key, run in cases.items():
+            time.sleep(SETTLE_S)
+            run()  # untimed: the first call after a pause runs cold
+            start = time.perf_counter()
+            run()
+            elapsed = time.perf_counter() - start
+            times[key].append(elapsed)
+            best[key] = min(best[key], elapsed)
+    memory = {key: _peak_bytes(*key) / BATCH for key in cases}
+    rows = []
+    lines = [f"forward + backward, batch {BATCH}, 16 kHz, 1 s, float32, {torch.get_num_threads()} threads, "
+             f"{_cpu_model()} ({os.cpu_count()} cores); best of {ROUNDS} interleaved rounds",
+             f"{'synth':10s} {'cpu sounds/s':>12s} {'ref sounds/s':>12s} {'speedup':>8s} {'cpu B/sound':>12s} "
+             f"{'ref B/sound':>12s} {'memory':>7s}"]
+    for name in SYNTHS:
+        ours, ref = best[(name, "cpu")], best[(name, "torch")]
+        row = {"synth": name, "cpu_sounds_per_s": BATCH / ours, "reference_sounds_per_s": BATCH / ref,
+               "speedup": ref / ours, "cpu_best_s": ours, "reference_best_s": ref,
+               "cpu_round_s": times[(name, "cpu")], "reference_round_s": times[(name, "torch")],
+               "cpu_peak_bytes_per_sound": memory[(name, "cpu")],
+               "reference_peak_bytes_per_sound": memory[(name, "torch")],
+               "memory_ratio": memory[(name, "torch")] / max(memory[(name, "cpu")], 1.0)}
+        rows.append(row)
+        lines.append(f"{name:10s} {row['cpu_sounds_per_s']:12.0f} {row['reference_sounds_per_s']:12.1f} "
+                     f"{row['speedup']:7.1f}x {row['cpu_peak_bytes_per_sound']:12.0f} "
+                     f"{row['reference_peak_bytes_per_sound']:12.0f} {row['memory_ratio']:6.1f}x")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    for line in lines:
+        reporter.write_line(line)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=REPO).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    date = datetime.date.today().isoformat()
+    result = {"device": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "date": date,
+              "commit": commit, "versions": {"python": platform.python_version(), "torch": torch.__version__},
+              "batch": BATCH, "rounds": ROUNDS, "loss": "mean(audio * w), w ~ N(0, 1) fixed",
+              "memory_method": "peak resident size (VmHWM after clear_refs 5) of a fresh subprocess over one "
+                               "batch-64 forward + backward, minus the resident size before, / 64; batch-1 warm-up", "rows": rows,
+              "load_average": os.getloadavg()}
+    folder = REPO / "bench" / "results"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"cpu-grad-{date}.json"
+    path.write_text(json.dumps(result, indent=1))
+    reporter.write_line(f"wrote {path}")
+    for row in rows:
+        assert row["speedup"] > 1.0, row
