@@ -132,6 +132,7 @@ def main() -> None:
         p.add_argument("--steps", type=int, default=200)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", type=Path, default=None)
+        p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
         if name == "recovery":
             p.add_argument("--targets", type=int, default=20)
             p.add_argument("--target-seed", type=int, default=1000)
@@ -140,6 +141,8 @@ def main() -> None:
             p.add_argument("--delta", type=float, nargs="*", default=[],
                            help="also start every restart at the target's theta + delta * N(0, 1) (clipped)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     (speed if args.what == "speed" else recovery)(args)
 
 

@@ -16,7 +16,6 @@ from doppel_torch.cli import main
 from doppel_torch.matching import describe_theta, prepare_target, starting_points
 
 DURATION = 0.25
-THRESHOLD_NEAR = 0.35  # measured: see test_match_recovers_a_synth_target_from_nearby_starts
 
 
 @pytest.fixture(scope="module")
@@ -53,22 +52,33 @@ def test_default_backend_asks_the_backends(monkeypatch):
     assert default_backend("cuda") == "torch"  # triton is still refused there
 
 
-def test_match_recovers_a_synth_target_from_nearby_starts(synth):
-    """From starts within delta = 0.05 of the target's theta, 60 Adam steps bring the loss far down (measured: starting
-    points ~0.9, recovered ~0.1; see the README's matching section for random starts)."""
+def _nearby(synth, theta, restarts, delta):
+    z = rng.normal(7, rng.Stream.PERTURB_1, torch.arange(restarts), synth.num_params)
+    return (theta + delta * z).clamp(0.0, 1.0)
+
+
+def test_match_descends_from_nearby_starts(synth):
+    """A target rendered from a known theta, restarts within delta = 0.05 of it: 60 steps cut the best loss well below
+    every starting point (measured: starts 0.33-0.75, best after 60 steps 0.151; without a working gradient the
+    best stays at the best start, 0.331). The best theta renders the returned audio at the reported loss."""
     theta = synth.random_params(1, seed=1000)[0]
     target = _target(synth, theta)
-    z = rng.normal(7, rng.Stream.PERTURB_1, torch.arange(4), synth.num_params)
-    init = (theta + 0.05 * z).clamp(0.0, 1.0)
-    result = match(synth, target, restarts=4, steps=60, lr=0.05, seed=0, init=init)
+    result = match(synth, target, restarts=4, steps=60, seed=0, init=_nearby(synth, theta, 4, 0.05))
     assert result.steps == 60 and not result.interrupted and len(result.history) == 60
-    assert result.loss < 0.25 * float(result.initial_losses.median()), (result.loss, result.initial_losses)
-    assert result.loss < THRESHOLD_NEAR, result.loss
+    start = float(result.initial_losses.min())
+    assert result.loss < 0.7 * start and result.loss < 0.25, (result.loss, result.initial_losses)
     assert bool((result.restart_thetas >= 0).all() and (result.restart_thetas <= 1).all())
-    # the best theta renders the returned audio, and its loss is the one reported
-    assert torch.allclose(spectral_loss(_target(synth, result.theta)[None], target), torch.tensor([result.loss]),
-                          atol=1e-5)
-    assert torch.equal(result.audio, _target(synth, result.theta))
+    rendered = _target(synth, result.theta)
+    assert torch.equal(result.audio, rendered)
+    assert abs(float(spectral_loss(rendered[None], target)) - result.loss) < 1e-4
+
+
+@pytest.mark.slow  # ~40 s on 2 loaded cores: 200 steps of 6 restarts
+def test_match_recovers_a_synth_target_from_nearby_starts(synth):
+    """200 steps from delta = 0.05: measured best 0.079 (starts ~0.4; the target's own theta: 0)."""
+    theta = synth.random_params(1, seed=1000)[0]
+    result = match(synth, _target(synth, theta), restarts=6, steps=200, seed=0, init=_nearby(synth, theta, 6, 0.05))
+    assert result.loss < 0.12 and result.loss < 0.4 * float(result.initial_losses.min()), result
 
 
 def test_restarts_are_keyed_by_the_seed():
