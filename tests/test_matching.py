@@ -43,13 +43,19 @@ def test_spectral_loss_is_zero_only_for_the_same_sound(synth):
 
 
 def test_default_backend_asks_the_backends(monkeypatch):
-    """The default is the fastest backend that says it is differentiable: today torch; when the cpu backend's
-    backward lands (differentiable = True) it becomes the CPU default with no change in matching.py."""
-    assert default_backend("cpu") == "torch" and get_backend("torch").differentiable
+    """The default is the fastest backend that says it is differentiable: torch while the cpu backend has no backward;
+    cpu once it has one (differentiable = True), with no change in matching.py."""
     cpu = type(get_backend("cpu"))
+    assert default_backend("cpu") == ("cpu" if cpu.differentiable else "torch") and get_backend("torch").differentiable
+    monkeypatch.setattr(cpu, "differentiable", False)
+    assert default_backend("cpu") == "torch"
     monkeypatch.setattr(cpu, "differentiable", True)
     assert default_backend("cpu") == "cpu"
-    assert default_backend("cuda") == "torch"  # triton is still refused there
+    triton = type(get_backend("triton"))
+    monkeypatch.setattr(triton, "differentiable", False)
+    assert default_backend("cuda") == "torch"
+    monkeypatch.setattr(triton, "differentiable", True)
+    assert default_backend("cuda") == "triton"
 
 
 def _nearby(synth, theta, restarts, delta):
@@ -96,7 +102,11 @@ def test_restarts_are_keyed_by_the_seed():
     assert torch.allclose(r4.initial_losses.sort().values, all8[:2], atol=1e-5)
 
 
-def test_match_refuses_bad_input(synth):
+def _without_backward(monkeypatch, name="cpu"):
+    monkeypatch.setattr(type(get_backend(name)), "differentiable", False)
+
+
+def test_match_refuses_bad_input(synth, monkeypatch):
     target = _target(synth, synth.random_params(1, seed=5)[0])
     with pytest.raises(ValueError, match=r"target must be a \(4000,\) tensor"):
         match(synth, target[:100])
@@ -108,6 +118,7 @@ def test_match_refuses_bad_input(synth):
         match(synth, target, restarts=0)
     with pytest.raises(ValueError, match="init must have shape"):
         match(synth, target, restarts=2, init=torch.rand(3, synth.num_params))
+    _without_backward(monkeypatch)
     with pytest.raises(ValueError, match="not differentiable"):
         match(VoiceSynth(duration=DURATION, backend="cpu"), target, steps=1)
 
@@ -159,7 +170,7 @@ def test_match_command_end_to_end(tmp_path, synth):
 
 
 @pytest.mark.parametrize("case", ["missing", "unreadable", "silent", "folder", "cpu"])
-def test_match_command_bad_input_is_one_clear_line(tmp_path, case):
+def test_match_command_bad_input_is_one_clear_line(tmp_path, case, monkeypatch):
     path = tmp_path / "t.wav"
     extra = []
     if case == "unreadable":
@@ -171,6 +182,7 @@ def test_match_command_bad_input_is_one_clear_line(tmp_path, case):
     elif case == "cpu":
         sf.write(path, np.full(1000, 0.1), 16000)
         extra = ["--backend", "cpu"]
+        _without_backward(monkeypatch)  # as backend="cpu" was before its backward
     result = CliRunner().invoke(main, ["match", str(path), "--out", str(tmp_path / "o"), "--steps", "1", *extra])
     assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit), result.exception
     expected = {"missing": "no such file", "unreadable": "cannot read the target", "silent": "silent",
