@@ -56,25 +56,48 @@ def _magnitudes(audio: torch.Tensor, n_fft: int) -> torch.Tensor:
                       return_complex=True).abs()
 
 
+def _sizes(fft_sizes: Sequence[int], n_samples: int) -> list[int]:
+    return [n for n in fft_sizes if n <= n_samples] or [min(fft_sizes)]
+
+
+class SpectralTarget:
+    """The target's magnitude spectra at every resolution, computed once: `loss(audio)` scores a batch against them.
+    `match` keeps one per run, so a step computes the STFTs of its restarts only."""
+
+    def __init__(self, target: torch.Tensor, fft_sizes: Sequence[int] = FFT_SIZES):
+        if target.dim() not in (1, 2):
+            raise ValueError(f"target must be (samples,) or (batch, samples), got {tuple(target.shape)}")
+        self.target = target if target.dim() == 2 else target[None]
+        self.sizes = _sizes(fft_sizes, target.shape[-1])
+        self.spectra = []
+        for n_fft in self.sizes:
+            t = _magnitudes(self.target, n_fft)
+            self.spectra.append((t, t.flatten(1).norm(dim=1).clamp_min(1e-8), torch.log(t + LOG_EPS)))
+
+    def loss(self, audio: torch.Tensor) -> torch.Tensor:
+        """audio (B, N) -> (B,) spectral loss against the target (one row, broadcast, or B rows)."""
+        if audio.dim() != 2 or audio.shape[1] != self.target.shape[1] or self.target.shape[0] not in (1, audio.shape[0]):
+            raise ValueError(f"target must be ({audio.shape[-1]},) or {tuple(audio.shape)}, got "
+                             f"{tuple(self.target.shape)} (audio: {tuple(audio.shape)})")
+        total = audio.new_zeros(audio.shape[0])
+        for n_fft, (t, t_norm, log_t) in zip(self.sizes, self.spectra):
+            s = _magnitudes(audio, n_fft)
+            convergence = (s - t.to(s.dtype)).flatten(1).norm(dim=1) / t_norm.to(s.dtype)
+            log_l1 = (torch.log(s + LOG_EPS) - log_t.to(s.dtype)).abs().flatten(1).mean(dim=1)
+            total = total + convergence + log_l1
+        return total / len(self.sizes)
+
+
 def spectral_loss(audio: torch.Tensor, target: torch.Tensor, fft_sizes: Sequence[int] = FFT_SIZES) -> torch.Tensor:
     """Multi-resolution STFT loss per sound: audio (B, N), target (N,) or (B, N) -> (B,), 0 for identical sounds.
 
-    Mean over the FFT sizes (Hann window, hop n_fft / 4) of spectral convergence ||S - T||_F / ||T||_F plus the
-    mean absolute difference of log(|S| + 1e-5) and log(|T| + 1e-5) (the DDSP / Parallel WaveGAN loss).
+    Mean over the FFT sizes (Hann window, hop n_fft / 4; sizes above N are skipped) of spectral convergence
+    ||S - T||_F / ||T||_F plus the mean absolute difference of log(|S| + 1e-5) and log(|T| + 1e-5) (the DDSP /
+    Parallel WaveGAN loss).
     """
     if audio.dim() != 2:
         raise ValueError(f"audio must be (batch, samples), got {tuple(audio.shape)}")
-    target = target.to(audio.dtype).expand_as(audio) if target.dim() == 1 else target.to(audio.dtype)
-    if target.shape != audio.shape:
-        raise ValueError(f"target must be ({audio.shape[1]},) or {tuple(audio.shape)}, got {tuple(target.shape)}")
-    total = audio.new_zeros(audio.shape[0])
-    sizes = [n for n in fft_sizes if n <= audio.shape[1]] or [min(fft_sizes)]
-    for n_fft in sizes:
-        s, t = _magnitudes(audio, n_fft), _magnitudes(target, n_fft)
-        convergence = (s - t).flatten(1).norm(dim=1) / t.flatten(1).norm(dim=1).clamp_min(1e-8)
-        log_l1 = (torch.log(s + LOG_EPS) - torch.log(t + LOG_EPS)).abs().flatten(1).mean(dim=1)
-        total = total + convergence + log_l1
-    return total / len(sizes)
+    return SpectralTarget(target.to(audio.dtype), fft_sizes).loss(audio)
 
 
 @dataclass
@@ -147,8 +170,10 @@ def match(
     if synth.program.rows("noise"):
         noise = rng.noise(seed, torch.zeros(1, dtype=torch.int64, device=device), n, dtype=dtype)
 
+    scorer = SpectralTarget(target, fft_sizes)
+
     def losses_of(theta: torch.Tensor) -> torch.Tensor:
-        return spectral_loss(synth(theta, noise=noise, validate=False), target, fft_sizes)
+        return scorer.loss(synth(theta, noise=noise, validate=False))
 
     if init is None:
         theta0 = starting_points(synth.num_params, max(restarts, candidates or 0), seed, dtype=dtype, device=device)
@@ -381,6 +406,6 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
     click.echo(f"wrote {paths['json']}, {paths['wav']}, {paths['target']} and {paths['png']}")
 
 
-__all__ = ["FFT_SIZES", "MatchResult", "default_backend", "describe_theta", "match", "prepare_target",
+__all__ = ["FFT_SIZES", "MatchResult", "SpectralTarget", "default_backend", "describe_theta", "match", "prepare_target",
            "spectral_loss", "starting_points", "write_result",
            "match_command"]

@@ -36,6 +36,8 @@ def test_spectral_loss_is_zero_only_for_the_same_sound(synth):
     assert loss.shape == (3,)
     assert float(loss[1]) == 0.0 and bool((loss[[0, 2]] > 0.1).all()), loss
     assert torch.allclose(spectral_loss(audio, audio), torch.zeros(3))
+    # one target row broadcast (its spectra computed once) equals the same row repeated
+    assert torch.allclose(loss, spectral_loss(audio, audio[1].expand(3, -1).contiguous()), atol=1e-6)
     louder = spectral_loss(0.5 * audio[1:2], audio[1])  # a gain error alone is seen
     assert float(louder) > 0.5
     with pytest.raises(ValueError, match="target must be"):
