@@ -4,8 +4,8 @@
     python bench/match_bench.py speed --backend cpu                # the same with the fused backward, when it lands
     python bench/match_bench.py recovery --targets 20 --restarts 16 --steps 200 --duration 0.25
 
-`speed` times `doppel_torch.match` end to end as the command runs it (the default candidate pass of 256 renders
-without gradients included), after a warm-up call of one step. `recovery` renders
+`speed` times `doppel_torch.match` end to end as the command runs it (defaults: no candidate pass), after a warm-up
+call of one step. `recovery` renders
 each target from a known theta (random, keyed by --target-seed) with the noise row the match renders with, runs
 `match` from random restarts (and, with --delta, from starts perturbed around the known theta), and counts restarts
 whose best loss falls under each threshold. Both write bench/results/match-<what>-<device>-<date>.json.
@@ -64,7 +64,7 @@ def speed(args) -> None:
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
     doc = {**_meta(device), "what": "match wall time", "synth": args.synth, "backend": args.backend,
-           "duration_s": args.duration, "restarts": args.restarts, "steps": args.steps, "candidates": 256,
+           "duration_s": args.duration, "restarts": args.restarts, "steps": args.steps, "candidates": 0,
            "wall_s": round(wall, 3),
            "ms_per_step": round(1000 * wall / max(args.steps, 1), 2),
            "sounds_per_s_fwd_bwd": round(args.restarts * args.steps / wall, 1), "best_loss": result.loss}
