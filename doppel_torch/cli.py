@@ -1,4 +1,4 @@
-"""The `doppel-torch` command line: info, sample, train, eval.
+"""The `doppel-torch` command line: info, sample, train, eval, match.
 
 Each subcommand lives next to the code it drives; this file only assembles the group.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from doppel_torch.eval.cli import eval_command
+from doppel_torch.matching import match_command
 from doppel_torch.synths.cli import info, sample
 from doppel_torch.train.cli import train
 
@@ -22,3 +23,4 @@ main.add_command(info)
 main.add_command(sample)
 main.add_command(train)
 main.add_command(eval_command, name="eval")
+main.add_command(match_command, name="match")

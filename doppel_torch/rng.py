@@ -38,6 +38,7 @@ class Stream:
     AUGMENT = 5  # augmentation draws (first view); AUGMENT + 1 for the second view
     SHARED_NOISE = 7  # the one noise row shared by every doppelganger (pairs.DoppelgangerPairs, noise="shared")
     DATA = 16  # real-data sampling (segments, mixtures)
+    MATCH = 17  # starting points of the restarts of sound matching (doppel_torch.matching)
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:

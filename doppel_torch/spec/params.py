@@ -94,6 +94,25 @@ KIND_PARAMS: dict[str, dict[str, ParamRange]] = {
         "mod_depth": ParamRange(-96.0, 96.0, 0.2, symmetric=True),
     },
 }
+# The human unit of each parameter, for people reading a theta (`doppel-torch match` writes them beside the values).
+HUMAN_UNITS: dict[str, dict[str, str]] = {
+    "keyboard": {"midi_f0": "MIDI note", "duration": "s (note on)"},
+    "adsr": {"attack": "s", "decay": "s", "sustain": "level", "release": "s", "alpha": "exponent"},
+    "lfo": {"frequency": "Hz", "mod_depth": "Hz per unit of rate envelope", "initial_phase": "rad",
+            **{shape: "shape weight" for shape in ("sin", "tri", "saw", "rsaw", "sqr")}},
+    **{kind: {"tuning": "semitones", "mod_depth": "semitones per unit of pitch modulation", "initial_phase": "rad",
+              "shape": "0 square .. 1 saw"} for kind in ("sine", "square_saw", "fm")},
+    "lpf": {"cutoff": "MIDI note", "mod_depth": "semitones per unit of cutoff modulation"},
+    "mod_matrix": {"mod": "amount"},
+    "mixer": {"level": "level"},
+}
+
+
+def human_unit(kind: str, param: str) -> str:
+    """The unit of a parameter in human terms, e.g. ("adsr", "attack") -> "s"; "" where none is declared."""
+    return HUMAN_UNITS.get(kind, {}).get(param, "")
+
+
 MOD_RANGE = ParamRange(0.0, 1.0, 0.5)  # modulation matrix entries
 LEVEL_RANGE = ParamRange(0.0, 1.0)  # audio mixer levels (per-input curves may override)
 
