@@ -1,4 +1,4 @@
-"""The `doppel-torch` command line: info, sample, train, eval, match.
+"""The `doppel-torch` command line: info, sample, train, eval, match, delta-profile.
 
 Each subcommand lives next to the code it drives; this file only assembles the group.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from doppel_torch.delta.cli import delta_profile_command
 from doppel_torch.eval.cli import eval_command
 from doppel_torch.matching import match_command
 from doppel_torch.synths.cli import info, sample
@@ -24,3 +25,4 @@ main.add_command(sample)
 main.add_command(train)
 main.add_command(eval_command, name="eval")
 main.add_command(match_command, name="match")
+main.add_command(delta_profile_command)

@@ -26,6 +26,7 @@ Noise (`noise=`): the synths' white-noise source must not tell the pairs apart.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -33,26 +34,27 @@ import torch
 from torch import nn
 
 from doppel_torch import rng
+from doppel_torch.delta.spec import MAX_DELTA, DeltaSpec as ParsedDeltaSpec, parse_delta, resolve_delta
 
-DeltaSpec = float | Sequence[float] | torch.Tensor | Mapping[str, float]
+# A delta: a scalar, a spec string (`doppel_torch.delta.spec`: equal-effect:D, keep:GROUP=V, ...), a per-parameter
+# vector or a per-module mapping. MAX_DELTA (1.0) bounds every value: see doppel_torch/delta/spec.py.
+DeltaSpec = float | str | ParsedDeltaSpec | Sequence[float] | torch.Tensor | Mapping[str, float]
 NOISE_MODES = ("shared", "per_view", "per_sound")
-# The largest delta: theta lies in [0, 1], so at delta = 1 one standard deviation of the perturbation spans the whole
-# range and 63 % of each view's parameters land on a clip bound (20 % at the paper's 0.25, 80 % at 2; measured on
-# 1e6 draws of U(0, 1) + delta N(0, 1)): larger deltas only push the rest onto the bounds. One rule for the
-# library, `doppel-torch train` and `doppel-torch sample`.
-MAX_DELTA = 1.0
 
 
 def delta_vector(delta: DeltaSpec, synth) -> torch.Tensor:
     """delta as an (m,) float64 vector for `synth`.
 
-    delta: a scalar; a vector of m values (one per flat parameter, `synth.param_names` order); or a mapping
+    delta: a scalar; a delta spec string ("equal-effect:0.25", "0.25+keep:pitch=0.02", see
+    `doppel_torch.delta.spec`); a vector of m values (one per flat parameter, `synth.param_names` order); or a mapping
     from module names (`synth.module_of_param`, e.g. "adsr_1") or parameter names ("adsr_1/attack") to
     values, with "*" for every parameter not named (default 0). Parameter names win over module names.
     Every value must lie in [0, MAX_DELTA] (= [0, 1]).
     """
     names, modules = list(synth.param_names), list(synth.module_of_param)
     m = len(names)
+    if isinstance(delta, (str, ParsedDeltaSpec)):
+        return resolve_delta(parse_delta(delta), synth)
     if isinstance(delta, Mapping):
         default = delta.get("*", 0.0)
         vec = torch.full((m,), float(default), dtype=torch.float64)
@@ -128,6 +130,7 @@ class DoppelgangerPairs(nn.Module):
         self.augment = augment
         self.noise = noise
         self.register_buffer("delta", delta_vector(delta, synth).to(torch.float32), persistent=False)
+        self.delta_spec = str(parse_delta(delta)) if isinstance(delta, (str, ParsedDeltaSpec)) else None
         # (1, N) float32: the generator's 24-bit draws are exact in float32, so a float64 render casts losslessly
         row = rng.noise(self.seed, torch.zeros(1, dtype=torch.int64), synth.n_samples,
                         stream=rng.Stream.SHARED_NOISE) if noise == "shared" else torch.zeros(0)
@@ -206,16 +209,24 @@ class DoppelgangerPairs(nn.Module):
     def extra_repr(self) -> str:
         d = self.delta
         delta = f"{float(d[0]):g}" if bool((d == d[0]).all()) else f"vector in [{float(d.min()):g}, {float(d.max()):g}]"
+        if self.delta_spec is not None:
+            delta = f"{self.delta_spec!r} ({delta})"
         return f"delta={delta}, seed={self.seed}, eps={self.eps:g}, noise={self.noise!r}"
 
 
-def delta_sweep(synth, index: int, deltas: Sequence[float], seed: int = 0, noise: str = "shared") -> torch.Tensor:
-    """View 1 of sound `index` at several deltas, same theta and same z_1: (len(deltas), N).
+def delta_label(delta) -> str:
+    """A delta or delta spec as text for titles and file names: 0.25, equal-effect:0.25+keep:pitch=0.02."""
+    return f"{float(delta):g}" if isinstance(delta, (int, float)) else str(delta)
 
-    delta = 0 is the unperturbed patch; larger deltas move along the same random direction z_1.
+
+def delta_sweep(synth, index: int, deltas: Sequence[DeltaSpec], seed: int = 0, noise: str = "shared") -> torch.Tensor:
+    """View 1 of sound `index` at several deltas (or delta specs), same theta and same z_1: (len(deltas), N).
+
+    delta = 0 is the unperturbed patch; larger deltas move along the same random direction z_1; specs scale that
+    direction per parameter, so two specs side by side are the same patch perturbed two ways.
     """
     index = torch.tensor([int(index)])
-    rows = [DoppelgangerPairs(synth, delta=float(d), seed=seed, noise=noise)(index)[0][0] for d in deltas]
+    rows = [DoppelgangerPairs(synth, delta=d, seed=seed, noise=noise)(index)[0][0] for d in deltas]
     return torch.stack(rows) if rows else torch.zeros(0, synth.n_samples)
 
 
@@ -227,7 +238,7 @@ def write_samples(
     start: int = 0,
     seed: int = 0,
     delta: DeltaSpec = 0.25,
-    sweep_deltas: Sequence[float] = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5),
+    sweep_deltas: Sequence[DeltaSpec] = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5),
     augment: nn.Module | None = None,
     noise: str = "shared",
     title: str = "",
@@ -258,7 +269,7 @@ def write_samples(
         write_wav(out_dir / f"pair_{i:02d}_b.wav", audio_b[i], sr)
         sweep = delta_sweep(synth, start + i, sweep_deltas, seed=seed, noise=noise)
         for d, audio in zip(sweep_deltas, sweep):
-            write_wav(out_dir / f"sweep_{i:02d}_delta_{d:g}.wav", audio, sr)
+            write_wav(out_dir / f"sweep_{i:02d}_delta_{re.sub(r'[^A-Za-z0-9.=-]+', '_', delta_label(d))}.wav", audio, sr)
         rows.append([audio_a[i], audio_b[i], *sweep])
     views = ["view a", "view b"] if augment is None else ["view a (aug)", "view b (aug)"]
     png = save_spectrogram_grid(
@@ -266,7 +277,8 @@ def write_samples(
         sr,
         out_dir / "samples.png",
         row_labels=[f"#{start + i}" for i in range(n_pairs)],
-        col_labels=views + [f"delta {d:g}" for d in sweep_deltas],
-        title=title or f"doppelgangers (delta {delta if not isinstance(delta, Mapping) else 'per module'}), seed {seed}",
+        col_labels=views + [f"delta {delta_label(d)}" for d in sweep_deltas],
+        title=title or f"doppelgangers (delta {delta_label(delta) if not isinstance(delta, Mapping) else 'per module'}), "
+        f"seed {seed}",
     )
     return {"dir": out_dir, "png": png}

@@ -6,28 +6,33 @@ from pathlib import Path
 
 import click
 
-from doppel_torch.pairs import MAX_DELTA, NOISE_MODES
+from doppel_torch.delta.spec import GROUPS, MAX_DELTA, normalize_delta, param_groups, parse_delta
+from doppel_torch.pairs import NOISE_MODES
 from doppel_torch.synths.base import BACKENDS, SYNTHS, Synth, get_synth
-
-
-def _finite(ctx, param, value):
-    """click's FloatRange lets NaN through (every comparison with NaN is false)."""
-    if value is not None and value != value:
-        raise click.BadParameter("must be a number, not NaN")
-    return value
 
 
 @click.command()
 @click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default=None, help="List this synth's parameters.")
-def info(synth_name: str | None) -> None:
+@click.option("--groups", is_flag=True, help="List the parameter groups of delta specs (keep:GROUP=VALUE).")
+def info(synth_name: str | None, groups: bool) -> None:
     """The synths and their parameters (flat theta order, human ranges)."""
+    if groups:
+        click.echo("parameter groups of delta specs (e.g. --delta 0.25+keep:pitch=0.02); a module name works too")
+        for name in [synth_name] if synth_name else SYNTHS:
+            synth = get_synth(name)
+            click.echo(f"\n{name}:")
+            for group, members in param_groups(synth).items():
+                listed = ", ".join(synth.param_names[i] for i in members) if len(members) <= 6 else (
+                    f"{', '.join(synth.param_names[i] for i in members[:4])}, ... ({len(members)})")
+                click.echo(f"  {group:<12}{GROUPS[group]}: {listed or 'none in this synth'}")
+        return
     if synth_name is None:
         click.echo(f"{'synth':<12}{'params':>7}  architecture")
         for name in SYNTHS:
             synth = get_synth(name)
             click.echo(f"{name:<12}{synth.num_params:>7}  {synth.patch.description}")
         click.echo(f"\nbackends: {', '.join(BACKENDS)}  (defaults: 16 kHz audio, 480 Hz control rate, 1 s)")
-        click.echo("details: doppel-torch info --synth voice")
+        click.echo("details: doppel-torch info --synth voice; delta-spec groups: doppel-torch info --groups")
         return
     synth = get_synth(synth_name)
     click.echo(f"{synth_name}: {synth.patch.description}; {synth.num_params} parameters in SynthAX ravel_pytree order")
@@ -38,11 +43,25 @@ def info(synth_name: str | None) -> None:
         click.echo(f"{i:>4}  {spec.name:<24}{r.minimum:>9.4g}{r.maximum:>9.4g}{r.curve:>8.3g}  {mapping}")
 
 
-def _deltas(ctx, param, value: str) -> tuple[float, ...]:
+def _delta_spec(ctx, param, value: str) -> float | str:
+    try:
+        return normalize_delta(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+def _deltas(ctx, param, value: str) -> tuple[float | str, ...]:
+    """Comma-separated numbers (0,0.1,0.25), or delta specs separated by ';' (0.25;equal-effect:0.25)."""
+    if ";" in value or ":" in value:
+        try:
+            return tuple(normalize_delta(v) for v in value.split(";") if v.strip())
+        except ValueError as err:
+            raise click.BadParameter(f"{err}; specs are separated by ';', e.g. '0.25;equal-effect:0.25'") from None
     try:
         deltas = tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError as err:
-        raise click.BadParameter(f"expected comma-separated numbers, e.g. 0,0.1,0.25; got {value!r}") from err
+        raise click.BadParameter(
+            f"expected comma-separated numbers, e.g. 0,0.1,0.25, or specs separated by ';'; got {value!r}") from err
     if any(not 0.0 <= d <= MAX_DELTA for d in deltas):  # NaN fails this too
         raise click.BadParameter(f"every delta must lie in [0, {MAX_DELTA:g}], got {value!r}")
     return deltas
@@ -52,10 +71,10 @@ def _deltas(ctx, param, value: str) -> tuple[float, ...]:
 @click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default="voice", show_default=True)
 @click.option("--patch", "patch_spec", default=None, metavar="FILE.py[:NAME] | MODULE[:NAME]",
               help="Render your own Patch instead of --synth (see examples/subtractive.py).")
-@click.option("--delta", type=click.FloatRange(min=0.0, max=MAX_DELTA), default=0.25, show_default=True,
-              callback=_finite,
+@click.option("--delta", default="0.25", show_default=True, callback=_delta_spec, metavar="SPEC",
               help=f"Perturbation scale, 0 to {MAX_DELTA:g} (the rule of `train` too): "
-                   "theta_k = clip(theta + delta * z_k, eps, 1).")
+                   "theta_k = clip(theta + delta * z_k, eps, 1); or a delta spec (equal-effect:0.25, "
+                   "0.25+keep:pitch=0.02; groups: doppel-torch info --groups).")
 @click.option("--noise", type=click.Choice(NOISE_MODES), default="shared", show_default=True,
               help="Synth noise of the pairs: one row for all sounds (the paper's), per view, or per sound.")
 @click.option("--pairs", "n_pairs", type=click.IntRange(1, 64), default=8, show_default=True)
@@ -64,7 +83,8 @@ def _deltas(ctx, param, value: str) -> tuple[float, ...]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First global sound index.")
 @click.option("--sweep", default="0,0.01,0.05,0.1,0.25,0.5", show_default=True, callback=_deltas,
-              help="Deltas of the sweep (same theta, growing perturbation); empty for none.")
+              help="Deltas of the sweep (same theta and z_1, growing perturbation), or delta specs separated by ';' "
+                   "to hear the same theta under each ('0.25;equal-effect:0.25'); empty for none.")
 @click.option("--augment/--no-augment", default=False, show_default=True,
               help="Pass both views through the paper's augmentation chain (p = 0.5 per transform).")
 @click.option("--ir-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -95,14 +115,18 @@ def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, 
         chain = AugmentChain(synth.sample_rate, ir_paths=ir_dir, seed=seed) if augment else None
     except (RuntimeError, ValueError) as err:
         raise click.UsageError(str(err)) from err
-    title = f"{synth_name} doppelgangers, delta = {delta:g}, seed = {seed}" + (", augmented" if augment else "")
+    shown = f"{delta:g}" if isinstance(delta, float) else delta
+    title = f"{synth_name} doppelgangers, delta = {shown}, seed = {seed}" + (", augmented" if augment else "")
     if augment:
         title += "\nthe sweep columns are clean (not augmented) renders of view a's sound"
     elif delta in sweep:
-        title += f"\nview a = the sweep's delta {delta:g} column (the same sound); the sweep moves view a's theta along z_1"
-    written = write_samples(
-        synth, out_dir, n_pairs=n_pairs, start=start, seed=seed, delta=delta, sweep_deltas=sweep, augment=chain,
-        noise=noise, title=title,
-    )
+        title += f"\nview a = the sweep's delta {shown} column (the same sound); the sweep moves view a's theta along z_1"
+    try:
+        written = write_samples(
+            synth, out_dir, n_pairs=n_pairs, start=start, seed=seed, delta=delta, sweep_deltas=sweep, augment=chain,
+            noise=noise, title=title,
+        )
+    except ValueError as err:  # a spec naming a group this synth lacks, or no delta profile for equal-effect
+        raise click.UsageError(str(err)) from None
     n_wav = len(list(Path(written["dir"]).glob("*.wav")))
     click.echo(f"wrote {n_wav} wav files and {written['png']}")

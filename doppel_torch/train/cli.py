@@ -17,7 +17,8 @@ from typing import Any
 
 import click
 
-from doppel_torch.pairs import MAX_DELTA, NOISE_MODES
+from doppel_torch.delta.spec import MAX_DELTA
+from doppel_torch.pairs import NOISE_MODES
 from doppel_torch.train.config import BACKENDS, DEVICES, PRECISIONS, PRESETS, SYNTHS, TrainConfig, make_config
 
 # CLI option name -> dotted config field.
@@ -149,8 +150,10 @@ def _default(name: str, shown: str | None = None) -> str:
     "values below), cpu-smoke (a small CPU run) [default].")
 @click.option("--synth", type=click.Choice(SYNTHS), default=None, help=f"Synthesizer architecture {_default('data.synth')}.")
 @click.option(
-    "--delta", type=float, default=None,
-    help=f"Perturbation scale, 0 to {MAX_DELTA:g} (the rule of `sample` too): theta_k = clip(theta + delta z_k, eps, 1) {_default('data.delta')}.",
+    "--delta", type=str, default=None, metavar="SPEC",
+    help=f"Perturbation scale, 0 to {MAX_DELTA:g} (the rule of `sample` too): theta_k = clip(theta + delta z_k, eps, 1) "
+    f"{_default('data.delta')}; or a per-parameter spec: equal-effect:0.25 (equal log-mel effect per parameter), "
+    "0.25+keep:pitch=0.02 (groups: doppel-torch info --groups), equal-effect:0.25+keep:pitch=0.02.",
 )
 @click.option(
     "--noise", type=click.Choice(NOISE_MODES), default=None,

@@ -65,7 +65,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from doppel_torch.pairs import MAX_DELTA, NOISE_MODES
+from doppel_torch.delta.spec import MAX_DELTA, normalize_delta
+from doppel_torch.pairs import NOISE_MODES
 
 SYNTHS = ("voice", "voicefm", "parametric")
 BACKENDS = ("auto", "torch", "triton", "cpu")
@@ -96,9 +97,11 @@ def _check_types(obj: Any, section: str) -> None:
             )
             expected = "a list of numbers"
         else:
-            allowed = _TYPES[kinds[0]]
+            simple = [k for k in kinds if k in _TYPES]  # "float | str": either (data.delta)
+            allowed = tuple(t for k in simple for t in _TYPES[k])
             ok = isinstance(value, allowed) and (bool in allowed or not isinstance(value, bool))
-            expected = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[kinds[0]]
+            words = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+            expected = " or ".join(words[k] for k in simple)
         _check(ok, f"{section}.{f.name} must be {expected}" + (" or none" if "None" in kinds else "") + f", got {value!r}")
 
 
@@ -121,7 +124,9 @@ class ModelConfig:
 class DataConfig:
     """Where the positive pairs come from.
 
-    Synthetic mode (default): doppelganger pairs of `synth` with perturbation `delta`, rendered by `backend`
+    Synthetic mode (default): doppelganger pairs of `synth` with perturbation `delta` (a number, the paper's
+    isotropic delta, or a delta spec string such as "equal-effect:0.25+keep:pitch=0.02": `doppel_torch.delta`;
+    stored as a float for a plain number, else as the canonical spec string), rendered by `backend`
     ("auto": the Triton kernels on CUDA, the native kernel on CPU, or the torch reference without a compiler),
     with the synths' noise source as `noise` says (`pairs.DoppelgangerPairs`; "shared", the paper's, by default).
     Real-data mode (`data` set to a folder of wav/flac/ogg): two views of real clips, made different by
@@ -133,7 +138,7 @@ class DataConfig:
     """
 
     synth: str = "voice"
-    delta: float = 0.25
+    delta: float | str = 0.25
     noise: str = "shared"
     backend: str = "auto"
     sample_rate: int = 16000
@@ -152,11 +157,31 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_types(self, "data")
         _check(self.synth in SYNTHS, f"data.synth must be one of {', '.join(SYNTHS)}; got {self.synth!r}")
-        _check(
-            isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and 0 <= self.delta <= MAX_DELTA,
-            f"data.delta must be a finite number >= 0 and <= {MAX_DELTA:g} (the paper's best is 0.25), "
-            f"got {self.delta!r}",
-        )
+        if isinstance(self.delta, str):
+            try:  # "0.25" from the command line is the number 0.25
+                self.delta = float(self.delta)
+            except ValueError:
+                pass
+        if isinstance(self.delta, (int, float)):
+            _check(
+                math.isfinite(self.delta) and 0 <= self.delta <= MAX_DELTA,
+                f"data.delta must be a finite number >= 0 and <= {MAX_DELTA:g} (the paper's best is 0.25) or a "
+                f"delta spec such as equal-effect:0.25, got {self.delta!r}",
+            )
+            self.delta = float(self.delta)
+        else:
+            try:
+                self.delta = normalize_delta(self.delta)
+            except ValueError as err:
+                raise ValueError(f"data.delta: {err}") from None
+        if isinstance(self.delta, str):  # the groups it names and the profile it needs exist for this synth
+            from doppel_torch.delta.spec import resolve_delta
+            from doppel_torch.synths.base import get_synth
+
+            try:
+                resolve_delta(self.delta, get_synth(self.synth))
+            except ValueError as err:
+                raise ValueError(f"data.delta: {err}") from None
         _check(self.noise in NOISE_MODES, f"data.noise must be one of {', '.join(NOISE_MODES)}; got {self.noise!r}")
         _check(self.backend in BACKENDS, f"data.backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
         _check(self.sample_rate > 0, f"data.sample_rate must be > 0, got {self.sample_rate}")

@@ -31,6 +31,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from doppel_torch import losses
+from doppel_torch.delta.spec import describe_delta
 from doppel_torch.models import ResNet18Encoder
 from doppel_torch.train import checkpoint as ckpt_io
 from doppel_torch.train.config import TrainConfig
@@ -168,6 +169,7 @@ class Trainer:
             backend=self.synth_backend,
         ).to(self.device)
         generator = DoppelgangerPairs(synth, delta=d.delta, seed=self.config.run.seed, noise=d.noise).to(self.device)
+        self.delta_summary = describe_delta(generator.delta.double().cpu(), synth)
 
         def pairs(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return generator(indices.to(self.device))
@@ -491,7 +493,8 @@ class Trainer:
                 f"mix layers {cfg.data.mix_layers}"
             )
         else:
-            source = f"synth {cfg.data.synth} (backend {self.synth_backend}), delta {cfg.data.delta}"
+            source = (f"synth {cfg.data.synth} (backend {self.synth_backend}), delta {cfg.data.delta} "
+                      f"({getattr(self, 'delta_summary', '?')})")
         lines += [
             f"data: {source}; augmentation {_augmentation(cfg.data)}",
             f"global batch {self.global_batch} = {env.world_size} x {self.batch_size}; peak lr {self.peak_lr:g}; "

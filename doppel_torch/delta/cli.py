@@ -1,0 +1,66 @@
+"""`doppel-torch delta-profile`: how much each synth parameter moves the log-mel, and the equal-effect deltas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from doppel_torch.delta.spec import MAX_DELTA
+from doppel_torch.synths.base import BACKENDS, SYNTHS, Synth, get_synth
+
+
+@click.command("delta-profile")
+@click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default="voicefm", show_default=True)
+@click.option("--patch", "patch_spec", default=None, metavar="FILE.py[:NAME] | MODULE[:NAME]",
+              help="Profile your own Patch instead of --synth.")
+@click.option("--delta", type=click.FloatRange(min=0.0, max=MAX_DELTA, min_open=True), default=0.25,
+              show_default=True, help="Scalar delta of the bar chart, the printed ranking and the CSV's equal-effect column.")
+@click.option("--n-theta", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Random patches per parameter (the effect is the median over them).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of theta, the perturbations and the noise.")
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="cpu", show_default=True,
+              help="Synth backend (finite differences: the fast native one by default).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Folder for <synth>.csv and <synth>.png.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def delta_profile_command(synth_name, patch_spec, delta, n_theta, seed, backend, out_dir, progress) -> None:
+    """Measure, for each parameter, the median log-mel change when it alone is perturbed by delta z.
+
+    Writes OUT/<synth>.csv (the effect at each delta of the grid 0.01 ... 1, and the equal-effect delta at --delta)
+    and OUT/<synth>.png (one bar per parameter, grouped by module), and prints the ten strongest and weakest
+    parameters. `equal-effect:D` reads the CSVs shipped in doppel_torch/delta/profiles/, made by this command with
+    its defaults and `--out doppel_torch/delta/profiles`; pass `equal-effect:D@OUT/<synth>.csv` for another one.
+    """
+    from tqdm.auto import tqdm
+
+    from doppel_torch.delta.profile import PROFILE_GRID, delta_profile, plot_profile, save_profile
+
+    if delta != delta:
+        raise click.BadParameter("must be a number, not NaN", param_hint="--delta")
+    try:
+        if patch_spec is not None:
+            from doppel_torch.spec.load import load_patch
+
+            synth = Synth(load_patch(patch_spec), backend=backend)
+        else:
+            synth = get_synth(synth_name, backend=backend)
+    except (RuntimeError, ValueError) as err:
+        raise click.UsageError(str(err)) from err
+    name = synth.patch.name
+    with tqdm(total=synth.num_params, desc=f"{name} delta profile", unit="param", disable=not progress) as bar:
+        bar.set_postfix_str(f"{len(PROFILE_GRID) * n_theta} sounds/param")
+        profile = delta_profile(synth, n_theta=n_theta, seed=seed, progress=bar.update)
+    profile.meta["command"] = (f"doppel-torch delta-profile {'--patch ' + patch_spec if patch_spec else '--synth ' + name}"
+                               f" --n-theta {n_theta} --seed {seed} --backend {backend}")
+    csv_path = save_profile(profile, out_dir / f"{name}.csv", synth, delta=delta)
+    png = plot_profile(profile, out_dir / f"{name}.png", delta=delta,
+                       title=f"{name}: median log-mel change per parameter (seed {seed}, {n_theta} patches each)")
+    effects = profile.at(delta)
+    order = effects.argsort(descending=True).tolist()
+    click.echo(f"median |d log-mel| at delta {delta:g} (median parameter {float(effects.median()):.4g}):")
+    for label, rows in (("strongest", order[:10]), ("weakest", order[::-1][:10])):
+        click.echo(f"  ten {label}:")
+        for j in rows:
+            click.echo(f"    {profile.names[j]:<26}{float(effects[j]):>10.4g}")
+    click.echo(f"wrote {csv_path} and {png}")
