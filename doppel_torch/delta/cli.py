@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from doppel_torch.delta.profile import PROFILE_GRID
 from doppel_torch.delta.spec import MAX_DELTA
 from doppel_torch.synths.base import BACKENDS, SYNTHS, Synth, get_synth
 
@@ -23,8 +24,13 @@ from doppel_torch.synths.base import BACKENDS, SYNTHS, Synth, get_synth
               help="Synth backend (finite differences: the fast native one by default).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Folder for <synth>.csv and <synth>.png.")
+@click.option("--duration", type=click.FloatRange(min=0.05, max=30.0), default=1.0, show_default=True,
+              help="Seconds per sound (the log-mel keeps up to 96 frames); shipped profiles use 1 s.")
+@click.option("--grid", default=",".join(f"{g:g}" for g in PROFILE_GRID), show_default=True,
+              help="Increasing deltas in (0, 1] at which every parameter is measured; must include --delta's neighbours.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def delta_profile_command(synth_name, patch_spec, delta, n_theta, seed, backend, out_dir, progress) -> None:
+def delta_profile_command(synth_name, patch_spec, delta, n_theta, seed, backend, out_dir, duration, grid,
+                          progress) -> None:
     """Measure, for each parameter, the median log-mel change when it alone is perturbed by delta z.
 
     Writes OUT/<synth>.csv (the effect at each delta of the grid 0.01 ... 1, and the equal-effect delta at --delta)
@@ -34,25 +40,34 @@ def delta_profile_command(synth_name, patch_spec, delta, n_theta, seed, backend,
     """
     from tqdm.auto import tqdm
 
-    from doppel_torch.delta.profile import PROFILE_GRID, delta_profile, plot_profile, save_profile
+    from doppel_torch.delta.profile import delta_profile, plot_profile, save_profile
 
     if delta != delta:
         raise click.BadParameter("must be a number, not NaN", param_hint="--delta")
     try:
+        grid_values = tuple(float(g) for g in grid.split(",") if g.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated deltas, e.g. 0.01,0.1,0.25,1; got {grid!r}",
+                                 param_hint="--grid") from None
+    try:
         if patch_spec is not None:
             from doppel_torch.spec.load import load_patch
 
-            synth = Synth(load_patch(patch_spec), backend=backend)
+            synth = Synth(load_patch(patch_spec), backend=backend, duration=duration)
         else:
-            synth = get_synth(synth_name, backend=backend)
+            synth = get_synth(synth_name, backend=backend, duration=duration)
     except (RuntimeError, ValueError) as err:
         raise click.UsageError(str(err)) from err
     name = synth.patch.name
     with tqdm(total=synth.num_params, desc=f"{name} delta profile", unit="param", disable=not progress) as bar:
-        bar.set_postfix_str(f"{len(PROFILE_GRID) * n_theta} sounds/param")
-        profile = delta_profile(synth, n_theta=n_theta, seed=seed, progress=bar.update)
+        bar.set_postfix_str(f"{len(grid_values) * n_theta} sounds/param")
+        try:
+            profile = delta_profile(synth, grid=grid_values, n_theta=n_theta, seed=seed, progress=bar.update)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--grid") from None
     profile.meta["command"] = (f"doppel-torch delta-profile {'--patch ' + patch_spec if patch_spec else '--synth ' + name}"
-                               f" --n-theta {n_theta} --seed {seed} --backend {backend}")
+                               f" --n-theta {n_theta} --seed {seed} --backend {backend} --duration {duration:g}"
+                               f" --grid {','.join(f'{g:g}' for g in grid_values)}")
     csv_path = save_profile(profile, out_dir / f"{name}.csv", synth, delta=delta)
     png = plot_profile(profile, out_dir / f"{name}.png", delta=delta,
                        title=f"{name}: median log-mel change per parameter (seed {seed}, {n_theta} patches each)")
