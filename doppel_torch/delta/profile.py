@@ -258,8 +258,7 @@ def plot_profile(profile: Profile, path: str | Path, *, delta: float = 0.25, tit
     axes[1].legend(loc="upper right", fontsize=8)
     # module names under the middle of their runs of bars
     starts = [j for j in range(m) if j == 0 or profile.modules[j] != profile.modules[j - 1]]
-    for k, s in enumerate(starts):
-        e = starts[k + 1] if k + 1 < len(starts) else m
+    for s in starts:
         for ax in axes:
             ax.axvline(s - 0.5, color="0.85", lw=0.5)
     axes[1].set_xticks(range(m))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from doppel_torch.delta.spec import GROUPS, MAX_DELTA, normalize_delta, param_groups, parse_delta
+from doppel_torch.delta.spec import GROUPS, MAX_DELTA, normalize_delta, param_groups
 from doppel_torch.pairs import NOISE_MODES
 from doppel_torch.synths.base import BACKENDS, SYNTHS, Synth, get_synth
 
