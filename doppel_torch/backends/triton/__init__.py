@@ -40,6 +40,7 @@ class Backend(base.Backend):
     """phase_dtype: dtype of control signals, frequencies and phase; None = float64 (see synth.py)."""
 
     name = "triton"
+    differentiable = True
 
     def __init__(self, phase_dtype: torch.dtype | None = None):
         self.phase_dtype = phase_dtype
@@ -56,6 +57,11 @@ class Backend(base.Backend):
                                  "(TRITON_INTERPRET=1 runs the kernels on the CPU)")
 
     def render(self, program, theta, *, noise, seed, indices, normalize, out):
+        if torch.is_grad_enabled() and (theta.requires_grad or (noise is not None and noise.requires_grad)):
+            from doppel_torch.backends.triton.grad import render_differentiable
+
+            return render_differentiable(program, theta, noise=noise, seed=seed, indices=indices,
+                                         normalize=normalize, out=out)
         from doppel_torch.backends.triton.synth import render
 
         return render(program, theta, noise=noise, seed=seed, indices=indices, normalize=normalize, out=out,

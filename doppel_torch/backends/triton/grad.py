@@ -16,14 +16,18 @@ its envelopes). Missing: the audio rate's adjoint (oscillators, FM chains, filte
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
+from doppel_torch import rng
 from doppel_torch.backends.triton import _math as m
 from doppel_torch.backends.triton import columns as C
-from doppel_torch.backends.triton.synth import (LFO_MASK, LFO_SCALE, ROUND_MAGIC, _adsr, _next_pow2, _param, _ramp,
-                                                wrap_triton)
+from doppel_torch.backends.triton import synth as kernels
+from doppel_torch.backends.triton.synth import (LFO_MASK, LFO_SCALE, ROUND_MAGIC, _adsr, _next_pow2, _param, _pick,
+                                                _ramp, _reduced_angle, _scalar, _scan_combine, _upsample, wrap_triton)
 
 
 @triton.jit
@@ -240,3 +244,486 @@ def control_grad(program, human: torch.Tensor, gmods: torch.Tensor, gh: torch.Te
         gh.stride(0), n_in=n_in, n_out=n_out, n_env=n_env, n_control=program.n_control,
         BLOCK_S=max(2, _next_pow2(n_in)), BLOCK_E=max(2, _next_pow2(n_env)), BLOCK_CC=block_cc,
     )
+
+
+LN2_12 = tl.constexpr(0.057762265046662105)  # ln(2) / 12: d midi_to_hz(m) / dm = midi_to_hz(m) ln(2) / 12
+
+
+@triton.jit
+def _lpf_coef(h_row, flt_ptr, f, ctrl_row, stride_co, i0, i1, w0, w1, mask_t, two_pi, sample_rate, nyquist):
+    """Filters row f over one chunk: (a, the cutoff's unclamped mask, w, the control signal, depth)."""
+    cutoff = _scalar(h_row, flt_ptr, f, C.FILTERS_CUTOFF, C.FILTERS_N_COLS)
+    depth = _scalar(h_row, flt_ptr, f, C.FILTERS_MOD_DEPTH, C.FILTERS_N_COLS)
+    control_row = tl.load(flt_ptr + f * C.FILTERS_N_COLS + C.FILTERS_CONTROL)
+    control = _upsample(ctrl_row + control_row * stride_co, i0, i1, w0, w1, mask_t)
+    raw_hz = 440.0 * m.exp2((cutoff + depth * control - 69.0) / 12.0)
+    hz = tl.minimum(raw_hz, nyquist)
+    w = (two_pi / sample_rate) * hz
+    return w / (1.0 + w), raw_hz <= nyquist, w, control, depth
+
+
+@triton.jit
+def _lpf_run(a, x, state):
+    decay, total = tl.associative_scan((1.0 - a, a * x), 0, _scan_combine)
+    y = decay * state + total
+    return y
+
+
+@triton.jit
+def _lpf_adjoint(gy, a, x, y, unclamped, w, control, depth, lam, mask_t):
+    """Adjoint of y[n] = a x + (1 - a) y[n - 1] over one chunk, from gy and the carry lam (mu of the later chunk's
+    first sample, mu[n] = (1 - a[n]) lambda[n]): (gx, mu of this chunk's first sample, d cutoff, d depth, d control).
+    lambda[n] = gy[n] + mu[n + 1] = mu[n] / (1 - a[n]); x[n] - y[n - 1] = (x[n] - y[n]) / (1 - a[n])."""
+    d = 1.0 - a
+    prod, part = tl.associative_scan((d, d * gy), 0, _scan_combine, reverse=True)
+    mu = prod * lam + part
+    lmb = mu / d
+    gx = a * lmb
+    g_w = lmb * (x - y) * d  # abar (1 - a)^2, abar = lambda (x - y) / (1 - a)
+    g_m = tl.where(unclamped & mask_t, g_w * w * LN2_12, 0.0)
+    first = tl.sum(tl.where(tl.arange(0, gy.shape[0]) == 0, mu, 0.0), axis=0)
+    return gx, first, tl.sum(g_m, axis=0), tl.sum(g_m * control, axis=0), g_m * depth
+
+
+@triton.jit
+def _up_adjoint(g_row_ptr, g, i0, i1, w0, w1, mask):
+    """Adjoint of `_upsample`: g (chunk) into the control row's gradient."""
+    tl.atomic_add(g_row_ptr + i0, w0 * g, mask=mask)
+    tl.atomic_add(g_row_ptr + i1, w1 * g, mask=mask)
+
+
+@triton.jit
+def _osc(i, osc_ptr, h_row, kb_ptr, ctrl_row, stride_co, scratch_row, i0, i1, w0, w1, mask_t, carry, two_pi, pi,
+         sample_rate, log10_2, nyquist, log2e, BLOCK_T: tl.constexpr):
+    """Oscillator i over one chunk from its phase carry: (signal before its filter, next carry, inc, sin theta,
+    cos theta, wave, pitch or modulator, amp, tanh, A, unclamped mask), theta = 2 pi cycles + phase0."""
+    osc = osc_ptr + i * C.OSCILLATORS_N_COLS
+    kind = tl.load(osc + C.OSCILLATORS_KIND)
+    keyboard = tl.load(osc + C.OSCILLATORS_KEYBOARD)
+    midi_f0 = _scalar(h_row, kb_ptr, keyboard, C.KEYBOARDS_MIDI_F0, C.KEYBOARDS_N_COLS)
+    tuning = tl.load(h_row + tl.load(osc + C.OSCILLATORS_TUNING))
+    depth = tl.load(h_row + tl.load(osc + C.OSCILLATORS_MOD_DEPTH))
+    phase0 = tl.load(h_row + tl.load(osc + C.OSCILLATORS_INITIAL_PHASE))
+    if kind == C.OSC_FM:
+        source = tl.load(osc + C.OSCILLATORS_SOURCE)
+        slot = tl.load(osc_ptr + source * C.OSCILLATORS_N_COLS + C.OSCILLATORS_SLOT)
+        drive = tl.load(scratch_row + slot * BLOCK_T + tl.arange(0, BLOCK_T))
+        f0_hz = 440.0 * m.exp2(((midi_f0 + tuning) - 69.0) / 12.0)
+        raw = f0_hz + depth * f0_hz * drive
+        unclamped = (raw >= 0) & (raw <= nyquist)
+        inc = tl.where(mask_t, tl.minimum(tl.maximum(raw, 0.0), nyquist) / sample_rate, 0.0)
+        amp = 1.0 + 0.0 * inc
+    else:
+        drive = _upsample(ctrl_row + tl.load(osc + C.OSCILLATORS_PITCH) * stride_co, i0, i1, w0, w1, mask_t)
+        amp = _upsample(ctrl_row + tl.load(osc + C.OSCILLATORS_AMP) * stride_co, i0, i1, w0, w1, mask_t)
+        raw = (midi_f0 + tuning) + depth * drive
+        unclamped = (raw >= 0) & (raw <= 127.0)
+        midi = tl.minimum(tl.maximum(raw, 0.0), 127.0)
+        inc = tl.where(mask_t, 440.0 * m.exp2((midi - 69.0) / 12.0) / sample_rate, 0.0)
+    carry_next = m.frac(carry + tl.sum(inc, axis=0))
+    cycles = m.frac(carry + tl.cumsum(inc, axis=0))
+    angle = _reduced_angle(cycles, phase0, two_pi, pi)
+    sin_t = -m.sin(angle)
+    cos_t = -m.cos(angle)
+    sharp = 0.0 * phase0
+    square = 0.0 * inc
+    if kind == C.OSC_SQUARE_SAW:
+        shape = tl.load(h_row + tl.load(osc + C.OSCILLATORS_SHAPE))
+        max_f0 = 440.0 * m.exp2(((midi_f0 + tuning) + tl.maximum(depth, 0.0) - 69.0) / 12.0)
+        partials = 12000.0 / (max_f0 * (m.log2(max_f0) * log10_2))
+        sharp = pi * partials / 2.0
+        square = m.tanh(sharp * sin_t, log2e)
+        wave = (1.0 - shape / 2.0) * square * (1.0 + shape * cos_t)
+    else:
+        wave = cos_t
+    return wave * amp, carry_next, inc, sin_t, cos_t, wave, drive, amp, square, sharp, unclamped
+
+
+@triton.jit
+def _block(h_row, ctrl_row, stride_co, kb_ptr, osc_ptr, flt_ptr, noise_tab_ptr, scratch_row, levels_v, noise_level,
+           noise, t0, carry_v, state_f, mix_filter, two_pi, pi, sample_rate, log10_2, ctrl_scale, nyquist, log2e,
+           n_osc: tl.constexpr, n_samples: tl.constexpr, n_control: tl.constexpr, NOISE: tl.constexpr,
+           FM: tl.constexpr, FILTERS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr,
+           BLOCK_F: tl.constexpr):
+    """The forward of the chunk at t0 from its carries (float64), as `synth._audio_kernel`; writes the FM sources'
+    chunks to the scratch slots. Returns (mix before the mix filter, output, carries, filter states, noise amp)."""
+    offs_t = t0 + tl.arange(0, BLOCK_T)
+    mask_t = offs_t < n_samples
+    pos = offs_t.to(two_pi.dtype) * ctrl_scale
+    i0 = pos.to(tl.int32)
+    w1 = pos - i0.to(two_pi.dtype)
+    w0 = 1.0 - w1
+    i1 = tl.minimum(i0 + 1, n_control - 1)
+    offs_v = tl.arange(0, BLOCK_V)
+    offs_f = tl.arange(0, BLOCK_F)
+    mix = tl.zeros((BLOCK_T,), dtype=two_pi.dtype)
+    noise_amp = 0.0 * mix
+    if NOISE != 0:
+        noise_row = tl.load(noise_tab_ptr + C.NOISE_AMP)
+        noise_amp = _upsample(ctrl_row + noise_row * stride_co, i0, i1, w0, w1, mask_t)
+        mix += noise_level * (noise * noise_amp)
+    if FM:
+        tl.debug_barrier()
+    next_v = carry_v
+    for i in range(n_osc):
+        osc = osc_ptr + i * C.OSCILLATORS_N_COLS
+        signal, carry, _a, _b, _c, _d, _e, _f, _g, _h, _k = _osc(
+            i, osc_ptr, h_row, kb_ptr, ctrl_row, stride_co, scratch_row, i0, i1, w0, w1, mask_t,
+            _pick(carry_v, offs_v, i), two_pi, pi, sample_rate, log10_2, nyquist, log2e, BLOCK_T)
+        next_v = tl.where(offs_v == i, carry, next_v)
+        if FILTERS:
+            f = tl.load(osc + C.OSCILLATORS_FILTER)
+            if f >= 0:
+                a, _u, _w, _ct, _dp = _lpf_coef(h_row, flt_ptr, f, ctrl_row, stride_co, i0, i1, w0, w1, mask_t, two_pi,
+                                                sample_rate, nyquist)
+                signal = _lpf_run(a, signal, _pick(state_f, offs_f, f))
+                last = tl.sum(tl.where(tl.arange(0, BLOCK_T) == BLOCK_T - 1, signal, 0.0), axis=0)
+                state_f = tl.where(offs_f == f, last, state_f)
+        if FM:
+            own_slot = tl.load(osc + C.OSCILLATORS_SLOT)
+            if own_slot >= 0:
+                tl.store(scratch_row + own_slot * BLOCK_T + tl.arange(0, BLOCK_T), signal)
+                tl.debug_barrier()
+        mix += _pick(levels_v, offs_v, i) * signal
+    post = mix
+    if FILTERS:
+        if mix_filter >= 0:
+            a, _u, _w, _ct, _dp = _lpf_coef(h_row, flt_ptr, mix_filter, ctrl_row, stride_co, i0, i1, w0, w1, mask_t,
+                                            two_pi, sample_rate, nyquist)
+            post = _lpf_run(a, mix, _pick(state_f, offs_f, mix_filter))
+            last = tl.sum(tl.where(tl.arange(0, BLOCK_T) == BLOCK_T - 1, post, 0.0), axis=0)
+            state_f = tl.where(offs_f == mix_filter, last, state_f)
+    return mix, post, next_v, state_f, noise_amp
+
+
+@triton.jit
+def _noise_chunk(noise_ptr, stride_nb, pid_b, k1, k2, offs_t, mask_t, NOISE: tl.constexpr):
+    if NOISE == 2:
+        noise = tl.load(noise_ptr + pid_b * stride_nb + offs_t, mask=mask_t, other=0.0)
+    else:
+        bits = m.mix32(m.mix32(offs_t.to(tl.uint32) + k1) ^ k2)
+        noise = 2.0 * ((bits >> 8).to(tl.float64) * 5.9604644775390625e-08) - 1.0
+    return noise
+
+
+@triton.jit
+def _audio_grad_kernel(
+    h_ptr, stride_hb, ctrl_ptr, stride_cb, stride_co, kb_ptr, osc_ptr, flt_ptr, noise_tab_ptr, mix_ptr, consts_ptr,
+    keys_ptr, noise_ptr, stride_nb, scratch_ptr, gscratch_ptr, stride_sb, ckpt_ptr, stride_kb, grad_ptr, stride_gb,
+    gctrl_ptr, stride_gcb, stride_gco, gh_ptr, stride_ghb, gnoise_ptr, stride_gnb, mix_filter,
+    n_osc: tl.constexpr, n_mix: tl.constexpr, n_samples: tl.constexpr, n_control: tl.constexpr,
+    NOISE: tl.constexpr, FM: tl.constexpr, FILTERS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr,
+    BLOCK_F: tl.constexpr, N_BLOCKS: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    h_row = h_ptr + pid_b * stride_hb
+    ctrl_row = ctrl_ptr + pid_b * stride_cb
+    gctrl_row = gctrl_ptr + pid_b * stride_gcb
+    gh_row = gh_ptr + pid_b * stride_ghb
+    scratch_row = scratch_ptr + pid_b * stride_sb
+    gscratch_row = gscratch_ptr + pid_b * stride_sb
+    ckpt_row = ckpt_ptr + pid_b * stride_kb
+    two_pi = tl.load(consts_ptr + C.CONST_TWO_PI)
+    pi = tl.load(consts_ptr + C.CONST_PI)
+    sample_rate = tl.load(consts_ptr + C.CONST_SAMPLE_RATE)
+    log10_2 = tl.load(consts_ptr + C.CONST_LOG10_2)
+    ctrl_scale = tl.load(consts_ptr + C.CONST_CTRL_SCALE)
+    nyquist = tl.load(consts_ptr + C.CONST_NYQUIST)
+    log2e = tl.load(consts_ptr + C.CONST_LOG2E)
+    offs_v = tl.arange(0, BLOCK_V)
+    offs_f = tl.arange(0, BLOCK_F)
+    levels_v = tl.zeros((BLOCK_V,), dtype=two_pi.dtype)
+    level_cols = tl.full((BLOCK_V,), -1, tl.int32)
+    noise_level = 0.0 * two_pi
+    noise_col = -1
+    for j in range(n_mix):
+        source = tl.load(mix_ptr + j * C.MIXER_N_COLS + C.MIXER_SOURCE)
+        index = tl.load(mix_ptr + j * C.MIXER_N_COLS + C.MIXER_INDEX)
+        col = tl.load(mix_ptr + j * C.MIXER_N_COLS + C.MIXER_LEVEL)
+        level = tl.load(h_row + col)
+        hit = (offs_v == index) & (source == C.MIX_OSCILLATOR)
+        levels_v = tl.where(hit, level, levels_v)
+        level_cols = tl.where(hit, col, level_cols)
+        if source == C.MIX_NOISE:
+            noise_level = level
+            noise_col = col
+    k1 = tl.zeros((), tl.uint32)
+    k2 = tl.zeros((), tl.uint32)
+    if NOISE == 1:
+        k1 = tl.load(keys_ptr + 2 * pid_b).to(tl.uint32)
+        k2 = tl.load(keys_ptr + 2 * pid_b + 1).to(tl.uint32)
+    # 0. Checkpoints: every oscillator's phase carry and every filter's state at each chunk's start.
+    carry_v = tl.zeros((BLOCK_V,), dtype=two_pi.dtype)
+    state_f = tl.zeros((BLOCK_F,), dtype=two_pi.dtype)
+    for b in range(N_BLOCKS):
+        t0 = b * BLOCK_T
+        tl.store(ckpt_row + b * (BLOCK_V + BLOCK_F) + offs_v, carry_v)
+        tl.store(ckpt_row + b * (BLOCK_V + BLOCK_F) + BLOCK_V + offs_f, state_f)
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        mask_t = offs_t < n_samples
+        noise = 0.0 * offs_t.to(two_pi.dtype)
+        if NOISE != 0:
+            noise = _noise_chunk(noise_ptr, stride_nb, pid_b, k1, k2, offs_t, mask_t, NOISE)
+        _m, _p, carry_v, state_f, _na = _block(
+            h_row, ctrl_row, stride_co, kb_ptr, osc_ptr, flt_ptr, noise_tab_ptr, scratch_row, levels_v, noise_level,
+            noise, t0, carry_v, state_f, mix_filter, two_pi, pi, sample_rate, log10_2, ctrl_scale, nyquist, log2e,
+            n_osc, n_samples, n_control, NOISE, FM, FILTERS, BLOCK_T, BLOCK_V, BLOCK_F)
+    tl.debug_barrier()
+    # 1. The chunks from last to first: recomputed from their checkpoints, then run backwards.
+    g_carry_v = tl.zeros((BLOCK_V,), dtype=two_pi.dtype)  # sum of thetabar over the later chunks, per oscillator
+    lam_f = tl.zeros((BLOCK_F,), dtype=two_pi.dtype)      # mu = (1 - a) lambda at the later chunk's first sample
+    for bb in range(N_BLOCKS):
+        b = N_BLOCKS - 1 - bb
+        t0 = b * BLOCK_T
+        carry0 = tl.load(ckpt_row + b * (BLOCK_V + BLOCK_F) + offs_v)
+        state0 = tl.load(ckpt_row + b * (BLOCK_V + BLOCK_F) + BLOCK_V + offs_f)
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        mask_t = offs_t < n_samples
+        pos = offs_t.to(two_pi.dtype) * ctrl_scale
+        i0 = pos.to(tl.int32)
+        w1 = pos - i0.to(two_pi.dtype)
+        w0 = 1.0 - w1
+        i1 = tl.minimum(i0 + 1, n_control - 1)
+        noise = 0.0 * pos
+        if NOISE != 0:
+            noise = _noise_chunk(noise_ptr, stride_nb, pid_b, k1, k2, offs_t, mask_t, NOISE)
+        mix, post, _cv, _sf, noise_amp = _block(
+            h_row, ctrl_row, stride_co, kb_ptr, osc_ptr, flt_ptr, noise_tab_ptr, scratch_row, levels_v, noise_level,
+            noise, t0, carry0, state0, mix_filter, two_pi, pi, sample_rate, log10_2, ctrl_scale, nyquist, log2e,
+            n_osc, n_samples, n_control, NOISE, FM, FILTERS, BLOCK_T, BLOCK_V, BLOCK_F)
+        g_mix = tl.load(grad_ptr + pid_b * stride_gb + offs_t, mask=mask_t, other=0.0)
+        if FILTERS:
+            if mix_filter >= 0:
+                a, unc, w, ctl, dep = _lpf_coef(h_row, flt_ptr, mix_filter, ctrl_row, stride_co, i0, i1, w0, w1,
+                                                mask_t, two_pi, sample_rate, nyquist)
+                g_mix, lam, g_cut, g_dep, g_ctl = _lpf_adjoint(g_mix, a, mix, post, unc, w, ctl, dep,
+                                                               _pick(lam_f, offs_f, mix_filter), mask_t)
+                lam_f = tl.where(offs_f == mix_filter, lam, lam_f)
+                flt = flt_ptr + mix_filter * C.FILTERS_N_COLS
+                tl.atomic_add(gh_row + tl.load(flt + C.FILTERS_CUTOFF), g_cut)
+                tl.atomic_add(gh_row + tl.load(flt + C.FILTERS_MOD_DEPTH), g_dep)
+                _up_adjoint(gctrl_row + tl.load(flt + C.FILTERS_CONTROL) * stride_gco, g_ctl, i0, i1, w0, w1, mask_t)
+        g_mix = tl.where(mask_t, g_mix, 0.0)
+        if NOISE != 0:
+            noise_row = tl.load(noise_tab_ptr + C.NOISE_AMP)
+            tl.atomic_add(gh_row + noise_col, tl.sum(g_mix * noise * noise_amp, axis=0))
+            _up_adjoint(gctrl_row + noise_row * stride_gco, noise_level * g_mix * noise, i0, i1, w0, w1, mask_t)
+            if NOISE == 2:
+                tl.store(gnoise_ptr + pid_b * stride_gnb + offs_t, noise_level * g_mix * noise_amp, mask=mask_t)
+        if FM:
+            for i in range(n_osc):
+                own_slot = tl.load(osc_ptr + i * C.OSCILLATORS_N_COLS + C.OSCILLATORS_SLOT)
+                if own_slot >= 0:
+                    tl.store(gscratch_row + own_slot * BLOCK_T + tl.arange(0, BLOCK_T), 0.0 * pos)
+            tl.debug_barrier()
+        for ii in range(n_osc):
+            i = n_osc - 1 - ii
+            osc = osc_ptr + i * C.OSCILLATORS_N_COLS
+            kind = tl.load(osc + C.OSCILLATORS_KIND)
+            signal, _next, inc, sin_t, cos_t, wave, drive, amp, square, sharp, unclamped = _osc(
+                i, osc_ptr, h_row, kb_ptr, ctrl_row, stride_co, scratch_row, i0, i1, w0, w1, mask_t,
+                _pick(carry0, offs_v, i), two_pi, pi, sample_rate, log10_2, nyquist, log2e, BLOCK_T)
+            g_out = _pick(levels_v, offs_v, i) * g_mix
+            if FM:
+                own_slot = tl.load(osc + C.OSCILLATORS_SLOT)
+                if own_slot >= 0:
+                    g_out += tl.load(gscratch_row + own_slot * BLOCK_T + tl.arange(0, BLOCK_T))
+            out = signal
+            if FILTERS:
+                f = tl.load(osc + C.OSCILLATORS_FILTER)
+                if f >= 0:
+                    a, unc, w, ctl, dep = _lpf_coef(h_row, flt_ptr, f, ctrl_row, stride_co, i0, i1, w0, w1, mask_t,
+                                                    two_pi, sample_rate, nyquist)
+                    out = _lpf_run(a, signal, _pick(state0, offs_f, f))
+                    g_out, lam, g_cut, g_dep, g_ctl = _lpf_adjoint(g_out, a, signal, out, unc, w, ctl, dep,
+                                                                   _pick(lam_f, offs_f, f), mask_t)
+                    lam_f = tl.where(offs_f == f, lam, lam_f)
+                    flt = flt_ptr + f * C.FILTERS_N_COLS
+                    tl.atomic_add(gh_row + tl.load(flt + C.FILTERS_CUTOFF), g_cut)
+                    tl.atomic_add(gh_row + tl.load(flt + C.FILTERS_MOD_DEPTH), g_dep)
+                    _up_adjoint(gctrl_row + tl.load(flt + C.FILTERS_CONTROL) * stride_gco, g_ctl, i0, i1, w0, w1,
+                                mask_t)
+            level_col = tl.sum(tl.where(offs_v == i, level_cols, 0), axis=0)
+            if level_col >= 0:
+                tl.atomic_add(gh_row + level_col, tl.sum(g_mix * out, axis=0))
+            g_out = tl.where(mask_t, g_out, 0.0)
+            keyboard = tl.load(osc + C.OSCILLATORS_KEYBOARD)
+            f0_col = tl.load(kb_ptr + keyboard * C.KEYBOARDS_N_COLS + C.KEYBOARDS_MIDI_F0)
+            tuning_col = tl.load(osc + C.OSCILLATORS_TUNING)
+            depth_col = tl.load(osc + C.OSCILLATORS_MOD_DEPTH)
+            midi_f0 = tl.load(h_row + f0_col)
+            tuning = tl.load(h_row + tuning_col)
+            depth = tl.load(h_row + depth_col)
+            g_wave = g_out
+            if kind != C.OSC_FM:  # VCA
+                _up_adjoint(gctrl_row + tl.load(osc + C.OSCILLATORS_AMP) * stride_gco, g_out * wave, i0, i1, w0, w1,
+                            mask_t)
+                g_wave = g_out * amp
+            if kind == C.OSC_SQUARE_SAW:
+                shape_col = tl.load(osc + C.OSCILLATORS_SHAPE)
+                shape = tl.load(h_row + shape_col)
+                half = 1.0 - shape / 2.0
+                sech2 = 1.0 - square * square
+                body = 1.0 + shape * cos_t
+                g_theta = g_wave * half * (sech2 * sharp * cos_t * body - square * shape * sin_t)
+                tl.atomic_add(gh_row + shape_col, tl.sum(g_wave * (-0.5 * square * body + half * square * cos_t),
+                                                         axis=0))
+                g_sharp = tl.sum(g_wave * half * sech2 * sin_t * body, axis=0)
+                max_f0 = 440.0 * m.exp2(((midi_f0 + tuning) + tl.maximum(depth, 0.0) - 69.0) / 12.0)
+                log_f = m.log2(max_f0) * log10_2
+                partials = 12000.0 / (max_f0 * log_f)
+                g_max = g_sharp * (pi / 2.0) * (-partials * (log_f + log10_2 * log2e) / log_f * LN2_12)
+                tl.atomic_add(gh_row + f0_col, g_max)
+                tl.atomic_add(gh_row + tuning_col, g_max)
+                if depth >= 0:  # torch.clamp(min=0) passes the gradient at 0
+                    tl.atomic_add(gh_row + depth_col, g_max)
+            else:
+                g_theta = -sin_t * g_wave
+            g_theta = tl.where(mask_t, g_theta, 0.0)
+            tl.atomic_add(gh_row + tl.load(osc + C.OSCILLATORS_INITIAL_PHASE), tl.sum(g_theta, axis=0))
+            later = _pick(g_carry_v, offs_v, i)
+            g_inc = two_pi * (tl.cumsum(g_theta, axis=0, reverse=True) + later)
+            g_carry_v = tl.where(offs_v == i, later + tl.sum(g_theta, axis=0), g_carry_v)
+            g_inc = tl.where(mask_t & unclamped, g_inc, 0.0)
+            if kind == C.OSC_FM:
+                g_f = g_inc / sample_rate
+                f0_hz = 440.0 * m.exp2(((midi_f0 + tuning) - 69.0) / 12.0)
+                g_base = tl.sum(g_f * (1.0 + depth * drive), axis=0) * f0_hz * LN2_12
+                tl.atomic_add(gh_row + depth_col, tl.sum(g_f * f0_hz * drive, axis=0))
+                source = tl.load(osc + C.OSCILLATORS_SOURCE)
+                slot = tl.load(osc_ptr + source * C.OSCILLATORS_N_COLS + C.OSCILLATORS_SLOT)
+                g_src = gscratch_row + slot * BLOCK_T + tl.arange(0, BLOCK_T)
+                tl.store(g_src, tl.load(g_src) + g_f * depth * f0_hz)
+                tl.debug_barrier()
+            else:
+                g_midi = g_inc * inc * LN2_12
+                g_base = tl.sum(g_midi, axis=0)
+                tl.atomic_add(gh_row + depth_col, tl.sum(g_midi * drive, axis=0))
+                _up_adjoint(gctrl_row + tl.load(osc + C.OSCILLATORS_PITCH) * stride_gco, g_midi * depth, i0, i1, w0,
+                            w1, mask_t)
+            tl.atomic_add(gh_row + f0_col, g_base)
+            tl.atomic_add(gh_row + tuning_col, g_base)
+
+
+def _launch_grad(n_osc, n_mix, n_filters, slots, n_samples, n_control, noise_mode):
+    launch = kernels._launch(1, 1, n_osc, n_mix, n_filters, slots, n_samples, n_control, torch.float64, noise_mode,
+                             False)["audio"]
+    launch.pop("NORMALIZE")
+    launch["N_BLOCKS"] = -(-n_samples // launch["BLOCK_T"])
+    return launch
+
+
+@torch.library.triton_op("doppel_torch::triton_render_mix", mutates_args=())
+def triton_render_mix(human: torch.Tensor, keyboards: torch.Tensor, envelopes: torch.Tensor, lfos: torch.Tensor,
+                      mod_inputs: torch.Tensor, matrix: torch.Tensor, oscillators: torch.Tensor, filters: torch.Tensor,
+                      noise_table: torch.Tensor, mixer: torch.Tensor, consts: torch.Tensor, keys: torch.Tensor,
+                      noise: Optional[torch.Tensor], n_samples: int, n_control: int, n_filters: int, n_slots: int,
+                      mix_filter: int, noise_mode: int) -> torch.Tensor:
+    """The differentiable render: human (B, m) float64 -> the mix before normalisation (B, N) float64, by the
+    forward kernels (`synth.triton_render`, normalize=False); its gradient is `triton_render_mix_backward`."""
+    out = human.new_empty(human.shape[0], n_samples)
+    kernels.triton_render(human, keyboards, envelopes, lfos, mod_inputs, matrix, oscillators, filters, noise_table,
+                          mixer, consts, keys, noise, out, n_control, n_filters, n_slots, mix_filter, noise_mode, False)
+    return out
+
+
+@torch.library.triton_op("doppel_torch::triton_render_mix_backward", mutates_args=())
+def triton_render_mix_backward(grad: torch.Tensor, human: torch.Tensor, keyboards: torch.Tensor,
+                               envelopes: torch.Tensor, lfos: torch.Tensor, mod_inputs: torch.Tensor,
+                               matrix: torch.Tensor, oscillators: torch.Tensor, filters: torch.Tensor,
+                               noise_table: torch.Tensor, mixer: torch.Tensor, consts: torch.Tensor, keys: torch.Tensor,
+                               noise: Optional[torch.Tensor], n_control: int, n_filters: int,
+                               n_slots: int, mix_filter: int, noise_mode: int,
+                               want_noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL/d mix (B, N) -> dL/d human (B, m) float64 and dL/d noise (B, N) (one row per sound; empty unless
+    want_noise): the control signals recomputed, the audio rate's adjoint chunk by chunk from checkpoints of the
+    phase carries and filter states (`_audio_grad_kernel`), then the control rate's (`_control_grad_kernel`)."""
+    batch, n_samples = grad.shape
+    n_out, n_in = matrix.shape
+    n_env = envelopes.shape[0] if envelopes.dim() == 2 else 0  # a table without rows is one -1 (synth._device_tables)
+    grad = grad.to(torch.float64).contiguous()
+    launch = _launch_grad(oscillators.shape[0], mixer.shape[0], n_filters, n_slots, n_samples, n_control, noise_mode)
+    control = kernels._launch(n_in, n_out, 1, 1, 0, 0, n_samples, n_control, torch.float64, 0, False)["control"]
+    ctrl = human.new_empty(batch, n_out, n_control)
+    wrap_triton(kernels._control_kernel)[(batch,)](
+        human, human.stride(0), keyboards, envelopes, lfos, mod_inputs, matrix, consts, ctrl, ctrl.stride(0),
+        ctrl.stride(1), **control)
+    block_t = launch["BLOCK_T"]
+    scratch = human.new_zeros(batch, max(1, n_slots) * block_t)
+    gscratch = torch.zeros_like(scratch)
+    ckpt = human.new_empty(batch, launch["N_BLOCKS"] * (launch["BLOCK_V"] + launch["BLOCK_F"]))
+    gctrl = torch.zeros_like(ctrl)
+    g_human = torch.zeros_like(human)
+    g_noise = human.new_zeros(batch if want_noise else 0, n_samples)
+    noise_arg = keys if noise is None else noise
+    stride_nb = 0 if noise is None or noise.shape[0] == 1 else noise.stride(0)
+    gnoise_arg = g_noise if want_noise else grad
+    wrap_triton(_audio_grad_kernel)[(batch,)](
+        human, human.stride(0), ctrl, ctrl.stride(0), ctrl.stride(1), keyboards, oscillators, filters, noise_table,
+        mixer, consts, keys, noise_arg, stride_nb, scratch, gscratch, scratch.stride(0), ckpt, ckpt.stride(0), grad,
+        grad.stride(0), gctrl, gctrl.stride(0), gctrl.stride(1), g_human, g_human.stride(0), gnoise_arg,
+        gnoise_arg.stride(0), mix_filter, **launch)
+    block_cc = max(16, _next_pow2(n_control))
+    cscratch = human.new_empty(batch, n_in * 2 * block_cc)
+    wrap_triton(_control_grad_kernel)[(batch,)](
+        human, human.stride(0), keyboards, envelopes, lfos, mod_inputs, matrix, consts, gctrl, gctrl.stride(0),
+        gctrl.stride(1), cscratch, cscratch.stride(0), g_human, g_human.stride(0), n_in=n_in, n_out=n_out, n_env=n_env,
+        n_control=n_control, BLOCK_S=max(2, _next_pow2(n_in)), BLOCK_E=max(2, _next_pow2(n_env)), BLOCK_CC=block_cc)
+    return g_human, g_noise
+
+
+_TABLE_ARGS = 12  # human, 9 tables, consts, keys
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:_TABLE_ARGS], inputs[12])
+    ctx.args = inputs[14:]  # n_control, n_filters, n_slots, mix_filter, noise_mode
+
+
+def _backward(ctx, grad):
+    *tensors, noise = ctx.saved_tensors
+    n_control, n_filters, n_slots, mix_filter, noise_mode = ctx.args
+    want_noise = noise is not None and ctx.needs_input_grad[12]
+    g_human, g_noise = triton_render_mix_backward(grad, *tensors, noise, n_control, n_filters, n_slots,
+                                                  mix_filter, noise_mode, want_noise)
+    if not want_noise:
+        g_noise = None
+    elif noise.shape[0] != g_noise.shape[0]:  # one noise row shared by every sound
+        g_noise = g_noise.sum(dim=0, keepdim=True)
+    return (g_human,) + (None,) * 11 + (g_noise,) + (None,) * 6
+
+
+torch.library.register_autograd("doppel_torch::triton_render_mix", _backward, setup_context=_setup_context)
+
+
+def render_differentiable(program, theta, *, noise, seed, indices, normalize, out):
+    """The same sound as `synth.render`, through autograd: float64 inside, written in theta's dtype; torch
+    differentiates the clamp, `to_human` and the per-sound peak normalisation, (B, m) and (B, N) elementwise."""
+    device = theta.device
+    tables = kernels._device_tables(program, device)
+    consts = kernels._device_consts(program, device, torch.float64)
+    human = program.layout.table.to_human(theta.to(torch.float64)).contiguous()
+    keys = torch.zeros(1, 2, dtype=torch.int64, device=device)
+    if not program.rows("noise"):
+        mode, noise = kernels.NOISE_NONE, None
+    elif noise is None:
+        mode = kernels.NOISE_KEYED
+        k1, k2 = rng.sound_keys(seed, rng.Stream.NOISE, indices)
+        keys = torch.stack([k1, k2], dim=1).contiguous()
+    else:
+        mode = kernels.NOISE_GIVEN
+        noise = noise.to(torch.float64).contiguous()
+    if theta.shape[0] == 0:
+        audio = human.new_zeros(0, program.n_samples)
+    else:
+        audio = triton_render_mix(human, tables["keyboards"], tables["envelopes"], tables["lfos"],
+                                  tables["mod_inputs"], tables["matrix"], tables["oscillators"], tables["filters"],
+                                  tables["noise"], tables["mixer"], consts, keys, noise, program.n_samples,
+                                  program.n_control, program.rows("filters"), kernels.n_slots(program),
+                                  program.mix_filter, mode)
+    if normalize:  # each sound by its own peak where that exceeds 1 (DESIGN.md quirk 1), as the reference
+        peak = audio.abs().amax(dim=-1, keepdim=True)
+        clipping = peak > 1.0
+        audio = torch.where(clipping, audio / torch.where(clipping, peak, torch.ones_like(peak)), audio)
+    audio = audio.to(theta.dtype)
+    return audio if out is None else out.copy_(audio)
