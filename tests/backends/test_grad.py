@@ -1,9 +1,11 @@
-"""Gradients of the fused backends: backend="cpu"'s native adjoint against the reference's autograd and against
-finite differences (gradcheck, float64), for the paper's three synths and the user patches (FM chains, fan-out,
-filters on oscillators and on the mix, noise); explicit noise tensors; the guarded ADSR points; torch.compile;
-and the clear error of a backend without a backward."""
+"""Gradients of the fused backends: backend="cpu"'s native adjoint and backend="triton"'s Triton adjoint (under
+TRITON_INTERPRET=1 without a GPU) against the reference's autograd and against finite differences (gradcheck,
+float64), for the paper's three synths and the user patches (FM chains, fan-out, filters on oscillators and on the
+mix, noise); explicit noise tensors; the guarded ADSR points; and the clear error of a backend without a backward."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 import torch
@@ -13,13 +15,33 @@ from tests.backends.patches import USER_PATCHES
 
 NAMES = ["voice", "voicefm", "parametric"]
 SHORT = dict(duration=0.05)  # 800 samples: three blocks of 256 and a partial one; 24 control samples
+# The triton backend's tests run its kernels in Triton's interpreter without a GPU (tests/conftest.py), on CUDA with one.
+BACKENDS = ["cpu", pytest.param("triton", marks=pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="the triton package is not installed"))]
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _synths(name: str, **kwargs):
+def _synths(name: str, backend: str = "cpu", **kwargs):
     if name in USER_PATCHES:
         patch = USER_PATCHES[name]()
-        return Synth(patch, backend="torch", **kwargs), Synth(patch, backend="cpu", **kwargs)
-    return get_synth(name, backend="torch", **kwargs), get_synth(name, backend="cpu", **kwargs)
+        return Synth(patch, backend="torch", **kwargs), _Fused(Synth(patch, backend=backend, **kwargs))
+    return get_synth(name, backend="torch", **kwargs), _Fused(get_synth(name, backend=backend, **kwargs))
+
+
+class _Fused:
+    """A fused synth that takes and returns CPU tensors (the triton backend renders on CUDA where there is one)."""
+
+    def __init__(self, synth):
+        self.synth = synth
+        self.device = TRITON_DEVICE if synth.backend == "triton" else "cpu"
+
+    def __getattr__(self, name):
+        return getattr(self.synth, name)
+
+    def __call__(self, theta, noise=None, out=None, **kwargs):
+        move = lambda t: None if t is None else t.to(self.device)  # noqa: E731
+        audio = self.synth(move(theta), noise=move(noise), out=move(out), **kwargs)
+        return audio.cpu() if out is None or self.device == "cpu" else out.copy_(audio.cpu())
 
 
 def _interior(synth, n: int, seed: int, dtype=torch.float64) -> torch.Tensor:
@@ -45,81 +67,89 @@ def _worst_relative(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("name", NAMES + list(USER_PATCHES))
-def test_float64_gradients_equal_the_reference_autograd(name):
-    ref, cpu = _synths(name, **SHORT)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_gradients_equal_the_reference_autograd(name, backend):
+    ref, fused = _synths(name, **SHORT, backend=backend)
     theta = _interior(ref, 3, seed=11)
     weights = torch.randn(3, ref.n_samples, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     for normalize in (True, False):
         (want,) = _grads(ref, theta, weights, normalize=normalize)
-        (got,) = _grads(cpu, theta, weights, normalize=normalize)
+        (got,) = _grads(fused, theta, weights, normalize=normalize)
         assert got.dtype == torch.float64 and torch.isfinite(got).all()
         assert _worst_relative(got, want) <= 1e-7, name
 
 
 @pytest.mark.parametrize("name", ["parametric", "filtered"])
-def test_odd_lengths(name):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_odd_lengths(name, backend):
     """501 samples (a last block of 245, not a multiple of the kernel's 4 partial sums), 16 control samples; batch 1."""
-    ref, cpu = _synths(name, duration=0.0313)
+    ref, fused = _synths(name, duration=0.0313, backend=backend)
     assert ref.n_samples == 501
     theta = _interior(ref, 1, seed=17)
     weights = torch.randn(1, ref.n_samples, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
     (want,) = _grads(ref, theta, weights)
-    (got,) = _grads(cpu, theta, weights)
+    (got,) = _grads(fused, theta, weights)
     assert _worst_relative(got, want) <= 1e-7
 
 
 @pytest.mark.parametrize("name", ["voice", "filtered"])
 @pytest.mark.parametrize("rows", [1, 3])
-def test_gradients_reach_an_explicit_noise_tensor(name, rows):
-    ref, cpu = _synths(name, **SHORT)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_reach_an_explicit_noise_tensor(name, rows, backend):
+    ref, fused = _synths(name, **SHORT, backend=backend)
     theta = _interior(ref, 3, seed=12)
     g = torch.Generator().manual_seed(3)
     noise = 2.0 * torch.rand(rows, ref.n_samples, dtype=torch.float64, generator=g) - 1.0
     weights = torch.randn(3, ref.n_samples, dtype=torch.float64, generator=g)
     want_theta, want_noise = _grads(ref, theta, weights, noise=noise)
-    got_theta, got_noise = _grads(cpu, theta, weights, noise=noise)
+    got_theta, got_noise = _grads(fused, theta, weights, noise=noise)
     assert got_noise.shape == noise.shape and want_noise.abs().max() > 0
     assert _worst_relative(got_theta, want_theta) <= 1e-7
     torch.testing.assert_close(got_noise, want_noise, rtol=1e-9, atol=1e-12)
 
 
-def test_noise_alone_can_require_grad():
-    ref, cpu = _synths("voice", **SHORT)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_noise_alone_can_require_grad(backend):
+    ref, fused = _synths("voice", **SHORT, backend=backend)
     theta = _interior(ref, 2, seed=13)
     noise = torch.zeros(1, ref.n_samples, dtype=torch.float64, requires_grad=True)
-    cpu(theta, noise=noise).sum().backward()
+    fused(theta, noise=noise).sum().backward()
     want = torch.zeros_like(noise, requires_grad=True)
     ref(theta, noise=want).sum().backward()
     torch.testing.assert_close(noise.grad, want.grad, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", NAMES + ["filtered"])
-def test_gradcheck_float64(name):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_float64(name, backend):
     """Finite differences of the fused path on interior points: every module kind (ADSR, LFO, mod matrix, sine,
     square/saw, FM, noise, filters on an oscillator and on the mix) in one of these patches."""
-    _, cpu = _synths(name, duration=0.02)  # 320 samples, 10 control samples
-    theta = _interior(cpu, 1, seed=21).requires_grad_(True)
-    weights = torch.randn(1, cpu.n_samples, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    _, fused = _synths(name, duration=0.02, backend=backend)  # 320 samples, 10 control samples
+    theta = _interior(fused, 1, seed=21).requires_grad_(True)
+    weights = torch.randn(1, fused.n_samples, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     # eps 1e-7: wider steps cross the FM and MIDI clamps' kinks. atol 1e-4 against gradients up to ~3e4: the forward
-    # kernel's rounding (~1e-12 of the weighted sum) divided by eps is ~2e-5 on parametric.
-    assert torch.autograd.gradcheck(lambda t: (cpu(t, seed=1) * weights).sum(), (theta,), eps=1e-7, atol=1e-4,
-                                    rtol=1e-4)
+    # kernel's rounding (~1e-12 of the weighted sum) divided by eps is ~2e-5 on parametric. Triton in the interpreter:
+    # fast mode (finite differences along random directions: two renders per check, not two per parameter).
+    assert torch.autograd.gradcheck(lambda t: (fused(t, seed=1) * weights).sum(), (theta,), eps=1e-7, atol=1e-4,
+                                    rtol=1e-4, fast_mode=backend == "triton")
 
 
-def test_gradcheck_noise_and_theta_together():
-    _, cpu = _synths("filtered", duration=0.02)
-    theta = _interior(cpu, 2, seed=22).requires_grad_(True)
-    noise = (torch.rand(2, cpu.n_samples, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) - 0.5)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_noise_and_theta_together(backend):
+    _, fused = _synths("filtered", duration=0.02, backend=backend)
+    theta = _interior(fused, 2, seed=22).requires_grad_(True)
+    noise = (torch.rand(2, fused.n_samples, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) - 0.5)
     noise.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda t, z: cpu(t, noise=z), (theta, noise), eps=1e-7, atol=1e-5, rtol=1e-4,
+    assert torch.autograd.gradcheck(lambda t, z: fused(t, noise=z), (theta, noise), eps=1e-7, atol=1e-5, rtol=1e-4,
                                     fast_mode=True)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_guarded_points_give_the_reference_values(name):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_guarded_points_give_the_reference_values(name, backend):
     """theta at 0 (clamped to eps: zero-length attack, decay and release, sustain 0, the ADSR's 0 ** alpha) and at 1,
     mixed into interior rows: finite, and the reference's values (float64)."""
-    ref, cpu = _synths(name, **SHORT)
+    ref, fused = _synths(name, **SHORT, backend=backend)
     theta = _interior(ref, 4, seed=14)
     names = ref.param_names
     for row, value in ((0, 0.0), (1, 1.0), (2, 0.0)):
@@ -128,36 +158,38 @@ def test_guarded_points_give_the_reference_values(name):
                 theta[row, j] = value
     weights = torch.randn(4, ref.n_samples, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     (want,) = _grads(ref, theta, weights)
-    (got,) = _grads(cpu, theta, weights)
+    (got,) = _grads(fused, theta, weights)
     assert torch.isfinite(got).all() and torch.isfinite(want).all()
     assert _worst_relative(got, want) <= 1e-7
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_float32_gradients_are_finite_and_close(name):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_gradients_are_finite_and_close(name, backend):
     """A float32 theta: the kernel differentiates in float64 and returns float32 gradients. Measured (1 s, 8 interior
     sounds, relative L2 per sound against the float64 reference's gradient at the same point, median / worst):
     voice 4.0e-8 / 6.4e-7, voicefm 5.0e-8 / 5.0e-7, parametric 4.9e-8 / 2.2e-7, where the float32 reference's own
     autograd is 4.0e-3 / 5.3e-2, 3.1e-3 / 0.66 and 1.8e-2 / 1.2 away. Tolerance 1e-5: 15x the worst measured."""
-    ref, cpu = _synths(name, duration=0.1)
+    ref, fused = _synths(name, duration=0.1, backend=backend)
     theta = _interior(ref, 4, seed=15, dtype=torch.float32)
     weights = torch.randn(4, ref.n_samples, generator=torch.Generator().manual_seed(7))
     (want,) = _grads(ref, theta.double(), weights.double())  # the same point, in float64
-    (got,) = _grads(cpu, theta, weights)
+    (got,) = _grads(fused, theta, weights)
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     rel = (got.double() - want).norm(dim=-1) / want.norm(dim=-1)
     assert float(rel.max()) <= 1e-5, float(rel.max())
 
 
-def test_batch_of_zero_and_out():
-    _, cpu = _synths("voice", **SHORT)
-    theta = _interior(cpu, 2, seed=16).requires_grad_(True)
-    out = torch.empty(2, cpu.n_samples, dtype=torch.float64)
-    audio = cpu(theta, out=out)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_of_zero_and_out(backend):
+    _, fused = _synths("voice", **SHORT, backend=backend)
+    theta = _interior(fused, 2, seed=16).requires_grad_(True)
+    out = torch.empty(2, fused.n_samples, dtype=torch.float64)
+    audio = fused(theta, out=out)
     audio.sum().backward()
     assert torch.isfinite(theta.grad).all() and theta.grad.abs().max() > 0
-    empty = cpu(torch.zeros(0, cpu.num_params, dtype=torch.float64, requires_grad=True))
-    assert empty.shape == (0, cpu.n_samples)
+    empty = fused(torch.zeros(0, fused.num_params, dtype=torch.float64, requires_grad=True))
+    assert empty.shape == (0, fused.n_samples)
 
 
 def test_checkpoint_block_matches_the_kernel():
@@ -167,13 +199,16 @@ def test_checkpoint_block_matches_the_kernel():
     assert library().doppel_cpu_grad_block() == GRAD_BLOCK
 
 
-@pytest.mark.parametrize("name", ["triton"])
-def test_a_backend_without_a_backward_refuses_gradients(name):
-    pytest.importorskip("triton")
-    synth = get_synth("voice", backend=name, **SHORT)
+def test_a_backend_without_a_backward_refuses_gradients():
+    from doppel_torch import backends
+
+    class Forward(backends.base.Backend):
+        name = "forward-only"
+
+    synth = get_synth("voice", **SHORT)
     theta = synth.random_params(1).requires_grad_(True)
     with pytest.raises(ValueError, match="not differentiable"):
-        synth(theta)
+        backends.render(Forward(), synth.program, theta)
     noise = torch.zeros(1, synth.n_samples, requires_grad=True)
     with pytest.raises(ValueError, match="not differentiable"):
-        synth(theta.detach(), noise=noise)
+        backends.render(Forward(), synth.program, theta.detach(), noise=noise)
