@@ -6,6 +6,7 @@ a CPU-only machine, with the `ptxas` and `cuobjdump` that ship in the triton whe
 
     python -m doppel_torch.backends.triton.aot                      # every synth, sm_90 (H100/H200), both phase dtypes
     python -m doppel_torch.backends.triton.aot --arch 80 --synth voice --json
+    python -m doppel_torch.backends.triton.aot --grad               # also the backward kernels
 
 It needs the compiled code path, so it refuses to run under TRITON_INTERPRET=1 (the kernels choose their
 device math at import time).
@@ -55,13 +56,16 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
 
 
 def compile_synth(program, arch: int = 90, phase_dtype: torch.dtype = torch.float64,
-                  out_dtype: torch.dtype = torch.float32, has_noise: bool = False, normalize: bool = True) -> list[dict]:
-    """Compile both kernels of `render(program, ...)` for `sm_<arch>`; one row per kernel with its resource usage.
+                  out_dtype: torch.dtype = torch.float32, has_noise: bool = False, normalize: bool = True,
+                  grad: bool = False) -> list[dict]:
+    """Compile both kernels of `render(program, ...)` for `sm_<arch>` (grad: the two backward kernels instead, in
+    float64 as the backward runs); one row per kernel with its resource usage.
     Raises whatever Triton raises when a kernel does not compile."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     from doppel_torch.backends.triton import _math
+    from doppel_torch.backends.triton import grad as g
     from doppel_torch.backends.triton import synth as k
 
     if _math.INTERPRET:
@@ -80,6 +84,25 @@ def compile_synth(program, arch: int = 90, phase_dtype: torch.dtype = torch.floa
                       mix_filter="i32"),
     }
     kernels = {"control": k._control_kernel, "audio": k._audio_kernel}
+    if grad:
+        phase = out = "fp64"
+        launch = g.grad_launch_config(program, noise)
+        for part in launch.values():
+            part.setdefault("num_warps", 4)
+        types = {
+            "control_grad": dict(h_ptr="*fp64", stride_hb="i32", kb_ptr="*i32", env_ptr="*i32", lfo_ptr="*i32",
+                                 in_ptr="*i32", mat_ptr="*i32", consts_ptr="*fp64", gmods_ptr="*fp64",
+                                 stride_gb="i32", stride_go="i32", scratch_ptr="*fp64", stride_sb="i32",
+                                 gh_ptr="*fp64", stride_ghb="i32"),
+            "audio_grad": dict(h_ptr="*fp64", stride_hb="i32", ctrl_ptr="*fp64", stride_cb="i32", stride_co="i32",
+                               kb_ptr="*i32", osc_ptr="*i32", flt_ptr="*i32", noise_tab_ptr="*i32", mix_ptr="*i32",
+                               consts_ptr="*fp64", keys_ptr="*i64", noise_ptr="*fp64" if has_noise else "*i64",
+                               stride_nb="i32", scratch_ptr="*fp64", gscratch_ptr="*fp64", stride_sb="i32",
+                               ckpt_ptr="*fp64", stride_kb="i32", grad_ptr="*fp64", stride_gb="i32",
+                               gctrl_ptr="*fp64", stride_gcb="i32", stride_gco="i32", gh_ptr="*fp64",
+                               stride_ghb="i32", gnoise_ptr="*fp64", stride_gnb="i32", mix_filter="i32"),
+        }
+        kernels = {"control_grad": g._control_grad_kernel, "audio_grad": g._audio_grad_kernel}
     rows = []
     for part, kernel in kernels.items():
         constexprs = dict(launch[part])
@@ -111,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also compile a user patch (repeatable; see doppel_torch.spec.load)")
     parser.add_argument("--phase-dtype", choices=["float64", "float32", "both"], default="both")
     parser.add_argument("--explicit-noise", action="store_true", help="also compile the noise= variant")
+    parser.add_argument("--grad", action="store_true", help="also compile the backward kernels (float64)")
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -126,10 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         for program in programs:
             for phase in phases[args.phase_dtype]:
                 for has_noise in (False, True) if args.explicit_noise else (False,):
-                    rows += compile_synth(program, arch, phase, torch.float32, has_noise)
+                    new = compile_synth(program, arch, phase, torch.float32, has_noise)
+                    if args.grad and phase == torch.float64:
+                        new += compile_synth(program, arch, phase, torch.float32, has_noise, grad=True)
+                    rows += new
                     if not args.json:
-                        for r in rows[-2:]:
-                            print(f"{r['synth']:10s} {r['kernel']:7s} {r['arch']} phase {r['phase_dtype']} "
+                        for r in new:
+                            print(f"{r['synth']:10s} {r['kernel']:12s} {r['arch']} phase {r['phase_dtype']} "
                                   f"noise={'tensor' if r['has_noise'] else 'keyed'}  regs {r.get('reg', '?'):>3} "
                                   f"stack {r.get('stack', '?'):>4} B  local {r.get('local', '?')} B  "
                                   f"cubin {r['cubin_bytes'] / 1024:7.0f} KiB  {r['compile_s']:5.1f} s", flush=True)

@@ -234,15 +234,12 @@ def _control_grad_kernel(
 def control_grad(program, human: torch.Tensor, gmods: torch.Tensor, gh: torch.Tensor, tables, consts) -> None:
     """Accumulate into gh (B, m) float64 the adjoint of the control rate for gmods = dL/d mods (B, n_out, C)."""
     batch = human.shape[0]
-    n_out, n_in = tables["matrix"].shape
-    n_env = program.rows("envelopes")
-    block_cc = max(16, _next_pow2(program.n_control))
-    scratch = torch.empty(batch, n_in * 2 * block_cc, dtype=human.dtype, device=human.device)
+    launch = grad_launch_config(program, kernels.NOISE_NONE)["control_grad"]
+    scratch = torch.empty(batch, launch["n_in"] * 2 * launch["BLOCK_CC"], dtype=human.dtype, device=human.device)
     wrap_triton(_control_grad_kernel)[(batch,)](
         human, human.stride(0), tables["keyboards"], tables["envelopes"], tables["lfos"], tables["mod_inputs"],
         tables["matrix"], consts, gmods, gmods.stride(0), gmods.stride(1), scratch, scratch.stride(0), gh,
-        gh.stride(0), n_in=n_in, n_out=n_out, n_env=n_env, n_control=program.n_control,
-        BLOCK_S=max(2, _next_pow2(n_in)), BLOCK_E=max(2, _next_pow2(n_env)), BLOCK_CC=block_cc,
+        gh.stride(0), **launch,
     )
 
 
@@ -605,12 +602,24 @@ def _audio_grad_kernel(
             tl.atomic_add(gh_row + tuning_col, g_base)
 
 
-def _launch_grad(n_osc, n_mix, n_filters, slots, n_samples, n_control, noise_mode):
-    launch = kernels._launch(1, 1, n_osc, n_mix, n_filters, slots, n_samples, n_control, torch.float64, noise_mode,
-                             False)["audio"]
-    launch.pop("NORMALIZE")
-    launch["N_BLOCKS"] = -(-n_samples // launch["BLOCK_T"])
-    return launch
+def _grad_launch(n_in: int, n_out: int, n_env: int, n_osc: int, n_mix: int, n_filters: int, slots: int,
+                 n_samples: int, n_control: int, noise_mode: int) -> dict[str, dict]:
+    """Compile-time arguments of both backward kernels (float64 throughout)."""
+    audio = kernels._launch(n_in, n_out, n_osc, n_mix, n_filters, slots, n_samples, n_control, torch.float64,
+                            noise_mode, False)["audio"]
+    audio.pop("NORMALIZE")
+    audio["N_BLOCKS"] = -(-n_samples // audio["BLOCK_T"])
+    control = dict(n_in=n_in, n_out=n_out, n_env=n_env, n_control=n_control, BLOCK_S=max(2, _next_pow2(n_in)),
+                   BLOCK_E=max(2, _next_pow2(n_env)), BLOCK_CC=max(16, _next_pow2(n_control)), num_warps=16)
+    audio["num_warps"] = 8
+    return {"control_grad": control, "audio_grad": audio}
+
+
+def grad_launch_config(program, noise: int) -> dict[str, dict]:
+    """`_grad_launch` for one program: what the backward passes and what `aot` compiles."""
+    return _grad_launch(program.rows("mod_inputs"), program.rows("mod_outputs"), program.rows("envelopes"),
+                        program.rows("oscillators"), program.rows("mixer"), program.rows("filters"),
+                        kernels.n_slots(program), program.n_samples, program.n_control, noise)
 
 
 @torch.library.triton_op("doppel_torch::triton_render_mix", mutates_args=())
@@ -642,7 +651,9 @@ def triton_render_mix_backward(grad: torch.Tensor, human: torch.Tensor, keyboard
     n_out, n_in = matrix.shape
     n_env = envelopes.shape[0] if envelopes.dim() == 2 else 0  # a table without rows is one -1 (synth._device_tables)
     grad = grad.to(torch.float64).contiguous()
-    launch = _launch_grad(oscillators.shape[0], mixer.shape[0], n_filters, n_slots, n_samples, n_control, noise_mode)
+    grad_launch = _grad_launch(n_in, n_out, n_env, oscillators.shape[0], mixer.shape[0], n_filters, n_slots, n_samples,
+                               n_control, noise_mode)
+    launch = grad_launch["audio_grad"]
     control = kernels._launch(n_in, n_out, 1, 1, 0, 0, n_samples, n_control, torch.float64, 0, False)["control"]
     ctrl = human.new_empty(batch, n_out, n_control)
     wrap_triton(kernels._control_kernel)[(batch,)](
@@ -663,12 +674,11 @@ def triton_render_mix_backward(grad: torch.Tensor, human: torch.Tensor, keyboard
         mixer, consts, keys, noise_arg, stride_nb, scratch, gscratch, scratch.stride(0), ckpt, ckpt.stride(0), grad,
         grad.stride(0), gctrl, gctrl.stride(0), gctrl.stride(1), g_human, g_human.stride(0), gnoise_arg,
         gnoise_arg.stride(0), mix_filter, **launch)
-    block_cc = max(16, _next_pow2(n_control))
-    cscratch = human.new_empty(batch, n_in * 2 * block_cc)
+    control_grad = grad_launch["control_grad"]
+    cscratch = human.new_empty(batch, n_in * 2 * control_grad["BLOCK_CC"])
     wrap_triton(_control_grad_kernel)[(batch,)](
         human, human.stride(0), keyboards, envelopes, lfos, mod_inputs, matrix, consts, gctrl, gctrl.stride(0),
-        gctrl.stride(1), cscratch, cscratch.stride(0), g_human, g_human.stride(0), n_in=n_in, n_out=n_out, n_env=n_env,
-        n_control=n_control, BLOCK_S=max(2, _next_pow2(n_in)), BLOCK_E=max(2, _next_pow2(n_env)), BLOCK_CC=block_cc)
+        gctrl.stride(1), cscratch, cscratch.stride(0), g_human, g_human.stride(0), **control_grad)
     return g_human, g_noise
 
 
