@@ -3,12 +3,12 @@
 Work in progress (issue 11). Done: the control rate's adjoint, `_control_grad_kernel` (one program = one sound):
 dL/d mods (B, n_out, C) -> dL/d human for every parameter the control rate reads (mod matrix, LFOs, ADSRs), the
 math of `backends/cpu/csrc/synth_cpu_grad.inc` ("control rate: ... and its adjoint"), vectorised:
-1. mod-input rows as one (BLOCK_S, BLOCK_CC) tile, the whole control row at once (C = 480 for 1 s): the forward
+1. mod-input rows as (BLOCK_S, BLOCK_C) tiles, chunks of the control row from last to first: the forward
    recomputed (ADSRs, fixed-point LFO phase), insig bar = sum_o a_oi mods_o bar, a_oi bar = sum_t mods_o bar in_i;
    an LFO row's shape, weight and phase adjoint, its frequency adjoint by `tl.cumsum(reverse=True)` (the reversed
    cumulative sum of the phase); the envelope gradients of each row (its own signal, or an LFO's amplitude and
-   rate envelopes) go to a per-sound scratch (n_in, 2, BLOCK_CC);
-2. envelope rows as one (BLOCK_E, BLOCK_CC) tile: their gradients gathered from the scratch, then the ramps'
+   rate envelopes) go to a per-sound scratch (n_in, 2, C);
+2. envelope rows as (BLOCK_E, BLOCK_C) tiles: their gradients gathered from the scratch, then the ramps'
    adjoints (pow, the min / max clamps with torch's tie rules: a tie of torch.minimum sends half each way).
 Gradients are accumulated into gh (B, m) float64 with `tl.atomic_add` (a keyboard's note duration is shared by
 its envelopes). Missing: the audio rate's adjoint (oscillators, FM chains, filters, mixer, noise, normalisation).
@@ -62,27 +62,39 @@ def _min_grad(a, b, g):
 
 
 @triton.jit
+def _lfo_chunk(t, mask_c, h_row, kb_ptr, env_ptr, lfo_ptr, index, mask_s, mask_l, amp_env_row, rate_env_row,
+               control_rate, eps):
+    """An LFO row's rate, its fixed-point steps and both envelopes over one chunk of control samples."""
+    freq = _param(h_row, lfo_ptr, index, mask_l, C.LFOS_FREQUENCY, C.LFOS_N_COLS, 0.0)[:, None]
+    depth = _param(h_row, lfo_ptr, index, mask_l, C.LFOS_MOD_DEPTH, C.LFOS_N_COLS, 0.0)[:, None]
+    amp_env = _adsr(t, h_row, env_ptr, kb_ptr, amp_env_row, mask_s, control_rate, eps)
+    rate_env = _adsr(t, h_row, env_ptr, kb_ptr, rate_env_row, mask_s, control_rate, eps)
+    rate = freq + depth * rate_env
+    inc = tl.where(mask_c[None, :], tl.maximum(rate, 0.0) / control_rate, 0.0)
+    steps = ((inc.to(tl.float64) * LFO_SCALE + ROUND_MAGIC) - ROUND_MAGIC).to(tl.int64)
+    return rate, steps, amp_env, rate_env, depth
+
+
+@triton.jit
 def _control_grad_kernel(
     h_ptr, stride_hb, kb_ptr, env_ptr, lfo_ptr, in_ptr, mat_ptr, consts_ptr, gmods_ptr, stride_gb, stride_go,
     scratch_ptr, stride_sb, gh_ptr, stride_ghb,
     n_in: tl.constexpr, n_out: tl.constexpr, n_env: tl.constexpr, n_control: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_E: tl.constexpr, BLOCK_CC: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr, N_CHUNKS: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     h_row = h_ptr + pid_b * stride_hb
     gh_row = gh_ptr + pid_b * stride_ghb
     scratch_row = scratch_ptr + pid_b * stride_sb
+    width = N_CHUNKS * BLOCK_C  # scratch row length per (input row, target)
     two_pi = tl.load(consts_ptr + C.CONST_TWO_PI)
     pi = tl.load(consts_ptr + C.CONST_PI)
     control_rate = tl.load(consts_ptr + C.CONST_CONTROL_RATE)
     eps = tl.load(consts_ptr + C.CONST_EPS)
     lfo_exponent = tl.load(consts_ptr + C.CONST_LFO_EXPONENT)
     log2e = tl.load(consts_ptr + C.CONST_LOG2E)
-    offs_c = tl.arange(0, BLOCK_CC)
-    mask_c = offs_c < n_control
-    t = offs_c.to(two_pi.dtype)[None, :]
 
-    # 1. Mod-input rows: forward recomputed over the whole control row, then the matrix's and the LFOs' adjoints.
+    # 1. Mod-input rows, chunks from last to first (the LFO phase's reversed cumulative sum carries backwards).
     offs_s = tl.arange(0, BLOCK_S)
     mask_s = offs_s < n_in
     kind = tl.load(in_ptr + offs_s * C.MOD_INPUTS_N_COLS + C.MOD_INPUTS_KIND, mask=mask_s, other=0)
@@ -93,8 +105,6 @@ def _control_grad_kernel(
                            index)
     rate_env_row = tl.where(is_lfo, tl.load(lfo_ptr + index * C.LFOS_N_COLS + C.LFOS_RATE_ENV, mask=mask_l, other=0),
                             index)
-    freq = _param(h_row, lfo_ptr, index, mask_l, C.LFOS_FREQUENCY, C.LFOS_N_COLS, 0.0)[:, None]
-    depth = _param(h_row, lfo_ptr, index, mask_l, C.LFOS_MOD_DEPTH, C.LFOS_N_COLS, 0.0)[:, None]
     phase0 = _param(h_row, lfo_ptr, index, mask_l, C.LFOS_INITIAL_PHASE, C.LFOS_N_COLS, 0.0)[:, None]
     raw_sin = _param(h_row, lfo_ptr, index, mask_l, C.LFOS_SIN, C.LFOS_N_COLS, 1.0)
     raw_tri = _param(h_row, lfo_ptr, index, mask_l, C.LFOS_TRI, C.LFOS_N_COLS, 1.0)
@@ -112,38 +122,69 @@ def _control_grad_kernel(
     w_saw = (p_saw / total)[:, None]
     w_rsaw = (p_rsaw / total)[:, None]
     w_sqr = (p_sqr / total)[:, None]
-    amp_env = _adsr(t, h_row, env_ptr, kb_ptr, amp_env_row, mask_s, control_rate, eps)
-    rate_env = _adsr(t, h_row, env_ptr, kb_ptr, rate_env_row, mask_s, control_rate, eps)
-    rate = freq + depth * rate_env
-    inc = tl.where(mask_c[None, :], tl.maximum(rate, 0.0) / control_rate, 0.0)
     start = (((phase0.to(tl.float64) / two_pi.to(tl.float64)) * LFO_SCALE + ROUND_MAGIC) - ROUND_MAGIC).to(tl.int64)
-    steps = ((inc.to(tl.float64) * LFO_SCALE + ROUND_MAGIC) - ROUND_MAGIC).to(tl.int64)
-    fixed = tl.cumsum(steps, axis=1) & LFO_MASK
-    u = (((fixed + start) & LFO_MASK).to(tl.float64) * (1.0 / LFO_SCALE)).to(two_pi.dtype)
-    s_cos = (1.0 - m.cos(two_pi * u)) / 2.0
-    s_sqr = tl.where((u > 0.25) & (u < 0.75), 1.0, tl.where((u == 0.25) | (u == 0.75), 0.5, 0.0))
-    fold = 2.0 * u > 1.0
-    s_tri = tl.where(fold, 2.0 - 2.0 * u, 2.0 * u)
-    lfo = w_sin * s_cos + w_tri * s_tri + w_saw * u + w_rsaw * (1.0 - u) + w_sqr * s_sqr
-    sig = tl.where(is_lfo[:, None], lfo * amp_env, amp_env)
-    sig = tl.where(mask_s[:, None] & mask_c[None, :], sig, 0.0)
-    gsig = tl.zeros((BLOCK_S, BLOCK_CC), dtype=two_pi.dtype)
-    for o in range(n_out):
-        grow = tl.load(gmods_ptr + pid_b * stride_gb + o * stride_go + offs_c, mask=mask_c, other=0.0)
-        cols = tl.load(mat_ptr + o * n_in + offs_s, mask=mask_s, other=0)
-        weight = tl.load(h_row + cols, mask=mask_s, other=0.0)
-        gsig += weight[:, None] * grow[None, :]
-        tl.atomic_add(gh_row + cols, tl.sum(grow[None, :] * sig, axis=1), mask=mask_s)
-    # LFO rows: sig = lfo * amp_env.
-    g_amp = gsig * lfo
-    g_raw = gsig * amp_env
-    g_sin = tl.sum(g_raw * s_cos, axis=1)
-    g_tri = tl.sum(g_raw * s_tri, axis=1)
-    g_saw = tl.sum(g_raw * u, axis=1)
-    g_rsaw = tl.sum(g_raw * (1.0 - u), axis=1)
-    g_sqr = tl.sum(g_raw * s_sqr, axis=1)
-    g_u = g_raw * (w_sin * pi * m.sin(two_pi * u) + w_tri * tl.where(fold, -2.0, 2.0) + w_saw - w_rsaw)
-    g_u = tl.where(mask_l[:, None] & mask_c[None, :], g_u, 0.0)
+    # The fixed-point phase steps of the whole row (exact int64 sums in any order, as the forward kernel).
+    all_steps = tl.zeros((BLOCK_S,), dtype=tl.int64)
+    for c in range(N_CHUNKS):
+        offs_c = c * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < n_control
+        _r, steps, _a, _e, _d = _lfo_chunk(offs_c.to(two_pi.dtype)[None, :], mask_c, h_row, kb_ptr, env_ptr, lfo_ptr,
+                                           index, mask_s, mask_l, amp_env_row, rate_env_row, control_rate, eps)
+        all_steps += tl.sum(steps, axis=1)
+    later_steps = tl.zeros((BLOCK_S,), dtype=tl.int64)
+    g_sin = tl.zeros((BLOCK_S,), dtype=two_pi.dtype)
+    g_tri = tl.zeros((BLOCK_S,), dtype=two_pi.dtype)
+    g_saw = tl.zeros((BLOCK_S,), dtype=two_pi.dtype)
+    g_rsaw = tl.zeros((BLOCK_S,), dtype=two_pi.dtype)
+    g_sqr = tl.zeros((BLOCK_S,), dtype=two_pi.dtype)
+    g_later = tl.zeros((BLOCK_S,), dtype=two_pi.dtype)  # sum of u bar over the later chunks
+    g_freq = tl.zeros((BLOCK_S,), dtype=two_pi.dtype)
+    g_depth = tl.zeros((BLOCK_S,), dtype=two_pi.dtype)
+    for cc in range(N_CHUNKS):
+        c = N_CHUNKS - 1 - cc
+        offs_c = c * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < n_control
+        t = offs_c.to(two_pi.dtype)[None, :]
+        rate, steps, amp_env, rate_env, depth = _lfo_chunk(t, mask_c, h_row, kb_ptr, env_ptr, lfo_ptr, index, mask_s,
+                                                           mask_l, amp_env_row, rate_env_row, control_rate, eps)
+        chunk_steps = tl.sum(steps, axis=1)
+        before = all_steps - later_steps - chunk_steps
+        later_steps += chunk_steps
+        fixed = (before[:, None] + tl.cumsum(steps, axis=1)) & LFO_MASK
+        u = (((fixed + start) & LFO_MASK).to(tl.float64) * (1.0 / LFO_SCALE)).to(two_pi.dtype)
+        s_cos = (1.0 - m.cos(two_pi * u)) / 2.0
+        s_sqr = tl.where((u > 0.25) & (u < 0.75), 1.0, tl.where((u == 0.25) | (u == 0.75), 0.5, 0.0))
+        fold = 2.0 * u > 1.0
+        s_tri = tl.where(fold, 2.0 - 2.0 * u, 2.0 * u)
+        lfo = w_sin * s_cos + w_tri * s_tri + w_saw * u + w_rsaw * (1.0 - u) + w_sqr * s_sqr
+        mask_sc = mask_s[:, None] & mask_c[None, :]
+        sig = tl.where(mask_sc, tl.where(is_lfo[:, None], lfo * amp_env, amp_env), 0.0)
+        gsig = tl.zeros((BLOCK_S, BLOCK_C), dtype=two_pi.dtype)
+        for o in range(n_out):
+            grow = tl.load(gmods_ptr + pid_b * stride_gb + o * stride_go + offs_c, mask=mask_c, other=0.0)
+            cols = tl.load(mat_ptr + o * n_in + offs_s, mask=mask_s, other=0)
+            weight = tl.load(h_row + cols, mask=mask_s, other=0.0)
+            gsig += weight[:, None] * grow[None, :]
+            tl.atomic_add(gh_row + cols, tl.sum(grow[None, :] * sig, axis=1), mask=mask_s)
+        # LFO rows: sig = lfo * amp_env.
+        g_raw = gsig * amp_env
+        g_sin += tl.sum(g_raw * s_cos, axis=1)
+        g_tri += tl.sum(g_raw * s_tri, axis=1)
+        g_saw += tl.sum(g_raw * u, axis=1)
+        g_rsaw += tl.sum(g_raw * (1.0 - u), axis=1)
+        g_sqr += tl.sum(g_raw * s_sqr, axis=1)
+        g_u = g_raw * (w_sin * pi * m.sin(two_pi * u) + w_tri * tl.where(fold, -2.0, 2.0) + w_saw - w_rsaw)
+        g_u = tl.where(mask_l[:, None] & mask_c[None, :], g_u, 0.0)
+        # u = frac(phase0 / 2 pi + sum_{s <= t} inc[s]): inc bar[s] = sum_{t >= s} u bar[t], carried backwards.
+        g_inc = (tl.cumsum(g_u, axis=1, reverse=True) + g_later[:, None]) / control_rate
+        g_later += tl.sum(g_u, axis=1)
+        g_inc = tl.where(rate >= 0, g_inc, 0.0)
+        g_freq += tl.sum(g_inc, axis=1)
+        g_depth += tl.sum(g_inc * rate_env, axis=1)
+        # Envelope gradients of each row: to its amplitude envelope (itself for an envelope row), to its rate envelope.
+        rows = scratch_row + offs_s[:, None] * (2 * width) + offs_c[None, :]
+        tl.store(rows, tl.where(is_lfo[:, None], gsig * lfo, gsig), mask=mask_sc)
+        tl.store(rows + width, tl.where(is_lfo[:, None], g_inc * depth, 0.0), mask=mask_sc)
     dot = (g_sin * p_sin + g_tri * p_tri + g_saw * p_saw + g_rsaw * p_rsaw + g_sqr * p_sqr) / total
     e1 = lfo_exponent - 1.0
     lfo_cols = lfo_ptr + index * C.LFOS_N_COLS
@@ -157,40 +198,15 @@ def _control_grad_kernel(
                   (g_rsaw - dot) / total * lfo_exponent * m.pow_nonneg(raw_rsaw, e1), mask=mask_l)
     tl.atomic_add(gh_row + tl.load(lfo_cols + C.LFOS_SQR, mask=mask_l, other=0),
                   (g_sqr - dot) / total * lfo_exponent * m.pow_nonneg(raw_sqr, e1), mask=mask_l)
-    # The phase: u = frac(phase0 / 2 pi + sum_{s <= t} inc[s]), inc bar[s] = sum_{t >= s} u bar[t].
-    g_inc = tl.cumsum(g_u, axis=1, reverse=True) / control_rate
-    g_inc = tl.where(rate >= 0, g_inc, 0.0)
-    tl.atomic_add(gh_row + tl.load(lfo_cols + C.LFOS_INITIAL_PHASE, mask=mask_l, other=0),
-                  tl.sum(g_u, axis=1) / two_pi, mask=mask_l)
-    tl.atomic_add(gh_row + tl.load(lfo_cols + C.LFOS_FREQUENCY, mask=mask_l, other=0), tl.sum(g_inc, axis=1),
+    tl.atomic_add(gh_row + tl.load(lfo_cols + C.LFOS_INITIAL_PHASE, mask=mask_l, other=0), g_later / two_pi,
                   mask=mask_l)
-    tl.atomic_add(gh_row + tl.load(lfo_cols + C.LFOS_MOD_DEPTH, mask=mask_l, other=0),
-                  tl.sum(g_inc * rate_env, axis=1), mask=mask_l)
-    g_rate_env = g_inc * depth
-    # Envelope gradients of each row: to its amplitude envelope (itself for an envelope row), to its rate envelope.
-    to_amp = tl.where(is_lfo[:, None], g_amp, gsig)
-    to_rate = tl.where(is_lfo[:, None], g_rate_env, 0.0)
-    mask_sc = mask_s[:, None] & mask_c[None, :]
-    rows = scratch_row + offs_s[:, None] * (2 * BLOCK_CC) + offs_c[None, :]
-    tl.store(rows, to_amp, mask=mask_sc)
-    tl.store(rows + BLOCK_CC, to_rate, mask=mask_sc)
+    tl.atomic_add(gh_row + tl.load(lfo_cols + C.LFOS_FREQUENCY, mask=mask_l, other=0), g_freq, mask=mask_l)
+    tl.atomic_add(gh_row + tl.load(lfo_cols + C.LFOS_MOD_DEPTH, mask=mask_l, other=0), g_depth, mask=mask_l)
     tl.debug_barrier()
 
-    # 2. Envelope rows: gather their gradients, then the ADSR's adjoint.
+    # 2. Envelope rows: their gradients gathered from the scratch chunk by chunk, then the ADSR's adjoint.
     offs_e = tl.arange(0, BLOCK_E)
     mask_e = offs_e < n_env
-    g_env = tl.zeros((BLOCK_E, BLOCK_CC), dtype=two_pi.dtype)
-    for i in range(n_in):
-        kind_i = tl.load(in_ptr + i * C.MOD_INPUTS_N_COLS + C.MOD_INPUTS_KIND)
-        index_i = tl.load(in_ptr + i * C.MOD_INPUTS_N_COLS + C.MOD_INPUTS_INDEX)
-        lfo_i = kind_i == C.INPUT_LFO
-        lfo_row = tl.where(lfo_i, index_i, 0)
-        amp_i = tl.where(lfo_i, tl.load(lfo_ptr + lfo_row * C.LFOS_N_COLS + C.LFOS_AMP_ENV), index_i)
-        rate_i = tl.where(lfo_i, tl.load(lfo_ptr + lfo_row * C.LFOS_N_COLS + C.LFOS_RATE_ENV), -1)
-        r_amp = tl.load(scratch_row + i * (2 * BLOCK_CC) + offs_c, mask=mask_c, other=0.0)
-        r_rate = tl.load(scratch_row + i * (2 * BLOCK_CC) + BLOCK_CC + offs_c, mask=mask_c, other=0.0)
-        g_env += tl.where(offs_e[:, None] == amp_i, r_amp[None, :], 0.0)
-        g_env += tl.where(offs_e[:, None] == rate_i, r_rate[None, :], 0.0)
     attack = _param(h_row, env_ptr, offs_e, mask_e, C.ENVELOPES_ATTACK, C.ENVELOPES_N_COLS, 1.0)
     decay = _param(h_row, env_ptr, offs_e, mask_e, C.ENVELOPES_DECAY, C.ENVELOPES_N_COLS, 1.0)
     sustain = _param(h_row, env_ptr, offs_e, mask_e, C.ENVELOPES_SUSTAIN, C.ENVELOPES_N_COLS, 1.0)
@@ -203,18 +219,46 @@ def _control_grad_kernel(
     new_decay = tl.minimum(tl.maximum(held, 0.0), decay)
     a2, na2, nd2, s2, r2, d2 = (alpha[:, None], new_attack[:, None], new_decay[:, None], sustain[:, None],
                                 release[:, None], note_on[:, None])
-    attack_sig = _ramp(t, na2, 0.0 * na2, a2, control_rate, eps, False)
-    decay_ramp = _ramp(t, nd2, na2, a2, control_rate, eps, True)
-    decay_sig = (1.0 - s2) * decay_ramp + s2
-    release_sig = _ramp(t, r2, d2, a2, control_rate, eps, True)
-    g_dec = g_env * attack_sig * release_sig
-    g_sustain = tl.sum(g_dec * (1.0 - decay_ramp), axis=1)
-    gn_attack, _unused, g_alpha = _ramp_grad(t, g_env * decay_sig * release_sig, na2, 0.0 * na2, a2, control_rate,
-                                             eps, log2e, False)
-    gn_decay, g_start, g_alpha_d = _ramp_grad(t, g_dec * (1.0 - s2), nd2, na2, a2, control_rate, eps, log2e, True)
-    g_release, g_note, g_alpha_r = _ramp_grad(t, g_env * attack_sig * decay_sig, r2, d2, a2, control_rate, eps, log2e,
-                                              True)
-    gn_attack += g_start
+    g_sustain = tl.zeros((BLOCK_E,), dtype=two_pi.dtype)
+    gn_attack = tl.zeros((BLOCK_E,), dtype=two_pi.dtype)
+    gn_decay = tl.zeros((BLOCK_E,), dtype=two_pi.dtype)
+    g_release = tl.zeros((BLOCK_E,), dtype=two_pi.dtype)
+    g_note = tl.zeros((BLOCK_E,), dtype=two_pi.dtype)
+    g_alpha = tl.zeros((BLOCK_E,), dtype=two_pi.dtype)
+    for c in range(N_CHUNKS):
+        offs_c = c * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < n_control
+        t = offs_c.to(two_pi.dtype)[None, :]
+        g_env = tl.zeros((BLOCK_E, BLOCK_C), dtype=two_pi.dtype)
+        for i in range(n_in):
+            kind_i = tl.load(in_ptr + i * C.MOD_INPUTS_N_COLS + C.MOD_INPUTS_KIND)
+            index_i = tl.load(in_ptr + i * C.MOD_INPUTS_N_COLS + C.MOD_INPUTS_INDEX)
+            lfo_i = kind_i == C.INPUT_LFO
+            lfo_row = tl.where(lfo_i, index_i, 0)
+            amp_i = tl.where(lfo_i, tl.load(lfo_ptr + lfo_row * C.LFOS_N_COLS + C.LFOS_AMP_ENV), index_i)
+            rate_i = tl.where(lfo_i, tl.load(lfo_ptr + lfo_row * C.LFOS_N_COLS + C.LFOS_RATE_ENV), -1)
+            r_amp = tl.load(scratch_row + i * (2 * width) + offs_c, mask=mask_c, other=0.0)
+            r_rate = tl.load(scratch_row + i * (2 * width) + width + offs_c, mask=mask_c, other=0.0)
+            g_env += tl.where(offs_e[:, None] == amp_i, r_amp[None, :], 0.0)
+            g_env += tl.where(offs_e[:, None] == rate_i, r_rate[None, :], 0.0)
+        attack_sig = _ramp(t, na2, 0.0 * na2, a2, control_rate, eps, False)
+        decay_ramp = _ramp(t, nd2, na2, a2, control_rate, eps, True)
+        decay_sig = (1.0 - s2) * decay_ramp + s2
+        release_sig = _ramp(t, r2, d2, a2, control_rate, eps, True)
+        g_dec = g_env * attack_sig * release_sig
+        g_sustain += tl.sum(g_dec * (1.0 - decay_ramp), axis=1)
+        g_a, _unused, g_al = _ramp_grad(t, g_env * decay_sig * release_sig, na2, 0.0 * na2, a2, control_rate, eps,
+                                        log2e, False)
+        gn_attack += g_a
+        g_alpha += g_al
+        g_d, g_start, g_al = _ramp_grad(t, g_dec * (1.0 - s2), nd2, na2, a2, control_rate, eps, log2e, True)
+        gn_decay += g_d
+        gn_attack += g_start
+        g_alpha += g_al
+        g_r, g_n, g_al = _ramp_grad(t, g_env * attack_sig * decay_sig, r2, d2, a2, control_rate, eps, log2e, True)
+        g_release += g_r
+        g_note += g_n
+        g_alpha += g_al
     g_held, g_decay = _min_grad(tl.maximum(held, 0.0), decay, gn_decay)
     g_held = tl.where(held >= 0, g_held, 0.0)  # torch.clamp(min=0) passes the gradient at 0
     g_attack, g_note_a = _min_grad(attack, note_on, gn_attack)
@@ -225,8 +269,7 @@ def _control_grad_kernel(
     tl.atomic_add(gh_row + tl.load(env_cols + C.ENVELOPES_DECAY, mask=mask_e, other=0), g_decay, mask=mask_e)
     tl.atomic_add(gh_row + tl.load(env_cols + C.ENVELOPES_SUSTAIN, mask=mask_e, other=0), g_sustain, mask=mask_e)
     tl.atomic_add(gh_row + tl.load(env_cols + C.ENVELOPES_RELEASE, mask=mask_e, other=0), g_release, mask=mask_e)
-    tl.atomic_add(gh_row + tl.load(env_cols + C.ENVELOPES_ALPHA, mask=mask_e, other=0), g_alpha + g_alpha_d + g_alpha_r,
-                  mask=mask_e)
+    tl.atomic_add(gh_row + tl.load(env_cols + C.ENVELOPES_ALPHA, mask=mask_e, other=0), g_alpha, mask=mask_e)
     tl.atomic_add(gh_row + tl.load(kb_ptr + keyboard * C.KEYBOARDS_N_COLS + C.KEYBOARDS_DURATION, mask=mask_e,
                                    other=0), g_note, mask=mask_e)
 
@@ -235,7 +278,8 @@ def control_grad(program, human: torch.Tensor, gmods: torch.Tensor, gh: torch.Te
     """Accumulate into gh (B, m) float64 the adjoint of the control rate for gmods = dL/d mods (B, n_out, C)."""
     batch = human.shape[0]
     launch = grad_launch_config(program, kernels.NOISE_NONE)["control_grad"]
-    scratch = torch.empty(batch, launch["n_in"] * 2 * launch["BLOCK_CC"], dtype=human.dtype, device=human.device)
+    scratch = torch.empty(batch, launch["n_in"] * 2 * launch["BLOCK_C"] * launch["N_CHUNKS"], dtype=human.dtype,
+                          device=human.device)
     wrap_triton(_control_grad_kernel)[(batch,)](
         human, human.stride(0), tables["keyboards"], tables["envelopes"], tables["lfos"], tables["mod_inputs"],
         tables["matrix"], consts, gmods, gmods.stride(0), gmods.stride(1), scratch, scratch.stride(0), gh,
@@ -602,6 +646,11 @@ def _audio_grad_kernel(
             tl.atomic_add(gh_row + tuning_col, g_base)
 
 
+# Control tiles (rows x BLOCK_C samples) of the backward: chunks from last to first keep the tile small (the whole
+# 480-sample row as one tile spilled 1.3-6.4 KB per thread on sm_90).
+CONTROL_GRAD_TILE = 128
+
+
 def _grad_launch(n_in: int, n_out: int, n_env: int, n_osc: int, n_mix: int, n_filters: int, slots: int,
                  n_samples: int, n_control: int, noise_mode: int) -> dict[str, dict]:
     """Compile-time arguments of both backward kernels (float64 throughout)."""
@@ -609,8 +658,10 @@ def _grad_launch(n_in: int, n_out: int, n_env: int, n_osc: int, n_mix: int, n_fi
                             noise_mode, False)["audio"]
     audio.pop("NORMALIZE")
     audio["N_BLOCKS"] = -(-n_samples // audio["BLOCK_T"])
-    control = dict(n_in=n_in, n_out=n_out, n_env=n_env, n_control=n_control, BLOCK_S=max(2, _next_pow2(n_in)),
-                   BLOCK_E=max(2, _next_pow2(n_env)), BLOCK_CC=max(16, _next_pow2(n_control)), num_warps=16)
+    block_s, block_e = max(2, _next_pow2(n_in)), max(2, _next_pow2(n_env))
+    block_c = max(4, CONTROL_GRAD_TILE // max(block_s, block_e))
+    control = dict(n_in=n_in, n_out=n_out, n_env=n_env, n_control=n_control, BLOCK_S=block_s, BLOCK_E=block_e,
+                   BLOCK_C=block_c, N_CHUNKS=-(-n_control // block_c), num_warps=4)
     audio["num_warps"] = 8
     return {"control_grad": control, "audio_grad": audio}
 
@@ -675,7 +726,7 @@ def triton_render_mix_backward(grad: torch.Tensor, human: torch.Tensor, keyboard
         grad.stride(0), gctrl, gctrl.stride(0), gctrl.stride(1), g_human, g_human.stride(0), gnoise_arg,
         gnoise_arg.stride(0), mix_filter, **launch)
     control_grad = grad_launch["control_grad"]
-    cscratch = human.new_empty(batch, n_in * 2 * control_grad["BLOCK_CC"])
+    cscratch = human.new_empty(batch, n_in * 2 * control_grad["BLOCK_C"] * control_grad["N_CHUNKS"])
     wrap_triton(_control_grad_kernel)[(batch,)](
         human, human.stride(0), keyboards, envelopes, lfos, mod_inputs, matrix, consts, gctrl, gctrl.stride(0),
         gctrl.stride(1), cscratch, cscratch.stride(0), g_human, g_human.stride(0), **control_grad)

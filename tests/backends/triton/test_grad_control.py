@@ -38,11 +38,12 @@ def _reference_mods(program, human):
     return torch.matmul(human[:, tab[MATRIX]], inputs)
 
 
-@pytest.mark.parametrize("name", ["voice", "voicefm", "parametric", "fan_out"])
-def test_control_adjoint_equals_the_reference_autograd(name):
+@pytest.mark.parametrize("name, duration", [("voice", 0.05), ("voicefm", 0.05), ("parametric", 0.05),
+                                            ("fan_out", 0.05), ("voice", 0.3)])  # 0.3 s: 144 control samples
+def test_control_adjoint_equals_the_reference_autograd(name, duration):
     from doppel_torch.backends.triton import grad, synth as kernels
 
-    s = Synth(USER_PATCHES[name](), duration=0.05) if name in USER_PATCHES else get_synth(name, duration=0.05)
+    s = Synth(USER_PATCHES[name](), duration=duration) if name in USER_PATCHES else get_synth(name, duration=duration)
     program = s.program
     theta = 0.05 + 0.9 * s.random_params(2, seed=3, dtype=torch.float64)
     human = program.layout.table.to_human(theta).contiguous().requires_grad_(True)
