@@ -28,7 +28,6 @@ render of the same float32 theta, worst case): SynthAX reference parameters: voi
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Optional
 
 import torch
@@ -375,7 +374,7 @@ def control_block_c(block_s: int) -> int:
 
 def n_slots(program) -> int:
     """Scratch rows per sound: the oscillators whose output an FM operator reads."""
-    return max(0, max(program.column("oscillators", "slot"), default=-1) + 1)
+    return max([-1, *program.column("oscillators", "slot")]) + 1  # (max's default= is not traceable by torch.compile)
 
 
 def launch_config(program, phase_dtype: torch.dtype, noise: int, normalize: bool) -> dict[str, dict]:
@@ -467,14 +466,19 @@ def render(program, theta, *, noise, seed, indices, normalize, out, phase_dtype=
     return out
 
 
-# program -> {(device, dtype): consts, device: padded tables}: what a render needs on the device, made once.
-_DEVICE_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+def _device_cache(program) -> dict:
+    """{(device, dtype): consts, device: padded tables}: what a render needs on the device, made once and kept on the
+    program; while torch.compile traces, a fresh dict (the tensors become constants of the graph: Dynamo cannot
+    trace a cache keyed by, or stored in, the frozen Program)."""
+    if torch.compiler.is_compiling():
+        return {}
+    return program.__dict__.setdefault("_triton_device", {})
 
 
 def _device_consts(program, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """`columns.CONSTS` of a program as a tensor on `device`, made once: a host-to-device copy per render would
     wait for the GPU's queued work (a host synchronisation)."""
-    per_program = _DEVICE_CACHE.setdefault(program, {})
+    per_program = _device_cache(program)
     key = (device, dtype)
     if key not in per_program:
         per_program[key] = torch.tensor(_consts(program), dtype=dtype, device=device)
@@ -495,9 +499,9 @@ def _consts(program) -> list[float]:
 def _device_tables(program, device: torch.device) -> dict[str, torch.Tensor]:
     """The program's tables on `device` (made once); a table without rows is never read, but Triton wants a real
     pointer: it gets one -1."""
-    per_program = _DEVICE_CACHE.setdefault(program, {})
+    per_program = _device_cache(program)
     if device not in per_program:
-        tables = dict(program.on(device))
+        tables = {name: table.to(device) for name, table in program.tables.items()}
         for name, table in tables.items():
             if table.numel() == 0:
                 tables[name] = torch.full((1,), -1, dtype=torch.int32, device=device)
