@@ -1,5 +1,6 @@
-"""backend="triton": fused batched synth kernels (`synth.py`) over the program tables, their device math (`_math.py`),
-the generated column constants (`columns.py`) and the ahead-of-time compile check (`aot.py`).
+"""backend="triton": fused batched synth kernels (`synth.py`) and their backward (`grad.py`) over the program tables,
+their device math (`_math.py`), the generated column constants (`columns.py`) and the ahead-of-time compile check
+(`aot.py`).
 
 Triton is imported lazily, so that this package imports (and explains itself) where Triton is missing.
 """

@@ -1,8 +1,18 @@
-"""The adjoint of the Triton render, in Triton: dL/d(human parameters) from dL/d(audio), recomputed from theta.
+"""backend="triton"'s backward, in Triton: dL/d(human parameters) and dL/d noise from dL/d(mix), recomputed from
+the parameters (no per-module audio is kept). The math is that of `backends/cpu/csrc/synth_cpu_grad.inc` (its header
+writes out the adjoint of every stage); both kernels run one program per sound, in float64.
 
-Work in progress (issue 11). Done: the control rate's adjoint, `_control_grad_kernel` (one program = one sound):
-dL/d mods (B, n_out, C) -> dL/d human for every parameter the control rate reads (mod matrix, LFOs, ADSRs), the
-math of `backends/cpu/csrc/synth_cpu_grad.inc` ("control rate: ... and its adjoint"), vectorised:
+`_audio_grad_kernel` (chunks of BLOCK_T samples): pass 0 runs the forward (`_block`, as `synth._audio_kernel`) and
+stores a checkpoint per chunk: every oscillator's wrapped phase carry and every filter's state at its start. Then the
+chunks from last to first: the chunk recomputed from its checkpoint (FM sources' chunks to per-sound scratch rows),
+then its adjoint: the mix filter and oscillator filters by a reverse `tl.associative_scan` of the recurrence with
+the adjoint state mu = (1 - a) lambda carried into the earlier chunk; the mixer, the noise (dL/d noise for a given
+tensor) and the VCAs; the waveforms; the phase by `tl.cumsum(reverse=True)` plus the sum carried from the later
+chunks; VCO pitch and FM frequency, an FM operator's gradient to its source added to the source's gradient row
+(the oscillators walked backwards in table order, so a source's row is complete when its turn comes); the
+upsampling's adjoint into dL/d mods (B, n_out, C) by `tl.atomic_add`.
+
+`_control_grad_kernel`: dL/d mods -> dL/d human for the mod matrix, LFOs and ADSRs, vectorised:
 1. mod-input rows as (BLOCK_S, BLOCK_C) tiles, chunks of the control row from last to first: the forward
    recomputed (ADSRs, fixed-point LFO phase), insig bar = sum_o a_oi mods_o bar, a_oi bar = sum_t mods_o bar in_i;
    an LFO row's shape, weight and phase adjoint, its frequency adjoint by `tl.cumsum(reverse=True)` (the reversed
@@ -11,7 +21,8 @@ math of `backends/cpu/csrc/synth_cpu_grad.inc` ("control rate: ... and its adjoi
 2. envelope rows as (BLOCK_E, BLOCK_C) tiles: their gradients gathered from the scratch, then the ramps'
    adjoints (pow, the min / max clamps with torch's tie rules: a tie of torch.minimum sends half each way).
 Gradients are accumulated into gh (B, m) float64 with `tl.atomic_add` (a keyboard's note duration is shared by
-its envelopes). Missing: the audio rate's adjoint (oscillators, FM chains, filters, mixer, noise, normalisation).
+its envelopes; on a GPU the order of these float64 sums, and so their last bits, can vary between runs).
+The peak normalisation and `to_human` are differentiated by torch (`render_differentiable`).
 """
 
 from __future__ import annotations
