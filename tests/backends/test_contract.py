@@ -62,23 +62,17 @@ def test_out_is_written_and_returned(backend):
         synth(theta, out=out[:, :-1])
 
 
-def test_gradients_are_refused_never_dropped_without_a_backward():
-    synth, _ = _synths("triton")
-    theta = synth.random_params(2, seed=7).to(device_of("triton")).requires_grad_(True)
-    with pytest.raises(ValueError, match="backend='triton' is not differentiable yet: use backend='torch' or 'cpu'"):
-        synth(theta, validate=False)
-    with torch.no_grad():
-        assert synth(theta).shape == (2, synth.n_samples)
-
-
-@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_differentiable_backends_give_the_same_gradient(backend):
+    """Every backend is differentiable (a backend without a backward refuses gradients: tests/backends/test_grad.py)."""
     synth, ref = _synths(backend)
     theta = (0.1 + 0.8 * synth.random_params(2, seed=8, dtype=torch.float64)).requires_grad_(True)
-    synth(theta, validate=False).square().sum().backward()
+    synth(theta.to(device_of(backend)), validate=False).square().sum().backward()
     want = theta.detach().clone().requires_grad_(True)
     ref(want).square().sum().backward()
     torch.testing.assert_close(theta.grad, want.grad, rtol=1e-7, atol=1e-9 * float(want.grad.abs().max()))
+    with torch.no_grad():
+        assert synth(theta.to(device_of(backend))).shape == (2, synth.n_samples)
 
 
 def test_the_reference_is_differentiable():

@@ -668,12 +668,16 @@ def _grad_launch(n_in: int, n_out: int, n_env: int, n_osc: int, n_mix: int, n_fi
     audio = kernels._launch(n_in, n_out, n_osc, n_mix, n_filters, slots, n_samples, n_control, torch.float64,
                             noise_mode, False)["audio"]
     audio.pop("NORMALIZE")
+    # Chosen from sm_90 resource usage (aot --grad), not yet timed: stack per thread, voice / voicefm / parametric /
+    # filtered / fm_chain: 1,024 samples at 8 warps 48 / 112 / 120 / 208 / - B; 512 at 8 warps: filtered 48, fm_chain
+    # 144; 512 at 4 warps: filtered 200; 256 at 8: parametric 144; 512 at 16 warps: 48 / 72 / 48 / 120 / 48.
+    audio["BLOCK_T"] = min(audio["BLOCK_T"], 512)
     audio["N_BLOCKS"] = -(-n_samples // audio["BLOCK_T"])
     block_s, block_e = max(2, _next_pow2(n_in)), max(2, _next_pow2(n_env))
     block_c = max(4, CONTROL_GRAD_TILE // max(block_s, block_e))
     control = dict(n_in=n_in, n_out=n_out, n_env=n_env, n_control=n_control, BLOCK_S=block_s, BLOCK_E=block_e,
                    BLOCK_C=block_c, N_CHUNKS=-(-n_control // block_c), num_warps=4)
-    audio["num_warps"] = 8
+    audio["num_warps"] = 16
     return {"control_grad": control, "audio_grad": audio}
 
 
