@@ -151,10 +151,21 @@ def test_damaged_cache_entries_are_recomputed(fsdd_root, tmp_path, small_embedde
         torch.testing.assert_close(cache.get(small_embedder.cache_key, hashes[i], size=32), first["small"][i])
 
 
-def test_free_cpu_threads_stays_within_torchs_count():
+def test_free_cpu_threads_follows_the_load_average(monkeypatch):
+    from doppel_torch.eval import embed
     from doppel_torch.eval.embed import cpu_threads, free_cpu_threads
 
-    assert 1 <= free_cpu_threads() <= torch.get_num_threads()
+    monkeypatch.setattr(embed.os, "cpu_count", lambda: 8)
+    with cpu_threads(4):
+        for load, expected in ((0.0, 4), (5.0, 3), (6.6, 1), (40.0, 1)):  # min(torch's 4, round(8 - load)), >= 1
+            monkeypatch.setattr(embed.os, "getloadavg", lambda load=load: (load, load, load))
+            assert free_cpu_threads() == expected, load
+
+        def no_load_average():
+            raise OSError("no load average here")
+
+        monkeypatch.setattr(embed.os, "getloadavg", no_load_average)
+        assert free_cpu_threads() == 4
     before = torch.get_num_threads()
     with cpu_threads(1):
         assert torch.get_num_threads() == 1
