@@ -363,7 +363,7 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
     and in human units), match.wav, target.wav (the target as matched) and match.png (target vs match
     spectrograms). Ctrl-C stops early and writes the best found so far.
     """
-    from doppel_torch.synths.base import Synth, get_synth
+    from doppel_torch.synths.base import synth_from_options
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -374,12 +374,7 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
     if backend is None:
         backend = default_backend(device)
     try:
-        if patch_spec is not None:
-            from doppel_torch.spec.load import load_patch
-
-            synth = Synth(load_patch(patch_spec), backend=backend, duration=duration)
-        else:
-            synth = get_synth(synth_name, backend=backend, duration=duration)
+        synth = synth_from_options(synth_name, patch_spec, backend=backend, duration=duration)
     except (RuntimeError, ValueError) as err:
         raise click.UsageError(str(err)) from None
     if not synth._backend.differentiable:

@@ -8,7 +8,7 @@ import click
 
 from doppel_torch.delta.profile import PROFILE_GRID
 from doppel_torch.delta.spec import MAX_DELTA
-from doppel_torch.synths.base import BACKENDS, SYNTHS, Synth, get_synth
+from doppel_torch.synths.base import BACKENDS, SYNTHS, synth_from_options
 
 
 @click.command("delta-profile")
@@ -50,12 +50,7 @@ def delta_profile_command(synth_name, patch_spec, delta, n_theta, seed, backend,
         raise click.BadParameter(f"expected comma-separated deltas, e.g. 0.01,0.1,0.25,1; got {grid!r}",
                                  param_hint="--grid") from None
     try:
-        if patch_spec is not None:
-            from doppel_torch.spec.load import load_patch
-
-            synth = Synth(load_patch(patch_spec), backend=backend, duration=duration)
-        else:
-            synth = get_synth(synth_name, backend=backend, duration=duration)
+        synth = synth_from_options(synth_name, patch_spec, backend=backend, duration=duration)
     except (RuntimeError, ValueError) as err:
         raise click.UsageError(str(err)) from err
     name = synth.patch.name

@@ -184,3 +184,12 @@ def get_synth(name: str, **kwargs) -> Synth:
     if name not in SYNTHS:
         raise ValueError(f"unknown synth {name!r}: choose one of {', '.join(SYNTHS)}")
     return SYNTHS[name](**kwargs)
+
+
+def synth_from_options(name: str, patch_spec: str | None = None, **kwargs) -> Synth:
+    """The synth that a command's --synth NAME / --patch FILE.py[:NAME] options ask for (--patch wins)."""
+    if patch_spec is None:
+        return get_synth(name, **kwargs)
+    from doppel_torch.spec.load import load_patch
+
+    return Synth(load_patch(patch_spec), **kwargs)

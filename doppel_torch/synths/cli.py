@@ -8,7 +8,7 @@ import click
 
 from doppel_torch.delta.spec import GROUPS, MAX_DELTA, normalize_delta, param_groups
 from doppel_torch.pairs import NOISE_MODES
-from doppel_torch.synths.base import BACKENDS, SYNTHS, Synth, get_synth
+from doppel_torch.synths.base import BACKENDS, SYNTHS, get_synth, synth_from_options
 
 
 @click.command()
@@ -104,14 +104,8 @@ def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, 
     if ir_dir is not None and not augment:
         raise click.UsageError("--ir-dir adds reverb to the augmentation chain: use it with --augment")
     try:
-        if patch_spec is not None:
-            from doppel_torch.spec.load import load_patch
-
-            patch = load_patch(patch_spec)
-            synth_name = patch.name
-            synth = Synth(patch, backend=backend, duration=duration)
-        else:
-            synth = get_synth(synth_name, backend=backend, duration=duration)
+        synth = synth_from_options(synth_name, patch_spec, backend=backend, duration=duration)
+        synth_name = synth.patch.name
         chain = AugmentChain(synth.sample_rate, ir_paths=ir_dir, seed=seed) if augment else None
     except (RuntimeError, ValueError) as err:
         raise click.UsageError(str(err)) from err
