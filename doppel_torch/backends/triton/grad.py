@@ -449,16 +449,6 @@ def _block(h_row, ctrl_row, stride_co, kb_ptr, osc_ptr, flt_ptr, noise_tab_ptr, 
 
 
 @triton.jit
-def _noise_chunk(noise_ptr, stride_nb, pid_b, k1, k2, offs_t, mask_t, NOISE: tl.constexpr):
-    if NOISE == 2:
-        noise = tl.load(noise_ptr + pid_b * stride_nb + offs_t, mask=mask_t, other=0.0)
-    else:
-        bits = m.mix32(m.mix32(offs_t.to(tl.uint32) + k1) ^ k2)
-        noise = 2.0 * ((bits >> 8).to(tl.float64) * 5.9604644775390625e-08) - 1.0
-    return noise
-
-
-@triton.jit
 def _audio_grad_kernel(
     h_ptr, stride_hb, ctrl_ptr, stride_cb, stride_co, kb_ptr, osc_ptr, flt_ptr, noise_tab_ptr, mix_ptr, consts_ptr,
     keys_ptr, noise_ptr, stride_nb, scratch_ptr, gscratch_ptr, stride_sb, ckpt_ptr, stride_kb, grad_ptr, stride_gb,
@@ -515,7 +505,7 @@ def _audio_grad_kernel(
         mask_t = offs_t < n_samples
         noise = 0.0 * offs_t.to(two_pi.dtype)
         if NOISE != 0:
-            noise = _noise_chunk(noise_ptr, stride_nb, pid_b, k1, k2, offs_t, mask_t, NOISE)
+            noise = kernels.noise_chunk(noise_ptr, stride_nb, pid_b, k1, k2, offs_t, mask_t, NOISE, tl.float64)
         _m, _p, carry_v, state_f, _na = _block(
             h_row, ctrl_row, stride_co, kb_ptr, osc_ptr, flt_ptr, noise_tab_ptr, scratch_row, levels_v, noise_level,
             noise, t0, carry_v, state_f, mix_filter, two_pi, pi, sample_rate, log10_2, ctrl_scale, nyquist, log2e,
@@ -538,7 +528,7 @@ def _audio_grad_kernel(
         i1 = tl.minimum(i0 + 1, n_control - 1)
         noise = 0.0 * pos
         if NOISE != 0:
-            noise = _noise_chunk(noise_ptr, stride_nb, pid_b, k1, k2, offs_t, mask_t, NOISE)
+            noise = kernels.noise_chunk(noise_ptr, stride_nb, pid_b, k1, k2, offs_t, mask_t, NOISE, tl.float64)
         mix, post, _cv, _sf, noise_amp = _block(
             h_row, ctrl_row, stride_co, kb_ptr, osc_ptr, flt_ptr, noise_tab_ptr, scratch_row, levels_v, noise_level,
             noise, t0, carry0, state0, mix_filter, two_pi, pi, sample_rate, log10_2, ctrl_scale, nyquist, log2e,

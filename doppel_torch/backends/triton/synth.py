@@ -221,6 +221,18 @@ def _lowpass(x, h_row, flt_ptr, f, ctrl_row, stride_co, i0, i1, w0, w1, mask_t, 
 
 
 @triton.jit
+def noise_chunk(noise_ptr, stride_nb, pid_b, k1, k2, offs_t, mask_t, NOISE: tl.constexpr, dtype: tl.constexpr):
+    """The noise source over one chunk, in `dtype`: the given row (NOISE == 2) or the keyed draw, uniform in
+    [-1, 1) on a 2 ** -24 grid (`rng.uniform`'s rule). Shared by the forward and the backward kernels."""
+    if NOISE == 2:
+        noise = tl.load(noise_ptr + pid_b * stride_nb + offs_t, mask=mask_t, other=0.0).to(dtype)
+    else:
+        bits = m.mix32(m.mix32(offs_t.to(tl.uint32) + k1) ^ k2)
+        noise = 2.0 * ((bits >> 8).to(dtype) * 5.9604644775390625e-08) - 1.0
+    return noise
+
+
+@triton.jit
 def _audio_kernel(
     h_ptr, stride_hb, ctrl_ptr, stride_cb, stride_co, kb_ptr, osc_ptr, flt_ptr, noise_tab_ptr, mix_ptr, consts_ptr,
     keys_ptr, noise_ptr, stride_nb, scratch_ptr, stride_sb, out_ptr, stride_ob, mix_filter,
@@ -253,6 +265,8 @@ def _audio_kernel(
         levels_v = tl.where((offs_v == index) & (source == C.MIX_OSCILLATOR), level.to(out_dtype), levels_v)
         if source == C.MIX_NOISE:
             noise_level = level
+    k1 = tl.zeros((), tl.uint32)  # the keyed noise's two keys (unused unless NOISE == 1)
+    k2 = tl.zeros((), tl.uint32)
     if NOISE == 1:
         k1 = tl.load(keys_ptr + 2 * pid_b).to(tl.uint32)
         k2 = tl.load(keys_ptr + 2 * pid_b + 1).to(tl.uint32)
@@ -270,11 +284,7 @@ def _audio_kernel(
         i1 = tl.minimum(i0 + 1, n_control - 1)
         mix = tl.zeros((BLOCK_T,), dtype=out_dtype)
         if NOISE != 0:
-            if NOISE == 2:
-                noise = tl.load(noise_ptr + pid_b * stride_nb + offs_t, mask=mask_t, other=0.0).to(out_dtype)
-            else:
-                bits = m.mix32(m.mix32(offs_t.to(tl.uint32) + k1) ^ k2)
-                noise = 2.0 * ((bits >> 8).to(out_dtype) * 5.9604644775390625e-08) - 1.0
+            noise = noise_chunk(noise_ptr, stride_nb, pid_b, k1, k2, offs_t, mask_t, NOISE, out_dtype)
             noise_row = tl.load(noise_tab_ptr + C.NOISE_AMP)
             noise_amp = _upsample(ctrl_row + noise_row * stride_co, i0, i1, w0, w1, mask_t)
             mix += (noise_level * (noise.to(phase_dtype) * noise_amp)).to(out_dtype)
