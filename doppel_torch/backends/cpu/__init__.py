@@ -44,18 +44,12 @@ def cpu_render(human: torch.Tensor, words: torch.Tensor, keys: Optional[torch.Te
     Sounds are spread over torch.get_num_threads() threads."""
     batch, m = human.shape
     n_samples = out.shape[1]
-    noise_stride = n_samples if noise is not None and noise.shape[0] == batch and batch > 1 else 0
     code = library().doppel_cpu_render(
-        human.data_ptr(), batch, m, words.data_ptr(), words.numel(), None if keys is None else keys.data_ptr(),
-        None if noise is None else noise.data_ptr(), noise_stride, out.data_ptr(), int(out.dtype == torch.float64),
+        human.data_ptr(), batch, m, words.data_ptr(), words.numel(), _ptr(keys), _ptr(noise),
+        _noise_stride(noise, batch, n_samples), out.data_ptr(), int(out.dtype == torch.float64),
         n_samples, n_control, sample_rate, control_rate, eps, int(normalize), torch.get_num_threads(),
     )
-    if code == -3:
-        raise RuntimeError(f"backend='cpu': out of memory rendering {batch} sounds of {n_samples} samples; render "
-                           "fewer or shorter sounds per call")
-    if code != 0:
-        raise RuntimeError(f"backend='cpu': the kernel failed (code {code}: -1 malformed program, -2 bad sizes, -4 "
-                           "an internal error); this is a bug, please report it")
+    _check(code, "rendering", batch, n_samples)
 
 
 @cpu_render.register_fake
