@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -103,41 +104,47 @@ static inline double log2_d(double x) {
     return e_d + (2.0 * LOG2E) * (s * p);
 }
 
-// sin(2 pi x) and cos(2 pi x) for x in cycles: exact reduction to |y| <= 1/8 cycle, Taylor series to theta^16.
-static inline void sincos2pi(double x, double& sin_out, double& cos_out) {
-    const double r = x - ((x + ROUND_MAGIC) - ROUND_MAGIC);  // [-1/2, 1/2]
-    const double q = (4.0 * r + ROUND_MAGIC) - ROUND_MAGIC;  // quadrant in {-2, -1, 0, 1, 2}
-    const double th = TWO_PI * (r - 0.25 * q);               // [-pi/4, pi/4]
-    const double z = th * th;
-    double s = -1.0 / 1307674368000.0;  // -1/15!
-    s = s * z + 1.0 / 6227020800.0;
-    s = s * z - 1.0 / 39916800.0;
-    s = s * z + 1.0 / 362880.0;
-    s = s * z - 1.0 / 5040.0;
-    s = s * z + 1.0 / 120.0;
-    s = s * z - 1.0 / 6.0;
-    s = s * z + 1.0;
-    s = s * th;
-    double c = 1.0 / 20922789888000.0;  // 1/16!
-    c = c * z - 1.0 / 87178291200.0;
-    c = c * z + 1.0 / 479001600.0;
-    c = c * z - 1.0 / 3628800.0;
-    c = c * z + 1.0 / 40320.0;
-    c = c * z - 1.0 / 720.0;
-    c = c * z + 1.0 / 24.0;
-    c = c * z - 0.5;
-    c = c * z + 1.0;
-    // sin/cos(theta + q pi / 2)
-    const bool odd = q == 1.0 || q == -1.0;
-    const bool zero = q == 0.0;
-    cos_out = odd ? (q > 0.0 ? -s : s) : (zero ? c : -c);
-    sin_out = odd ? (q > 0.0 ? c : -c) : (zero ? s : -s);
+// sin(2 pi w) = w P(w^2) for |w| <= 1/4 cycle: one odd polynomial serves sine and cosine (cos(2 pi r) = sin(2 pi
+// (1/4 - |r|))), so no quadrant selection is needed. Coefficients: a least-squares fit of sin(2 pi w) / w in w^2 in
+// 40-digit arithmetic (bench/fit_sine.py prints them), rounded to the type; worst error 3.3e-16 (float64, degree 8
+// in w^2) and 1.9e-7 (float32, degree 4), 1-2 ulp of 1.
+static inline double sin2pi_quarter(double w) {
+    const double z = w * w;
+    double p = 0.10089281012943845;
+    p = p * z - 0.7177331329666157;
+    p = p * z + 3.819928075920329;
+    p = p * z - 15.094641678528019;
+    p = p * z + 42.05869392563526;
+    p = p * z - 76.70585975283137;
+    p = p * z + 81.6052492760737;
+    p = p * z - 41.341702240399755;
+    p = p * z + 6.283185307179586;
+    return w * p;
 }
 
+static inline float sin2pi_quarter_f(float w) {
+    const float z = w * w;
+    float p = 39.759613037109375f;
+    p = p * z - 76.58169555664062f;
+    p = p * z + 81.60253143310547f;
+    p = p * z - 41.34168243408203f;
+    p = p * z + 6.2831854820251465f;
+    return w * p;
+}
+
+// cos(2 pi x) for x in cycles: r = x - round(x) in [-1/2, 1/2] exactly, then 1/4 - |r| (exact) into the quarter sine.
 static inline double cos2pi(double x) {
-    double s, c;
-    sincos2pi(x, s, c);
-    return c;
+    const double r = x - ((x + ROUND_MAGIC) - ROUND_MAGIC);
+    return sin2pi_quarter(0.25 - std::fabs(r));
+}
+
+// sin and cos of 2 pi x: the sine's argument folded into the quarter, r or +-1/2 - r.
+static inline void sincos2pi(double x, double& sin_out, double& cos_out) {
+    const double r = x - ((x + ROUND_MAGIC) - ROUND_MAGIC);
+    const double a = std::fabs(r);
+    const double w = a > 0.25 ? std::copysign(0.5, r) - r : r;
+    sin_out = sin2pi_quarter(w);
+    cos_out = sin2pi_quarter(0.25 - a);
 }
 
 // tanh(y) = (e^{2y} - 1) / (e^{2y} + 1); |y| clamped at 20 where tanh is 1 to float64 precision.
@@ -163,27 +170,18 @@ static inline float from_bits_f(int32_t i) {
     return x;
 }
 
+// float32 sine and cosine: the reduction and the folds in float64 (exact), only the quarter sine in float32.
+static inline float cos2pi_f(double x) {
+    const double r = x - ((x + ROUND_MAGIC) - ROUND_MAGIC);
+    return sin2pi_quarter_f((float)(0.25 - std::fabs(r)));
+}
+
 static inline void sincos2pi_f(double x, float& sin_out, float& cos_out) {
-    const float r = (float)(x - ((x + ROUND_MAGIC) - ROUND_MAGIC));  // [-1/2, 1/2]
-    const float q = (4.0f * r + ROUND_MAGIC_F) - ROUND_MAGIC_F;
-    const float th = 6.28318530717958647f * (r - 0.25f * q);
-    const float z = th * th;
-    float s = 1.0f / 362880.0f;  // 1/9!, truncation < 2e-9
-    s = s * z - 1.0f / 5040.0f;
-    s = s * z + 1.0f / 120.0f;
-    s = s * z - 1.0f / 6.0f;
-    s = s * z + 1.0f;
-    s = s * th;
-    float c = -1.0f / 3628800.0f;  // -1/10!, truncation < 2e-10
-    c = c * z + 1.0f / 40320.0f;
-    c = c * z - 1.0f / 720.0f;
-    c = c * z + 1.0f / 24.0f;
-    c = c * z - 0.5f;
-    c = c * z + 1.0f;
-    const bool odd = q == 1.0f || q == -1.0f;
-    const bool zero = q == 0.0f;
-    cos_out = odd ? (q > 0.0f ? -s : s) : (zero ? c : -c);
-    sin_out = odd ? (q > 0.0f ? c : -c) : (zero ? s : -s);
+    const double r = x - ((x + ROUND_MAGIC) - ROUND_MAGIC);
+    const double a = std::fabs(r);
+    const double w = a > 0.25 ? std::copysign(0.5, r) - r : r;
+    sin_out = sin2pi_quarter_f((float)w);
+    cos_out = sin2pi_quarter_f((float)(0.25 - a));
 }
 
 static inline float tanh_f(float y) {
@@ -216,6 +214,34 @@ static inline uint32_t mix32(uint32_t x) {
     x ^= x >> 16;
     return x;
 }
+
+// ---- stage timers: a profiling build only (-DDOPPEL_STAGE_TIMERS; bench/cpu_stages.py) ---------------------
+// STAGE(name) charges the time since the previous mark to `name`: marks sit after each stage's code, so the
+// stages partition a sound's time. One thread (the counters are shared); the cycle counter on x86-64, else the
+// steady clock. A normal build compiles every mark to nothing.
+#define STAGE_LIST(X) X(control) X(pitch_setup) X(upsample) X(increment) X(phase) X(waveform) X(fm_modulator) \
+    X(vca) X(filter) X(noise) X(mix) X(normalize)
+#ifdef DOPPEL_STAGE_TIMERS
+enum : int {
+#define STAGE_ID(name) STAGE_##name,
+    STAGE_LIST(STAGE_ID) N_STAGES
+};
+static uint64_t g_stage_ticks[N_STAGES];
+static uint64_t g_stage_last;
+static inline uint64_t stage_now() {
+#if defined(__x86_64__)
+    return __builtin_ia32_rdtsc();
+#else
+    return (uint64_t)std::chrono::steady_clock::now().time_since_epoch().count();
+#endif
+}
+#define STAGE_START() (g_stage_last = stage_now())
+#define STAGE(name) do { const uint64_t t_ = stage_now(); g_stage_ticks[STAGE_##name] += t_ - g_stage_last; \
+    g_stage_last = t_; } while (0)
+#else
+#define STAGE_START() ((void)0)
+#define STAGE(name) ((void)0)
+#endif
 
 // ---- the program ----------------------------------------------------------------------------------------
 // The tables of doppel_torch/spec/program.py (`TABLES`), declared once here as X-macros: the column enums and the
@@ -554,11 +580,7 @@ inline void wave_sine<double>(const double* cyc, double* out) {
 }
 template <>
 inline void wave_sine<float>(const double* cyc, float* out) {
-    for (int t = 0; t < BLOCK_T; ++t) {
-        float sv, cv;
-        sincos2pi_f(cyc[t], sv, cv);
-        out[t] = cv;
-    }
+    for (int t = 0; t < BLOCK_T; ++t) out[t] = cos2pi_f(cyc[t]);
 }
 
 template <typename S>
@@ -611,7 +633,9 @@ static void lowpass_block(const Program& p, const Shape& s, const double* h, con
 template <typename S>
 static void render_sound(const Program& p, const Shape& s, const double* h, const int64_t* keys, const double* noise,
                          int normalize, S* dst, Work<S>& w) {
+    STAGE_START();
     render_control(p, s, h, w);
+    STAGE(control);
     const int64_t C = s.n_control, N = s.n_samples;
     const double inv_sr = 1.0 / s.sample_rate, nyquist = s.sample_rate / 2.0;
     const uint32_t k1 = keys ? (uint32_t)keys[0] : 0u, k2 = keys ? (uint32_t)keys[1] : 0u;
@@ -673,6 +697,7 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
             ratio[c] = exp2_d(d * (x[c + 1] - x[c]) * step * (1.0 / 12.0));
         }
     }
+    STAGE(pitch_setup);
     for (int64_t n0 = 0; n0 < N; n0 += BLOCK_T) {
         const int64_t len = std::min<int64_t>(BLOCK_T, N - n0);
         // Upsampling run by run (a run = the samples between two control points): broadcasts, no gathers.
@@ -689,6 +714,7 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
             }
             a = e;
         }
+        STAGE(upsample);
         for (int k = 0; k < p.n_osc; ++k) {
             const Osc& O = p.osc[k];
             S* out = &w.out[(size_t)k * BLOCK_T];
@@ -729,13 +755,16 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
                     a = e;
                 }
             }
+            STAGE(increment);
             carry[k] = phase_block(inc, carry[k], phase0[k], cyc);
+            STAGE(phase);
             if (O.slot >= 0) {
                 double* fm = &w.out_fm[(size_t)k * BLOCK_T];
                 if (O.kind == OSC_SQUARE_SAW)
                     wave_square_saw<double>(cyc, partials[k], shape[k], fm);
                 else
                     wave_sine<double>(cyc, fm);
+                STAGE(fm_modulator);
                 if (O.kind != OSC_FM) {  // float64 VCA, upsampled here run by run
                     for (int64_t a = n0; a < n0 + BLOCK_T;) {
                         const int32_t c = s.up_idx[a];
@@ -745,19 +774,24 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
                         a = e;
                     }
                 }
+                STAGE(vca);
                 if (O.filter >= 0) lowpass_block(p, s, h, up, O.filter, filter_state[O.filter], w.fa.data(), fm);
                 for (int t = 0; t < BLOCK_T; ++t) out[t] = (S)fm[t];
+                STAGE(filter);
                 continue;
             }
             if (O.kind == OSC_SQUARE_SAW)
                 wave_square_saw<S>(cyc, partials[k], shape[k], out);
             else
                 wave_sine<S>(cyc, out);
+            STAGE(waveform);
             if (O.kind != OSC_FM) {
                 const S* amp = up + (size_t)O.amp * UP_STRIDE;
                 for (int t = 0; t < BLOCK_T; ++t) out[t] *= amp[t];
             }
+            STAGE(vca);
             if (O.filter >= 0) lowpass_block(p, s, h, up, O.filter, filter_state[O.filter], w.fa.data(), out);
+            STAGE(filter);
         }
         S* z = w.noise.data();
         if (p.noise_amp >= 0) {
@@ -771,6 +805,7 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
                 }
             }
         }
+        STAGE(noise);
         S* m = dst + n0;
         for (int j = 0; j < p.n_mix; ++j) {
             const Mix& M = p.mix[j];
@@ -781,7 +816,9 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
             else
                 for (int64_t t = 0; t < len; ++t) m[t] += level * x[t];
         }
+        STAGE(mix);
         if (p.mix_filter >= 0) lowpass_block(p, s, h, up, p.mix_filter, filter_state[p.mix_filter], w.fa.data(), m, len);
+        STAGE(filter);
     }
     if (normalize) {
         // max |x| as an integer max over the bit patterns with the sign cleared (same order for x >= 0; NaN
@@ -800,6 +837,7 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
         if (peak > (S)1)
             for (int64_t t = 0; t < N; ++t) dst[t] = dst[t] / peak;
     }
+    STAGE(normalize);
 }
 
 
@@ -908,6 +946,21 @@ int doppel_cpu_render(const double* human, int64_t batch, int64_t m, const int32
         return -4;
     }
 }
+
+#ifdef DOPPEL_STAGE_TIMERS
+// The profiling build's counters: names (comma-separated) and ticks per stage since the last read (reset).
+const char* doppel_cpu_stage_names() {
+#define STAGE_NAME(name) #name ","
+    return STAGE_LIST(STAGE_NAME);
+}
+int doppel_cpu_stage_read(uint64_t* out) {
+    for (int i = 0; i < N_STAGES; ++i) {
+        out[i] = g_stage_ticks[i];
+        g_stage_ticks[i] = 0;
+    }
+    return N_STAGES;
+}
+#endif
 
 }  // extern "C"
 
