@@ -418,7 +418,7 @@ struct Work {
     std::vector<double> fa;      // a filter's per-sample coefficients for one block
     Work(const Program& p, const Shape& s)
         : env((size_t)p.n_env * s.n_control), lfo((size_t)p.n_lfo * s.n_control), mods((size_t)p.n_out * s.n_control),
-          inc(BLOCK_T), cyc(BLOCK_T), tmp(std::max<int64_t>(s.n_control, BLOCK_T)),
+          inc(BLOCK_T), cyc(BLOCK_T + 8), tmp(std::max<int64_t>(s.n_control, BLOCK_T)),
           geo((size_t)std::max(p.n_osc, 1) * 3 * s.n_control), up((size_t)p.n_out * (BLOCK_T + 8)),
           out((size_t)std::max(p.n_osc, 1) * BLOCK_T), noise(BLOCK_T), out_fm((size_t)std::max(p.n_osc, 1) * BLOCK_T),
           fa(BLOCK_T) {}
@@ -570,6 +570,29 @@ static inline double geometric_fill(double g, double r, double* out, int64_t len
     const double rest[4] = {p0, p1, p2, p3};
     for (int64_t l = 0; j + l < len; ++l) out[j + l] = rest[l];
     return rest[len - j];
+}
+
+// The phases of one geometric segment of a run, increments and running sum in one pass: inc[j] = g r^j and
+// cyc[j] = P + sum_{i <= j} inc[i] for j < len, eight at a time: cyc[8k + l] = Q_k + G_k W_l with G_k = g r^{8k},
+// W_l = sum_{i <= l} r^i and Q_{k+1} = Q_k + G_k W_7, i.e. two scalar recurrences per eight samples instead of a
+// serial add per sample (the eight lanes are one multiply-add of broadcasts). Writes whole groups of eight (up to 7
+// values past len, which the next segment overwrites: cyc has room); sets P to cyc[len - 1], returns g r^len.
+static inline double phase_geometric(double g, double r, double& P, double* __restrict cyc, int64_t len) {
+    // r^l and sum_{i <= l} r^i by products and sums of depth 3 (the run's start is not a long serial chain)
+    const double r2 = r * r, r4 = r2 * r2;
+    const double R[9] = {1.0, r, r2, r2 * r, r4, r4 * r, r4 * r2, r4 * (r2 * r), r4 * r4};
+    const double w1 = 1.0 + r, w3 = w1 + r2 * w1;
+    const double W[8] = {1.0, w1, w1 + r2, w3, w3 + r4, w3 + r4 * w1, w3 + r4 * (w1 + r2), w3 + r4 * w3};
+    double G = g, Q = P;
+    int64_t j = 0;
+    for (; j + 8 < len; j += 8) {
+        for (int l = 0; l < 8; ++l) cyc[j + l] = Q + G * W[l];
+        Q = Q + G * W[7];
+        G = G * R[8];
+    }
+    for (int l = 0; l < 8; ++l) cyc[j + l] = Q + G * W[l];
+    P = Q + G * W[len - 1 - j];  // = cyc[len - 1], without waiting for the store
+    return G * R[len - j];
 }
 
 template <typename S>
@@ -726,37 +749,42 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
                     f = f < 0.0 ? 0.0 : (f > nyquist ? nyquist : f);
                     inc[t] = f * inv_sr;
                 }
+                STAGE(increment);
+                carry[k] = phase_block(inc, carry[k], phase0[k], cyc);
             } else {
                 // Within a run the MIDI pitch is linear in the sample index, so the increment is geometric:
-                // inc[n + 1] = inc[n] * R (float64, <= 10 ulp drift per run). Runs that touch the [0, 127]
-                // clamp take the per-sample exp2 (same math, clamped).
+                // inc[n + 1] = inc[n] * R (float64, <= 10 ulp drift per run), summed into the phase by
+                // phase_geometric; a run clamped to 0 or 127 throughout has R = 1. Runs that cross the clamp take
+                // the per-sample exp2 (same math, clamped) and a serial sum.
                 const double* pitch = &w.mods[(size_t)O.pitch * C];
                 const double b = base[k], d = depth[k], scale = 440.0 * inv_sr;
                 const double* start = &w.geo[(size_t)k * 3 * C];
                 const double* ratio = start + C;
                 const double* inside = ratio + C;
+                double P = carry[k] + phase0[k];
                 for (int64_t a = n0; a < n0 + BLOCK_T;) {
                     const int32_t c = s.up_idx[a];
                     const int64_t e = std::min<int64_t>(s.run_end[c], n0 + BLOCK_T);
+                    double* seg = cyc + (a - n0);
                     if (inside[c] == 2.0) {
-                        for (int64_t t = a; t < e; ++t) inc[t - n0] = start[c];
+                        phase_geometric(start[c], 1.0, P, seg, e - a);
                     } else if (inside[c] != 0.0) {
                         const double g = a == s.run_start[c] ? start[c] : geo_next[k];
-                        geo_next[k] = geometric_fill(g, ratio[c], inc + (a - n0), e - a);
+                        geo_next[k] = phase_geometric(g, ratio[c], P, seg, e - a);
                     } else {
                         const double x0 = pitch[c], x1 = pitch[c + 1];
                         for (int64_t t = a; t < e; ++t) {
                             const double l = lam_d[t];
                             double midi = b + d * ((1.0 - l) * x0 + l * x1);
                             midi = midi < 0.0 ? 0.0 : (midi > 127.0 ? 127.0 : midi);
-                            inc[t - n0] = scale * exp2_d((midi - 69.0) * (1.0 / 12.0));
+                            P += scale * exp2_d((midi - 69.0) * (1.0 / 12.0));
+                            seg[t - a] = P;
                         }
                     }
                     a = e;
                 }
+                carry[k] = (P - phase0[k]) - std::floor(P - phase0[k]);
             }
-            STAGE(increment);
-            carry[k] = phase_block(inc, carry[k], phase0[k], cyc);
             STAGE(phase);
             if (O.slot >= 0) {
                 double* fm = &w.out_fm[(size_t)k * BLOCK_T];
