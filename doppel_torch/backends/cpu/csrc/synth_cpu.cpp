@@ -42,6 +42,12 @@ constexpr int LFO_PHASE_BITS = 44;                      // functional.LFO_PHASE_
 constexpr double LFO_SCALE = (double)(1ULL << LFO_PHASE_BITS);
 constexpr uint64_t LFO_MASK = (1ULL << LFO_PHASE_BITS) - 1;
 
+// ---- eight-lane vectors: GCC / Clang vector extensions, one source for AVX-512, AVX2 (two halves), NEON (four
+// pairs) or plain scalar code; element-wise IEEE arithmetic, so every target computes the same values.
+typedef double V8 __attribute__((vector_size(64)));
+
+static inline void store8(double* dst, V8 v) { std::memcpy(dst, &v, sizeof v); }  // unaligned store
+
 // ---- branch-free float64 math, vectorisable -------------------------------------------------------------
 
 static inline int64_t bits_of(double x) {
@@ -579,20 +585,20 @@ static inline double geometric_fill(double g, double r, double* out, int64_t len
 // values past len, which the next segment overwrites: cyc has room); sets P to cyc[len - 1], returns g r^len.
 static inline double phase_geometric(double g, double r, double& P, double* __restrict cyc, int64_t len) {
     // r^l and sum_{i <= l} r^i by products and sums of depth 3 (the run's start is not a long serial chain)
-    const double r2 = r * r, r4 = r2 * r2;
-    const double R[9] = {1.0, r, r2, r2 * r, r4, r4 * r, r4 * r2, r4 * (r2 * r), r4 * r4};
+    const double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+    const V8 R = {1.0, r, r2, r2 * r, r4, r4 * r, r4 * r2, r4 * (r2 * r)};
     const double w1 = 1.0 + r, w3 = w1 + r2 * w1;
-    const double W[8] = {1.0, w1, w1 + r2, w3, w3 + r4, w3 + r4 * w1, w3 + r4 * (w1 + r2), w3 + r4 * w3};
+    const V8 W = {1.0, w1, w1 + r2, w3, w3 + r4, w3 + r4 * w1, w3 + r4 * (w1 + r2), w3 + r4 * w3};
     double G = g, Q = P;
     int64_t j = 0;
     for (; j + 8 < len; j += 8) {
-        for (int l = 0; l < 8; ++l) cyc[j + l] = Q + G * W[l];
+        store8(cyc + j, Q + G * W);
         Q = Q + G * W[7];
-        G = G * R[8];
+        G = G * r8;
     }
-    for (int l = 0; l < 8; ++l) cyc[j + l] = Q + G * W[l];
+    store8(cyc + j, Q + G * W);
     P = Q + G * W[len - 1 - j];  // = cyc[len - 1], without waiting for the store
-    return G * R[len - j];
+    return len - j == 8 ? G * r8 : G * R[len - j];
 }
 
 template <typename S>
