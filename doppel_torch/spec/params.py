@@ -132,25 +132,37 @@ class ParamTable:
     def _on(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         key = (like.device, like.dtype)
         if key not in self._cache:
+            lo, hi, sym = self.minimum, self.maximum, self.symmetric
+            # to_human's per-column constants: d = a u + b, human = lo + k (|d| ** inv_curve sign(d) + s)
+            a = torch.where(sym, 2.0, 1.0).to(torch.float64)
+            b = torch.where(sym, -1.0, 0.0).to(torch.float64)
+            k = torch.where(sym, (hi - lo) / 2.0, hi - lo)
+            s = torch.where(sym, 1.0, 0.0).to(torch.float64)
             self._cache[key] = tuple(
                 t.to(device=like.device, dtype=like.dtype if t.is_floating_point() else t.dtype)
-                for t in (self.minimum, self.maximum, self.inv_curve, self.symmetric)
+                for t in (lo, hi, self.inv_curve, sym, a, b, k, s)
             )
         return self._cache[key]
 
     def to_human(self, unit: torch.Tensor) -> torch.Tensor:
-        """Normalised (..., m) in [0, 1] -> human units (..., m). Differentiable in the open cube."""
-        lo, hi, inv_curve, symmetric = self._on(unit)
-        d = torch.where(symmetric, 2.0 * unit - 1.0, unit)
-        mag = d.abs()
-        # |d| ** (1 / curve), with a zero-safe base so gradients stay finite at d = 0.
-        safe = torch.where(mag > 0, mag, torch.ones_like(mag))
-        shaped = torch.where(mag > 0, safe**inv_curve, torch.zeros_like(mag)) * torch.sign(d)
-        return torch.where(symmetric, lo + (hi - lo) / 2.0 * (shaped + 1.0), lo + (hi - lo) * shaped)
+        """Normalised (..., m) in [0, 1] -> human units (..., m). Differentiable in the open cube.
+
+        Symmetric ranges: lo + (hi - lo) / 2 (|2u - 1| ** (1 / curve) sign(2u - 1) + 1); others: lo + (hi - lo) u **
+        (1 / curve). Without autograd the zero-safe power is skipped (same values: 0 ** inv_curve = 0)."""
+        lo, _, inv_curve, _, a, b, k, s = self._on(unit)
+        d = unit * a + b
+        if torch.is_grad_enabled() and unit.requires_grad:
+            mag = d.abs()
+            # |d| ** (1 / curve), with a zero-safe base so gradients stay finite at d = 0.
+            safe = torch.where(mag > 0, mag, torch.ones_like(mag))
+            shaped = torch.where(mag > 0, safe**inv_curve, torch.zeros_like(mag)) * torch.sign(d)
+            return lo + k * (shaped + s)
+        shaped = d.abs().pow_(inv_curve).mul_(d.sign_())
+        return shaped.add_(s).mul_(k).add_(lo)
 
     def to_unit(self, human: torch.Tensor) -> torch.Tensor:
         """Human units (..., m) -> normalised [0, 1] (..., m); the inverse of `to_human`."""
-        lo, hi, inv_curve, symmetric = self._on(human)
+        lo, hi, inv_curve, symmetric, *_ = self._on(human)
         u = (human - lo) / (hi - lo)
         curve = 1.0 / inv_curve
         d = torch.where(symmetric, 2.0 * u - 1.0, u)

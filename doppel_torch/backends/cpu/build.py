@@ -187,6 +187,8 @@ def _build() -> ctypes.CDLL:
     fn.restype = c.c_int
     ptr, i64, f64, i32 = c.c_void_p, c.c_int64, c.c_double, c.c_int
     lib.doppel_cpu_grad_block.restype = i32
+    lib.doppel_cpu_sound_keys.argtypes = [c.c_uint32, c.c_uint32, ptr, i64, ptr]
+    lib.doppel_cpu_sound_keys.restype = None
     lib.doppel_cpu_grad_forward.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, i64, ptr, i32, ptr, ptr, ptr, i64, i64,
                                             f64, f64, f64, i32, i32]
     lib.doppel_cpu_grad_forward.restype = i32

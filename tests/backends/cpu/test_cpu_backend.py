@@ -210,3 +210,15 @@ def test_library_is_cached_per_source_and_flags(monkeypatch, tmp_path):
     stamp = built[0].stat().st_mtime_ns
     build._build()  # second call loads the cached library
     assert [p.stat().st_mtime_ns for p in tmp_path.rglob("*.so")] == [stamp]
+
+
+def test_sound_keys_from_the_library_equal_rng():
+    """The kernel's noise keys (eager fast path) are bit-equal to doppel_torch.rng.sound_keys, large indices and
+    seeds included."""
+    from doppel_torch import rng
+    from doppel_torch.backends.cpu import _sound_keys
+
+    index = torch.tensor([0, 1, 7, 2**31 - 1, 2**32, 2**32 + 5, 2**40 + 3, 2**62 + 11])
+    for seed in (0, 1, -5, 2**40 + 7, 2**64 - 1):
+        k1, k2 = rng.sound_keys(seed, rng.Stream.NOISE, index)
+        assert torch.equal(_sound_keys(seed, index), torch.stack((k1, k2), dim=1)), seed

@@ -963,6 +963,18 @@ const char* doppel_cpu_layout() {
 
 
 
+// The noise keys of rng.sound_keys, bit-equal: keys[2 b], keys[2 b + 1] = k1, k2 of global sound index[b] under the
+// 32-bit key `base` (rng.seed_key(seed, stream)); GOLDEN as rng.GOLDEN. (In Python this is 18 small tensor ops.)
+void doppel_cpu_sound_keys(uint32_t base, uint32_t golden, const int64_t* index, int64_t batch, int64_t* keys) {
+    const uint32_t salt = base * golden;
+    for (int64_t b = 0; b < batch; ++b) {
+        const uint64_t i = (uint64_t)index[b];
+        const uint32_t k1 = mix32(mix32((uint32_t)i ^ base) ^ (uint32_t)(i >> 32));
+        keys[2 * b] = k1;
+        keys[2 * b + 1] = mix32(k1 ^ salt);
+    }
+}
+
 // Render `batch` sounds. human: (batch, m) float64 parameters in human units; keys: (batch, 2) int64 noise keys
 // (k1, k2 of doppel_torch.rng.sound_keys) or null when noise is given; noise: float64 rows of n_samples with row
 // stride noise_stride (0: one row for all) or null; out: (batch, n_samples) float32 (out_is_double 0) or float64.
