@@ -225,7 +225,7 @@ static inline uint32_t mix32(uint32_t x) {
 // STAGE(name) charges the time since the previous mark to `name`: marks sit after each stage's code, so the
 // stages partition a sound's time. One thread (the counters are shared); the cycle counter on x86-64, else the
 // steady clock. A normal build compiles every mark to nothing.
-#define STAGE_LIST(X) X(control) X(pitch_setup) X(upsample) X(increment) X(phase) X(waveform) X(fm_modulator) \
+#define STAGE_LIST(X) X(envelopes) X(lfos) X(mod_matrix) X(pitch_setup) X(upsample) X(increment) X(phase) X(waveform) X(fm_modulator) \
     X(vca) X(filter) X(noise) X(mix) X(normalize)
 #ifdef DOPPEL_STAGE_TIMERS
 enum : int {
@@ -435,7 +435,9 @@ struct Work {
 static inline double pow_d(double r, double alpha) { return exp2_d(alpha * log2_d(r)); }
 
 // ADSR ramp r_t = min((max(t - start, 0) + eps) / dur + eps, 1) (inverse: 1 - r), zero duration -> 1; then r^alpha
-// (0 where r = 0). The power is evaluated only where r is neither 0 nor 1 and, before `start`, once.
+// (0 where r = 0). r is monotonic after the start, so it is evaluated (division and power) only between the start
+// and the first t where it reaches 1, found from an estimate and checked with the same expression; before the
+// start it holds its value at ramp 0 (one power), from that t on it is 1 (inverse: 0).
 template <bool HAS_START, bool INVERSE>
 static void adsr_ramp(double dur_s, double start_s, double alpha, const Shape& s, double* out) {
     const int64_t C = s.n_control;
@@ -446,30 +448,32 @@ static void adsr_ramp(double dur_s, double start_s, double alpha, const Shape& s
     }
     const double start = HAS_START ? start_s * s.control_rate : 0.0;
     const double eps = s.eps;
-    for (int64_t t = 0; t < C; ++t) {
+    auto ramp_at = [&](int64_t t) {
         double ramp = (double)t;
         if (HAS_START) ramp = std::max(ramp - start, 0.0);
-        const double r = std::min((ramp + eps) / dur + eps, 1.0);
-        out[t] = INVERSE ? 1.0 - r : r;
+        return std::min((ramp + eps) / dur + eps, 1.0);
+    };
+    auto power = [alpha](double r) { return r > 0.0 ? (r < 1.0 ? pow_d(r, alpha) : 1.0) : 0.0; };
+    // first t past the start (t > start): earlier samples all hold the value of ramp 0
+    const int64_t lo = HAS_START ? std::min<int64_t>(C, std::max<int64_t>(0, (int64_t)std::floor(start) + 1)) : 0;
+    if (lo > 0) {
+        const double v = power(INVERSE ? 1.0 - ramp_at(0) : ramp_at(0));
+        for (int64_t t = 0; t < lo; ++t) out[t] = v;
     }
-    int64_t lo = 0, hi = C;
-    if (HAS_START) {
-        // first t past the start (t > start): earlier samples all hold the value of ramp 0
-        const int64_t first = std::min<int64_t>(C, std::max<int64_t>(0, (int64_t)std::floor(start) + 1));
-        if (first > 0) {
-            const double r0 = out[0];
-            const double v = r0 > 0.0 ? (r0 < 1.0 ? pow_d(r0, alpha) : 1.0) : 0.0;
-            for (int64_t t = 0; t < first; ++t) out[t] = v;
-        }
-        lo = first;
-    }
-    // The ramp is monotonic after the start: r reaches 1 (inverse: 0) and stays there.
-    while (hi > lo && (out[hi - 1] == (INVERSE ? 0.0 : 1.0))) --hi;
+    // hi: the first t >= lo with r_t = 1 (C if none); the estimate start + (1 - eps) dur - eps is within a step
+    const double guess = start + (1.0 - eps) * dur - eps;
+    int64_t hi = guess < (double)lo ? lo : (guess > (double)C ? C : (int64_t)guess);
+    while (hi > lo && ramp_at(hi - 1) >= 1.0) --hi;
+    while (hi < C && ramp_at(hi) < 1.0) ++hi;
     for (int64_t t = lo; t < hi; ++t) {
-        const double r = out[t];
+        double ramp = (double)t;
+        if (HAS_START) ramp = std::max(ramp - start, 0.0);
+        const double r0 = std::min((ramp + eps) / dur + eps, 1.0);
+        const double r = INVERSE ? 1.0 - r0 : r0;
         const double pw = pow_d(r > 0.0 ? r : 1.0, alpha);
         out[t] = r > 0.0 ? pw : 0.0;
     }
+    for (int64_t t = hi; t < C; ++t) out[t] = INVERSE ? 0.0 : 1.0;
 }
 
 template <typename S>
@@ -489,6 +493,7 @@ static void render_control(const Program& p, const Shape& s, const double* h, Wo
         adsr_ramp<true, true>(release, note_on, alpha, s, tmp);
         for (int64_t t = 0; t < C; ++t) env[t] = env[t] * tmp[t];
     }
+    STAGE(envelopes);
     for (int l = 0; l < p.n_lfo; ++l) {
         const Lfo& L = p.lfo[l];
         const double* rate_env = &w.env[(size_t)L.rate_env * C];
@@ -520,6 +525,7 @@ static void render_control(const Program& p, const Shape& s, const double* h, Wo
             out[t] = v * amp_env[t];
         }
     }
+    STAGE(lfos);
     for (int o = 0; o < p.n_out; ++o) {
         double* out = &w.mods[(size_t)o * C];
         for (int64_t t = 0; t < C; ++t) out[t] = 0.0;
@@ -530,6 +536,7 @@ static void render_control(const Program& p, const Shape& s, const double* h, Wo
             for (int64_t t = 0; t < C; ++t) out[t] += a * src[t];
         }
     }
+    STAGE(mod_matrix);
 }
 
 // ---- audio rate ---------------------------------------------------------------------------------------------
@@ -664,7 +671,6 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
                          int normalize, S* dst, Work<S>& w) {
     STAGE_START();
     render_control(p, s, h, w);
-    STAGE(control);
     const int64_t C = s.n_control, N = s.n_samples;
     const double inv_sr = 1.0 / s.sample_rate, nyquist = s.sample_rate / 2.0;
     const uint32_t k1 = keys ? (uint32_t)keys[0] : 0u, k2 = keys ? (uint32_t)keys[1] : 0u;
