@@ -6,6 +6,15 @@ Builds the kernel a second time with -DDOPPEL_STAGE_TIMERS (marks after each sta
 counter; a normal build compiles them to nothing) in its own cache folder, renders each synth on one thread and
 prints, per stage, its share of the time and nanoseconds per output sample; the wall time of the normal build on
 the same inputs is printed next to it (the marks' own cost is the difference).
+
+Then the limit: the same build times each per-sample building block alone, looped over one block in L1
+(`doppel_cpu_primitive_ns`: a float32 sine, the float32 square-saw (sine, cosine, tanh), a float64 sine, a VCO's
+phase in runs of 32, a running sum, a float64 power, a float32 upsampling run, a multiply, keyed noise, an FM
+increment), and counts how many of each one output sample of the synth needs (from its program: per oscillator its
+phase, waveform and VCA; each audio-rate modulation upsampled; noise; each mixer input; the envelopes' three
+powers per control step, as if no ramp ever saturated). Their sum is the cost of the sample's arithmetic with these
+formulas and no overhead at all (no loop structure, no memory beyond L1, no stage boundaries): the fraction of it
+that the kernel reaches is printed next to the measured figure.
 """
 
 from __future__ import annotations
@@ -54,6 +63,44 @@ def main(argv=None) -> None:
                 share = t / total
                 print(f"  {stage:14s} {100 * share:5.1f} %  {share * wall * 1e9 / samples:6.2f} ns/sample")
         sys.stdout.flush()
+    lib.doppel_cpu_primitive_names.restype = ctypes.c_char_p
+    prims = lib.doppel_cpu_primitive_names().decode().split(",")
+    ns = (ctypes.c_double * len(prims))()
+    lib.doppel_cpu_primitive_ns(ctypes.c_int64(20000), ns)
+    cost = dict(zip(prims, ns))
+    print("primitives alone, ns per element (one thread, one block in L1): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in cost.items()))
+    for name in args.synths.split(","):
+        synth = get_synth(name, duration=args.duration, backend="cpu")
+        counts = _counts(synth.program)
+        limit = sum(n * cost[k] for k, n in counts.items())
+        print(f"{name}: one sample needs " + ", ".join(f"{n:g} {k}" for k, n in counts.items() if n)
+              + f" -> limit {limit:.2f} ns/sample; the kernel: {plain[name] * 1e9 / (args.batch * synth.program.n_samples):.2f}"
+              f" ns/sample, {100 * limit / (plain[name] * 1e9 / (args.batch * synth.program.n_samples)):.0f} % of the limit")
+
+
+def _counts(program) -> dict[str, float]:
+    """How many of each primitive one output sample needs (see the module docstring)."""
+    counts = dict.fromkeys(("sine_f32", "square_saw_f32", "sine_f64", "phase_geometric", "phase_sum", "pow_f64",
+                            "upsample_f32", "multiply_f32", "noise_f32", "fm_increment_f64"), 0.0)
+    sine, square_saw, fm = 0, 1, 2  # oscillator kinds (spec/program.py CODES)
+    for kind, slot in zip(program.column("oscillators", "kind"), program.column("oscillators", "slot")):
+        if kind == fm:
+            counts["fm_increment_f64"] += 1
+            counts["phase_sum"] += 1
+        else:
+            counts["phase_geometric"] += 1
+            counts["multiply_f32"] += 2 if slot >= 0 else 1  # the VCA (float64 for a modulator: two lanes' worth)
+        if slot >= 0:
+            counts["sine_f64"] += 1
+        else:
+            counts["square_saw_f32" if kind == square_saw else "sine_f32"] += 1
+    roles = program.column("mod_outputs", "role")
+    counts["upsample_f32"] += sum(1 for r in roles if r != 0)  # every role but pitch runs at audio rate
+    counts["noise_f32"] += program.rows("noise")
+    counts["multiply_f32"] += program.rows("mixer")
+    counts["pow_f64"] += 3 * program.rows("envelopes") * program.n_control / program.n_samples
+    return counts
 
 
 def _time(synth, args) -> float:

@@ -1000,6 +1000,74 @@ int doppel_cpu_render(const double* human, int64_t batch, int64_t m, const int32
 }
 
 #ifdef DOPPEL_STAGE_TIMERS
+// The profiling build's primitives in isolation: nanoseconds per element of each per-sample building block of
+// render_sound, looped `rounds` times over one block in L1 (bench/cpu_stages.py sums them into the cost of the
+// arithmetic a synth's sample needs). Names in doppel_cpu_primitive_names() order.
+const char* doppel_cpu_primitive_names() {
+    return "sine_f32,square_saw_f32,sine_f64,phase_geometric,phase_sum,pow_f64,upsample_f32,multiply_f32,noise_f32,"
+           "fm_increment_f64";
+}
+
+int doppel_cpu_primitive_ns(int64_t rounds, double* out) {
+    alignas(64) static double cyc[BLOCK_T + 8], inc[BLOCK_T], fm[BLOCK_T];
+    alignas(64) static float y[BLOCK_T + 32], amp[BLOCK_T + 32], lam[BLOCK_T + 32];
+    for (int t = 0; t < BLOCK_T; ++t) {
+        cyc[t] = 0.37 + 0.0173 * t;
+        inc[t] = 0.0173 + 1e-6 * t;
+        fm[t] = 0.5 * cos2pi(0.01 * t);
+        lam[t] = (float)(t % 33) / 33.0f;
+        amp[t] = 0.5f;
+    }
+    volatile double sink = 0.0;
+    auto time_ns = [&](auto&& body) {
+        body();
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int64_t r = 0; r < rounds; ++r) body();
+        const auto t1 = std::chrono::steady_clock::now();
+        sink = sink + cyc[7] + y[5];
+        return std::chrono::duration<double, std::nano>(t1 - t0).count() / ((double)rounds * BLOCK_T);
+    };
+    int i = 0;
+    out[i++] = time_ns([&] { wave_sine<float>(cyc, y); cyc[0] += y[3] * 1e-30; });
+    out[i++] = time_ns([&] { wave_square_saw<float>(cyc, 40.0, 0.5, y); cyc[0] += y[3] * 1e-30; });
+    out[i++] = time_ns([&] { wave_sine<double>(cyc, fm); cyc[0] += fm[3] * 1e-30; });
+    out[i++] = time_ns([&] {  // eight runs of 32 samples, as a block of a 1 s sound at 480 Hz control rate
+        double P = cyc[BLOCK_T - 1] * 1e-30, g = 0.0173 + cyc[BLOCK_T - 2] * 1e-30;
+        for (int a = 0; a < BLOCK_T; a += 32) g = phase_geometric(g, 1.0000001 + inc[a] * 1e-30, P, cyc + a, 32);
+        cyc[0] += P * 1e-30 + g * 1e-30;
+    });
+    out[i++] = time_ns([&] { const double c = phase_block(inc, 0.3, 0.1, cyc); inc[0] += c * 1e-30; });
+    out[i++] = time_ns([&] {
+        for (int t = 0; t < BLOCK_T; ++t) fm[t] = pow_d(0.001 + 0.0039 * t, 1.7);
+        cyc[0] += fm[3] * 1e-30;
+    });
+    out[i++] = time_ns([&] {  // one run of 32 samples at a time, whole 16-lane vectors (as render_sound)
+        for (int a = 0; a < BLOCK_T; a += 32) {
+            const float x0 = amp[a], x1 = amp[a + 1];
+            for (int t = a; t < a + 32; t += 16)
+                for (int l = 0; l < 16; ++l) y[t + l] = (1.0f - lam[t + l]) * x0 + lam[t + l] * x1;
+        }
+        amp[0] += y[3] * 1e-30f;
+    });
+    out[i++] = time_ns([&] { for (int t = 0; t < BLOCK_T; ++t) y[t] *= amp[t]; amp[0] += y[3] * 1e-30f; });
+    out[i++] = time_ns([&] {
+        for (int t = 0; t < BLOCK_T; ++t) {
+            const uint32_t bits = mix32(mix32((uint32_t)t + 12345u) ^ 678u);
+            y[t] = (2.0f * ((float)(int32_t)(bits >> 8) * (float)(1.0 / 16777216.0)) - 1.0f) * amp[t];
+        }
+        amp[0] += y[3] * 1e-30f;
+    });
+    out[i++] = time_ns([&] {
+        for (int t = 0; t < BLOCK_T; ++t) {
+            double f = 220.0 + 3.0 * 220.0 * fm[t];
+            f = f < 0.0 ? 0.0 : (f > 8000.0 ? 8000.0 : f);
+            inc[t] = f * (1.0 / 16000.0);
+        }
+        fm[0] += inc[3] * 1e-30;
+    });
+    return i;
+}
+
 // The profiling build's counters: names (comma-separated) and ticks per stage since the last read (reset).
 const char* doppel_cpu_stage_names() {
 #define STAGE_NAME(name) #name ","
