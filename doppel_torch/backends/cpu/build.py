@@ -8,7 +8,9 @@ library is built once per source/compiler/flags/CPU and cached under
 includes the CPU's model and feature flags, so a cache shared between different machines never loads a
 library built for another CPU. Override the compiler with `CXX` and the flags with `DOPPEL_TORCH_CXXFLAGS`.
 Fast-math is deliberately absent: the kernel's rounding tricks ((x + 1.5 * 2^52) - 1.5 * 2^52) need IEEE
-arithmetic.
+arithmetic. -ffp-contract=off keeps the compiler from fusing multiplies and adds by itself (the kernel asks for its
+fused multiply-adds with std::fma): vectorised and scalar code then round alike, and every target renders the same
+bits.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from doppel_torch.spec.program import layout_signature
 
 SOURCE = Path(__file__).parent / "csrc" / "synth_cpu.cpp"
 SOURCES = (SOURCE, SOURCE.with_name("synth_cpu_grad.inc"))  # the grad file is #included by SOURCE; both are hashed
-DEFAULT_FLAGS = "-O3 -march=native -fno-math-errno -fno-trapping-math -std=c++17"
+DEFAULT_FLAGS = "-O3 -march=native -fno-math-errno -fno-trapping-math -ffp-contract=off -std=c++17"
 
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None

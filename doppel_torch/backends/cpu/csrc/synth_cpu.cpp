@@ -14,6 +14,10 @@
 // The math equals doppel_torch/backends/torch/functional.py. The transcendental functions of the per-sample loops
 // (exp2, sin/cos of 2 pi x, tanh) and of the ADSR power are branch-free polynomials accurate to a few ulps of
 // their type, written so that the compiler vectorises the loops that call them.
+// Same bits on every target: the library is built with -ffp-contract=off (build.py), so the compiler never fuses a
+// multiply and an add on its own (it would, differently in vector and scalar code), and the polynomials use
+// std::fma explicitly, rounded once on every target. Together with IEEE arithmetic (no fast-math) the AVX-512, AVX2,
+// SSE2 and scalar builds, and NEON's, render the same bits (tests/backends/cpu/test_simd_builds.py).
 
 #include <algorithm>
 #include <atomic>
@@ -46,7 +50,7 @@ constexpr uint64_t LFO_MASK = (1ULL << LFO_PHASE_BITS) - 1;
 // pairs) or plain scalar code; element-wise IEEE arithmetic, so every target computes the same values.
 typedef double V8 __attribute__((vector_size(64)));
 
-static inline void store8(double* dst, V8 v) { std::memcpy(dst, &v, sizeof v); }  // unaligned store
+static inline void store8(double* dst, const V8& v) { std::memcpy(dst, &v, sizeof v); }  // unaligned store
 
 // ---- branch-free float64 math, vectorisable -------------------------------------------------------------
 
@@ -69,18 +73,18 @@ static inline double exp2_d(double x) {
     const double k = shifted - ROUND_MAGIC;
     const double f = (x - k) * LN2;
     double p = 1.0 / 479001600.0;  // 1/12!
-    p = p * f + 1.0 / 39916800.0;
-    p = p * f + 1.0 / 3628800.0;
-    p = p * f + 1.0 / 362880.0;
-    p = p * f + 1.0 / 40320.0;
-    p = p * f + 1.0 / 5040.0;
-    p = p * f + 1.0 / 720.0;
-    p = p * f + 1.0 / 120.0;
-    p = p * f + 1.0 / 24.0;
-    p = p * f + 1.0 / 6.0;
-    p = p * f + 0.5;
-    p = p * f + 1.0;
-    p = p * f + 1.0;
+    p = std::fma(p, f, 1.0 / 39916800.0);
+    p = std::fma(p, f, 1.0 / 3628800.0);
+    p = std::fma(p, f, 1.0 / 362880.0);
+    p = std::fma(p, f, 1.0 / 40320.0);
+    p = std::fma(p, f, 1.0 / 5040.0);
+    p = std::fma(p, f, 1.0 / 720.0);
+    p = std::fma(p, f, 1.0 / 120.0);
+    p = std::fma(p, f, 1.0 / 24.0);
+    p = std::fma(p, f, 1.0 / 6.0);
+    p = std::fma(p, f, 0.5);
+    p = std::fma(p, f, 1.0);
+    p = std::fma(p, f, 1.0);
     const int64_t k_int = bits_of(shifted) - bits_of(ROUND_MAGIC);
     return p * from_bits((k_int + 1023) << 52);
 }
@@ -96,16 +100,16 @@ static inline double log2_d(double x) {
     const double s = (m - 1.0) / (m + 1.0);
     const double z = s * s;
     double p = 1.0 / 21.0;
-    p = p * z + 1.0 / 19.0;
-    p = p * z + 1.0 / 17.0;
-    p = p * z + 1.0 / 15.0;
-    p = p * z + 1.0 / 13.0;
-    p = p * z + 1.0 / 11.0;
-    p = p * z + 1.0 / 9.0;
-    p = p * z + 1.0 / 7.0;
-    p = p * z + 1.0 / 5.0;
-    p = p * z + 1.0 / 3.0;
-    p = p * z + 1.0;
+    p = std::fma(p, z, 1.0 / 19.0);
+    p = std::fma(p, z, 1.0 / 17.0);
+    p = std::fma(p, z, 1.0 / 15.0);
+    p = std::fma(p, z, 1.0 / 13.0);
+    p = std::fma(p, z, 1.0 / 11.0);
+    p = std::fma(p, z, 1.0 / 9.0);
+    p = std::fma(p, z, 1.0 / 7.0);
+    p = std::fma(p, z, 1.0 / 5.0);
+    p = std::fma(p, z, 1.0 / 3.0);
+    p = std::fma(p, z, 1.0);
     const double e_d = from_bits(bits_of(ROUND_MAGIC) + e) - ROUND_MAGIC;
     return e_d + (2.0 * LOG2E) * (s * p);
 }
@@ -117,24 +121,24 @@ static inline double log2_d(double x) {
 static inline double sin2pi_quarter(double w) {
     const double z = w * w;
     double p = 0.10089281012943845;
-    p = p * z - 0.7177331329666157;
-    p = p * z + 3.819928075920329;
-    p = p * z - 15.094641678528019;
-    p = p * z + 42.05869392563526;
-    p = p * z - 76.70585975283137;
-    p = p * z + 81.6052492760737;
-    p = p * z - 41.341702240399755;
-    p = p * z + 6.283185307179586;
+    p = std::fma(p, z, -0.7177331329666157);
+    p = std::fma(p, z, 3.819928075920329);
+    p = std::fma(p, z, -15.094641678528019);
+    p = std::fma(p, z, 42.05869392563526);
+    p = std::fma(p, z, -76.70585975283137);
+    p = std::fma(p, z, 81.6052492760737);
+    p = std::fma(p, z, -41.341702240399755);
+    p = std::fma(p, z, 6.283185307179586);
     return w * p;
 }
 
 static inline float sin2pi_quarter_f(float w) {
     const float z = w * w;
     float p = 39.759613037109375f;
-    p = p * z - 76.58169555664062f;
-    p = p * z + 81.60253143310547f;
-    p = p * z - 41.34168243408203f;
-    p = p * z + 6.2831854820251465f;
+    p = std::fma(p, z, -76.58169555664062f);
+    p = std::fma(p, z, 81.60253143310547f);
+    p = std::fma(p, z, -41.34168243408203f);
+    p = std::fma(p, z, 6.2831854820251465f);
     return w * p;
 }
 
@@ -197,14 +201,14 @@ static inline float tanh_f(float y) {
     const float k = shifted - ROUND_MAGIC_F;
     const float f = (x - k) * 0.69314718055994531f;
     float p = 1.0f / 40320.0f;  // 1/8!, truncation < 5e-9
-    p = p * f + 1.0f / 5040.0f;
-    p = p * f + 1.0f / 720.0f;
-    p = p * f + 1.0f / 120.0f;
-    p = p * f + 1.0f / 24.0f;
-    p = p * f + 1.0f / 6.0f;
-    p = p * f + 0.5f;
-    p = p * f + 1.0f;
-    p = p * f + 1.0f;
+    p = std::fma(p, f, 1.0f / 5040.0f);
+    p = std::fma(p, f, 1.0f / 720.0f);
+    p = std::fma(p, f, 1.0f / 120.0f);
+    p = std::fma(p, f, 1.0f / 24.0f);
+    p = std::fma(p, f, 1.0f / 6.0f);
+    p = std::fma(p, f, 0.5f);
+    p = std::fma(p, f, 1.0f);
+    p = std::fma(p, f, 1.0f);
     const int32_t k_int = bits_of_f(shifted) - bits_of_f(ROUND_MAGIC_F);
     const float e = p * from_bits_f((k_int + 127) << 23);
     return (e - 1.0f) / (e + 1.0f);
