@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import datetime
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -34,7 +37,10 @@ def main(argv=None) -> None:
     parser.add_argument("--duration", type=float, default=1.0)
     parser.add_argument("--synths", default="voice,voicefm,parametric")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/cpu-stages-<date>.json)")
     args = parser.parse_args(argv)
+    report = {"date": datetime.date.today().isoformat(), "load_average": os.getloadavg(), "batch": args.batch,
+              "duration_s": args.duration, "threads": 1, "synths": {}}
     torch.set_num_threads(1)
     from doppel_torch import get_synth
     from doppel_torch.backends.cpu import build
@@ -58,10 +64,14 @@ def main(argv=None) -> None:
         samples = args.batch * synth.program.n_samples
         print(f"{name}: {synth.program.n_samples} samples x {args.batch} sounds, one thread; normal build "
               f"{plain[name] * 1e9 / samples:.2f} ns/sample, profiling build {wall * 1e9 / samples:.2f} ns/sample")
+        stages = {}
         for stage, t in zip(names, ticks):
             if t:
                 share = t / total
+                stages[stage] = {"share": share, "ns_per_sample": share * wall * 1e9 / samples}
                 print(f"  {stage:14s} {100 * share:5.1f} %  {share * wall * 1e9 / samples:6.2f} ns/sample")
+        report["synths"][name] = {"ns_per_sample": plain[name] * 1e9 / samples,
+                                  "profiling_ns_per_sample": wall * 1e9 / samples, "stages": stages}
         sys.stdout.flush()
     lib.doppel_cpu_primitive_names.restype = ctypes.c_char_p
     prims = lib.doppel_cpu_primitive_names().decode().split(",")
@@ -74,16 +84,23 @@ def main(argv=None) -> None:
         synth = get_synth(name, duration=args.duration, backend="cpu")
         counts = _counts(synth.program)
         limit = sum(n * cost[k] for k, n in counts.items())
+        report["synths"][name].update(primitives_per_sample=counts, limit_ns_per_sample=limit)
         print(f"{name}: one sample needs " + ", ".join(f"{n:g} {k}" for k, n in counts.items() if n)
               + f" -> limit {limit:.2f} ns/sample; the kernel: {plain[name] * 1e9 / (args.batch * synth.program.n_samples):.2f}"
               f" ns/sample, {100 * limit / (plain[name] * 1e9 / (args.batch * synth.program.n_samples)):.0f} % of the limit")
+
+
+    report["primitive_ns"] = cost
+    out = args.out or Path(__file__).resolve().parent / "results" / f"cpu-stages-{report['date']}.json"
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
 
 
 def _counts(program) -> dict[str, float]:
     """How many of each primitive one output sample needs (see the module docstring)."""
     counts = dict.fromkeys(("sine_f32", "square_saw_f32", "sine_f64", "phase_geometric", "phase_sum", "pow_f64",
                             "upsample_f32", "multiply_f32", "noise_f32", "fm_increment_f64"), 0.0)
-    sine, square_saw, fm = 0, 1, 2  # oscillator kinds (spec/program.py CODES)
+    square_saw, fm = 1, 2  # oscillator kinds (spec/program.py CODES; 0 is a sine)
     for kind, slot in zip(program.column("oscillators", "kind"), program.column("oscillators", "slot")):
         if kind == fm:
             counts["fm_increment_f64"] += 1

@@ -10,7 +10,8 @@ slows a round down). A last test interleaves the kernel, torchsynth and SynthAX 
 changes hit all of them alike; its ratios are the ones to quote. The
 anchors' own calls do not synchronise anything: on CPU there is nothing to wait for (JAX: block_until_ready).
 A table of sounds/s and of the cpu backend's ratio to each anchor is printed at the end and written to
-`bench/results/cpu-<cores>core-<date>.json` with the CPU model, versions and git commit.
+`bench/results/cpu-<cores>core-<date>.json` with the CPU model, versions, git commit and load average (also when only
+the interleaved test ran: `-k side_by_side`).
 Set DOPPEL_BENCH_SKIP_COMPILE=1 to skip the torch.compile cases (their compilation takes minutes on 2 cores).
 """
 
@@ -82,7 +83,7 @@ def _versions() -> dict:
 @pytest.fixture(scope="module")
 def ratio_table(request):
     yield _RESULTS
-    if not _RESULTS:
+    if not _RESULTS and not _SIDE_BY_SIDE:
         return
     lines = [f"CPU synth throughput, batch {BATCH}, 16 kHz, 1 s, float32, {torch.get_num_threads()} threads, "
              f"{_cpu_model()} ({os.cpu_count()} cores); best of rounds (1 s sounds: sounds/s = x realtime)",
@@ -124,7 +125,10 @@ def ratio_table(request):
     date = datetime.date.today().isoformat()
     result = {"device": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "date": date,
               "commit": commit, "versions": _versions(), "batch": BATCH, "rows": rows,
-              "interleaved_best_sounds_per_s": {f"{n}/{i}": BATCH / t for (n, i), t in _SIDE_BY_SIDE.items()}}
+              "interleaved_best_sounds_per_s": {f"{n}/{i}": BATCH / t for (n, i), t in _SIDE_BY_SIDE.items()},
+              "interleaved_ratio_cpu_over": {f"{n}/{i}": t / _SIDE_BY_SIDE[(n, "cpu")]
+                                             for (n, i), t in _SIDE_BY_SIDE.items() if i != "cpu" and (n, "cpu") in _SIDE_BY_SIDE},
+              "load_average": os.getloadavg()}
     folder = Path(__file__).resolve().parent / "results"
     folder.mkdir(exist_ok=True)
     path = folder / f"cpu-{os.cpu_count()}core-{date}.json"
