@@ -415,6 +415,11 @@ struct Shape {
     double lam_step;                 // (C - 1) / (N - 1): interpolation weight gained per sample
     std::vector<double> lam_first;   // (n_control,) interpolation weight of run c's first sample
     std::vector<double> lam_last;    // (n_control,) and of its last sample (contiguous: the per-run loops vectorise)
+    // The runs of each block, the same for every sound: run_a[run_first[b] .. run_first[b + 1]) are the first samples
+    // of block b's runs (its end, n0 + BLOCK_T, follows the last), run_c their control index. The per-run loops read
+    // them in order instead of chasing up_idx -> run_end from one run to the next (a chain of dependent loads).
+    std::vector<int64_t> run_first, run_a;
+    std::vector<int32_t> run_c;
 };
 
 // Per-thread buffers. Control-rate signals, phases and increments are float64; the audio-rate amplitudes,
@@ -739,9 +744,12 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
     for (int64_t n0 = 0; n0 < N; n0 += BLOCK_T) {
         const int64_t len = std::min<int64_t>(BLOCK_T, N - n0);
         // Upsampling run by run (a run = the samples between two control points): broadcasts, no gathers.
-        for (int64_t a = n0; a < n0 + BLOCK_T;) {
-            const int32_t c = s.up_idx[a];
-            const int64_t e = std::min<int64_t>(s.run_end[c], n0 + BLOCK_T);
+        const int64_t* run_a = &s.run_a[s.run_first[n0 / BLOCK_T]];
+        const int32_t* run_c = &s.run_c[s.run_first[n0 / BLOCK_T]];
+        const int n_runs = (int)(s.run_first[n0 / BLOCK_T + 1] - s.run_first[n0 / BLOCK_T]) - 1;
+        for (int r = 0; r < n_runs; ++r) {
+            const int64_t a = run_a[r], e = run_a[r + 1];
+            const int32_t c = run_c[r];
             for (int o = 0; o < p.n_out; ++o) {
                 if (!audio_rate[o]) continue;
                 const S x0 = (S)w.mods[(size_t)o * C + c], x1 = (S)w.mods[(size_t)o * C + c + 1];
@@ -750,7 +758,6 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
                 for (int64_t t = a; t < e; t += LANES)
                     for (int l = 0; l < LANES; ++l) u[t + l] = ((S)1 - lam[t + l]) * x0 + lam[t + l] * x1;
             }
-            a = e;
         }
         STAGE(upsample);
         for (int k = 0; k < p.n_osc; ++k) {
@@ -777,9 +784,9 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
                 const double* ratio = start + C;
                 const double* inside = ratio + C;
                 double P = carry[k] + phase0[k];
-                for (int64_t a = n0; a < n0 + BLOCK_T;) {
-                    const int32_t c = s.up_idx[a];
-                    const int64_t e = std::min<int64_t>(s.run_end[c], n0 + BLOCK_T);
+                for (int r = 0; r < n_runs; ++r) {
+                    const int64_t a = run_a[r], e = run_a[r + 1];
+                    const int32_t c = run_c[r];
                     double* seg = cyc + (a - n0);
                     if (inside[c] == 2.0) {
                         phase_geometric(start[c], 1.0, P, seg, e - a);
@@ -796,7 +803,6 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
                             seg[t - a] = P;
                         }
                     }
-                    a = e;
                 }
                 carry[k] = (P - phase0[k]) - std::floor(P - phase0[k]);
             }
@@ -809,12 +815,11 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
                     wave_sine<double>(cyc, fm);
                 STAGE(fm_modulator);
                 if (O.kind != OSC_FM) {  // float64 VCA, upsampled here run by run
-                    for (int64_t a = n0; a < n0 + BLOCK_T;) {
-                        const int32_t c = s.up_idx[a];
-                        const int64_t e = std::min<int64_t>(s.run_end[c], n0 + BLOCK_T);
+                    for (int r = 0; r < n_runs; ++r) {
+                        const int64_t a = run_a[r], e = run_a[r + 1];
+                        const int32_t c = run_c[r];
                         const double x0 = w.mods[(size_t)O.amp * C + c], x1 = w.mods[(size_t)O.amp * C + c + 1];
                         for (int64_t t = a; t < e; ++t) fm[t - n0] *= (1.0 - lam_d[t]) * x0 + lam_d[t] * x1;
-                        a = e;
                     }
                 }
                 STAGE(vca);
@@ -915,6 +920,16 @@ static int render_batch(const double* human, int64_t batch, int64_t m, const int
     s.lam_step = scale;
     for (int64_t n = s.n_padded; n < s.n_padded + 8; ++n) s.up_lam[n] = 1.0;
     s.up_lam_f.assign(s.up_lam.begin(), s.up_lam.end());
+    for (int64_t n0 = 0; n0 < s.n_padded; n0 += BLOCK_T) {
+        s.run_first.push_back((int64_t)s.run_a.size());
+        for (int64_t a = n0; a < n0 + BLOCK_T; a = std::min<int64_t>(s.run_end[s.up_idx[a]], n0 + BLOCK_T)) {
+            s.run_a.push_back(a);
+            s.run_c.push_back(s.up_idx[a]);
+        }
+        s.run_a.push_back(n0 + BLOCK_T);  // the block's end closes its last run
+        s.run_c.push_back(-1);
+    }
+    s.run_first.push_back((int64_t)s.run_a.size());
     s.lam_first.assign(n_control, 0.0);
     s.lam_last.assign(n_control, 0.0);
     for (int64_t c = 0; c + 1 < n_control; ++c) {
