@@ -4,8 +4,12 @@
 // parameter row feeds which module input, and the wiring), declared below as X-macros. Per sound:
 //   control rate (C samples, float64): ADSRs, LFOs (times their amplitude envelope), the modulation matrix;
 //   audio rate, in blocks of BLOCK_T samples: endpoint-aligned linear upsampling of the amplitude mod outputs,
-//   VCO/FM increments, phase as a running float64 sum (the carry is wrapped to [0, 1) after every block),
-//   waveform, VCA, keyed noise, mixer, written straight into the output row; then per-sound peak normalisation.
+//   phase as a running float64 sum (a VCO's geometric increments and their sum in one pass per control run,
+//   phase_geometric; an FM operator's from its modulator's output; the carry wrapped to [0, 1) after every block),
+//   waveform, VCA, keyed noise, mixer, written straight into the output row (the next block's lines prefetched);
+//   then per-sound peak normalisation.
+// Where the time goes, stage by stage, and the cost of a sample's arithmetic alone: bench/cpu_stages.py (a build
+// with -DDOPPEL_STAGE_TIMERS; the STAGE marks below compile to nothing otherwise).
 // Precision: float64 throughout for a float64 output. For a float32 output the phase, the increments and the FM
 // modulators stay float64 (float32 cumulative phase is what makes SynthAX's float32 FM synths drift 7-47 %,
 // DESIGN.md quirk 6) and the other waveforms, amplitudes and the mix run in float32 (8 SIMD lanes instead of 4):
