@@ -1,6 +1,6 @@
 """Where backend="cpu" spends a render: time per stage of the native kernel, per synth, on one thread.
 
-    python bench/cpu_stages.py [--batch 64] [--duration 1.0] [--synths voice,voicefm,parametric]
+    python bench/cpu_stages.py [--batch 64] [--duration 1.0] [--synths voice,voicefm,parametric] [--grad]
 
 Builds the kernel a second time with -DDOPPEL_STAGE_TIMERS (marks after each stage of render_sound read the cycle
 counter; a normal build compiles them to nothing) in its own cache folder, renders each synth on one thread and
@@ -15,6 +15,11 @@ phase, waveform and VCA; each audio-rate modulation upsampled; noise; each mixer
 powers per control step, as if no ramp ever saturated). Their sum is the cost of the sample's arithmetic with these
 formulas and no overhead at all (no loop structure, no memory beyond L1, no stage boundaries): the fraction of it
 that the kernel reaches is printed next to the measured figure.
+
+--grad: the differentiable path instead (theta requiring grad, loss = mean(audio * w), backward): the stages of
+the forward call (doppel_cpu_grad_forward) and of the backward call (doppel_cpu_grad_backward: its recompute of
+each block under the forward's stage names, then the adjoint's adj_* stages), and the time of the whole Python
+call that lies outside both kernels (to_human, the loss and its backward, autograd, allocations).
 """
 
 from __future__ import annotations
@@ -38,10 +43,13 @@ def main(argv=None) -> None:
     parser.add_argument("--synths", default="voice,voicefm,parametric")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/cpu-stages-<date>.json)")
+    parser.add_argument("--grad", action="store_true", help="the forward + backward of the differentiable path")
     args = parser.parse_args(argv)
     report = {"date": datetime.date.today().isoformat(), "load_average": os.getloadavg(), "batch": args.batch,
               "duration_s": args.duration, "threads": 1, "synths": {}}
     torch.set_num_threads(1)
+    if args.grad:
+        return _grad_stages(args)
     from doppel_torch import get_synth
     from doppel_torch.backends.cpu import build
 
@@ -130,6 +138,75 @@ def _time(synth, args) -> float:
         synth(theta, validate=False)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def _grad_step(synth, args):
+    """A callable that runs one forward + backward of `batch` sounds, as bench/test_grad_cpu.py times it."""
+    theta0 = synth.random_params(args.batch, seed=0)
+    w = torch.randn(args.batch, synth.n_samples, generator=torch.Generator().manual_seed(0))
+
+    def step():
+        theta = theta0.clone().requires_grad_(True)
+        (synth(theta, validate=False) * w).mean().backward()
+
+    return step
+
+
+def _grad_stages(args) -> None:
+    from doppel_torch import get_synth
+    from doppel_torch.backends import cpu
+    from doppel_torch.backends.cpu import build
+
+    os.environ["DOPPEL_TORCH_CXXFLAGS"] = build.DEFAULT_FLAGS + " -DDOPPEL_STAGE_TIMERS"
+    build._library = None
+    lib = build.library()
+    lib.doppel_cpu_grad_stage_names.restype = ctypes.c_char_p
+    names = lib.doppel_cpu_grad_stage_names().decode().strip(",").split(",")
+    ticks = (ctypes.c_uint64 * (2 * len(names)))()
+    kernel_s = {"doppel_cpu_grad_forward": 0.0, "doppel_cpu_grad_backward": 0.0}
+
+    class Timed:  # the library, with the two kernels' wall time summed
+        def __getattr__(self, key):
+            fn = getattr(lib, key)
+            if key not in kernel_s:
+                return fn
+
+            def timed(*a):
+                start = time.perf_counter()
+                code = fn(*a)
+                kernel_s[key] += time.perf_counter() - start
+                return code
+
+            return timed
+
+    cpu.library = lambda: Timed()
+    for name in args.synths.split(","):
+        synth = get_synth(name, duration=args.duration, backend="cpu")
+        step = _grad_step(synth, args)
+        step()
+        lib.doppel_cpu_grad_stage_read(ticks)
+        for key in kernel_s:
+            kernel_s[key] = 0.0
+        start = time.perf_counter()
+        for _ in range(args.repeats):
+            step()
+        wall = (time.perf_counter() - start) / args.repeats
+        lib.doppel_cpu_grad_stage_read(ticks)
+        fwd, bwd = (kernel_s[k] / args.repeats for k in ("doppel_cpu_grad_forward", "doppel_cpu_grad_backward"))
+        samples = args.batch * synth.program.n_samples
+        per = lambda t: t * 1e9 / samples  # noqa: E731
+        print(f"{name}: {synth.program.n_samples} samples x {args.batch} sounds, one thread, profiling build: "
+              f"forward + backward {per(wall):.2f} ns/sample = forward kernel {per(fwd):.2f} + backward kernel "
+              f"{per(bwd):.2f} + outside the kernels {per(wall - fwd - bwd):.2f}")
+        for bank, (label, kernel) in enumerate((("forward", fwd), ("backward", bwd))):
+            row = ticks[bank * len(names):(bank + 1) * len(names)]
+            total = sum(row)
+            print(f"  {label} kernel")
+            for stage, t in zip(names, row):
+                if t:
+                    share = t / total
+                    print(f"    {stage:15s} {100 * share:5.1f} %  {share * per(kernel):6.2f} ns/sample")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
