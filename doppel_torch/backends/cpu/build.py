@@ -197,7 +197,31 @@ def _build() -> ctypes.CDLL:
     lib.doppel_cpu_grad_backward.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, i64, ptr, ptr, i32, ptr, ptr, ptr, ptr,
                                              ptr, i64, i64, f64, f64, f64, i32, i32]
     lib.doppel_cpu_grad_backward.restype = i32
+    lib.doppel_cpu_use_openmp.argtypes = [ptr]
+    lib.doppel_cpu_use_openmp.restype = None
+    lib.doppel_cpu_use_openmp(openmp_parallel())  # torch (imported by every caller) has loaded its runtime
     return lib
+
+
+def openmp_parallel() -> int | None:
+    """The address of GOMP_parallel in the OpenMP runtime this process has loaded already (torch's libgomp on Linux;
+    LLVM's and Intel's runtimes export it too), or None (no /proc, no runtime, or DOPPEL_TORCH_OPENMP=0). The kernel
+    then runs its workers on that runtime's threads instead of its own (csrc/synth_cpu.cpp, "threads")."""
+    if os.environ.get("DOPPEL_TORCH_OPENMP", "1") == "0":
+        return None
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    paths = {line.split()[-1] for line in maps.splitlines()
+             if line.split()[-1].startswith("/") and any(k in line for k in ("libgomp", "libiomp", "/libomp"))}
+    for path in sorted(paths, key=lambda p: ("libgomp" not in p, p)):
+        try:
+            runtime = ctypes.CDLL(path)  # already mapped: the same library, not a second copy
+            return ctypes.cast(runtime.GOMP_parallel, ctypes.c_void_p).value
+        except (OSError, AttributeError):
+            continue
+    return None
 
 
 def library() -> ctypes.CDLL:

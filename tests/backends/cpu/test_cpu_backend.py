@@ -3,6 +3,8 @@ same sound for the same seed, batch- and thread-invariant, finite over the whole
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import pytest
 import torch
@@ -223,3 +225,59 @@ def test_sound_keys_from_the_library_equal_rng():
     for seed in (0, 1, -5, 2**40 + 7, 2**64 - 1):
         k1, k2 = rng.sound_keys(seed, rng.Stream.NOISE, index)
         assert torch.equal(_sound_keys(seed, index), torch.stack((k1, k2), dim=1)), seed
+
+
+def test_openmp_workers_and_own_threads_render_the_same():
+    """Where torch's OpenMP runtime is found, the kernel's workers are its threads (build.openmp_parallel); with
+    threads of its own (the fallback) every sound is bit-identical, at 1 and 2 threads."""
+    from doppel_torch.backends.cpu import build
+
+    cpu = get_synth("voicefm", backend="cpu", **SHORT)
+    theta = cpu.random_params(7, seed=4)
+    lib = build.library()
+    gomp = build.openmp_parallel()
+    if platform.system() == "Linux":
+        assert gomp is not None  # pip's torch ships libgomp; if this fails the kernel falls back to its own threads
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        shared = cpu(theta, seed=5)
+        lib.doppel_cpu_use_openmp(None)
+        own = cpu(theta, seed=5)
+        torch.set_num_threads(1)
+        single = cpu(theta, seed=5)
+    finally:
+        lib.doppel_cpu_use_openmp(gomp)
+        torch.set_num_threads(threads)
+    assert shared.abs().max() > 0.1
+    assert torch.equal(shared, own) and torch.equal(shared, single)
+
+
+def _render_in_child(synth, theta, queue):
+    queue.put(synth(theta, seed=5).numpy())  # by value (a tensor would travel as a shared-memory handle)
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="fork start method")
+def test_a_forked_child_renders_after_the_parent_used_openmp():
+    """GNU libgomp hangs in a child forked after its threads started: the kernel's child goes back to threads of its
+    own (pthread_atfork) and renders the same sound."""
+    import multiprocessing
+
+    cpu = get_synth("voice", backend="cpu", duration=0.1)
+    theta = cpu.random_params(6, seed=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parent = cpu(theta, seed=5)  # the OpenMP threads exist now
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_render_in_child, args=(cpu, theta, queue))
+        child.start()
+        child.join(60)
+        alive = child.is_alive()
+        if alive:
+            child.kill()
+        assert not alive, "the forked child hung"
+        assert torch.equal(torch.from_numpy(queue.get(timeout=10)), parent)
+    finally:
+        torch.set_num_threads(threads)
