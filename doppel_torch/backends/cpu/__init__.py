@@ -16,8 +16,12 @@ The kernel is the torch op `doppel_torch::cpu_render` (with a fake implementatio
 requires grad renders through `doppel_torch::cpu_render_grad`, a torch op with a native backward registered by
 `torch.library.register_autograd` (the adjoint of every stage, control rate included, in csrc/synth_cpu_grad.inc;
 the backward recomputes each block of 256 samples from a per-block checkpoint, so no per-module audio is kept).
-Gradients equal the reference's autograd (float64: <= 1e-8 relative per parameter). Why native code: torch.compile of the reference reaches 270-570 sounds/s on 2 cores after
-80-95 s of compilation (eager: 45-105 sounds/s); this kernel renders thousands per second (bench/test_synth_cpu.py).
+Gradients equal the reference's autograd (float64: <= 1e-8 relative per parameter). Why native code: torch.compile
+of the reference reaches 270-570 sounds/s on 2 cores after 80-95 s of compilation (eager: 45-105 sounds/s); this
+kernel renders 10,000-40,000 one-second sounds per second there, 10-15x SynthAX's jit and 11-12x torchsynth's Voice
+(bench/test_synth_cpu.py; where its time goes: bench/cpu_stages.py). Its workers are torch's OpenMP threads where
+torch's libgomp is loaded (build.openmp_parallel), threads of its own otherwise; every SIMD build renders the same
+bits (tests/backends/cpu/test_simd_builds.py).
 """
 
 from __future__ import annotations
