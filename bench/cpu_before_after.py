@@ -47,16 +47,7 @@ def _compile_at(commit: str, folder: Path) -> ctypes.CDLL:
     flags = shlex.split(build.DEFAULT_FLAGS)
     subprocess.run([build._compiler(), *flags, "-shared", "-fPIC", "-pthread", str(folder / build.SOURCE.name), "-o",
                     str(target)], check=True)
-    return _declare(ctypes.CDLL(str(target)))
-
-
-def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    c = ctypes
-    lib.doppel_cpu_render.argtypes = [c.c_void_p, c.c_int64, c.c_int64, c.c_void_p, c.c_int64, c.c_void_p, c.c_void_p,
-                                      c.c_int64, c.c_void_p, c.c_int, c.c_int64, c.c_int64, c.c_double, c.c_double,
-                                      c.c_double, c.c_int, c.c_int]
-    lib.doppel_cpu_render.restype = c.c_int
-    return lib
+    return build.declare(ctypes.CDLL(str(target)))
 
 
 def main(argv=None) -> None:

@@ -152,6 +152,28 @@ def _intact(target: Path) -> bool:
         return False
 
 
+def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Set the C signatures of the kernel library's entry points (those it has: a library built from an older source,
+    as bench/cpu_before_after.py loads, may lack the newer ones)."""
+    c = ctypes
+    ptr, i64, f64, i32 = c.c_void_p, c.c_int64, c.c_double, c.c_int
+    signatures = {
+        "doppel_cpu_render": ([ptr, i64, i64, ptr, i64, ptr, ptr, i64, ptr, i32, i64, i64, f64, f64, f64, i32, i32], i32),
+        "doppel_cpu_grad_block": ([], i32),
+        "doppel_cpu_sound_keys": ([c.c_uint32, c.c_uint32, ptr, i64, ptr], None),
+        "doppel_cpu_grad_forward": ([ptr, i64, i64, ptr, i64, ptr, ptr, i64, ptr, i32, ptr, ptr, ptr, i64, i64, f64, f64,
+                                     f64, i32, i32], i32),
+        "doppel_cpu_grad_backward": ([ptr, i64, i64, ptr, i64, ptr, ptr, i64, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i64,
+                                      i64, f64, f64, f64, i32, i32], i32),
+        "doppel_cpu_use_openmp": ([ptr], None),
+    }
+    for name, (args, result) in signatures.items():
+        if hasattr(lib, name):
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = args, result
+    return lib
+
+
 def _build() -> ctypes.CDLL:
     cxx = _compiler()
     flags = shlex.split(os.environ.get("DOPPEL_TORCH_CXXFLAGS", DEFAULT_FLAGS))
@@ -180,25 +202,7 @@ def _build() -> ctypes.CDLL:
             f"backend='cpu': the kernel in {target} reads other program tables than doppel_torch.spec.program defines "
             f"(kernel: {declared!r}; spec: {layout_signature()!r}); update the X-macro lists in {SOURCE.name}"
         )
-    fn = lib.doppel_cpu_render
-    c = ctypes
-    fn.argtypes = [
-        c.c_void_p, c.c_int64, c.c_int64, c.c_void_p, c.c_int64, c.c_void_p, c.c_void_p, c.c_int64, c.c_void_p,
-        c.c_int, c.c_int64, c.c_int64, c.c_double, c.c_double, c.c_double, c.c_int, c.c_int,
-    ]
-    fn.restype = c.c_int
-    ptr, i64, f64, i32 = c.c_void_p, c.c_int64, c.c_double, c.c_int
-    lib.doppel_cpu_grad_block.restype = i32
-    lib.doppel_cpu_sound_keys.argtypes = [c.c_uint32, c.c_uint32, ptr, i64, ptr]
-    lib.doppel_cpu_sound_keys.restype = None
-    lib.doppel_cpu_grad_forward.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, i64, ptr, i32, ptr, ptr, ptr, i64, i64,
-                                            f64, f64, f64, i32, i32]
-    lib.doppel_cpu_grad_forward.restype = i32
-    lib.doppel_cpu_grad_backward.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, i64, ptr, ptr, i32, ptr, ptr, ptr, ptr,
-                                             ptr, i64, i64, f64, f64, f64, i32, i32]
-    lib.doppel_cpu_grad_backward.restype = i32
-    lib.doppel_cpu_use_openmp.argtypes = [ptr]
-    lib.doppel_cpu_use_openmp.restype = None
+    declare(lib)
     lib.doppel_cpu_use_openmp(openmp_parallel())  # torch (imported by every caller) has loaded its runtime
     return lib
 

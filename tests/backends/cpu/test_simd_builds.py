@@ -39,13 +39,7 @@ def libraries(tmp_path_factory):
         target = folder / name / build.LIBRARY
         target.parent.mkdir()
         build._compile(cxx, flags, target)
-        lib = ctypes.CDLL(str(target))
-        c = ctypes
-        lib.doppel_cpu_render.argtypes = [c.c_void_p, c.c_int64, c.c_int64, c.c_void_p, c.c_int64, c.c_void_p,
-                                          c.c_void_p, c.c_int64, c.c_void_p, c.c_int, c.c_int64, c.c_int64,
-                                          c.c_double, c.c_double, c.c_double, c.c_int, c.c_int]
-        lib.doppel_cpu_render.restype = c.c_int
-        libs[name] = lib
+        libs[name] = build.declare(ctypes.CDLL(str(target)))
     return libs
 
 
@@ -73,15 +67,6 @@ def test_every_simd_build_renders_the_same_bits(libraries, name, dtype):
         assert torch.equal(out, outs["native"]), f"{variant}: max |diff| {(out - outs['native']).abs().max():.2e}"
 
 
-def _grad_signatures(lib) -> None:
-    ptr, i64, f64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-    lib.doppel_cpu_grad_forward.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, i64, ptr, i32, ptr, ptr, ptr, i64, i64,
-                                            f64, f64, f64, i32, i32]
-    lib.doppel_cpu_grad_backward.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, i64, ptr, ptr, i32, ptr, ptr, ptr, ptr,
-                                             ptr, i64, i64, f64, f64, f64, i32, i32]
-    lib.doppel_cpu_grad_forward.restype = lib.doppel_cpu_grad_backward.restype = i32
-
-
 @pytest.mark.parametrize("name", ["voice", "voicefm", "parametric"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_every_simd_build_differentiates_to_the_same_bits(libraries, name, dtype):
@@ -100,7 +85,6 @@ def test_every_simd_build_differentiates_to_the_same_bits(libraries, name, dtype
     rates = (program.n_control, program.sample_rate, program.control_rate, program.eps, 1, 1)
     results = {}
     for variant, lib in libraries.items():
-        _grad_signatures(lib)
         out = torch.empty(batch, n, dtype=dtype)
         ckpt = torch.empty(batch, -(-n // 256), width, dtype=torch.float64)
         peak, arg = torch.empty(batch, dtype=torch.float64), torch.empty(batch, dtype=torch.int64)
