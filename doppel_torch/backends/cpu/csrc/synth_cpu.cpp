@@ -54,9 +54,17 @@ constexpr uint64_t LFO_MASK = (1ULL << LFO_PHASE_BITS) - 1;
 
 // ---- eight-lane vectors: GCC / Clang vector extensions, one source for AVX-512, AVX2 (two halves), NEON (four
 // pairs) or plain scalar code; element-wise IEEE arithmetic, so every target computes the same values.
-typedef double V8 __attribute__((vector_size(64)));
+constexpr int VLANES = 8;  // one AVX-512 register of float64, two AVX2 ones, four NEON ones
+typedef double vd __attribute__((vector_size(VLANES * sizeof(double))));
+typedef int64_t vi __attribute__((vector_size(VLANES * sizeof(int64_t))));
 
-static inline void store8(double* dst, const V8& v) { std::memcpy(dst, &v, sizeof v); }  // unaligned store
+static inline vd vld(const double* p) {  // unaligned load
+    vd v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void vst(double* p, const vd& v) { std::memcpy(p, &v, sizeof v); }  // unaligned store
 
 // ---- branch-free float64 math, vectorisable -------------------------------------------------------------
 
@@ -638,17 +646,17 @@ static inline double geometric_fill(double g, double r, double* out, int64_t len
 static inline double phase_geometric(double g, double r, double& P, double* __restrict cyc, int64_t len) {
     // r^l and sum_{i <= l} r^i by products and sums of depth 3 (the run's start is not a long serial chain)
     const double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
-    const V8 R = {1.0, r, r2, r2 * r, r4, r4 * r, r4 * r2, r4 * (r2 * r)};
+    const vd R = {1.0, r, r2, r2 * r, r4, r4 * r, r4 * r2, r4 * (r2 * r)};
     const double w1 = 1.0 + r, w3 = w1 + r2 * w1;
-    const V8 W = {1.0, w1, w1 + r2, w3, w3 + r4, w3 + r4 * w1, w3 + r4 * (w1 + r2), w3 + r4 * w3};
+    const vd W = {1.0, w1, w1 + r2, w3, w3 + r4, w3 + r4 * w1, w3 + r4 * (w1 + r2), w3 + r4 * w3};
     double G = g, Q = P;
     int64_t j = 0;
     for (; j + 8 < len; j += 8) {
-        store8(cyc + j, Q + G * W);
+        vst(cyc + j, Q + G * W);
         Q = Q + G * W[7];
         G = G * r8;
     }
-    store8(cyc + j, Q + G * W);
+    vst(cyc + j, Q + G * W);
     P = Q + G * W[len - 1 - j];  // = cyc[len - 1], without waiting for the store
     return len - j == 8 ? G * r8 : G * R[len - j];
 }
