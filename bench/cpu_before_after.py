@@ -47,7 +47,10 @@ def _compile_at(commit: str, folder: Path) -> ctypes.CDLL:
     flags = shlex.split(build.DEFAULT_FLAGS)
     subprocess.run([build._compiler(), *flags, "-shared", "-fPIC", "-pthread", str(folder / build.SOURCE.name), "-o",
                     str(target)], check=True)
-    return build.declare(ctypes.CDLL(str(target)))
+    lib = build.declare(ctypes.CDLL(str(target)))
+    if hasattr(lib, "doppel_cpu_use_openmp"):  # the same workers as the working tree's, where the old kernel can
+        lib.doppel_cpu_use_openmp(build.openmp_parallel())
+    return lib
 
 
 def main(argv=None) -> None:
