@@ -25,10 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from doppel_torch import get_synth
+from test_synth import cpu_model  # bench/test_synth.py: shared by the bench files
 
 BATCH = 64
 SYNTHS = ("voice", "voicefm", "parametric")
@@ -81,16 +81,6 @@ def _peak_bytes(name: str, backend: str) -> int:
     return int(proc.stdout.strip().splitlines()[-1])
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def test_cpu_grad_side_by_side(request):
     cases = {(name, impl): _case(name, impl) for name in SYNTHS for impl in IMPLS}
     for run in cases.values():  # kernel build, first-call costs
@@ -109,7 +99,7 @@ def test_cpu_grad_side_by_side(request):
     memory = {key: _peak_bytes(*key) / BATCH for key in cases}
     rows = []
     lines = [f"forward + backward, batch {BATCH}, 16 kHz, 1 s, float32, {torch.get_num_threads()} threads, "
-             f"{_cpu_model()} ({os.cpu_count()} cores); best of {ROUNDS} interleaved rounds",
+             f"{cpu_model()} ({os.cpu_count()} cores); best of {ROUNDS} interleaved rounds",
              f"{'synth':10s} {'cpu sounds/s':>12s} {'ref sounds/s':>12s} {'speedup':>8s} {'cpu B/sound':>12s} "
              f"{'ref B/sound':>12s} {'memory':>7s}"]
     for name in SYNTHS:
@@ -133,7 +123,7 @@ def test_cpu_grad_side_by_side(request):
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     date = datetime.date.today().isoformat()
-    result = {"device": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "date": date,
+    result = {"device": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "date": date,
               "commit": commit, "versions": {"python": platform.python_version(), "torch": torch.__version__},
               "batch": BATCH, "rounds": ROUNDS, "loss": "mean(audio * w), w ~ N(0, 1) fixed",
               "memory_method": "peak resident size (VmHWM after clear_refs 5) of a fresh subprocess over one "

@@ -10,9 +10,11 @@ helpers here are shared with `bench/gpu_check.py`. CPU runs skip the GPU-only ca
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +26,17 @@ SYNTHS = ("voice", "voicefm", "parametric")
 IMPLS = ("triton", "triton_fast", "torch", "torch_compile", "torchsynth", "synthax")
 BATCHES = (768, 4096)
 SYNTHAX_CLASS = {"voice": "Voice", "voicefm": "VoiceExpanded", "parametric": "ParametricSynth"}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), for the benchmarks' result files."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class Unavailable(Exception):

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from doppel_torch import get_synth
-from test_synth import Unavailable, make_case  # bench/test_synth.py: the anchors' cases, shared with gpu_check
+from test_synth import Unavailable, cpu_model, make_case  # bench/test_synth.py: the anchors' cases, shared with gpu_check
 
 BATCH = 128
 ROUNDS = {"cpu": 15, "torchsynth": 7, "synthax": 7, "torch": 3, "torch_compile": 5}
@@ -60,16 +60,6 @@ def _cpu_case(name: str):
     return run
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _versions() -> dict:
     out = {"python": platform.python_version(), "torch": torch.__version__}
     for module in ("jax", "synthax", "torchsynth", "numpy"):
@@ -86,7 +76,7 @@ def ratio_table(request):
     if not _RESULTS and not _SIDE_BY_SIDE:
         return
     lines = [f"CPU synth throughput, batch {BATCH}, 16 kHz, 1 s, float32, {torch.get_num_threads()} threads, "
-             f"{_cpu_model()} ({os.cpu_count()} cores); best of rounds (1 s sounds: sounds/s = x realtime)",
+             f"{cpu_model()} ({os.cpu_count()} cores); best of rounds (1 s sounds: sounds/s = x realtime)",
              f"{'synth':10s} {'impl':14s} {'sounds/s':>10s} {'cpu / impl':>10s} {'first call s':>12s}"]
     rows = []
     for (name, impl), r in _RESULTS.items():
@@ -123,7 +113,7 @@ def ratio_table(request):
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     date = datetime.date.today().isoformat()
-    result = {"device": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "date": date,
+    result = {"device": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "date": date,
               "commit": commit, "versions": _versions(), "batch": BATCH, "rows": rows,
               "interleaved_best_sounds_per_s": {f"{n}/{i}": BATCH / t for (n, i), t in _SIDE_BY_SIDE.items()},
               "interleaved_ratio_cpu_over": {f"{n}/{i}": t / _SIDE_BY_SIDE[(n, "cpu")]
