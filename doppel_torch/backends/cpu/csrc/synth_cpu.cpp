@@ -938,6 +938,25 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
 }
 
 
+// The endpoint-aligned linear upsampling of N samples from C control points (functional.upsample), over n_padded
+// samples (the padding reads the last sample's position): each sample's control index and interpolation weight, and
+// one past the last sample of each control index's run. Returns (C - 1) / (N - 1), the weight gained per sample.
+static double upsampling_table(int64_t n_samples, int64_t n_control, int64_t n_padded, std::vector<int32_t>& idx,
+                               std::vector<double>& lam, std::vector<int64_t>& run_end) {
+    idx.resize(n_padded);
+    lam.resize(n_padded);
+    const double scale = (double)(n_control - 1) / (double)(n_samples - 1);
+    for (int64_t n = 0; n < n_padded; ++n) {
+        const double src = scale * (double)std::min(n, n_samples - 1);
+        const int64_t i = std::min<int64_t>((int64_t)src, n_control - 2);
+        idx[n] = (int32_t)i;
+        lam[n] = src - (double)i;
+    }
+    run_end.assign(n_control, 0);
+    for (int64_t n = 0; n < n_padded; ++n) run_end[idx[n]] = n + 1;
+    return scale;
+}
+
 static int render_batch(const double* human, int64_t batch, int64_t m, const int32_t* program, int64_t program_len,
                         const int64_t* keys, const double* noise, int64_t noise_stride, void* out, int out_is_double,
                         int64_t n_samples, int64_t n_control, double sample_rate, double control_rate, double eps,
@@ -952,22 +971,10 @@ static int render_batch(const double* human, int64_t batch, int64_t m, const int
     s.sample_rate = sample_rate;
     s.control_rate = control_rate;
     s.eps = eps;
-    s.up_idx.resize(s.n_padded);
-    s.up_lam.resize(s.n_padded + 8);  // + one vector: the upsampling reads whole vectors past a run's end
-    const double scale = (double)(n_control - 1) / (double)(n_samples - 1);
-    for (int64_t n = 0; n < s.n_padded; ++n) {
-        const double src = scale * (double)std::min(n, n_samples - 1);
-        int64_t i = (int64_t)src;
-        i = std::min<int64_t>(i, n_control - 2);
-        s.up_idx[n] = (int32_t)i;
-        s.up_lam[n] = src - (double)i;
-    }
-    s.run_end.assign(n_control, 0);
-    for (int64_t n = 0; n < s.n_padded; ++n) s.run_end[s.up_idx[n]] = n + 1;
+    s.lam_step = upsampling_table(n_samples, n_control, s.n_padded, s.up_idx, s.up_lam, s.run_end);
+    s.up_lam.resize(s.n_padded + 8, 1.0);  // + one vector: the upsampling reads whole vectors past a run's end
     s.run_start.assign(n_control, s.n_padded);
     for (int64_t n = s.n_padded - 1; n >= 0; --n) s.run_start[s.up_idx[n]] = n;
-    s.lam_step = scale;
-    for (int64_t n = s.n_padded; n < s.n_padded + 8; ++n) s.up_lam[n] = 1.0;
     s.up_lam_f.assign(s.up_lam.begin(), s.up_lam.end());
     for (int64_t n0 = 0; n0 < s.n_padded; n0 += BLOCK_T) {
         s.run_first.push_back((int64_t)s.run_a.size());
