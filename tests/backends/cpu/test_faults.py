@@ -5,6 +5,7 @@ killed compiles are removed. Each check that could crash runs in a subprocess.""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -88,3 +89,20 @@ def test_leftovers_of_a_killed_compile_are_removed(tmp_path, monkeypatch):
     os.utime(old, (0, 0))
     build._build()
     assert not old.exists() and fresh.exists()  # a compile under way elsewhere keeps its file
+
+
+def test_a_wheel_ships_every_source_the_kernel_build_reads():
+    """A regular (non-editable) install copies only the package-data globs of pyproject.toml next to the code: every
+    file build.py compiles or #includes must match one, or `pip install doppel-torch` cannot build the kernel (the
+    gradient file was missing once)."""
+    import fnmatch
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = Path(__file__).resolve().parents[3]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["doppel_torch"]
+    package = root / "doppel_torch"
+    for source in build.SOURCES:
+        relative = source.resolve().relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(relative, g) for g in globs), f"{relative} is not in package-data {globs}"
+    included = set(re.findall(r'#include "([^"]+)"', build.SOURCE.read_text()))
+    assert included <= {s.name for s in build.SOURCES}, "a local #include that build.SOURCES does not hash"
