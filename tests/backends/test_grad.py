@@ -163,7 +163,7 @@ def test_guarded_points_give_the_reference_values(name, backend):
     assert _worst_relative(got, want) <= 1e-7
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + list(USER_PATCHES))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_float32_gradients_are_finite_and_close(name, backend):
     """A float32 theta: the kernel differentiates in float64 and returns float32 gradients. Measured (1 s, 8 interior
@@ -178,6 +178,41 @@ def test_float32_gradients_are_finite_and_close(name, backend):
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     rel = (got.double() - want).norm(dim=-1) / want.norm(dim=-1)
     assert float(rel.max()) <= 1e-5, float(rel.max())
+
+
+@pytest.mark.parametrize("name", NAMES + list(USER_PATCHES))
+def test_float32_differentiable_render_is_the_plain_render(name):
+    """backend="cpu", float32: the differentiable render is the plain kernel writing its checkpoints as it goes, so
+    its audio has the same bits as the non-differentiable render (keyed and explicit noise, normalised or not); the
+    checkpoints it writes (phase carries, filter states), peaks and their indices are the float64 forward's to float32
+    precision (the backward recomputes each block from them in float64: a carry that meant something else, phase0
+    included or not wrapped, would be a whole cycle or phase0 away)."""
+    from doppel_torch.backends.cpu import cpu_render_grad
+
+    _, fused = _synths(name, **SHORT)
+    theta = _interior(fused, 3, seed=18, dtype=torch.float32)
+    noise = 2.0 * torch.rand(3, fused.n_samples, generator=torch.Generator().manual_seed(9)) - 1.0
+    for kwargs in (dict(seed=4), dict(seed=4, normalize=False), dict(noise=noise)):
+        with torch.no_grad():
+            plain = fused(theta, **kwargs)
+        differentiable = fused(theta.clone().requires_grad_(True), **kwargs)
+        assert differentiable.requires_grad and torch.equal(differentiable.detach(), plain), kwargs
+    program = fused.synth.program
+    human = program.layout.table.to_human(theta.double()).contiguous()
+    keys = torch.tensor([[123, 456], [7, 8], [9, 10]], dtype=torch.int64) if program.rows("noise") else None
+    n_state = program.rows("oscillators") + program.rows("filters")
+    args = (human, program.words, keys, None, program.n_samples, program.n_control, n_state, program.sample_rate,
+            program.control_rate, program.eps, True)
+    audio32, ckpt32, peak32, arg32 = cpu_render_grad(*args, False)
+    audio64, ckpt64, peak64, arg64 = cpu_render_grad(*args, True)
+    n_osc = program.rows("oscillators")
+    turns = ckpt32[..., :n_osc] - ckpt64[..., :n_osc]
+    assert float((turns - turns.round()).abs().max()) < 1e-6  # phase carries: cycles, wrapped
+    assert ((ckpt32[..., :n_osc] >= 0) & (ckpt32[..., :n_osc] < 1)).all()
+    torch.testing.assert_close(ckpt32[..., n_osc:], ckpt64[..., n_osc:], rtol=1e-4, atol=1e-5)  # filter states
+    torch.testing.assert_close(peak32, peak64, rtol=1e-5, atol=0)
+    assert torch.equal(arg32, arg64)
+    torch.testing.assert_close(audio32.double(), audio64, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

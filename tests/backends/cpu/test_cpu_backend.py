@@ -180,7 +180,7 @@ def test_gradients_flow_and_no_grad_renders_as_before():
     with torch.no_grad():
         plain = cpu(theta)
     assert not plain.requires_grad
-    torch.testing.assert_close(plain, audio.detach(), atol=1e-5, rtol=0)
+    assert torch.equal(plain, audio.detach())  # float32: the differentiable render is the plain one, bit for bit
     assert not cpu(theta.detach()).requires_grad
 
 

@@ -719,9 +719,15 @@ static void lowpass_block(const Program& p, const Shape& s, const double* h, con
 }
 
 // One sound: control stage, then audio blocks written straight into dst (B row of the output), then the peak.
+// ckpt, when not null, also receives what the gradient path's backward reads (synth_cpu_grad.inc,
+// grad_sound_backward): per block start (n_blocks, n_osc + n_filt) float64 rows, every oscillator's phase carry (its
+// cumulative phase without phase0, wrapped to [0, 1): the convention of phase_block) and every filter's state; and
+// *peak / *arg, max |mix| before normalisation and its first index. A float32 differentiable render is then this
+// render, bit for bit.
 template <typename S>
 static void render_sound(const Program& p, const Shape& s, const double* h, const int64_t* keys, const double* noise,
-                         int normalize, S* dst, Work<S>& w) {
+                         int normalize, S* dst, Work<S>& w, double* ckpt = nullptr, double* peak_out = nullptr,
+                         int64_t* arg_out = nullptr) {
     STAGE_START();
     render_control(p, s, h, w);
     const int64_t C = s.n_control, N = s.n_samples;
@@ -788,6 +794,11 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
     STAGE(pitch_setup);
     for (int64_t n0 = 0; n0 < N; n0 += BLOCK_T) {
         const int64_t len = std::min<int64_t>(BLOCK_T, N - n0);
+        if (ckpt) {
+            double* row = ckpt + (n0 / BLOCK_T) * (p.n_osc + p.n_filt);
+            for (int k = 0; k < p.n_osc; ++k) row[k] = carry[k];
+            for (int f = 0; f < p.n_filt; ++f) row[p.n_osc + f] = filter_state[f];
+        }
         // The next block's output lines, requested now for writing: their misses overlap this block's work
         // instead of stalling the mix (measured: the mix's read-modify-write passes cost 5-9 % without).
         for (int64_t t = n0 + BLOCK_T; t < std::min<int64_t>(N, n0 + 2 * BLOCK_T); t += 64 / (int64_t)sizeof(S))
@@ -917,7 +928,7 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
         if (p.mix_filter >= 0) lowpass_block(p, s, h, up, p.mix_filter, filter_state[p.mix_filter], w.fa.data(), m, len);
         STAGE(filter);
     }
-    if (normalize) {
+    if (normalize || peak_out) {
         // max |x| as an integer max over the bit patterns with the sign cleared (same order for x >= 0; NaN
         // cannot occur): a reduction the compiler vectorises without fast-math.
         using I = typename std::conditional<sizeof(S) == 8, int64_t, int32_t>::type;
@@ -931,7 +942,17 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
         }
         S peak;
         std::memcpy(&peak, &top, sizeof(S));
-        if (peak > (S)1)
+        if (peak_out) {  // the first sample at the peak (the same bits, sign cleared)
+            int64_t at = 0;
+            for (; at + 1 < N; ++at) {
+                I bits;
+                std::memcpy(&bits, &dst[at], sizeof(S));
+                if ((bits & mask) == top) break;
+            }
+            *peak_out = (double)peak;
+            *arg_out = at;
+        }
+        if (normalize && peak > (S)1)
             for (int64_t t = 0; t < N; ++t) dst[t] = dst[t] / peak;
     }
     STAGE(normalize);
@@ -957,10 +978,13 @@ static double upsampling_table(int64_t n_samples, int64_t n_control, int64_t n_p
     return scale;
 }
 
+// ckpt / peak / arg: null, or render_sound's checkpoints ((batch, n_blocks, n_osc + n_filt) float64), peaks and
+// their indices (batch,) for the gradient path's backward.
 static int render_batch(const double* human, int64_t batch, int64_t m, const int32_t* program, int64_t program_len,
                         const int64_t* keys, const double* noise, int64_t noise_stride, void* out, int out_is_double,
                         int64_t n_samples, int64_t n_control, double sample_rate, double control_rate, double eps,
-                        int normalize, int n_threads) {
+                        int normalize, int n_threads, double* ckpt = nullptr, double* peak = nullptr,
+                        int64_t* arg = nullptr) {
     Program p;
     if (!p.parse(program, program_len) || !p.columns_within(m)) return -1;
     if (batch < 0 || n_samples < 2 || n_control < 2 || m <= 0) return -2;
@@ -993,6 +1017,7 @@ static int render_batch(const double* human, int64_t batch, int64_t m, const int
         s.lam_last[c] = s.up_lam[std::min(s.run_end[c], n_samples) - 1];
     }
     if (batch == 0) return 0;
+    const int64_t ckpt_stride = (int64_t)(p.n_osc + p.n_filt) * (s.n_padded / BLOCK_T);
     n_threads = std::max(1, std::min<int>(n_threads, (int)batch));
     std::atomic<int64_t> next(0);
     std::atomic<int> failed(0);
@@ -1003,12 +1028,14 @@ static int render_batch(const double* human, int64_t batch, int64_t m, const int
             Work<double> w(p, s);
             for (int64_t b; (b = next.fetch_add(1)) < batch;)
                 render_sound(p, s, human + b * m, keys ? keys + 2 * b : nullptr,
-                             noise ? noise + b * noise_stride : nullptr, normalize, (double*)out + b * n_samples, w);
+                             noise ? noise + b * noise_stride : nullptr, normalize, (double*)out + b * n_samples, w,
+                             ckpt ? ckpt + b * ckpt_stride : nullptr, peak ? peak + b : nullptr, arg ? arg + b : nullptr);
         } else {
             Work<float> w(p, s);
             for (int64_t b; (b = next.fetch_add(1)) < batch;)
                 render_sound(p, s, human + b * m, keys ? keys + 2 * b : nullptr,
-                             noise ? noise + b * noise_stride : nullptr, normalize, (float*)out + b * n_samples, w);
+                             noise ? noise + b * noise_stride : nullptr, normalize, (float*)out + b * n_samples, w,
+                             ckpt ? ckpt + b * ckpt_stride : nullptr, peak ? peak + b : nullptr, arg ? arg + b : nullptr);
         }
         } catch (const std::bad_alloc&) {
             failed = -3;
