@@ -17,7 +17,8 @@ formulas and no overhead at all (no loop structure, no memory beyond L1, no stag
 that the kernel reaches is printed next to the measured figure.
 
 --grad: the differentiable path instead (theta requiring grad, loss = mean(audio * w), backward): the stages of
-the forward call (doppel_cpu_grad_forward) and of the backward call (doppel_cpu_grad_backward: its recompute of
+the forward call (doppel_cpu_grad_forward: for a float32 theta the plain render's stages, render_sound writing the
+checkpoints; for float64 the float64 grad forward's) and of the backward call (doppel_cpu_grad_backward: its recompute of
 each block under the forward's stage names, then the adjoint's adj_* stages), and the time of the whole Python
 call that lies outside both kernels (to_human, the loss and its backward, autograd, allocations).
 """
@@ -163,6 +164,10 @@ def _grad_stages(args) -> None:
     lib.doppel_cpu_grad_stage_names.restype = ctypes.c_char_p
     names = lib.doppel_cpu_grad_stage_names().decode().strip(",").split(",")
     ticks = (ctypes.c_uint64 * (2 * len(names)))()
+    lib.doppel_cpu_stage_names.restype = ctypes.c_char_p
+    plain_names = lib.doppel_cpu_stage_names().decode().strip(",").split(",")
+    plain_ticks = [0] * len(plain_names)
+    scratch = (ctypes.c_uint64 * len(plain_names))()
     kernel_s = {"doppel_cpu_grad_forward": 0.0, "doppel_cpu_grad_backward": 0.0}
 
     class Timed:  # the library, with the two kernels' wall time summed
@@ -172,9 +177,15 @@ def _grad_stages(args) -> None:
                 return fn
 
             def timed(*a):
+                # the plain render's marks of the forward call only (the backward's render_control marks them too)
+                lib.doppel_cpu_stage_read(scratch)
                 start = time.perf_counter()
                 code = fn(*a)
                 kernel_s[key] += time.perf_counter() - start
+                if key == "doppel_cpu_grad_forward":
+                    lib.doppel_cpu_stage_read(scratch)
+                    for i, t in enumerate(scratch):
+                        plain_ticks[i] += t
                 return code
 
             return timed
@@ -185,6 +196,7 @@ def _grad_stages(args) -> None:
         step = _grad_step(synth, args)
         step()
         lib.doppel_cpu_grad_stage_read(ticks)
+        plain_ticks[:] = [0] * len(plain_names)
         for key in kernel_s:
             kernel_s[key] = 0.0
         start = time.perf_counter()
@@ -199,10 +211,12 @@ def _grad_stages(args) -> None:
               f"forward + backward {per(wall):.2f} ns/sample = forward kernel {per(fwd):.2f} + backward kernel "
               f"{per(bwd):.2f} + outside the kernels {per(wall - fwd - bwd):.2f}")
         for bank, (label, kernel) in enumerate((("forward", fwd), ("backward", bwd))):
-            row = ticks[bank * len(names):(bank + 1) * len(names)]
+            row, row_names = ticks[bank * len(names):(bank + 1) * len(names)], names
+            if bank == 0 and not any(row):  # a float32 forward: the plain render's stage marks
+                row, row_names, label = plain_ticks, plain_names, "forward (the plain render's stages)"
             total = sum(row)
             print(f"  {label} kernel")
-            for stage, t in zip(names, row):
+            for stage, t in zip(row_names, row):
                 if t:
                     share = t / total
                     print(f"    {stage:15s} {100 * share:5.1f} %  {share * per(kernel):6.2f} ns/sample")
