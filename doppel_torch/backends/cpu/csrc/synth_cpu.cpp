@@ -643,7 +643,10 @@ static inline double geometric_fill(double g, double r, double* out, int64_t len
 // W_l = sum_{i <= l} r^i and Q_{k+1} = Q_k + G_k W_7, i.e. two scalar recurrences per eight samples instead of a
 // serial add per sample (the eight lanes are one multiply-add of broadcasts). Writes whole groups of eight (up to 7
 // values past len, which the next segment overwrites: cyc has room); sets P to cyc[len - 1], returns g r^len.
-static inline double phase_geometric(double g, double r, double& P, double* __restrict cyc, int64_t len) {
+// WITH_INC: the increments too, into inc (the gradient path's recompute; whole groups of eight as cyc).
+template <bool WITH_INC = false>
+static inline double phase_geometric(double g, double r, double& P, double* __restrict cyc, int64_t len,
+                                     double* __restrict inc = nullptr) {
     // r^l and sum_{i <= l} r^i by products and sums of depth 3 (the run's start is not a long serial chain)
     const double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
     const vd R = {1.0, r, r2, r2 * r, r4, r4 * r, r4 * r2, r4 * (r2 * r)};
@@ -653,12 +656,42 @@ static inline double phase_geometric(double g, double r, double& P, double* __re
     int64_t j = 0;
     for (; j + 8 < len; j += 8) {
         vst(cyc + j, Q + G * W);
+        if (WITH_INC) vst(inc + j, G * R);
         Q = Q + G * W[7];
         G = G * r8;
     }
     vst(cyc + j, Q + G * W);
+    if (WITH_INC) vst(inc + j, G * R);
     P = Q + G * W[len - 1 - j];  // = cyc[len - 1], without waiting for the store
     return len - j == 8 ? G * r8 : G * R[len - j];
+}
+
+// Per control run c of a VCO (pitch row x (C,), base b and depth d in MIDI, scale = 440 / sample_rate, step = the
+// interpolation weight gained per sample, lam_first / lam_last = the weights of each run's first and last sample):
+// geo = [start (C), ratio (C), inside (C)], the run's first increment, the ratio between neighbouring increments,
+// and whether the whole run stays inside the MIDI clamp (the pitch is linear in a run, so its two ends decide).
+// 1: inside the clamp (geometric); 2: clamped over the whole run (one constant increment, the value the per-sample
+// path computes there: 12-19 % of runs on random theta); 0: crosses a clamp (per sample). Two passes, so that the
+// exp2 pass vectorises (8 lanes): the run's first MIDI pitch, then the increments.
+static inline void vco_runs(const double* __restrict x, double b, double d, double scale, double step,
+                            const double* __restrict lam_first, const double* __restrict lam_last, int64_t C,
+                            double* __restrict geo) {
+    double* __restrict start = geo;
+    double* __restrict ratio = start + C;
+    double* __restrict inside = ratio + C;
+    for (int64_t c = 0; c < C - 1; ++c) {
+        const double la = lam_first[c], le = lam_last[c];
+        const double ma = b + d * ((1.0 - la) * x[c] + la * x[c + 1]);
+        const double me = b + d * ((1.0 - le) * x[c] + le * x[c + 1]);
+        const bool above = ma > 127.0 && me > 127.0, below = ma < 0.0 && me < 0.0;
+        const bool in = ma >= 0.0 && ma <= 127.0 && me >= 0.0 && me <= 127.0;
+        inside[c] = in ? 1.0 : (above || below ? 2.0 : 0.0);
+        start[c] = in ? ma : (above ? 127.0 : (below ? 0.0 : ma));  // the MIDI pitch the first increment reads
+    }
+    for (int64_t c = 0; c < C - 1; ++c) {
+        start[c] = scale * exp2_d((start[c] - 69.0) * (1.0 / 12.0));
+        ratio[c] = exp2_d(d * (x[c + 1] - x[c]) * step * (1.0 / 12.0));
+    }
 }
 
 template <typename S>
@@ -762,35 +795,10 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
     std::vector<char> audio_rate(p.n_out, 0);
     for (int o = 0; o < p.n_out; ++o) audio_rate[o] = p.role[o] != ROLE_PITCH;
     std::vector<double> filter_state(p.n_filt, 0.0);
-    // Per control run c of each VCO: its first increment, the ratio between neighbours, and whether the whole
-    // run stays inside the MIDI clamp (the pitch is linear in a run, so its two ends decide).
-    for (int k = 0; k < p.n_osc; ++k) {
-        const Osc& O = p.osc[k];
-        if (O.kind == OSC_FM) continue;
-        const double* __restrict x = &w.mods[(size_t)O.pitch * C];
-        double* __restrict start = &w.geo[(size_t)k * 3 * C];
-        double* __restrict ratio = start + C;
-        double* __restrict inside = ratio + C;
-        const double* __restrict lam_first = s.lam_first.data();
-        const double* __restrict lam_last = s.lam_last.data();
-        const double b = base[k], d = depth[k], scale = 440.0 * inv_sr, step = s.lam_step;
-        // 1: inside the clamp (geometric); 2: clamped over the whole run (one constant increment, the value the
-        // per-sample path computes there: 12-19 % of runs on random theta); 0: crosses a clamp (per sample).
-        // Two passes, so that the exp2 pass vectorises (8 lanes): the run's first MIDI pitch, then the increments.
-        for (int64_t c = 0; c < C - 1; ++c) {
-            const double la = lam_first[c], le = lam_last[c];
-            const double ma = b + d * ((1.0 - la) * x[c] + la * x[c + 1]);
-            const double me = b + d * ((1.0 - le) * x[c] + le * x[c + 1]);
-            const bool above = ma > 127.0 && me > 127.0, below = ma < 0.0 && me < 0.0;
-            const bool in = ma >= 0.0 && ma <= 127.0 && me >= 0.0 && me <= 127.0;
-            inside[c] = in ? 1.0 : (above || below ? 2.0 : 0.0);
-            start[c] = in ? ma : (above ? 127.0 : (below ? 0.0 : ma));  // the MIDI pitch the first increment reads
-        }
-        for (int64_t c = 0; c < C - 1; ++c) {
-            start[c] = scale * exp2_d((start[c] - 69.0) * (1.0 / 12.0));
-            ratio[c] = exp2_d(d * (x[c + 1] - x[c]) * step * (1.0 / 12.0));
-        }
-    }
+    for (int k = 0; k < p.n_osc; ++k)
+        if (p.osc[k].kind != OSC_FM)
+            vco_runs(&w.mods[(size_t)p.osc[k].pitch * C], base[k], depth[k], 440.0 * inv_sr, s.lam_step,
+                     s.lam_first.data(), s.lam_last.data(), C, &w.geo[(size_t)k * 3 * C]);
     STAGE(pitch_setup);
     for (int64_t n0 = 0; n0 < N; n0 += BLOCK_T) {
         const int64_t len = std::min<int64_t>(BLOCK_T, N - n0);
