@@ -475,6 +475,10 @@ struct Work {
     std::vector<S> up, out, noise;
     std::vector<double> out_fm;  // float64 output of FM modulators (the carrier integrates their errors)
     std::vector<double> fa;      // a filter's per-sample coefficients for one block
+    // keep_ramps (the gradient path): render_control keeps each envelope's attack, decay and release ramps in ramps
+    // (n_env, 3, C) for the envelopes' adjoint, which would otherwise recompute their powers
+    bool keep_ramps = false;
+    std::vector<double> ramps;
     Work(const Program& p, const Shape& s)
         : env((size_t)p.n_env * s.n_control), lfo((size_t)p.n_lfo * s.n_control), mods((size_t)p.n_out * s.n_control),
           inc(BLOCK_T), cyc(BLOCK_T + 8), tmp(std::max<int64_t>(s.n_control, BLOCK_T)),
@@ -540,11 +544,14 @@ static void render_control(const Program& p, const Shape& s, const double* h, Wo
         const double new_attack = std::min(attack, note_on);
         const double new_decay = std::min(std::max(note_on - attack, 0.0), decay);
         double* env = &w.env[(size_t)e * C];
-        adsr_ramp<false, false>(new_attack, 0.0, alpha, s, env);
-        adsr_ramp<true, true>(new_decay, new_attack, alpha, s, tmp);
-        for (int64_t t = 0; t < C; ++t) env[t] = env[t] * ((1.0 - sus) * tmp[t] + sus);
-        adsr_ramp<true, true>(release, note_on, alpha, s, tmp);
-        for (int64_t t = 0; t < C; ++t) env[t] = env[t] * tmp[t];
+        double* att = w.keep_ramps ? &w.ramps[(size_t)3 * e * C] : env;
+        double* dec = w.keep_ramps ? att + C : tmp;
+        double* rel = w.keep_ramps ? att + 2 * C : tmp;
+        adsr_ramp<false, false>(new_attack, 0.0, alpha, s, att);
+        adsr_ramp<true, true>(new_decay, new_attack, alpha, s, dec);
+        for (int64_t t = 0; t < C; ++t) env[t] = att[t] * ((1.0 - sus) * dec[t] + sus);
+        adsr_ramp<true, true>(release, note_on, alpha, s, rel);
+        for (int64_t t = 0; t < C; ++t) env[t] = env[t] * rel[t];
     }
     STAGE(envelopes);
     for (int l = 0; l < p.n_lfo; ++l) {
