@@ -15,7 +15,8 @@ The kernel is the torch op `doppel_torch::cpu_render` (with a fake implementatio
 `torch.compile(fullgraph=True)` traces through a render. Differentiable: a theta (or an explicit noise tensor) that
 requires grad renders through `doppel_torch::cpu_render_grad`, a torch op with a native backward registered by
 `torch.library.register_autograd` (the adjoint of every stage, control rate included, in csrc/synth_cpu_grad.inc;
-the backward recomputes each block of 256 samples from a per-block checkpoint, so no per-module audio is kept).
+the backward recomputes each block of 256 samples from a per-block checkpoint, so no per-module audio is kept; a
+float32 theta's forward is the plain render writing those checkpoints: the same audio bits with and without grad).
 Gradients equal the reference's autograd (float64: <= 1e-8 relative per parameter). Why native code: torch.compile
 of the reference reaches 270-570 sounds/s on 2 cores after 80-95 s of compilation (eager: 45-105 sounds/s); this
 kernel renders 10,000-40,000 one-second sounds per second there, 10-15x SynthAX's jit and 11-12x torchsynth's Voice
@@ -214,8 +215,9 @@ class Backend(base.Backend):
         return out
 
     def _render_differentiable(self, program: Program, theta: torch.Tensor, *, noise, seed, indices, normalize, out):
-        """The same sound through autograd: the kernel renders it (float64 inside, written in theta's dtype) and its
-        adjoint gives dL/d human (and dL/d noise); torch differentiates only clamp and to_human, (B, m)."""
+        """The same sound through autograd: the kernel renders it (float32 theta: the plain render, the same bits,
+        writing the backward's checkpoints; float64: float64 throughout) and its adjoint (float64 inside) gives
+        dL/d human (and dL/d noise); torch differentiates only clamp and to_human, (B, m)."""
         human = program.layout.table.to_human(theta.to(torch.float64)).contiguous()
         keys = None
         if noise is None and program.rows("noise"):
