@@ -50,10 +50,67 @@ def default_backend(device: torch.device | str = "cpu") -> str:
     return "torch"
 
 
-def _magnitudes(audio: torch.Tensor, n_fft: int) -> torch.Tensor:
+def _frames_spectrum(audio: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """The one-sided STFT (B, frames, n_fft // 2 + 1) of torch.stft(center=True, pad_mode="constant", Hann window,
+    hop n_fft / 4), frames first."""
     window = torch.hann_window(n_fft, dtype=audio.dtype, device=audio.device)
-    return torch.stft(audio, n_fft, hop_length=n_fft // 4, window=window, center=True, pad_mode="constant",
-                      return_complex=True).abs()
+    padded = torch.nn.functional.pad(audio, (n_fft // 2, n_fft // 2))
+    return torch.fft.rfft(padded.unfold(-1, n_fft, n_fft // 4) * window, dim=-1)
+
+
+def _abs(spectrum: torch.Tensor) -> torch.Tensor:
+    """|S| as sqrt(re^2 + im^2): 4x faster than complex abs (hypot) on the CPU, within 1 ulp of it for audio."""
+    return (spectrum.real.square() + spectrum.imag.square()).sqrt_()
+
+
+def _magnitudes(audio: torch.Tensor, n_fft: int) -> torch.Tensor:
+    return _abs(_frames_spectrum(audio, n_fft))
+
+
+class _ResolutionLoss(torch.autograd.Function):
+    """One resolution's spectral convergence and log-magnitude L1 per sound, (B,) and (B,), with a hand-written
+    backward: d loss / d |S| is formed in the forward (two real tensors), then through the magnitude, the one-sided
+    FFT (its adjoint is n irfft with the inner bins halved) and the overlapping frames (an overlap-add of four
+    hop-sized slices). Autograd through torch.stft took 2.5-3x as long (a complex FFT of full length for the rfft's
+    adjoint, an index_add_ for the strided frames, complex sgn, padding copies): 16 sounds x 1 s, six resolutions,
+    forward + backward 64 -> 26 ms on 2 threads. Equal to autograd of the same formula (tests/test_matching.py)."""
+
+    @staticmethod
+    def forward(ctx, audio, n_fft, target, target_norm, log_target):
+        spectrum = _frames_spectrum(audio, n_fft)
+        magnitude = _abs(spectrum)
+        diff = magnitude - target
+        diff_norm = diff.flatten(1).norm(dim=1)
+        log_diff = torch.log(magnitude + LOG_EPS) - log_target
+        convergence = diff_norm / target_norm
+        log_l1 = log_diff.abs().flatten(1).mean(dim=1)
+        # d convergence / d |S| = diff / (|diff| |T|) (0 where diff is 0), d log_l1 / d |S| = sign / ((|S| + eps) n)
+        d_convergence = diff.div_((diff_norm * target_norm).clamp_min(1e-30)[:, None, None])
+        d_log = log_diff.sign_().div_((magnitude + LOG_EPS) * log_diff[0].numel())
+        ctx.save_for_backward(spectrum, magnitude, d_convergence, d_log)
+        ctx.n_fft, ctx.n_samples = n_fft, audio.shape[-1]
+        return convergence, log_l1
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_convergence, g_log_l1):
+        spectrum, magnitude, d_convergence, d_log = ctx.saved_tensors
+        n_fft, n = ctx.n_fft, ctx.n_samples
+        hop = n_fft // 4
+        g_mag = d_convergence.mul_(g_convergence[:, None, None]).add_(d_log.mul_(g_log_l1[:, None, None]))
+        # through |S|: S / |S| (0 where |S| = 0, as autograd's abs), then the rfft's adjoint
+        g_spec = spectrum * g_mag.div_(magnitude.clamp_min(1e-30)).masked_fill_(magnitude == 0, 0.0)
+        g_spec[..., 1:-1] *= 0.5
+        g_frames = torch.fft.irfft(g_spec, n=n_fft, dim=-1).mul_(n_fft)
+        g_frames *= torch.hann_window(n_fft, dtype=g_frames.dtype, device=g_frames.device)
+        # overlap-add: frame t's quarter c lands on hop-slice t + c of the padded signal
+        batch, frames = g_frames.shape[:2]
+        quarters = g_frames.view(batch, frames, 4, hop)
+        padded = g_frames.new_zeros(batch, frames + 3, hop)
+        for c in range(4):
+            padded[:, c : c + frames] += quarters[:, :, c]
+        g_audio = padded.flatten(1)[:, n_fft // 2 : n_fft // 2 + n]
+        return g_audio, None, None, None, None
 
 
 def _sizes(fft_sizes: Sequence[int], n_samples: int) -> list[int]:
@@ -71,7 +128,7 @@ class SpectralTarget:
         self.sizes = _sizes(fft_sizes, target.shape[-1])
         self.spectra = []
         for n_fft in self.sizes:
-            t = _magnitudes(self.target, n_fft)
+            t = _magnitudes(self.target.detach(), n_fft)
             self.spectra.append((t, t.flatten(1).norm(dim=1).clamp_min(1e-8), torch.log(t + LOG_EPS)))
 
     def loss(self, audio: torch.Tensor) -> torch.Tensor:
@@ -81,9 +138,8 @@ class SpectralTarget:
                              f"{tuple(self.target.shape)} (audio: {tuple(audio.shape)})")
         total = audio.new_zeros(audio.shape[0])
         for n_fft, (t, t_norm, log_t) in zip(self.sizes, self.spectra):
-            s = _magnitudes(audio, n_fft)
-            convergence = (s - t.to(s.dtype)).flatten(1).norm(dim=1) / t_norm.to(s.dtype)
-            log_l1 = (torch.log(s + LOG_EPS) - log_t.to(s.dtype)).abs().flatten(1).mean(dim=1)
+            convergence, log_l1 = _ResolutionLoss.apply(audio, n_fft, t.to(audio.dtype), t_norm.to(audio.dtype),
+                                                        log_t.to(audio.dtype))
             total = total + convergence + log_l1
         return total / len(self.sizes)
 

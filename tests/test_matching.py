@@ -44,6 +44,42 @@ def test_spectral_loss_is_zero_only_for_the_same_sound(synth):
         spectral_loss(audio, audio[:2])
 
 
+def _autograd_spectral_loss(audio, target):
+    """The same loss written with torch.stft and autograd (the formula of spectral_loss's docstring)."""
+    total = 0.0
+    sizes = [n for n in (2048, 1024, 512, 256, 128, 64) if n <= audio.shape[-1]]
+    for n in sizes:
+        window = torch.hann_window(n, dtype=audio.dtype)
+
+        def mag(x):
+            return torch.stft(x, n, hop_length=n // 4, window=window, center=True, pad_mode="constant",
+                              return_complex=True).abs()
+
+        s, t = mag(audio), mag(target[None])
+        total = total + (s - t).flatten(1).norm(dim=1) / t.flatten(1).norm(dim=1) \
+            + (torch.log(s + 1e-5) - torch.log(t + 1e-5)).abs().flatten(1).mean(dim=1)
+    return total / len(sizes)
+
+
+def test_spectral_loss_gradient_equals_autograd_of_the_formula():
+    """The hand-written backward (_ResolutionLoss) against autograd through torch.stft, float64: a sound, one with a
+    silent stretch (|S| = 0 bins), the target itself (convergence 0), weighted rows."""
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randn(3000, dtype=torch.float64, generator=gen)
+    audio = torch.randn(3, 3000, dtype=torch.float64, generator=gen)
+    audio[1, :1500] = 0.0
+    audio[2] = target
+    weights = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+    ours = audio.clone().requires_grad_(True)
+    theirs = audio.clone().requires_grad_(True)
+    loss_ours, loss_theirs = spectral_loss(ours, target), _autograd_spectral_loss(theirs, target)
+    (loss_ours * weights).sum().backward()
+    (loss_theirs * weights).sum().backward()
+    assert torch.allclose(loss_ours, loss_theirs, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(ours.grad, theirs.grad, rtol=1e-9, atol=1e-12), (ours.grad - theirs.grad).abs().max()
+    assert ours.grad.abs().sum() > 0
+
+
 def test_default_backend_asks_the_backends(monkeypatch):
     """The default is the fastest backend that says it is differentiable: torch while the cpu backend has no backward;
     cpu once it has one (differentiable = True), with no change in matching.py."""
