@@ -1,7 +1,8 @@
 """One source, the same bits on every SIMD target: the kernel built for this machine (-march=native), for AVX2
 (x86-64-v3), for baseline x86-64 (SSE2) and with the vectorisers off (scalar code) renders bit-identical sounds,
 float32 and float64 (the kernel's header: no contraction by the compiler, explicit std::fma, IEEE arithmetic).
-On aarch64 the native (NEON) build is compared with its scalar build."""
+On aarch64 the native (NEON) build is compared with its scalar build; test_cross_arch.py compares aarch64 builds, run
+under qemu-user, with this machine's."""
 
 from __future__ import annotations
 

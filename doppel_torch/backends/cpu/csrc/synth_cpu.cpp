@@ -21,7 +21,8 @@
 // Same bits on every target: the library is built with -ffp-contract=off (build.py), so the compiler never fuses a
 // multiply and an add on its own (it would, differently in vector and scalar code), and the polynomials use
 // std::fma explicitly, rounded once on every target. Together with IEEE arithmetic (no fast-math) the AVX-512, AVX2,
-// SSE2 and scalar builds, and NEON's, render the same bits (tests/backends/cpu/test_simd_builds.py).
+// SSE2 and scalar builds render the same bits (tests/backends/cpu/test_simd_builds.py), and so do aarch64's NEON and
+// scalar builds, cross-compiled and run under qemu-user (tests/backends/cpu/test_cross_arch.py), sounds and gradients.
 
 #include <algorithm>
 #include <atomic>
