@@ -11,14 +11,14 @@ no longer fits in `--total-budget-s` (410 s) is skipped with a note.
     synth_bench   40  synth throughput, Triton vs baselines (the baselines stop at the budget)
     grad_bench    35  forward + backward sounds/s, batch 64, 1 s, float32: backend="triton" vs the reference's
                       autograd on CUDA (target 20x; a backend without a backward is recorded with its refusal)
-    tune          15  audio-kernel chunk length x warps sweep (voicefm, 2 x 768 sounds, both phase dtypes), to
+    tune          25  audio-kernel chunk length x warps sweep (voicefm, 2 x 768 sounds, both phase dtypes), to
                       set `backends.triton.synth.block_sizes` from measurements (chosen so far from register counts)
     frontend      10  log-mel: torch.stft vs matmul path, batch 100 and 2 x 768; agreement; the faster one
     data_share    25  pairs + augmentation (with reverb) + log-mel of 2 x 768 voicefm sounds vs a training step
                       at batch 768 (bf16, channels-last, same augmentation); target data share < 5 %
     train_step    70  full step pairs/s: fp32; bf16 + channels-last; + cudnn.benchmark; + torch.compile;
                       the paper's recipe (200 epochs x 117 steps x 768 = 18.0 M pairs) projected in minutes
-    train_run     85  `doppel-torch train --synth voicefm` (the paper's recipe, fewer sounds: 10 epochs sized
+    train_run     75  `doppel-torch train --synth voicefm` (the paper's recipe, fewer sounds: 10 epochs sized
                       from train_step's pairs/s to fill the budget, which stretches up to 160 s into time left
                       by earlier stages); SIGINT 20 s before the budget ends (checkpoint kept)
     eval          55  `doppel-torch eval last.pt --task fsdd-digit|fsdd-speaker --seeds S`: 6 processes in
@@ -96,11 +96,11 @@ STAGES = {  # name: (budget on the GPU, budget in --cpu-smoke), seconds
     "correctness": (30, 40),
     "synth_bench": (40, 25),
     "grad_bench": (35, 15),  # includes compiling the Triton backward kernels of three synths (warm-up call)
-    "tune": (15, 15),
+    "tune": (25, 15),
     "frontend": (10, 10),
     "data_share": (25, 25),
     "train_step": (70, 30),
-    "train_run": (85, 40),
+    "train_run": (75, 40),
     "eval": (55, 40),
 }
 TRAIN_RUN_STRETCH_S = 160  # train_run may use time left by earlier stages, up to this

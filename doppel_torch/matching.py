@@ -73,7 +73,9 @@ class _ResolutionLoss(torch.autograd.Function):
     FFT (its adjoint is n irfft with the inner bins halved) and the overlapping frames (an overlap-add of four
     hop-sized slices). Autograd through torch.stft took 2.5-3x as long (a complex FFT of full length for the rfft's
     adjoint, an index_add_ for the strided frames, complex sgn, padding copies): 16 sounds x 1 s, six resolutions,
-    forward + backward 64 -> 26 ms on 2 threads. Equal to autograd of the same formula (tests/test_matching.py)."""
+    forward + backward 64 -> 26 ms on 2 threads. Equal to autograd of the same formula (tests/test_matching.py).
+    First-order (once_differentiable: a create_graph backward through it says so); SpectralTarget.loss takes autograd
+    instead for a target that requires grad and for FFT sizes that are not multiples of 4."""
 
     @staticmethod
     def forward(ctx, audio, n_fft, target, target_norm, log_target):
@@ -87,19 +89,21 @@ class _ResolutionLoss(torch.autograd.Function):
         # d convergence / d |S| = diff / (|diff| |T|) (0 where diff is 0), d log_l1 / d |S| = sign / ((|S| + eps) n)
         d_convergence = diff.div_((diff_norm * target_norm).clamp_min(1e-30)[:, None, None])
         d_log = log_diff.sign_().div_((magnitude + LOG_EPS) * log_diff[0].numel())
-        ctx.save_for_backward(spectrum, magnitude, d_convergence, d_log)
+        ctx.save_for_backward(spectrum, d_convergence, d_log)
         ctx.n_fft, ctx.n_samples = n_fft, audio.shape[-1]
         return convergence, log_l1
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_convergence, g_log_l1):
-        spectrum, magnitude, d_convergence, d_log = ctx.saved_tensors
+        spectrum, d_convergence, d_log = ctx.saved_tensors
         n_fft, n = ctx.n_fft, ctx.n_samples
         hop = n_fft // 4
-        g_mag = d_convergence.mul_(g_convergence[:, None, None]).add_(d_log.mul_(g_log_l1[:, None, None]))
-        # through |S|: S / |S| (0 where |S| = 0, as autograd's abs), then the rfft's adjoint
-        g_spec = spectrum * g_mag.div_(magnitude.clamp_min(1e-30)).masked_fill_(magnitude == 0, 0.0)
+        # out of place: the saved tensors stay as saved (a retained graph may be differentiated again)
+        g_mag = d_convergence * g_convergence[:, None, None] + d_log * g_log_l1[:, None, None]
+        # through |S|: sgn(S) = S / |S| (0 where S = 0, as autograd's abs; no underflow for tiny float32 |S|),
+        # then the rfft's adjoint
+        g_spec = torch.sgn(spectrum).mul_(g_mag)
         g_spec[..., 1:-1] *= 0.5
         g_frames = torch.fft.irfft(g_spec, n=n_fft, dim=-1).mul_(n_fft)
         g_frames *= torch.hann_window(n_fft, dtype=g_frames.dtype, device=g_frames.device)
@@ -128,7 +132,7 @@ class SpectralTarget:
         self.sizes = _sizes(fft_sizes, target.shape[-1])
         self.spectra = []
         for n_fft in self.sizes:
-            t = _magnitudes(self.target.detach(), n_fft)
+            t = _magnitudes(self.target, n_fft)
             self.spectra.append((t, t.flatten(1).norm(dim=1).clamp_min(1e-8), torch.log(t + LOG_EPS)))
 
     def loss(self, audio: torch.Tensor) -> torch.Tensor:
@@ -138,8 +142,13 @@ class SpectralTarget:
                              f"{tuple(self.target.shape)} (audio: {tuple(audio.shape)})")
         total = audio.new_zeros(audio.shape[0])
         for n_fft, (t, t_norm, log_t) in zip(self.sizes, self.spectra):
-            convergence, log_l1 = _ResolutionLoss.apply(audio, n_fft, t.to(audio.dtype), t_norm.to(audio.dtype),
-                                                        log_t.to(audio.dtype))
+            t, t_norm, log_t = t.to(audio.dtype), t_norm.to(audio.dtype), log_t.to(audio.dtype)
+            if n_fft % 4 == 0 and not t.requires_grad:
+                convergence, log_l1 = _ResolutionLoss.apply(audio, n_fft, t, t_norm, log_t)
+            else:  # a target with a gradient, or a size the overlap-add does not cover: autograd of the same formula
+                s = _magnitudes(audio, n_fft)
+                convergence = (s - t).flatten(1).norm(dim=1) / t_norm
+                log_l1 = (torch.log(s + LOG_EPS) - log_t).abs().flatten(1).mean(dim=1)
             total = total + convergence + log_l1
         return total / len(self.sizes)
 
@@ -227,7 +236,7 @@ def match(
     if synth.program.rows("noise"):
         noise = rng.noise(seed, torch.zeros(1, dtype=torch.int64, device=device), n, dtype=dtype)
 
-    scorer = SpectralTarget(target, fft_sizes)
+    scorer = SpectralTarget(target.detach(), fft_sizes)
 
     def losses_of(theta: torch.Tensor) -> torch.Tensor:
         return scorer.loss(synth(theta, noise=noise, validate=False))

@@ -80,6 +80,22 @@ def test_spectral_loss_gradient_equals_autograd_of_the_formula():
     assert ours.grad.abs().sum() > 0
 
 
+def test_spectral_loss_backward_can_run_twice_and_reaches_a_target_with_grad():
+    """The saved tensors are not modified by the backward (a retained graph differentiates again to the same values);
+    a target that requires grad gets its gradient (autograd of the same formula); an FFT size that is not a multiple
+    of 4 works too."""
+    gen = torch.Generator().manual_seed(1)
+    audio = torch.randn(2, 600, dtype=torch.float64, generator=gen).requires_grad_(True)
+    target = torch.randn(600, dtype=torch.float64, generator=gen).requires_grad_(True)
+    loss = spectral_loss(audio, target.detach()).sum()
+    first = torch.autograd.grad(loss, audio, retain_graph=True)[0]
+    assert torch.equal(torch.autograd.grad(loss, audio)[0], first)
+    g_audio, g_target = torch.autograd.grad(spectral_loss(audio, target).sum(), (audio, target))
+    assert torch.allclose(g_audio, first, rtol=1e-9, atol=1e-12) and g_target.abs().sum() > 0
+    odd = torch.autograd.grad(spectral_loss(audio, target.detach(), fft_sizes=(30, 64)).sum(), audio)[0]
+    assert torch.isfinite(odd).all() and odd.abs().sum() > 0
+
+
 def test_default_backend_asks_the_backends(monkeypatch):
     """The default is the fastest backend that says it is differentiable: torch while the cpu backend has no backward;
     cpu once it has one (differentiable = True), with no change in matching.py."""

@@ -2,7 +2,7 @@
 and run under qemu-user renders the same sounds and gradients, bit for bit, as this machine's native build.
 
 Runs where Debian's g++-aarch64-linux-gnu and qemu-user are installed (`apt-get install g++-aarch64-linux-gnu
-qemu-user`); skipped elsewhere, CI included. The kernel's header says why the bits agree: IEEE arithmetic, no
+qemu-user`; .ci/run installs them where apt is there), skipped elsewhere. The kernel's header says why the bits agree: IEEE arithmetic, no
 contraction by the compiler, explicit std::fma; what remains are libm calls on per-sound constants."""
 
 from __future__ import annotations
