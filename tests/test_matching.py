@@ -94,6 +94,8 @@ def test_spectral_loss_backward_can_run_twice_and_reaches_a_target_with_grad():
     assert torch.allclose(g_audio, first, rtol=1e-9, atol=1e-12) and g_target.abs().sum() > 0
     odd = torch.autograd.grad(spectral_loss(audio, target.detach(), fft_sizes=(30, 64)).sum(), audio)[0]
     assert torch.isfinite(odd).all() and odd.abs().sum() > 0
+    small = audio[:, :80].detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: spectral_loss(x, target[:80].detach(), fft_sizes=(64, 32)), (small,))
 
 
 def test_default_backend_asks_the_backends(monkeypatch):
