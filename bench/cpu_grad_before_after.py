@@ -92,19 +92,21 @@ def _case(name, libs, args) -> dict:
         (synth(theta, validate=False) * w).mean().backward()
         return theta.grad
 
-    grads = [step(lib) for lib in libs]
     best = [dict(step=float("inf"), **dict.fromkeys(KERNELS, float("inf"))) for _ in libs]
-    for r in range(args.rounds):
-        for i in ((0, 1) if r % 2 else (1, 0)):
-            step(libs[i])
-            libs[i].seconds = dict.fromkeys(KERNELS, 0.0)
-            start = time.perf_counter()
-            step(libs[i])
-            elapsed = time.perf_counter() - start
-            best[i]["step"] = min(best[i]["step"], elapsed)
-            for key in KERNELS:
-                best[i][key] = min(best[i][key], libs[i].seconds[key])
-    cpu.library = build.library
+    try:
+        grads = [step(lib) for lib in libs]
+        for r in range(args.rounds):
+            for i in ((0, 1) if r % 2 else (1, 0)):
+                step(libs[i])
+                libs[i].seconds = dict.fromkeys(KERNELS, 0.0)
+                start = time.perf_counter()
+                step(libs[i])
+                elapsed = time.perf_counter() - start
+                best[i]["step"] = min(best[i]["step"], elapsed)
+                for key in KERNELS:
+                    best[i][key] = min(best[i][key], libs[i].seconds[key])
+    finally:
+        cpu.library = build.library
     diff = float(((grads[1] - grads[0]).norm(dim=1) / grads[0].norm(dim=1).clamp_min(1e-30)).max())
     row = dict(synth=name, before=best[0], after=best[1], step_speedup=best[0]["step"] / best[1]["step"],
                forward_speedup=best[0][KERNELS[0]] / best[1][KERNELS[0]],

@@ -67,6 +67,15 @@ def _magnitudes(audio: torch.Tensor, n_fft: int) -> torch.Tensor:
     return _abs(_frames_spectrum(audio, n_fft))
 
 
+def _terms(magnitude, target, target_norm, log_target):
+    """One resolution's (B,) spectral convergence ||S - T|| / ||T|| and mean |log(S + eps) - log(T + eps)|, with the
+    differences they are made of (the hand-written backward reuses them)."""
+    diff = magnitude - target
+    diff_norm = diff.flatten(1).norm(dim=1)
+    log_diff = torch.log(magnitude + LOG_EPS) - log_target
+    return diff_norm / target_norm, log_diff.abs().flatten(1).mean(dim=1), diff, diff_norm, log_diff
+
+
 class _ResolutionLoss(torch.autograd.Function):
     """One resolution's spectral convergence and log-magnitude L1 per sound, (B,) and (B,), with a hand-written
     backward: d loss / d |S| is formed in the forward (two real tensors), then through the magnitude, the one-sided
@@ -81,11 +90,7 @@ class _ResolutionLoss(torch.autograd.Function):
     def forward(ctx, audio, n_fft, target, target_norm, log_target):
         spectrum = _frames_spectrum(audio, n_fft)
         magnitude = _abs(spectrum)
-        diff = magnitude - target
-        diff_norm = diff.flatten(1).norm(dim=1)
-        log_diff = torch.log(magnitude + LOG_EPS) - log_target
-        convergence = diff_norm / target_norm
-        log_l1 = log_diff.abs().flatten(1).mean(dim=1)
+        convergence, log_l1, diff, diff_norm, log_diff = _terms(magnitude, target, target_norm, log_target)
         # d convergence / d |S| = diff / (|diff| |T|) (0 where diff is 0), d log_l1 / d |S| = sign / ((|S| + eps) n)
         d_convergence = diff.div_((diff_norm * target_norm).clamp_min(1e-30)[:, None, None])
         d_log = log_diff.sign_().div_((magnitude + LOG_EPS) * log_diff[0].numel())
@@ -146,9 +151,7 @@ class SpectralTarget:
             if n_fft % 4 == 0 and not t.requires_grad:
                 convergence, log_l1 = _ResolutionLoss.apply(audio, n_fft, t, t_norm, log_t)
             else:  # a target with a gradient, or a size the overlap-add does not cover: autograd of the same formula
-                s = _magnitudes(audio, n_fft)
-                convergence = (s - t).flatten(1).norm(dim=1) / t_norm
-                log_l1 = (torch.log(s + LOG_EPS) - log_t).abs().flatten(1).mean(dim=1)
+                convergence, log_l1 = _terms(_magnitudes(audio, n_fft), t, t_norm, log_t)[:2]
             total = total + convergence + log_l1
         return total / len(self.sizes)
 

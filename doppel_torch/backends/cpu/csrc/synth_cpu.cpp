@@ -759,6 +759,15 @@ static void lowpass_block(const Program& p, const Shape& s, const double* h, con
     state = y;
 }
 
+// The gradient path's checkpoint of one block start: a row of n_osc + n_filt float64, every oscillator's phase carry
+// then every filter's state (written by render_sound and grad_sound_forward, read by grad_sound_backward).
+static inline int64_t grad_state_width(const Program& p) { return (int64_t)p.n_osc + p.n_filt; }
+
+static inline void write_checkpoint(const Program& p, const double* carry, const double* filter_state, double* row) {
+    for (int k = 0; k < p.n_osc; ++k) row[k] = carry[k];
+    for (int f = 0; f < p.n_filt; ++f) row[p.n_osc + f] = filter_state[f];
+}
+
 // One sound: control stage, then audio blocks written straight into dst (B row of the output), then the peak.
 // ckpt, when not null, also receives what the gradient path's backward reads (synth_cpu_grad.inc,
 // grad_sound_backward): per block start (n_blocks, n_osc + n_filt) float64 rows, every oscillator's phase carry (its
@@ -810,11 +819,7 @@ static void render_sound(const Program& p, const Shape& s, const double* h, cons
     STAGE(pitch_setup);
     for (int64_t n0 = 0; n0 < N; n0 += BLOCK_T) {
         const int64_t len = std::min<int64_t>(BLOCK_T, N - n0);
-        if (ckpt) {
-            double* row = ckpt + (n0 / BLOCK_T) * (p.n_osc + p.n_filt);
-            for (int k = 0; k < p.n_osc; ++k) row[k] = carry[k];
-            for (int f = 0; f < p.n_filt; ++f) row[p.n_osc + f] = filter_state[f];
-        }
+        if (ckpt) write_checkpoint(p, carry.data(), filter_state.data(), ckpt + (n0 / BLOCK_T) * grad_state_width(p));
         // The next block's output lines, requested now for writing: their misses overlap this block's work
         // instead of stalling the mix (measured: the mix's read-modify-write passes cost 5-9 % without).
         for (int64_t t = n0 + BLOCK_T; t < std::min<int64_t>(N, n0 + 2 * BLOCK_T); t += 64 / (int64_t)sizeof(S))
@@ -1033,26 +1038,24 @@ static int render_batch(const double* human, int64_t batch, int64_t m, const int
         s.lam_last[c] = s.up_lam[std::min(s.run_end[c], n_samples) - 1];
     }
     if (batch == 0) return 0;
-    const int64_t ckpt_stride = (int64_t)(p.n_osc + p.n_filt) * (s.n_padded / BLOCK_T);
+    const int64_t ckpt_stride = grad_state_width(p) * (s.n_padded / BLOCK_T);
     n_threads = std::max(1, std::min<int>(n_threads, (int)batch));
     std::atomic<int64_t> next(0);
     std::atomic<int> failed(0);
     // No C++ exception may leave a thread (std::terminate) or cross into Python: a worker records it and stops all.
     auto worker = [&]() noexcept {
         try {
-        if (out_is_double) {
-            Work<double> w(p, s);
+        auto render_all = [&](auto* dst) {  // dst: the output as float* or double*
+            Work<std::remove_pointer_t<decltype(dst)>> w(p, s);
             for (int64_t b; (b = next.fetch_add(1)) < batch;)
                 render_sound(p, s, human + b * m, keys ? keys + 2 * b : nullptr,
-                             noise ? noise + b * noise_stride : nullptr, normalize, (double*)out + b * n_samples, w,
+                             noise ? noise + b * noise_stride : nullptr, normalize, dst + b * n_samples, w,
                              ckpt ? ckpt + b * ckpt_stride : nullptr, peak ? peak + b : nullptr, arg ? arg + b : nullptr);
-        } else {
-            Work<float> w(p, s);
-            for (int64_t b; (b = next.fetch_add(1)) < batch;)
-                render_sound(p, s, human + b * m, keys ? keys + 2 * b : nullptr,
-                             noise ? noise + b * noise_stride : nullptr, normalize, (float*)out + b * n_samples, w,
-                             ckpt ? ckpt + b * ckpt_stride : nullptr, peak ? peak + b : nullptr, arg ? arg + b : nullptr);
-        }
+        };
+        if (out_is_double)
+            render_all((double*)out);
+        else
+            render_all((float*)out);
         } catch (const std::bad_alloc&) {
             failed = -3;
             next = batch;
