@@ -3,6 +3,7 @@
     python bench/match_bench.py speed --backend torch              # 200 steps x 16 restarts, voice, 1 s (the issue's)
     python bench/match_bench.py speed --backend cpu                # the same with the fused backward, when it lands
     python bench/match_bench.py recovery --targets 20 --restarts 16 --steps 200 --duration 0.25
+    python bench/match_bench.py recovery --targets 16 --delta 0.01 0.05 --pitch-semis 0.1 --pitch-step 0.05
 
 `speed` times `doppel_torch.match` end to end as the command runs it (defaults: no candidate pass), after a warm-up
 call of one step. `recovery` renders
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from doppel_torch import get_synth, match, rng, spectral_loss  # noqa: E402
+from doppel_torch.matching import pitch_columns  # noqa: E402
 
 THRESHOLDS = (0.05, 0.1, 0.2, 0.5)
 
@@ -77,6 +79,16 @@ def recovery(args) -> None:
     synth = get_synth(args.synth, backend=args.backend, duration=args.duration)
     thetas = synth.random_params(args.targets, seed=args.target_seed, device=device)
     runs = {"random": None, **{f"delta {d:g}": d for d in args.delta}}
+    pitch = pitch_columns(synth)
+    # a pitch column's spread in theta for --pitch-semis semitones: its human span (semitones) over the unit cube
+    ends = synth.to_human(torch.stack([torch.zeros(synth.num_params), torch.ones(synth.num_params)]).double())
+    semis_per_unit = (ends[1] - ends[0]).abs().float().to(device)
+
+    def spread(delta: float) -> torch.Tensor:
+        per_column = torch.full((synth.num_params,), delta, device=device)
+        if args.pitch_semis is not None:
+            per_column[pitch] = args.pitch_semis / semis_per_unit[pitch]
+        return per_column
     rows = []
     start = time.perf_counter()
     for i in range(args.targets):
@@ -91,9 +103,9 @@ def recovery(args) -> None:
             init = None
             if delta is not None:
                 z = rng.normal(args.seed, rng.Stream.PERTURB_1, torch.arange(args.restarts), synth.num_params)
-                init = (thetas[i] + delta * z.to(device)).clamp(0.0, 1.0)
+                init = (thetas[i] + spread(delta) * z.to(device)).clamp(0.0, 1.0)
             r = match(synth, target, restarts=args.restarts, steps=args.steps, lr=args.lr, seed=args.seed,
-                      candidates=args.candidates or None, init=init)
+                      candidates=args.candidates or None, init=init, pitch_step=args.pitch_step)
             row[name] = {"best": r.loss, "restart_losses": [round(float(v), 5) for v in r.restart_losses],
                          "initial_median": float(r.initial_losses.median())}
         rows.append(row)
@@ -113,7 +125,8 @@ def recovery(args) -> None:
         }
     doc = {**_meta(device), "what": "match recovery of synth-rendered targets", "synth": args.synth,
            "backend": args.backend, "duration_s": args.duration, "targets": args.targets, "restarts": args.restarts,
-           "steps": args.steps, "lr": args.lr, "candidates": args.candidates, "seed": args.seed,
+           "steps": args.steps, "lr": args.lr, "candidates": args.candidates, "pitch_step": args.pitch_step,
+           "delta_pitch_semitones": args.pitch_semis, "seed": args.seed,
            "target_seed": args.target_seed, "wall_s": round(time.perf_counter() - start, 1),
            "noise_floor_median": float(torch.tensor([r["noise_floor"] for r in rows]).median()),
            "summary": summary, "rows": rows}
@@ -142,6 +155,9 @@ def main() -> None:
             p.add_argument("--candidates", type=int, default=0)
             p.add_argument("--delta", type=float, nargs="*", default=[],
                            help="also start every restart at the target's theta + delta * N(0, 1) (clipped)")
+            p.add_argument("--pitch-semis", type=float, default=None,
+                           help="with --delta: the pitch columns (pitch_columns) spread by this many semitones instead")
+            p.add_argument("--pitch-step", type=float, default=1.0, help="match(pitch_step=)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

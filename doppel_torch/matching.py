@@ -28,11 +28,13 @@ import click
 import torch
 
 from doppel_torch import backends, rng
+from doppel_torch.delta.spec import param_groups
 from doppel_torch.spec.params import human_unit
 from doppel_torch.synths.base import BACKENDS, SYNTHS
 
 COSINE_FLOOR = 0.01  # the learning rate decays from lr to lr * COSINE_FLOOR over the steps (cosine)
 FFT_SIZES = (2048, 1024, 512, 256, 128, 64)
+DEFAULT_DURATION = 1.0  # `doppel-torch match` matches the target's first seconds, at most this many by default
 LOG_EPS = 1e-5  # magnitude floor of the log term: -100 dB re a full-scale bin, below 16-bit quantisation
 # The backends in order of speed, per device type (README "Numbers": the fused kernels render 15-30x faster than
 # the eager reference); `default_backend` takes the first one that says it is differentiable.
@@ -192,6 +194,13 @@ def starting_points(num_params: int, restarts: int, seed: int, dtype: torch.dtyp
     return rng.uniform(seed, rng.Stream.MATCH, index, num_params, dtype=dtype).clamp(1e-3, 1.0 - 1e-3)
 
 
+def pitch_columns(synth) -> list[int]:
+    """The columns of theta that set an oscillator's pitch: the delta spec's "pitch" group (keyboard notes,
+    tunings) and the oscillators' pitch modulation depths, in theta's order."""
+    depths = {f"{o.name}/mod_depth" for o in synth.patch.oscillators}
+    return sorted(set(param_groups(synth)["pitch"]) | {j for j, n in enumerate(synth.param_names) if n in depths})
+
+
 def match(
     synth,
     target: torch.Tensor,
@@ -203,6 +212,7 @@ def match(
     fft_sizes: Sequence[int] = FFT_SIZES,
     candidates: int | None = None,
     init: torch.Tensor | None = None,
+    pitch_step: float = 1.0,
     progress: bool | Callable[[int, float], None] = False,
 ) -> MatchResult:
     """Fit theta to `target` (N,) = (synth.n_samples,) at synth.sample_rate, with `restarts` random starts in one batch.
@@ -214,6 +224,13 @@ def match(
         Measured (voice, 0.25 s, 20 targets x 16 restarts x 200 steps): 256 candidates end the median restart at 1.13
         vs 1.27, the best restart per target at a median 0.72 vs 0.69: no gain for the best, so it is off by default.
     init: (restarts, m) starting thetas instead of random ones.
+    pitch_step: the pitch parameters' step (keyboard note, tunings, pitch modulation depths: `pitch_columns`) as a
+        fraction of the others' (Adam holds their logits / pitch_step). Their basins are a fraction of a semitone
+        wide, where lr 0.05 moves a tuning by ~0.6 semitones a step. Measured (voice, 0.25 s, 16 targets x 16
+        restarts x 200 steps, bench/results/match-recovery-2026-12-02/): from starts near the target (theta +
+        0.05 z, the pitch columns + 0.1 semitone z) 0.05 brings 5 of 16 targets under 0.1 and 11 under 0.5 (1.0: 1
+        and 5); from random starts the best restart ends at a median 1.04 (1.0: 0.95), so 1.0 is the default and
+        0.05 the choice for refining a start you trust (`init`).
     progress: True shows a tqdm bar with the best loss; a callable gets (step, best loss) after each step.
     Ctrl-C stops early and returns what was found so far (interrupted=True).
     """
@@ -234,6 +251,8 @@ def match(
     if not synth._backend.differentiable:
         raise ValueError(f"backend='{synth.backend}' is not differentiable; match needs gradients: use "
                          f"backend='{default_backend(target.device)}'")
+    if not (isinstance(pitch_step, (int, float)) and math.isfinite(pitch_step) and 0 < pitch_step <= 1):
+        raise ValueError(f"pitch_step must be in (0, 1], got {pitch_step!r}")
     dtype, device = target.dtype, target.device
     noise = None
     if synth.program.rows("noise"):
@@ -254,7 +273,10 @@ def match(
         if init.shape != (restarts, synth.num_params):
             raise ValueError(f"init must have shape ({restarts}, {synth.num_params}), got {tuple(init.shape)}")
         theta0 = init.detach().to(dtype=dtype, device=device).clamp(1e-3, 1.0 - 1e-3)
-    logits = torch.logit(theta0).requires_grad_(True)
+    # Adam on z = logits / step: a column's step on its logit is lr * step
+    column_step = torch.ones(synth.num_params, dtype=dtype, device=device)
+    column_step[pitch_columns(synth)] = pitch_step
+    logits = (torch.logit(theta0) / column_step).requires_grad_(True)
     optimizer = torch.optim.Adam([logits], lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1), eta_min=lr * COSINE_FLOOR)
     best_loss = torch.full((restarts,), math.inf, dtype=dtype, device=device)
@@ -270,7 +292,7 @@ def match(
     taken, interrupted = 0, False
     try:
         for step in range(steps + 1):  # the last pass only scores the final update
-            theta = torch.sigmoid(logits)
+            theta = torch.sigmoid(logits * column_step)
             losses = losses_of(theta)
             with torch.no_grad():
                 if initial is None:
@@ -380,8 +402,8 @@ def write_result(result: MatchResult, synth, target: torch.Tensor, out_dir: str 
 
 
 # ---- the command ----------------------------------------------------------------------------------------------
-def _load_target(path: Path, synth) -> tuple[torch.Tensor, list[str]]:
-    """The target file as (synth.n_samples,) float32, or click.ClickException with one line saying what to do."""
+def _read_target(path: Path) -> tuple[torch.Tensor, int]:
+    """The target file's mono samples and rate, or click.ClickException with one line saying what to do."""
     from doppel_torch.audio import AudioReadError, load_audio
 
     if not path.exists():
@@ -394,6 +416,13 @@ def _load_target(path: Path, synth) -> tuple[torch.Tensor, list[str]]:
         raise click.ClickException(f"cannot read the target: {err} (give a wav, flac or ogg file)") from None
     if not torch.isfinite(audio).all():
         raise click.ClickException(f"{path}: the audio contains NaN or infinite samples")
+    if audio.numel() == 0:
+        raise click.ClickException(f"{path}: the file holds no samples")
+    return audio, rate
+
+
+def _load_target(path: Path, audio: torch.Tensor, rate: int, synth) -> tuple[torch.Tensor, list[str]]:
+    """The target as (synth.n_samples,) float32 at the synth's rate, and what was done to it."""
     audio, notes = prepare_target(audio, rate, synth)
     if float(audio.abs().max()) == 0.0:
         raise click.ClickException(f"{path}: the target is silent over the first {synth.duration:g} s: nothing to "
@@ -418,8 +447,9 @@ def _load_target(path: Path, synth) -> tuple[torch.Tensor, list[str]]:
 @click.option("--candidates", type=click.IntRange(0, 65_536), default=0, show_default=True,
               help="Score this many random thetas first and start from the best --restarts of them (0: none).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Keys the starting points and the noise.")
-@click.option("--duration", type=click.FloatRange(min=0.05, max=30.0), default=1.0, show_default=True,
-              help="Seconds matched: a longer target is cut, a shorter one padded with silence.")
+@click.option("--duration", type=click.FloatRange(min=0.05, max=30.0), default=None,
+              help=f"Seconds matched: a longer target is cut, a shorter one padded with silence. Default: the "
+                   f"target's length, at most {DEFAULT_DURATION:g} s.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for theta.json, match.wav, target.wav and match.png (created if missing).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -441,6 +471,9 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         raise click.BadParameter(str(err), param_hint="--device") from None
     if backend is None:
         backend = default_backend(device)
+    samples, rate = _read_target(target)
+    if duration is None:  # the target's length (no padding to score), capped; at least --duration's minimum
+        duration = max(0.05, min(DEFAULT_DURATION, samples.numel() / rate))
     try:
         synth = synth_from_options(synth_name, patch_spec, backend=backend, duration=duration)
     except (RuntimeError, ValueError) as err:
@@ -448,11 +481,11 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
     if not synth._backend.differentiable:
         raise click.UsageError(f"--backend {backend} is not differentiable yet and match needs gradients: use "
                                f"--backend {default_backend(device)} (or leave --backend out)")
-    audio, notes = _load_target(target, synth)
+    audio, notes = _load_target(target, samples, rate, synth)
     for note in notes:
         click.echo(f"note: {note}")
-    click.echo(f"matching {target} with {synth.patch.name} ({synth.num_params} parameters, backend={backend}, "
-               f"{device}): {restarts} restarts x {steps} steps, seed {seed}")
+    click.echo(f"matching {synth.duration:g} s of {target} with {synth.patch.name} ({synth.num_params} parameters, "
+               f"backend={backend}, {device}): {restarts} restarts x {steps} steps, seed {seed}")
     try:
         result = match(synth, audio.to(device), restarts=restarts, steps=steps, lr=lr, seed=seed,
                        candidates=candidates or None, progress=progress)
@@ -470,6 +503,7 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
     click.echo(f"wrote {paths['json']}, {paths['wav']}, {paths['target']} and {paths['png']}")
 
 
-__all__ = ["FFT_SIZES", "MatchResult", "SpectralTarget", "default_backend", "describe_theta", "match", "prepare_target",
+__all__ = ["FFT_SIZES", "MatchResult", "SpectralTarget", "default_backend", "describe_theta", "match", "pitch_columns",
+           "prepare_target",
            "spectral_loss", "starting_points", "write_result",
            "match_command"]

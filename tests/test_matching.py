@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from doppel_torch import VoiceSynth, default_backend, match, rng, spectral_loss
 from doppel_torch.backends import get_backend
 from doppel_torch.cli import main
-from doppel_torch.matching import describe_theta, prepare_target, starting_points
+from doppel_torch.matching import describe_theta, pitch_columns, prepare_target, starting_points
 
 DURATION = 0.25
 
@@ -158,6 +158,40 @@ def test_restarts_are_keyed_by_the_seed():
     assert torch.allclose(r4.initial_losses.sort().values, all8[:2], atol=1e-5)
 
 
+def test_pitch_columns_are_the_oscillators_pitch():
+    names = VoiceSynth(duration=0.1).param_names
+    assert [names[j] for j in pitch_columns(VoiceSynth(duration=0.1))] == [
+        "keyboard/midi_f0", "vco_1/mod_depth", "vco_1/tuning", "vco_2/mod_depth", "vco_2/tuning"]
+
+
+def test_pitch_step_scales_the_pitch_columns_steps():
+    """Adam's first update is lr * sign(gradient) on what it holds (logits / pitch_step): the theta that the synth
+    renders next has moved lr on every other logit and lr * pitch_step on the pitch columns."""
+    rendered = []
+
+    class Recording(VoiceSynth):
+        def __call__(self, theta, **kwargs):
+            rendered.append(theta.detach().clone())
+            return super().__call__(theta, **kwargs)
+
+    synth = Recording(duration=0.1, backend="torch")
+    theta = synth.random_params(1, seed=1000)[0]
+    init, target = _nearby(synth, theta, 2, 0.05), _target(synth, theta)
+    rendered.clear()
+    match(synth, target, restarts=2, steps=1, seed=0, init=init, pitch_step=0.05, lr=0.01)
+    moved = (torch.logit(rendered[1].double()) - torch.logit(rendered[0].double())).abs()
+    pitch = pitch_columns(synth)
+    still = moved == 0  # a column without gradient in that restart (its oscillator silent there, say)
+    assert int(still[:, pitch].sum()) <= 2 and int((~still).sum()) > 80  # of 10 pitch and 146 other entries
+    others = [j for j in range(synth.num_params) if j not in pitch]
+    pitch_moves, other_moves = moved[:, pitch][~still[:, pitch]], moved[:, others][~still[:, others]]
+    # Adam's update is lr * g / (|g| + 1e-8): lr exactly, but for a tiny gradient or float32 rounding of theta
+    assert abs(float(pitch_moves.median()) - 0.0005) < 1e-5 and float(pitch_moves.max()) < 0.0006, pitch_moves
+    assert abs(float(other_moves.median()) - 0.01) < 1e-4 and float(other_moves.max()) < 0.0105, other_moves
+    with pytest.raises(ValueError, match="pitch_step"):
+        match(synth, target, restarts=2, steps=1, pitch_step=0.0)
+
+
 def _without_backward(monkeypatch, name="cpu"):
     monkeypatch.setattr(type(get_backend(name)), "differentiable", False)
 
@@ -223,6 +257,23 @@ def test_match_command_end_to_end(tmp_path, synth):
     rendered = _target(synth, torch.tensor(doc["theta"], dtype=torch.float32), seed=2)
     assert np.abs(wav - rendered.numpy()).max() < 1e-3  # 16-bit wav
     assert (out / "match.png").read_bytes()[:4] == b"\x89PNG" and (out / "target.wav").exists()
+
+
+def test_match_command_matches_the_files_length_by_default(tmp_path):
+    """Without --duration a short file is matched over its own length (no silence to score) and a long one over its
+    first second."""
+    synth = VoiceSynth(duration=1.5)
+    audio = synth(synth.random_params(1, seed=11))[0]
+    for seconds, expected in ((0.3, 4800), (1.5, 16000)):
+        path = tmp_path / f"t{seconds}.wav"
+        sf.write(path, audio[: int(seconds * 16000)].numpy(), 16000)
+        out = tmp_path / f"o{seconds}"
+        result = CliRunner().invoke(main, ["match", str(path), "--restarts", "2", "--steps", "1", "--out", str(out),
+                                           "--no-progress"])
+        assert result.exit_code == 0, result.output
+        assert "padded" not in result.output and f"matching {expected / 16000:g} s of" in result.output
+        assert sf.read(out / "match.wav")[0].shape == (expected,)
+        assert ("matching its first 1 s" in result.output) == (seconds > 1)
 
 
 @pytest.mark.parametrize("case", ["missing", "unreadable", "silent", "folder", "cpu"])
