@@ -273,7 +273,7 @@ def match(
         if init.shape != (restarts, synth.num_params):
             raise ValueError(f"init must have shape ({restarts}, {synth.num_params}), got {tuple(init.shape)}")
         theta0 = init.detach().to(dtype=dtype, device=device).clamp(1e-3, 1.0 - 1e-3)
-    # Adam on z = logits / step: a column's step on its logit is lr * step
+    # Adam holds logits / column_step, so a column's logit moves by about lr * column_step a step
     column_step = torch.ones(synth.num_params, dtype=dtype, device=device)
     column_step[pitch_columns(synth)] = pitch_step
     logits = (torch.logit(theta0) / column_step).requires_grad_(True)
