@@ -273,11 +273,11 @@ def match(
         if init.shape != (restarts, synth.num_params):
             raise ValueError(f"init must have shape ({restarts}, {synth.num_params}), got {tuple(init.shape)}")
         theta0 = init.detach().to(dtype=dtype, device=device).clamp(1e-3, 1.0 - 1e-3)
-    # Adam holds logits / column_step, so a column's logit moves by about lr * column_step a step
+    # Adam holds z = logits / column_step, so a column's logit moves by about lr * column_step a step
     column_step = torch.ones(synth.num_params, dtype=dtype, device=device)
     column_step[pitch_columns(synth)] = pitch_step
-    logits = (torch.logit(theta0) / column_step).requires_grad_(True)
-    optimizer = torch.optim.Adam([logits], lr=lr)
+    z = (torch.logit(theta0) / column_step).requires_grad_(True)
+    optimizer = torch.optim.Adam([z], lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1), eta_min=lr * COSINE_FLOOR)
     best_loss = torch.full((restarts,), math.inf, dtype=dtype, device=device)
     best_theta = theta0.clone()
@@ -292,7 +292,7 @@ def match(
     taken, interrupted = 0, False
     try:
         for step in range(steps + 1):  # the last pass only scores the final update
-            theta = torch.sigmoid(logits * column_step)
+            theta = torch.sigmoid(z * column_step)
             losses = losses_of(theta)
             with torch.no_grad():
                 if initial is None:
@@ -304,8 +304,8 @@ def match(
                 break
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
-            if logits.grad is not None:
-                logits.grad.nan_to_num_(0.0, 0.0, 0.0)  # a non-finite gradient must not poison a restart
+            if z.grad is not None:
+                z.grad.nan_to_num_(0.0, 0.0, 0.0)  # a non-finite gradient must not poison a restart
             optimizer.step()
             schedule.step()
             taken = step + 1
