@@ -145,7 +145,7 @@ def test_match_recovers_a_synth_target_from_nearby_starts(synth):
 
 def test_match_recovers_a_synth_target_to_near_zero_with_fine_pitch_steps():
     """From starts near a synth-rendered target (theta + 0.05 z, the pitch columns + 0.1 semitone z), 1000 steps with
-    pitch_step=0.05 end at 0.0075 (two restarts of four; starts 0.28-0.53, the noise floor of this target ~0.9),
+    pitch_step=0.05 end at 0.0075 (two restarts of four; starts 0.28-0.53, this target's noise floor 1.3),
     where the default step ends every restart at 0.28 or above: its first steps leave the pitch valleys. ~10 s on
     the cpu backend (the torch backend: 4x longer)."""
     if not get_backend("cpu").differentiable:
