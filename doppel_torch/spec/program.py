@@ -143,7 +143,10 @@ def _lower_tables(layout: Layout) -> tuple[dict[str, torch.Tensor], int]:
     roles = [None] * len(outputs)
 
     def role(name: str, code: int) -> int:
-        roles[outputs[name]] = code
+        # One output may drive several inputs (a pitch and an amp, say): it is ROLE_PITCH only when every reader is a
+        # VCO pitch, since the cpu kernel does not upsample pitch outputs (it reads them per control run).
+        if code != ROLE_PITCH or roles[outputs[name]] is None:
+            roles[outputs[name]] = code
         return outputs[name]
 
     tables: dict[str, list[list[int]]] = {name: [] for name in TABLES}

@@ -66,4 +66,24 @@ def filtered() -> Patch:
     )
 
 
-USER_PATCHES = {"fm_chain": fm_chain, "fan_out": fan_out, "filtered": filtered}
+def shared_outputs() -> Patch:
+    """One mod-matrix output driving several inputs: the sine's pitch is the square/saw's amp and the noise's
+    amplitude, the square/saw's pitch the sine's amp (the cpu kernel reads pitch outputs per control run, the others
+    per sample: an output read both ways must be upsampled)."""
+    return Patch(
+        name="shared_outputs",
+        keyboards=("keyboard",),
+        envelopes=(Envelope("adsr_1", "keyboard"), Envelope("adsr_2", "keyboard")),
+        lfos=(),
+        mod_inputs=("adsr_1", "adsr_2"),
+        mod_outputs=("a", "b"),
+        oscillators=(
+            Oscillator("sine", "sine", "keyboard", pitch="a", amp="b"),
+            Oscillator("saw", "square_saw", "keyboard", pitch="b", amp="a"),
+        ),
+        noise_amp="a",
+        mixer_inputs=("sine", "saw", "noise"),
+    )
+
+
+USER_PATCHES = {"fm_chain": fm_chain, "fan_out": fan_out, "filtered": filtered, "shared_outputs": shared_outputs}
