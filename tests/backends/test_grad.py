@@ -119,6 +119,30 @@ def test_noise_alone_can_require_grad(backend):
     torch.testing.assert_close(noise.grad, want.grad, rtol=1e-9, atol=1e-12)
 
 
+def test_a_sounds_gradient_ignores_the_other_sounds_noise():
+    """One thread renders the sounds in turn with the same buffers: an inf in sound 0's explicit noise, where the
+    next sound's last block reads whole vectors past its end (0.0371 s: 594 samples, a last block of 82), must not
+    reach sound 1's gradient (it turned it into NaN)."""
+    _, fused = _synths("filtered", duration=0.0371)
+    n = fused.n_samples
+    last = n - (n - 1) // 256 * 256
+    theta = _interior(fused, 2, seed=3)
+    noise = torch.rand(2, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    noise[0, last:-(-last // 8) * 8] = float("inf")
+    weights = torch.randn(2, n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        both = theta.clone().requires_grad_(True)
+        (fused(both, noise=noise, seed=5) * weights).sum().backward()
+        alone = theta[1:].clone().requires_grad_(True)
+        (fused(alone, noise=noise[1:], seed=5) * weights[1:]).sum().backward()
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.isfinite(both.grad[1]).all()
+    torch.testing.assert_close(both.grad[1], alone.grad[0], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", NAMES + ["filtered"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck_float64(name, backend):
