@@ -196,8 +196,9 @@ def starting_points(num_params: int, restarts: int, seed: int, dtype: torch.dtyp
 
 def pitch_columns(synth) -> list[int]:
     """The columns of theta that set an oscillator's pitch: the delta spec's "pitch" group (keyboard notes,
-    tunings) and the oscillators' pitch modulation depths, in theta's order."""
-    depths = {f"{o.name}/mod_depth" for o in synth.patch.oscillators}
+    tunings) and the VCOs' pitch modulation depths (an FM operator's mod_depth is its modulation index, not a pitch),
+    in theta's order."""
+    depths = {f"{o.name}/mod_depth" for o in synth.patch.oscillators if o.kind != "fm"}
     return sorted(set(param_groups(synth)["pitch"]) | {j for j, n in enumerate(synth.param_names) if n in depths})
 
 
@@ -449,7 +450,7 @@ def _load_target(path: Path, audio: torch.Tensor, rate: int, synth) -> tuple[tor
 @click.option("--seed", type=int, default=0, show_default=True, help="Keys the starting points and the noise.")
 @click.option("--duration", type=click.FloatRange(min=0.05, max=30.0), default=None,
               help=f"Seconds matched: a longer target is cut, a shorter one padded with silence. Default: the "
-                   f"target's length, at most {DEFAULT_DURATION:g} s.")
+                   f"target's length, at most {DEFAULT_DURATION:g} s, at least 0.05 s.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for theta.json, match.wav, target.wav and match.png (created if missing).")
 @click.option("--progress/--no-progress", default=True, show_default=True)

@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from doppel_torch import VoiceSynth, default_backend, match, rng, spectral_loss
+from doppel_torch import VoiceSynth, default_backend, get_synth, match, rng, spectral_loss
 from doppel_torch.backends import get_backend
 from doppel_torch.cli import main
 from doppel_torch.matching import describe_theta, pitch_columns, prepare_target, starting_points
@@ -183,6 +183,10 @@ def test_pitch_columns_are_the_oscillators_pitch():
     names = VoiceSynth(duration=0.1).param_names
     assert [names[j] for j in pitch_columns(VoiceSynth(duration=0.1))] == [
         "keyboard/midi_f0", "vco_1/mod_depth", "vco_1/tuning", "vco_2/mod_depth", "vco_2/tuning"]
+    fm = get_synth("voicefm", duration=0.1)  # vco_4 is an FM operator: its mod_depth is the index, not a pitch
+    assert [fm.param_names[j] for j in pitch_columns(fm)] == [
+        "keyboard/midi_f0", "vco_1/mod_depth", "vco_1/tuning", "vco_2/mod_depth", "vco_2/tuning", "vco_3/mod_depth",
+        "vco_3/tuning", "vco_4/tuning"]
 
 
 def test_pitch_step_scales_the_pitch_columns_steps():
