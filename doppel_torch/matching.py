@@ -252,7 +252,8 @@ def match(
     if not synth._backend.differentiable:
         raise ValueError(f"backend='{synth.backend}' is not differentiable; match needs gradients: use "
                          f"backend='{default_backend(target.device)}'")
-    if not (isinstance(pitch_step, (int, float)) and math.isfinite(pitch_step) and 0 < pitch_step <= 1):
+    if isinstance(pitch_step, bool) or not (isinstance(pitch_step, (int, float)) and math.isfinite(pitch_step)
+                                            and 0 < pitch_step <= 1):
         raise ValueError(f"pitch_step must be in (0, 1], got {pitch_step!r}")
     dtype, device = target.dtype, target.device
     noise = None
@@ -347,7 +348,7 @@ def prepare_target(audio: torch.Tensor, sample_rate: int, synth) -> tuple[torch.
     n, have = synth.n_samples, audio.shape[0]
     if have < n:
         audio = torch.nn.functional.pad(audio, (0, n - have))
-        notes.append(f"the target is {have / synth.sample_rate:.3f} s, shorter than --duration {synth.duration:g} s: "
+        notes.append(f"the target is {have / synth.sample_rate:.3f} s, shorter than the {synth.duration:g} s matched: "
                      f"padded with {(n - have) / synth.sample_rate:.3f} s of silence")
     elif have > n:
         audio = audio[:n]

@@ -215,6 +215,8 @@ def test_pitch_step_scales_the_pitch_columns_steps():
     assert abs(float(other_moves.median()) - 0.01) < 1e-4 and float(other_moves.max()) < 0.0105, other_moves
     with pytest.raises(ValueError, match="pitch_step"):
         match(synth, target, restarts=2, steps=1, pitch_step=0.0)
+    with pytest.raises(ValueError, match="pitch_step"):
+        match(synth, target, restarts=2, steps=1, pitch_step=True)
 
 
 def _without_backward(monkeypatch, name="cpu"):

@@ -218,13 +218,15 @@ def lpf_cutoff(cutoff_midi: torch.Tensor, mod_depth: torch.Tensor, control: torc
     return torch.clamp(midi_to_hz(midi), 0.0, nyquist)
 
 
-def lowpass(x: torch.Tensor, cutoff_hz: torch.Tensor, sample_rate: float, block: int = 256) -> torch.Tensor:
+def lowpass(x: torch.Tensor, cutoff_hz: torch.Tensor, sample_rate: float, block: int = 128) -> torch.Tensor:
     """Time-varying one-pole low-pass (SynthAX's `LPF`): y[n] = a[n] x[n] + (1 - a[n]) y[n - 1], y[-1] = 0,
     a = dt / (tau + dt) with tau = 1 / (2 pi cutoff), dt = 1 / sample_rate; x, cutoff_hz: (..., N).
 
     Evaluated in blocks: within a block y = P * cumsum(a x / P) with P the running product of (1 - a), then the
     block's end value carried into the next. With the cutoff at most Nyquist, 1 - a >= 1 / (1 + pi), so P stays
-    above 0.24 ** 256 = 1e-158: the scan runs in float64 (no underflow, ~1e-15 relative) whatever x's dtype.
+    above 0.24 ** 128 = 1e-79: the scan runs in float64 (no underflow, ~1e-15 relative) whatever x's dtype, and so
+    does its autograd, whose a x / P ** 2 stays below 1e158 (with blocks of 256, P ** 2 reached 1e-316 and the
+    gradient of 10-15 % of random filtered sounds overflowed to inf / NaN).
     """
     w = (2.0 * math.pi / sample_rate) * cutoff_hz.to(torch.float64)
     a = w / (1.0 + w)
