@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from doppel_torch import get_synth, rng
+from test_synth import new_result_path  # bench/test_synth.py
 from doppel_torch.backends.cpu import build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +80,7 @@ def main(argv=None) -> None:
                         continue
                     rows.append(_case(synth, name, batch, duration, before, after, args))
     if args.out is None:
-        args.out = REPO / "bench" / "results" / f"cpu-before-after-{datetime.date.today().isoformat()}.json"
+        args.out = new_result_path(f"cpu-before-after-{datetime.date.today().isoformat()}")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     args.out.write_text(json.dumps({"before": args.before, "after": commit, "threads": args.threads,
                                     "cpu": build._cpu_fingerprint().splitlines()[0] if build._cpu_fingerprint() else "",

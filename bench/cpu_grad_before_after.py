@@ -28,6 +28,7 @@ from cpu_before_after import REPO, _compile_at  # bench/cpu_before_after.py
 from doppel_torch import get_synth
 from doppel_torch.backends import cpu
 from doppel_torch.backends.cpu import build
+from test_synth import new_result_path  # bench/test_synth.py
 
 KERNELS = ("doppel_cpu_grad_forward", "doppel_cpu_grad_backward")
 
@@ -72,7 +73,7 @@ def main(argv=None) -> None:
         for name in args.synths.split(","):
             rows.append(_case(name, libs, args))
     if args.out is None:
-        args.out = REPO / "bench" / "results" / f"cpu-grad-before-after-{datetime.date.today().isoformat()}.json"
+        args.out = new_result_path(f"cpu-grad-before-after-{datetime.date.today().isoformat()}")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     args.out.write_text(json.dumps({"before": args.before, "after": commit, "threads": args.threads,
                                     "batch": args.batch, "duration_s": args.duration,

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from test_synth import new_result_path  # bench/test_synth.py
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -100,7 +102,7 @@ def main(argv=None) -> None:
 
 
     report["primitive_ns"] = cost
-    out = args.out or Path(__file__).resolve().parent / "results" / f"cpu-stages-{report['date']}.json"
+    out = args.out or new_result_path(f"cpu-stages-{report['date']}")
     out.write_text(json.dumps(report, indent=1))
     print(f"wrote {out}")
 

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from doppel_torch import get_synth, match, rng, spectral_loss  # noqa: E402
 from doppel_torch.matching import pitch_columns  # noqa: E402
+from test_synth import new_result_path  # noqa: E402  bench/test_synth.py
 
 THRESHOLDS = (0.05, 0.1, 0.2, 0.5)
 
@@ -47,7 +48,7 @@ def _meta(device: torch.device) -> dict:
 
 
 def _write(doc: dict, what: str, device: torch.device, out: Path | None) -> Path:
-    path = out or ROOT / "bench" / "results" / f"match-{what}-{device.type}-{datetime.date.today().isoformat()}.json"
+    path = out or new_result_path(f"match-{what}-{device.type}-{datetime.date.today().isoformat()}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path

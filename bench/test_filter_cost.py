@@ -22,6 +22,7 @@ import torch
 
 from doppel_torch import Synth
 from doppel_torch.spec import Filter
+from test_synth import new_result_path  # bench/test_synth.py
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH, ROUNDS = 128, 15
@@ -61,7 +62,7 @@ def test_filter_cost_side_by_side():
                      "extra_us_per_sound": 1e6 * (seconds - base) / BATCH, "relative": seconds / base})
         print(f"{label:18s} {BATCH / seconds:9.0f} sounds/s  {1e6 * seconds / BATCH:7.1f} us/sound  "
               f"{seconds / base:5.2f}x the unfiltered patch")
-    out = REPO / "bench" / "results" / f"cpu-filter-cost-{datetime.date.today()}.json"
+    out = new_result_path(f"cpu-filter-cost-{datetime.date.today()}")
     meta = {"batch": BATCH, "rounds": ROUNDS, "threads": torch.get_num_threads(), "torch": torch.__version__}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     assert all(r["sounds_per_s"] > 0 for r in rows)

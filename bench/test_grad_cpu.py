@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from doppel_torch import get_synth
-from test_synth import cpu_model  # bench/test_synth.py: shared by the bench files
+from test_synth import cpu_model, new_result_path  # bench/test_synth.py: shared by the bench files
 
 BATCH = 64
 SYNTHS = ("voice", "voicefm", "parametric")
@@ -129,9 +129,7 @@ def test_cpu_grad_side_by_side(request):
               "memory_method": "peak resident size (VmHWM after clear_refs 5) of a fresh subprocess over one "
                                "batch-64 forward + backward, minus the resident size before, / 64; batch-1 warm-up", "rows": rows,
               "load_average": os.getloadavg()}
-    folder = REPO / "bench" / "results"
-    folder.mkdir(exist_ok=True)
-    path = folder / f"cpu-grad-{date}.json"
+    path = new_result_path(f"cpu-grad-{date}")
     path.write_text(json.dumps(result, indent=1))
     reporter.write_line(f"wrote {path}")
     for row in rows:

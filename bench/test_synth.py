@@ -28,6 +28,17 @@ BATCHES = (768, 4096)
 SYNTHAX_CLASS = {"voice": "Voice", "voicefm": "VoiceExpanded", "parametric": "ParametricSynth"}
 
 
+def new_result_path(stem: str) -> Path:
+    """bench/results/<stem>.json, or <stem>-2.json, -3, ... when that exists: a run never overwrites a committed
+    result of the same day."""
+    folder = Path(__file__).resolve().parent / "results"
+    folder.mkdir(exist_ok=True)
+    path, k = folder / f"{stem}.json", 2
+    while path.exists():
+        path, k = folder / f"{stem}-{k}.json", k + 1
+    return path
+
+
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo), for the benchmarks' result files."""
     try:

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from doppel_torch import get_synth
-from test_synth import Unavailable, cpu_model, make_case  # bench/test_synth.py: the anchors' cases, shared with gpu_check
+from test_synth import Unavailable, cpu_model, make_case, new_result_path  # bench/test_synth.py: the anchors' cases, shared with gpu_check
 
 BATCH = 128
 ROUNDS = {"cpu": 15, "torchsynth": 7, "synthax": 7, "torch": 3, "torch_compile": 5}
@@ -119,9 +119,7 @@ def ratio_table(request):
               "interleaved_ratio_cpu_over": {f"{n}/{i}": t / _SIDE_BY_SIDE[(n, "cpu")]
                                              for (n, i), t in _SIDE_BY_SIDE.items() if i != "cpu" and (n, "cpu") in _SIDE_BY_SIDE},
               "load_average": os.getloadavg()}
-    folder = Path(__file__).resolve().parent / "results"
-    folder.mkdir(exist_ok=True)
-    path = folder / f"cpu-{os.cpu_count()}core-{date}.json"
+    path = new_result_path(f"cpu-{os.cpu_count()}core-{date}")
     path.write_text(json.dumps(result, indent=1))
     reporter.write_line(f"wrote {path}")
 
