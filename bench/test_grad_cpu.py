@@ -33,7 +33,7 @@ from test_synth import cpu_model, new_result_path  # bench/test_synth.py: shared
 BATCH = 64
 SYNTHS = ("voice", "voicefm", "parametric")
 IMPLS = ("cpu", "torch")
-ROUNDS = 5
+ROUNDS = 15  # best of 15: with 5 a run's ratios moved 4.4-7.4x (voicefm) between runs minutes apart
 SETTLE_S = 0.25
 REPO = Path(__file__).resolve().parents[1]
 
