@@ -423,6 +423,16 @@ def _read_target(path: Path) -> tuple[torch.Tensor, int]:
     return audio, rate
 
 
+def _channels(path: Path) -> int:
+    """The file's channel count (load_audio averages them), 1 where soundfile cannot say."""
+    import soundfile
+
+    try:
+        return int(soundfile.info(str(path)).channels)
+    except Exception:  # it was read already; the count is only for the note
+        return 1
+
+
 def _load_target(path: Path, audio: torch.Tensor, rate: int, synth) -> tuple[torch.Tensor, list[str]]:
     """The target as (synth.n_samples,) float32 at the synth's rate, and what was done to it."""
     audio, notes = prepare_target(audio, rate, synth)
@@ -484,6 +494,9 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         raise click.UsageError(f"--backend {backend} is not differentiable yet and match needs gradients: use "
                                f"--backend {default_backend(device)} (or leave --backend out)")
     audio, notes = _load_target(target, samples, rate, synth)
+    channels = _channels(target)
+    if channels > 1:
+        notes.insert(0, f"averaged its {channels} channels to mono")
     for note in notes:
         click.echo(f"note: {note}")
     click.echo(f"matching {synth.duration:g} s of {target} with {synth.patch.name} ({synth.num_params} parameters, "

@@ -260,20 +260,22 @@ def test_describe_theta_names_and_units(synth):
 
 
 def test_match_command_end_to_end(tmp_path, synth):
-    """A synth-rendered target written at 22.05 kHz and shorter than --duration: resampled, padded, matched; the
-    three outputs are written and the theta it reports renders the wav it wrote."""
+    """A synth-rendered target written at 22.05 kHz in stereo, shorter than --duration: averaged, resampled, padded,
+    matched; the three outputs are written and the theta it reports renders the wav it wrote."""
     theta = synth.random_params(1, seed=11)[0]
     audio = synth(theta[None])[0]
     from doppel_torch.functional import resample
 
     path = tmp_path / "target.wav"
-    sf.write(path, resample(audio, 16000, 22050)[:4000].numpy(), 22050)  # 0.18 s
+    mono = resample(audio, 16000, 22050)[:4000].numpy()
+    sf.write(path, np.stack([mono, mono], axis=1), 22050)  # 0.18 s, two equal channels
     out = tmp_path / "fit"
     args = ["match", str(path), "--synth", "voice", "--duration", str(DURATION), "--restarts", "3", "--steps", "4",
             "--candidates", "6", "--seed", "2", "--out", str(out), "--no-progress"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "resampled from 22050 Hz to 16000 Hz" in result.output and "padded with" in result.output
+    assert "averaged its 2 channels to mono" in result.output
     assert "best spectral loss" in result.output
     doc = json.loads((out / "theta.json").read_text())
     assert doc["synth"] == "voice" and doc["steps"] == 4 and len(doc["restart_losses"]) == 3
