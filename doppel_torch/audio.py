@@ -13,8 +13,8 @@ class AudioReadError(RuntimeError):
     """An audio file could not be read (missing, corrupt or empty)."""
 
 
-def load_audio(source, name: str | None = None) -> tuple[torch.Tensor, int]:
-    """Read audio with soundfile: returns (mono float32 audio (N,), sample rate). Channels are averaged.
+def read_audio(source, name: str | None = None) -> tuple[torch.Tensor, int]:
+    """Read audio with soundfile: returns (float32 audio (channels, N), sample rate).
 
     source: a path or a binary file object; name: how errors refer to it (default: the path).
     Raises AudioReadError (with the file name and soundfile's reason) for unreadable or empty files.
@@ -29,4 +29,10 @@ def load_audio(source, name: str | None = None) -> tuple[torch.Tensor, int]:
         raise AudioReadError(f"{name}: {reason}") from e
     if data.shape[0] == 0:
         raise AudioReadError(f"{name}: no samples")
-    return torch.from_numpy(np.ascontiguousarray(data.mean(axis=1))), int(sr)
+    return torch.from_numpy(np.ascontiguousarray(data.T)), int(sr)
+
+
+def load_audio(source, name: str | None = None) -> tuple[torch.Tensor, int]:
+    """`read_audio` with the channels averaged: (mono float32 audio (N,), sample rate)."""
+    data, sr = read_audio(source, name)
+    return data.mean(dim=0), sr

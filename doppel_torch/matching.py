@@ -35,6 +35,7 @@ from doppel_torch.synths.base import BACKENDS, SYNTHS
 COSINE_FLOOR = 0.01  # the learning rate decays from lr to lr * COSINE_FLOOR over the steps (cosine)
 FFT_SIZES = (2048, 1024, 512, 256, 128, 64)
 DEFAULT_DURATION = 1.0  # `doppel-torch match` matches the target's first seconds, at most this many by default
+MIN_DURATION = 0.05  # and at least this many (a shorter file is padded)
 LOG_EPS = 1e-5  # magnitude floor of the log term: -100 dB re a full-scale bin, below 16-bit quantisation
 # The backends in order of speed, per device type (README "Numbers": the fused kernels render 15-30x faster than
 # the eager reference); `default_backend` takes the first one that says it is differentiable.
@@ -404,33 +405,22 @@ def write_result(result: MatchResult, synth, target: torch.Tensor, out_dir: str 
 
 
 # ---- the command ----------------------------------------------------------------------------------------------
-def _read_target(path: Path) -> tuple[torch.Tensor, int]:
-    """The target file's mono samples and rate, or click.ClickException with one line saying what to do."""
-    from doppel_torch.audio import AudioReadError, load_audio
+def _read_target(path: Path) -> tuple[torch.Tensor, int, int]:
+    """The target file's mono samples, rate and channel count (averaged), or click.ClickException with one line
+    saying what to do."""
+    from doppel_torch.audio import AudioReadError, read_audio
 
     if not path.exists():
         raise click.ClickException(f"{path}: no such file (give the path of a wav, flac or ogg file)")
     if path.is_dir():
         raise click.ClickException(f"{path} is a folder: give one audio file")
     try:
-        audio, rate = load_audio(path)
+        channels, rate = read_audio(path)
     except AudioReadError as err:
         raise click.ClickException(f"cannot read the target: {err} (give a wav, flac or ogg file)") from None
-    if not torch.isfinite(audio).all():
+    if not torch.isfinite(channels).all():
         raise click.ClickException(f"{path}: the audio contains NaN or infinite samples")
-    if audio.numel() == 0:
-        raise click.ClickException(f"{path}: the file holds no samples")
-    return audio, rate
-
-
-def _channels(path: Path) -> int:
-    """The file's channel count (load_audio averages them), 1 where soundfile cannot say."""
-    import soundfile
-
-    try:
-        return int(soundfile.info(str(path)).channels)
-    except Exception:  # it was read already; the count is only for the note
-        return 1
+    return channels.mean(dim=0), rate, channels.shape[0]
 
 
 def _load_target(path: Path, audio: torch.Tensor, rate: int, synth) -> tuple[torch.Tensor, list[str]]:
@@ -459,9 +449,9 @@ def _load_target(path: Path, audio: torch.Tensor, rate: int, synth) -> tuple[tor
 @click.option("--candidates", type=click.IntRange(0, 65_536), default=0, show_default=True,
               help="Score this many random thetas first and start from the best --restarts of them (0: none).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Keys the starting points and the noise.")
-@click.option("--duration", type=click.FloatRange(min=0.05, max=30.0), default=None,
+@click.option("--duration", type=click.FloatRange(min=MIN_DURATION, max=30.0), default=None,
               help=f"Seconds matched: a longer target is cut, a shorter one padded with silence. Default: the "
-                   f"target's length, at most {DEFAULT_DURATION:g} s, at least 0.05 s.")
+                   f"target's length, at most {DEFAULT_DURATION:g} s, at least {MIN_DURATION:g} s.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for theta.json, match.wav, target.wav and match.png (created if missing).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -483,9 +473,9 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         raise click.BadParameter(str(err), param_hint="--device") from None
     if backend is None:
         backend = default_backend(device)
-    samples, rate = _read_target(target)
+    samples, rate, channels = _read_target(target)
     if duration is None:  # the target's length (no padding to score), capped; at least --duration's minimum
-        duration = max(0.05, min(DEFAULT_DURATION, samples.numel() / rate))
+        duration = max(MIN_DURATION, min(DEFAULT_DURATION, samples.numel() / rate))
     try:
         synth = synth_from_options(synth_name, patch_spec, backend=backend, duration=duration)
     except (RuntimeError, ValueError) as err:
@@ -494,7 +484,6 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         raise click.UsageError(f"--backend {backend} is not differentiable yet and match needs gradients: use "
                                f"--backend {default_backend(device)} (or leave --backend out)")
     audio, notes = _load_target(target, samples, rate, synth)
-    channels = _channels(target)
     if channels > 1:
         notes.insert(0, f"averaged its {channels} channels to mono")
     for note in notes:
