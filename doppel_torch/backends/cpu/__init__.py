@@ -14,7 +14,8 @@ backend="torch" render the same sound for the same seed.
 The kernel is the torch op `doppel_torch::cpu_render` (with a fake implementation for shapes), so
 `torch.compile(fullgraph=True)` traces through a render. Differentiable: a theta (or an explicit noise tensor) that
 requires grad renders through `doppel_torch::cpu_render_grad`, a torch op with a native backward registered by
-`torch.library.register_autograd` (the adjoint of every stage, control rate included, in csrc/synth_cpu_grad.inc;
+`torch.library.register_autograd`, which torch.compile traces (eager calls take `_RenderGrad`, the same kernels
+without the op's dispatch; the adjoint of every stage, control rate included, is in csrc/synth_cpu_grad.inc;
 the backward recomputes each block of 256 samples from a per-block checkpoint, so no per-module audio is kept; a
 float32 theta's forward is the plain render writing those checkpoints: the same audio bits with and without grad).
 Gradients equal the reference's autograd (float64: <= 1e-8 relative per parameter). Why native code: torch.compile
@@ -94,6 +95,13 @@ def cpu_render_grad(human: torch.Tensor, words: torch.Tensor, keys: Optional[tor
     needs: the peaks (B,) and their sample indices (B,) int64, and per-block checkpoints (B, n_blocks, n_state)
     (n_state = oscillators + filters: phase carries and filter states). Differentiable in human and noise
     (`register_autograd` below; the math is in csrc/synth_cpu_grad.inc)."""
+    return _grad_forward(human, words, keys, noise, n_samples, n_control, n_state, sample_rate, control_rate, eps,
+                         normalize, double)
+
+
+def _grad_forward(human, words, keys, noise, n_samples, n_control, n_state, sample_rate, control_rate, eps,
+                  normalize, double):
+    """The body of `cpu_render_grad` (eager renders call it through `_RenderGrad`, torch.compile traces the op)."""
     batch, m = human.shape
     out = torch.empty(batch, n_samples, dtype=torch.float64 if double else torch.float32)
     ckpt = torch.empty(batch, -(-n_samples // GRAD_BLOCK), n_state, dtype=torch.float64)
@@ -126,6 +134,13 @@ def cpu_render_grad_backward(grad: torch.Tensor, audio: torch.Tensor, human: tor
                              want_noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The adjoint of `cpu_render_grad`: grad = dL/d audio (B, N) -> dL/d human (B, m) and dL/d noise (B, N), one
     row per sound (an empty tensor unless want_noise), recomputing each block's forward from its checkpoint."""
+    return _grad_backward(grad, audio, human, words, keys, noise, ckpt, peak, arg, n_control, sample_rate,
+                          control_rate, eps, normalize, want_noise)
+
+
+def _grad_backward(grad, audio, human, words, keys, noise, ckpt, peak, arg, n_control, sample_rate, control_rate, eps,
+                   normalize, want_noise):
+    """The body of `cpu_render_grad_backward`."""
     batch, m = human.shape
     n_samples = grad.shape[1]
     grad = grad.to(audio.dtype).contiguous()
@@ -155,19 +170,46 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (n_control, sample_rate, control_rate, eps, normalize)
 
 
-def _backward(ctx, grad_audio, grad_ckpt, grad_peak, grad_arg):
+def _gradients(backward, ctx, grad_audio, want_noise):
+    """(dL/d human, dL/d noise or None) from the saved tensors, by `backward` (the op, or its body in eager mode)."""
     audio, human, words, keys, noise, ckpt, peak, arg = ctx.saved_tensors
-    want_noise = noise is not None and ctx.needs_input_grad[3]
-    g_human, g_noise = cpu_render_grad_backward(grad_audio, audio, human, words, keys, noise, ckpt, peak, arg,
-                                                *ctx.args, want_noise)
+    g_human, g_noise = backward(grad_audio, audio, human, words, keys, noise, ckpt, peak, arg, *ctx.args, want_noise)
     if not want_noise:
-        g_noise = None
-    elif noise.shape[0] != g_noise.shape[0]:  # one noise row shared by every sound
+        return g_human, None
+    if noise.shape[0] != g_noise.shape[0]:  # one noise row shared by every sound
         g_noise = g_noise.sum(dim=0, keepdim=True)
+    return g_human, g_noise
+
+
+def _backward(ctx, grad_audio, grad_ckpt, grad_peak, grad_arg):
+    g_human, g_noise = _gradients(cpu_render_grad_backward, ctx, grad_audio,
+                                  ctx.saved_tensors[4] is not None and ctx.needs_input_grad[3])
     return g_human, None, None, g_noise, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("doppel_torch::cpu_render_grad", _backward, setup_context=_setup_context)
+
+
+class _RenderGrad(torch.autograd.Function):
+    """`cpu_render_grad` and its registered backward in eager mode, calling the kernels directly: the custom op's
+    dispatch and its autograd wrapper cost ~0.3 ms a differentiable step (see the commit message); torch.compile
+    traces the op instead. Inputs: human, noise, then the op's other arguments."""
+
+    @staticmethod
+    def forward(ctx, human, noise, words, keys, n_samples, n_control, n_state, sample_rate, control_rate, eps,
+                normalize, double):
+        out, ckpt, peak, arg = _grad_forward(human, words, keys, noise, n_samples, n_control, n_state, sample_rate,
+                                             control_rate, eps, normalize, double)
+        ctx.save_for_backward(out, human, words, keys, noise, ckpt, peak, arg)
+        ctx.args = (n_control, sample_rate, control_rate, eps, normalize)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_audio):
+        g_human, g_noise = _gradients(_grad_backward, ctx, grad_audio,
+                                      ctx.saved_tensors[4] is not None and ctx.needs_input_grad[1])
+        return g_human, g_noise, None, None, None, None, None, None, None, None, None, None
 
 
 def _sound_keys(seed: int, indices: torch.Tensor) -> torch.Tensor:
@@ -225,9 +267,12 @@ class Backend(base.Backend):
         elif noise is not None:
             noise = noise.to(torch.float64).contiguous()
         n_state = program.rows("oscillators") + program.rows("filters")
-        audio = cpu_render_grad(human, program.words, keys, noise, program.n_samples, program.n_control, n_state,
-                                program.sample_rate, program.control_rate, program.eps, normalize,
-                                theta.dtype == torch.float64)[0]
+        args = (program.words, keys, program.n_samples, program.n_control, n_state, program.sample_rate,
+                program.control_rate, program.eps, normalize, theta.dtype == torch.float64)
+        if torch.compiler.is_compiling():
+            audio = cpu_render_grad(human, args[0], args[1], noise, *args[2:])[0]
+        else:
+            audio = _RenderGrad.apply(human, noise, *args)
         if out is None:
             return audio
         return out.copy_(audio)
