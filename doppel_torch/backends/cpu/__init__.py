@@ -170,47 +170,41 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (n_control, sample_rate, control_rate, eps, normalize)
 
 
-def _gradients(backward, ctx, grad_audio, want_noise):
-    """(dL/d human, dL/d noise or None) from the saved tensors, by `backward` (the op, or its body in eager mode)."""
+def _gradients(backward, ctx, grad_audio):
+    """The op's input gradients (dL/d human, dL/d noise, None for the rest) from what `_setup_context` saved, by
+    `backward`: the backward op, or its body in eager mode."""
     audio, human, words, keys, noise, ckpt, peak, arg = ctx.saved_tensors
+    want_noise = noise is not None and ctx.needs_input_grad[3]
     g_human, g_noise = backward(grad_audio, audio, human, words, keys, noise, ckpt, peak, arg, *ctx.args, want_noise)
     if not want_noise:
-        return g_human, None
-    if noise.shape[0] != g_noise.shape[0]:  # one noise row shared by every sound
+        g_noise = None
+    elif noise.shape[0] != g_noise.shape[0]:  # one noise row shared by every sound
         g_noise = g_noise.sum(dim=0, keepdim=True)
-    return g_human, g_noise
+    return g_human, None, None, g_noise, None, None, None, None, None, None, None, None
 
 
 def _backward(ctx, grad_audio, grad_ckpt, grad_peak, grad_arg):
-    g_human, g_noise = _gradients(cpu_render_grad_backward, ctx, grad_audio,
-                                  ctx.saved_tensors[4] is not None and ctx.needs_input_grad[3])
-    return g_human, None, None, g_noise, None, None, None, None, None, None, None, None
+    return _gradients(cpu_render_grad_backward, ctx, grad_audio)
 
 
 torch.library.register_autograd("doppel_torch::cpu_render_grad", _backward, setup_context=_setup_context)
 
 
 class _RenderGrad(torch.autograd.Function):
-    """`cpu_render_grad` and its registered backward in eager mode, calling the kernels directly: the custom op's
-    dispatch and its autograd wrapper cost ~0.15 ms a differentiable step (a batch-1 step 1.2x; see the commit
-    message); torch.compile
-    traces the op instead. Inputs: human, noise, then the op's other arguments."""
+    """`cpu_render_grad` (the same arguments) and its registered backward in eager mode, calling the kernels
+    directly: the custom op's dispatch and its autograd wrapper cost ~0.15 ms a differentiable step (a batch-1 step
+    1.2x; see the commit message); torch.compile traces the op instead."""
 
     @staticmethod
-    def forward(ctx, human, noise, words, keys, n_samples, n_control, n_state, sample_rate, control_rate, eps,
-                normalize, double):
-        out, ckpt, peak, arg = _grad_forward(human, words, keys, noise, n_samples, n_control, n_state, sample_rate,
-                                             control_rate, eps, normalize, double)
-        ctx.save_for_backward(out, human, words, keys, noise, ckpt, peak, arg)
-        ctx.args = (n_control, sample_rate, control_rate, eps, normalize)
-        return out
+    def forward(ctx, *inputs):
+        output = _grad_forward(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output[0]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_audio):
-        g_human, g_noise = _gradients(_grad_backward, ctx, grad_audio,
-                                      ctx.saved_tensors[4] is not None and ctx.needs_input_grad[1])
-        return g_human, g_noise, None, None, None, None, None, None, None, None, None, None
+        return _gradients(_grad_backward, ctx, grad_audio)
 
 
 def _sound_keys(seed: int, indices: torch.Tensor) -> torch.Tensor:
@@ -268,12 +262,9 @@ class Backend(base.Backend):
         elif noise is not None:
             noise = noise.to(torch.float64).contiguous()
         n_state = program.rows("oscillators") + program.rows("filters")
-        args = (program.words, keys, program.n_samples, program.n_control, n_state, program.sample_rate,
+        args = (human, program.words, keys, noise, program.n_samples, program.n_control, n_state, program.sample_rate,
                 program.control_rate, program.eps, normalize, theta.dtype == torch.float64)
-        if torch.compiler.is_compiling():
-            audio = cpu_render_grad(human, args[0], args[1], noise, *args[2:])[0]
-        else:
-            audio = _RenderGrad.apply(human, noise, *args)
+        audio = cpu_render_grad(*args)[0] if torch.compiler.is_compiling() else _RenderGrad.apply(*args)
         if out is None:
             return audio
         return out.copy_(audio)
