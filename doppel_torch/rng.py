@@ -39,6 +39,7 @@ class Stream:
     SHARED_NOISE = 7  # the one noise row shared by every doppelganger (pairs.DoppelgangerPairs, noise="shared")
     DATA = 16  # real-data sampling (segments, mixtures)
     MATCH = 17  # starting points of the restarts of sound matching (doppel_torch.matching)
+    MATCH_AROUND = 18  # the spread of restarts around a given theta (doppel_torch.matching.starts_around)
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +19,8 @@ from click.testing import CliRunner
 from doppel_torch import VoiceSynth, default_backend, get_synth, match, rng, spectral_loss
 from doppel_torch.backends import get_backend
 from doppel_torch.cli import main
-from doppel_torch.matching import describe_theta, pitch_columns, prepare_target, starting_points
+from doppel_torch.matching import (describe_theta, pitch_columns, prepare_target, read_theta_json, starting_points,
+                                   starts_around)
 
 DURATION = 0.25
 
@@ -219,6 +226,28 @@ def test_pitch_step_scales_the_pitch_columns_steps():
         match(synth, target, restarts=2, steps=1, pitch_step=True)
 
 
+def test_snapshots_hold_the_best_so_far(synth):
+    """match(snapshot=...) with snapshot_seconds=0: called after every step with the steps taken, the best theta and
+    its loss, never worse than the previous call; the last one is the result."""
+    theta = synth.random_params(1, seed=1000)[0]
+    calls = []
+    result = match(synth, _target(synth, theta), restarts=3, steps=5, seed=0, snapshot_seconds=0.0,
+                   snapshot=lambda step, best, loss: calls.append((step, best, loss)))
+    assert [c[0] for c in calls] == [1, 2, 3, 4, 5]
+    assert all(b[2] <= a[2] for a, b in zip(calls, calls[1:]))
+    # the snapshot after the last update precedes the final scoring pass, which can only improve on it
+    assert calls[-1][2] >= result.loss and calls[-1][1].shape == (synth.num_params,)
+
+
+def test_starts_around_a_theta(synth):
+    theta = synth.random_params(1, seed=3)[0]
+    starts = starts_around(theta, 5, seed=1)
+    assert starts.shape == (5, synth.num_params) and torch.equal(starts[0], theta.clamp(1e-3, 1 - 1e-3))
+    spread = (starts[1:] - theta).std()
+    assert 0.005 < float(spread) < 0.015 and torch.equal(starts, starts_around(theta, 5, seed=1))
+    assert not torch.equal(starts, starts_around(theta, 5, seed=2))
+
+
 def _without_backward(monkeypatch, name="cpu"):
     monkeypatch.setattr(type(get_backend(name)), "differentiable", False)
 
@@ -324,3 +353,69 @@ def test_match_command_bad_input_is_one_clear_line(tmp_path, case, monkeypatch):
     expected = {"missing": "no such file", "unreadable": "cannot read the target", "silent": "silent",
                 "folder": "is a folder", "cpu": "not differentiable"}[case]
     assert expected in result.output and "Traceback" not in result.output, result.output
+
+
+def _match_args(path, out, *extra):
+    return ["match", str(path), "--synth", "voice", "--duration", str(DURATION), "--restarts", "3", "--out", str(out),
+            "--no-progress", *extra]
+
+
+def test_match_command_continues_from_its_theta_json(tmp_path, synth):
+    """--init out/theta.json: restart 0 starts at the earlier best (its starting loss is the earlier best loss, the
+    same noise row), so the continued match ends no worse; a theta.json of another synth or a broken one is one
+    line."""
+    path = tmp_path / "t.wav"
+    sf.write(path, synth(synth.random_params(1, seed=11))[0].numpy(), 16000)
+    first = CliRunner().invoke(main, _match_args(path, tmp_path / "a", "--steps", "3"))
+    assert first.exit_code == 0, first.output
+    before = json.loads((tmp_path / "a" / "theta.json").read_text())
+    again = CliRunner().invoke(main, _match_args(path, tmp_path / "b", "--steps", "3", "--init",
+                                                 str(tmp_path / "a" / "theta.json")))
+    assert again.exit_code == 0 and "around" in again.output, again.output
+    after = json.loads((tmp_path / "b" / "theta.json").read_text())
+    assert min(abs(v - before["loss"]) for v in after["initial_losses"]) < 1e-6
+    assert after["loss"] <= before["loss"] + 1e-7 and after["init"].endswith("theta.json")
+    assert torch.equal(read_theta_json(tmp_path / "a" / "theta.json", synth), torch.tensor(before["theta"]))
+    other = tmp_path / "fm.json"
+    fm = json.loads((tmp_path / "a" / "theta.json").read_text())
+    fm["theta"] = [0.5] * 130
+    fm["synth"] = "voicefm"
+    other.write_text(json.dumps(fm))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    for init, expected in ((tmp_path / "none.json", "no such file"), (broken, "not a theta.json"),
+                           (other, "holds a theta of voicefm (130 parameters), not of voice (78)")):
+        bad = CliRunner().invoke(main, _match_args(path, tmp_path / "c", "--steps", "1", "--init", str(init)))
+        assert bad.exit_code == 2 and expected in bad.output and "Traceback" not in bad.output, bad.output
+    both = CliRunner().invoke(main, _match_args(path, tmp_path / "c", "--init", str(tmp_path / "a" / "theta.json"),
+                                                "--candidates", "8"))
+    assert both.exit_code == 2 and "give one" in both.output
+
+
+def test_match_command_writes_the_best_so_far_when_terminated(tmp_path, synth):
+    """A real process: SIGTERM during a long match stops it as Ctrl-C does (exit 0, every file written,
+    interrupted: true); theta.json held the best so far before that (snapshots every SNAPSHOT_SECONDS, here 0.2)."""
+    path = tmp_path / "t.wav"
+    sf.write(path, synth(synth.random_params(1, seed=11))[0].numpy(), 16000)
+    out = tmp_path / "o"
+    code = ("import sys, doppel_torch.matching as m; m.SNAPSHOT_SECONDS = 0.2; from doppel_torch.cli import main; "
+            "main(sys.argv[1:])")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", code, *_match_args(path, out, "--steps", "100000")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "theta.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else ""
+            time.sleep(0.1)
+        snapshot = json.loads((out / "theta.json").read_text())
+        assert snapshot["partial"] and snapshot["steps"] >= 1 and len(snapshot["theta"]) == synth.num_params
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "interrupted after" in output and "Traceback" not in output, output
+    doc = json.loads((out / "theta.json").read_text())
+    assert doc["interrupted"] and "partial" not in doc and doc["loss"] <= snapshot["loss"]
+    assert (out / "match.wav").exists() and (out / "match.png").exists()
