@@ -17,6 +17,7 @@ progress bar and writes theta.json (names, normalised and human values), match.w
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import signal
@@ -57,17 +58,25 @@ def default_backend(device: torch.device | str = "cpu") -> str:
     return "torch"
 
 
+@functools.lru_cache(maxsize=64)
+def _window(n_fft: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.hann_window(n_fft), made once per size, dtype and device (making it was ~3 % of a loss call)."""
+    return torch.hann_window(n_fft, dtype=dtype, device=device)
+
+
 def _frames_spectrum(audio: torch.Tensor, n_fft: int) -> torch.Tensor:
     """The one-sided STFT (B, frames, n_fft // 2 + 1) of torch.stft(center=True, pad_mode="constant", Hann window,
     hop n_fft / 4), frames first."""
-    window = torch.hann_window(n_fft, dtype=audio.dtype, device=audio.device)
+    window = _window(n_fft, audio.dtype, audio.device)
     padded = torch.nn.functional.pad(audio, (n_fft // 2, n_fft // 2))
     return torch.fft.rfft(padded.unfold(-1, n_fft, n_fft // 4) * window, dim=-1)
 
 
 def _abs(spectrum: torch.Tensor) -> torch.Tensor:
-    """|S| as sqrt(re^2 + im^2): 4x faster than complex abs (hypot) on the CPU, within 1 ulp of it for audio."""
-    return (spectrum.real.square() + spectrum.imag.square()).sqrt_()
+    """|S| as sqrt(re^2 + im^2) (re * re + im * im in one addcmul: 2.3x the speed of two squares and an add over the
+    strided views; 4x faster than complex abs, hypot, on the CPU, and within 1 ulp of it for audio)."""
+    re, im = spectrum.real, spectrum.imag
+    return torch.addcmul(re * re, im, im).sqrt_()
 
 
 def _magnitudes(audio: torch.Tensor, n_fft: int) -> torch.Tensor:
@@ -79,8 +88,9 @@ def _terms(magnitude, target, target_norm, log_target):
     differences they are made of (the hand-written backward reuses them)."""
     diff = magnitude - target
     diff_norm = diff.flatten(1).norm(dim=1)
-    log_diff = torch.log(magnitude + LOG_EPS) - log_target
-    return diff_norm / target_norm, log_diff.abs().flatten(1).mean(dim=1), diff, diff_norm, log_diff
+    log_diff = torch.log(magnitude + LOG_EPS).sub_(log_target)
+    log_l1 = torch.linalg.vector_norm(log_diff.flatten(1), ord=1, dim=1) / log_diff[0].numel()
+    return diff_norm / target_norm, log_l1, diff, diff_norm, log_diff
 
 
 class _ResolutionLoss(torch.autograd.Function):
@@ -98,9 +108,12 @@ class _ResolutionLoss(torch.autograd.Function):
         spectrum = _frames_spectrum(audio, n_fft)
         magnitude = _abs(spectrum)
         convergence, log_l1, diff, diff_norm, log_diff = _terms(magnitude, target, target_norm, log_target)
-        # d convergence / d |S| = diff / (|diff| |T|) (0 where diff is 0), d log_l1 / d |S| = sign / ((|S| + eps) n)
-        d_convergence = diff.div_((diff_norm * target_norm).clamp_min(1e-30)[:, None, None])
-        d_log = log_diff.sign_().div_((magnitude + LOG_EPS) * log_diff[0].numel())
+        # d convergence / d |S| = diff / (|diff| |T|) (0 where diff is 0), d log_l1 / d |S| = sign / ((|S| + eps) n),
+        # both saved divided by |S| (0 where S = 0, as autograd's sgn): d |S| / d S = S / |S|, so the backward
+        # multiplies S by a real factor instead of forming sgn(S) (a complex division per bin: 14 % of a call)
+        inverse = magnitude.reciprocal().nan_to_num_(posinf=0.0)
+        d_convergence = diff.mul_((inverse / (diff_norm * target_norm).clamp_min(1e-30)[:, None, None]))
+        d_log = log_diff.sign_().mul_(inverse).div_((magnitude.add_(LOG_EPS)).mul_(log_diff[0].numel()))
         ctx.save_for_backward(spectrum, d_convergence, d_log)
         ctx.n_fft, ctx.n_samples = n_fft, audio.shape[-1]
         return convergence, log_l1
@@ -112,13 +125,11 @@ class _ResolutionLoss(torch.autograd.Function):
         n_fft, n = ctx.n_fft, ctx.n_samples
         hop = n_fft // 4
         # out of place: the saved tensors stay as saved (a retained graph may be differentiated again)
-        g_mag = d_convergence * g_convergence[:, None, None] + d_log * g_log_l1[:, None, None]
-        # through |S|: sgn(S) = S / |S| (0 where S = 0, as autograd's abs; no underflow for tiny float32 |S|),
-        # then the rfft's adjoint
-        g_spec = torch.sgn(spectrum).mul_(g_mag)
-        g_spec[..., 1:-1] *= 0.5
+        factor = (d_convergence * g_convergence[:, None, None]).addcmul_(d_log, g_log_l1[:, None, None])
+        factor[..., 1:-1] *= 0.5  # the rfft's adjoint: inner bins count twice in the full spectrum
+        g_spec = spectrum * factor  # dL/d S = (dL/d |S|) S / |S|, the factor real (complex times real: 6x sgn's speed)
         g_frames = torch.fft.irfft(g_spec, n=n_fft, dim=-1).mul_(n_fft)
-        g_frames *= torch.hann_window(n_fft, dtype=g_frames.dtype, device=g_frames.device)
+        g_frames *= _window(n_fft, g_frames.dtype, g_frames.device)
         # overlap-add: frame t's quarter c lands on hop-slice t + c of the padded signal
         batch, frames = g_frames.shape[:2]
         quarters = g_frames.view(batch, frames, 4, hop)
