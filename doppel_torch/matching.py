@@ -31,6 +31,7 @@ import click
 import torch
 
 from doppel_torch import backends, rng
+from doppel_torch.backends.cpu import spectral as native_spectral
 from doppel_torch.delta.spec import param_groups
 from doppel_torch.spec.params import human_unit
 from doppel_torch.synths.base import BACKENDS, SYNTHS
@@ -95,49 +96,71 @@ def _terms(magnitude, target, target_norm, log_target):
 
 class _ResolutionLoss(torch.autograd.Function):
     """One resolution's spectral convergence and log-magnitude L1 per sound, (B,) and (B,), with a hand-written
-    backward: d loss / d |S| is formed in the forward (two real tensors), then through the magnitude, the one-sided
-    FFT (its adjoint is n irfft with the inner bins halved) and the overlapping frames (an overlap-add of four
-    hop-sized slices). Autograd through torch.stft took 2.5-3x as long (a complex FFT of full length for the rfft's
-    adjoint, an index_add_ for the strided frames, complex sgn, padding copies): 16 sounds x 1 s, six resolutions,
-    forward + backward 64 -> 26 ms on 2 threads. Equal to autograd of the same formula (tests/test_matching.py).
-    First-order (once_differentiable: a create_graph backward through it says so); SpectralTarget.loss takes autograd
-    instead for a target that requires grad and for FFT sizes that are not multiples of 4."""
+    backward: d loss / d S = S (w_c d_conv + w_l d_log), two real factors formed in the forward and two per-sound
+    weights in the backward (the magnitude's adjoint S / |S| folded in: no complex sgn), then the one-sided FFT's
+    adjoint (an unnormalised irfft with the inner bins halved) and the overlapping frames' (an overlap-add of four
+    hop-sized slices). On CPU tensors the per-bin work is three native passes (backends/cpu/spectral.py) instead of
+    ~25 torch ones; elsewhere (CUDA), or without a compiler, torch ops of the same formula. Autograd through
+    torch.stft took 2.5-3x as long as the torch version (a complex FFT of full length for the rfft's adjoint, an
+    index_add_ for the strided frames, complex sgn, padding copies). Equal to autograd of the same formula
+    (tests/test_matching.py). First-order (once_differentiable: a create_graph backward through it says so);
+    SpectralTarget.loss takes autograd instead for a target that requires grad and for FFT sizes that are not
+    multiples of 4."""
 
     @staticmethod
     def forward(ctx, audio, n_fft, target, target_norm, log_target):
         spectrum = _frames_spectrum(audio, n_fft)
-        magnitude = _abs(spectrum)
-        convergence, log_l1, diff, diff_norm, log_diff = _terms(magnitude, target, target_norm, log_target)
-        # d convergence / d |S| = diff / (|diff| |T|) (0 where diff is 0), d log_l1 / d |S| = sign / ((|S| + eps) n),
-        # both saved divided by |S| (0 where S = 0, as autograd's sgn): d |S| / d S = S / |S|, so the backward
-        # multiplies S by a real factor instead of forming sgn(S) (a complex division per bin: 14 % of a call)
-        inverse = magnitude.reciprocal().nan_to_num_(posinf=0.0)
-        d_convergence = diff.mul_((inverse / (diff_norm * target_norm).clamp_min(1e-30)[:, None, None]))
-        d_log = log_diff.sign_().mul_(inverse).div_((magnitude.add_(LOG_EPS)).mul_(log_diff[0].numel()))
-        ctx.save_for_backward(spectrum, d_convergence, d_log)
-        ctx.n_fft, ctx.n_samples = n_fft, audio.shape[-1]
+        n = spectrum[0].numel()
+        if _native(spectrum):
+            diff_sq, log_abs, d_conv, d_log = native_spectral.terms(spectrum, target, LOG_EPS)
+            diff_norm = diff_sq.sqrt()
+            convergence = (diff_norm / target_norm).to(audio.dtype)
+            log_l1 = (log_abs / n).to(audio.dtype)
+        else:
+            magnitude = _abs(spectrum)
+            convergence, log_l1, diff, diff_norm, log_diff = _terms(magnitude, target, target_norm, log_target)
+            # d |S| / d S = S / |S|: both factors are saved divided by |S| (0 where S = 0, as autograd's sgn)
+            inverse = magnitude.reciprocal().nan_to_num_(posinf=0.0)
+            d_conv = diff.mul_(inverse)
+            d_log = log_diff.sign_().mul_(inverse).div_(magnitude.add_(LOG_EPS))
+        # d convergence / d |S| = diff / (|diff| |T|) (0 where diff is 0), d log_l1 / d |S| = sign / ((|S| + eps) n)
+        ctx.save_for_backward(spectrum, d_conv, d_log, 1.0 / (diff_norm * target_norm).clamp_min(1e-30))
+        ctx.n_fft, ctx.n_samples, ctx.n_bins = n_fft, audio.shape[-1], n
         return convergence, log_l1
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_convergence, g_log_l1):
-        spectrum, d_convergence, d_log = ctx.saved_tensors
+        spectrum, d_conv, d_log, conv_weight = ctx.saved_tensors
         n_fft, n = ctx.n_fft, ctx.n_samples
-        hop = n_fft // 4
+        w_conv, w_log = g_convergence * conv_weight, g_log_l1 / ctx.n_bins
+        window = _window(n_fft, d_conv.dtype, d_conv.device)
+        if _native(spectrum):
+            g_spec = native_spectral.grad(spectrum, d_conv, d_log, w_conv, w_log)
+            g_frames = torch.fft.irfft(g_spec, n=n_fft, dim=-1, norm="forward")
+            return native_spectral.overlap_add(g_frames, window, n), None, None, None, None
         # out of place: the saved tensors stay as saved (a retained graph may be differentiated again)
-        factor = (d_convergence * g_convergence[:, None, None]).addcmul_(d_log, g_log_l1[:, None, None])
+        w_conv, w_log = w_conv.to(d_conv.dtype), w_log.to(d_conv.dtype)
+        factor = (d_conv * w_conv[:, None, None]).addcmul_(d_log, w_log[:, None, None])
         factor[..., 1:-1] *= 0.5  # the rfft's adjoint: inner bins count twice in the full spectrum
-        g_spec = spectrum * factor  # dL/d S = (dL/d |S|) S / |S|, the factor real (complex times real: 6x sgn's speed)
-        g_frames = torch.fft.irfft(g_spec, n=n_fft, dim=-1).mul_(n_fft)
-        g_frames *= _window(n_fft, g_frames.dtype, g_frames.device)
+        g_frames = torch.fft.irfft(spectrum * factor, n=n_fft, dim=-1, norm="forward")
+        g_frames *= window
         # overlap-add: frame t's quarter c lands on hop-slice t + c of the padded signal
         batch, frames = g_frames.shape[:2]
+        hop = n_fft // 4
         quarters = g_frames.view(batch, frames, 4, hop)
         padded = g_frames.new_zeros(batch, frames + 3, hop)
         for c in range(4):
             padded[:, c : c + frames] += quarters[:, :, c]
         g_audio = padded.flatten(1)[:, n_fft // 2 : n_fft // 2 + n]
         return g_audio, None, None, None, None
+
+
+NATIVE_LOSS = True  # the per-bin passes of CPU losses in native code where it loads (tests compare both paths)
+
+
+def _native(spectrum: torch.Tensor) -> bool:
+    return NATIVE_LOSS and spectrum.device.type == "cpu" and native_spectral.available()
 
 
 def _sizes(fft_sizes: Sequence[int], n_samples: int) -> list[int]:
@@ -155,7 +178,10 @@ class SpectralTarget:
         self.sizes = _sizes(fft_sizes, target.shape[-1])
         self.spectra = []
         for n_fft in self.sizes:
-            t = _magnitudes(self.target, n_fft)
+            spectrum = _frames_spectrum(self.target, n_fft)
+            # the native loss's own magnitudes where it runs: a sound then scores exactly 0 against itself
+            native = _native(spectrum) and not target.requires_grad
+            t = native_spectral.magnitude(spectrum) if native else _abs(spectrum)
             self.spectra.append((t, t.flatten(1).norm(dim=1).clamp_min(1e-8), torch.log(t + LOG_EPS)))
 
     def loss(self, audio: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,9 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from doppel_torch import VoiceSynth, default_backend, get_synth, match, rng, spectral_loss
+from doppel_torch import VoiceSynth, default_backend, get_synth, match, matching, rng, spectral_loss
 from doppel_torch.backends import get_backend
+from doppel_torch.backends.cpu import spectral as native_spectral
 from doppel_torch.cli import main
 from doppel_torch.matching import (describe_theta, pitch_columns, prepare_target, read_theta_json, starting_points,
                                    starts_around)
@@ -68,9 +69,19 @@ def _autograd_spectral_loss(audio, target):
     return total / len(sizes)
 
 
-def test_spectral_loss_gradient_equals_autograd_of_the_formula():
+@pytest.fixture(params=["native", "torch"])
+def loss_path(request, monkeypatch):
+    """The spectral loss's per-bin passes in native code (CPU tensors, where the library builds) or as torch ops."""
+    if request.param == "native" and not get_backend("cpu").differentiable:
+        pytest.skip("the native library does not build here")
+    monkeypatch.setattr(matching, "NATIVE_LOSS", request.param == "native")
+    return request.param
+
+
+def test_spectral_loss_gradient_equals_autograd_of_the_formula(loss_path):
     """The hand-written backward (_ResolutionLoss) against autograd through torch.stft, float64: a sound, one with a
-    silent stretch (|S| = 0 bins), the target itself (convergence 0), weighted rows."""
+    silent stretch (|S| = 0 bins), the target itself (convergence 0), weighted rows; both loss paths."""
+    assert matching._native(torch.zeros(1, dtype=torch.complex128)) == (loss_path == "native")
     gen = torch.Generator().manual_seed(0)
     target = torch.randn(3000, dtype=torch.float64, generator=gen)
     audio = torch.randn(3, 3000, dtype=torch.float64, generator=gen)
@@ -85,6 +96,49 @@ def test_spectral_loss_gradient_equals_autograd_of_the_formula():
     assert torch.allclose(loss_ours, loss_theirs, rtol=1e-12, atol=1e-12)
     assert torch.allclose(ours.grad, theirs.grad, rtol=1e-9, atol=1e-12), (ours.grad - theirs.grad).abs().max()
     assert ours.grad.abs().sum() > 0
+
+
+def test_native_spectral_loss_equals_the_torch_ops():
+    """float32, 16 kHz: the native per-bin passes against the torch ops of the same formula (a target per row and
+    one broadcast); each native pass gives the same bits on 1 and 2 threads (fixed partial sums; torch's FFTs do
+    not)."""
+    if not get_backend("cpu").differentiable:
+        pytest.skip("the native library does not build here")
+    gen = torch.Generator().manual_seed(2)
+    audio = 0.3 * torch.randn(3, 4000, generator=gen)
+    weights = torch.tensor([1.0, -0.5, 2.0])
+    for target in (0.3 * torch.randn(4000, generator=gen), 0.3 * torch.randn(3, 4000, generator=gen)):
+        results = []
+        for native in (True, False):
+            matching.NATIVE_LOSS = native
+            try:
+                x = audio.clone().requires_grad_(True)
+                loss = spectral_loss(x, target)
+                (loss * weights).sum().backward()
+            finally:
+                matching.NATIVE_LOSS = True
+            results.append((loss.detach(), x.grad))
+        (loss_n, grad_n), (loss_t, grad_t) = results
+        assert torch.allclose(loss_n, loss_t, rtol=2e-6), (loss_n, loss_t)
+        assert ((grad_n - grad_t).norm() / grad_t.norm()) < 1e-6
+
+    spectrum = matching._frames_spectrum(audio, 256)
+    target = native_spectral.magnitude(matching._frames_spectrum(audio[:1].flip(-1), 256))
+    frames = torch.randn(3, 61, 256, generator=gen)  # 3840 samples, hop 64
+    window = torch.hann_window(256)
+    w = torch.tensor([1.0, 2.0, -3.0], dtype=torch.float64)
+    outputs = []
+    before = torch.get_num_threads()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            terms = native_spectral.terms(spectrum, target, matching.LOG_EPS)
+            outputs.append([*terms, native_spectral.grad(spectrum, terms[2], terms[3], w, w),
+                            native_spectral.overlap_add(frames, window, 60 * 64), native_spectral.magnitude(spectrum)])
+        finally:
+            torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(*outputs))
+    assert torch.equal(native_spectral.magnitude(spectrum), outputs[0][-1])
 
 
 def test_spectral_loss_backward_can_run_twice_and_reaches_a_target_with_grad():

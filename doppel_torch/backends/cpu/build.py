@@ -30,7 +30,8 @@ from pathlib import Path
 from doppel_torch.spec.program import layout_signature
 
 SOURCE = Path(__file__).parent / "csrc" / "synth_cpu.cpp"
-SOURCES = (SOURCE, SOURCE.with_name("synth_cpu_grad.inc"))  # the grad file is #included by SOURCE; both are hashed
+# the .inc files are #included by SOURCE; all are hashed into the cache key
+SOURCES = (SOURCE, SOURCE.with_name("synth_cpu_grad.inc"), SOURCE.with_name("spectral_cpu.inc"))
 DEFAULT_FLAGS = "-O3 -march=native -fno-math-errno -fno-trapping-math -ffp-contract=off -std=c++17"
 
 _lock = threading.Lock()
@@ -166,6 +167,10 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "doppel_cpu_grad_backward": ([ptr, i64, i64, ptr, i64, ptr, ptr, i64, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i64,
                                       i64, f64, f64, f64, i32, i32], i32),
         "doppel_cpu_use_openmp": ([ptr], None),
+        "doppel_cpu_spectral_terms": ([ptr, ptr, i64, i64, i64, i32, f64, ptr, ptr, ptr, ptr, i32], i32),
+        "doppel_cpu_spectral_abs": ([ptr, i64, i64, i32, ptr, i32], i32),
+        "doppel_cpu_spectral_grad": ([ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i32, ptr, i32], i32),
+        "doppel_cpu_overlap_add": ([ptr, ptr, i64, i64, i64, i64, i32, ptr, i32], i32),
     }
     for name, (args, result) in signatures.items():
         if hasattr(lib, name):
