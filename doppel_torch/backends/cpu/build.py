@@ -22,6 +22,7 @@ import platform
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -193,6 +194,9 @@ def _build() -> ctypes.CDLL:
     _private_dirs(target)
     _remove_stale(target.parent)
     if not _intact(target):
+        if sys.stderr.isatty():  # a person waits at a terminal: say why the first call takes a while
+            print(f"doppel-torch: compiling the native CPU kernel once for this machine (~10 s) into {target.parent}",
+                  file=sys.stderr, flush=True)
         _compile(cxx, flags, target)
     try:
         lib = ctypes.CDLL(str(target))
