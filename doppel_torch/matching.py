@@ -54,8 +54,14 @@ def default_backend(device: torch.device | str = "cpu") -> str:
     cannot load (no compiler, no Triton)."""
     device = torch.device(device)
     for name in FASTEST_FIRST.get(device.type, ("torch",)):
-        if backends.get_backend(name).differentiable:
-            return name
+        backend = backends.get_backend(name)
+        if not backend.differentiable:
+            continue
+        try:
+            backend.check_available()  # the cpu kernel builds (or loads) here; triton imports
+        except (RuntimeError, ImportError):
+            continue
+        return name
     return "torch"
 
 
@@ -189,6 +195,8 @@ class SpectralTarget:
         if audio.dim() != 2 or audio.shape[1] != self.target.shape[1] or self.target.shape[0] not in (1, audio.shape[0]):
             raise ValueError(f"target must be ({audio.shape[-1]},) or {tuple(audio.shape)}, got "
                              f"{tuple(self.target.shape)} (audio: {tuple(audio.shape)})")
+        if audio.shape[0] == 0:  # torch's FFTs refuse an empty batch; the loss of no sounds is (0,), still in the graph
+            return audio.sum(dim=1)
         total = audio.new_zeros(audio.shape[0])
         for n_fft, (t, t_norm, log_t) in zip(self.sizes, self.spectra):
             t, t_norm, log_t = t.to(audio.dtype), t_norm.to(audio.dtype), log_t.to(audio.dtype)

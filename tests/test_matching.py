@@ -98,6 +98,14 @@ def test_spectral_loss_gradient_equals_autograd_of_the_formula(loss_path):
     assert ours.grad.abs().sum() > 0
 
 
+def test_spectral_loss_of_no_sounds_is_empty():
+    """An empty batch scores (0,) and back-propagates (0, N), where torch's FFTs would refuse it."""
+    audio = torch.zeros(0, 1000, requires_grad=True)
+    loss = spectral_loss(audio, torch.randn(1000))
+    loss.sum().backward()
+    assert loss.shape == (0,) and audio.grad.shape == (0, 1000)
+
+
 def test_native_spectral_loss_equals_the_torch_ops():
     """float32, 16 kHz: the native per-bin passes against the torch ops of the same formula (a target per row and
     one broadcast); each native pass gives the same bits on 1 and 2 threads (fixed partial sums; torch's FFTs do
@@ -160,14 +168,20 @@ def test_spectral_loss_backward_can_run_twice_and_reaches_a_target_with_grad():
 
 
 def test_default_backend_asks_the_backends(monkeypatch):
-    """The default is the fastest backend that says it is differentiable: torch while the cpu backend has no backward;
-    cpu once it has one (differentiable = True), with no change in matching.py."""
+    """The default is the fastest backend that says it is differentiable and loads here: torch while the cpu backend
+    has no backward or no compiler; cpu once it has one (differentiable = True), with no change in matching.py."""
     cpu = type(get_backend("cpu"))
     assert default_backend("cpu") == ("cpu" if cpu.differentiable else "torch") and get_backend("torch").differentiable
     monkeypatch.setattr(cpu, "differentiable", False)
     assert default_backend("cpu") == "torch"
     monkeypatch.setattr(cpu, "differentiable", True)
     assert default_backend("cpu") == "cpu"
+
+    def no_compiler(self):
+        raise RuntimeError("backend='cpu' needs a C++ compiler")
+
+    monkeypatch.setattr(cpu, "check_available", no_compiler)  # a backend that cannot load is passed over
+    assert default_backend("cpu") == "torch"
     triton = type(get_backend("triton"))
     monkeypatch.setattr(triton, "differentiable", False)
     assert default_backend("cuda") == "torch"
