@@ -373,6 +373,8 @@ def match(
                 best_loss = torch.where(better, losses, best_loss)
                 best_theta = torch.where(better[:, None], theta, best_theta)
             if step == steps:
+                if bar is not None:  # the final update's score, so the bar ends on the loss the run reports
+                    bar.set_postfix(loss=f"{float(best_loss.min()):.4f}")
                 break
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
