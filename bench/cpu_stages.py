@@ -52,7 +52,7 @@ def main(argv=None) -> None:
               "duration_s": args.duration, "threads": 1, "synths": {}}
     torch.set_num_threads(1)
     if args.grad:
-        return _grad_stages(args)
+        return _grad_stages(args, report)
     from doppel_torch import get_synth
     from doppel_torch.backends.cpu import build
 
@@ -155,7 +155,7 @@ def _grad_step(synth, args):
     return step
 
 
-def _grad_stages(args) -> None:
+def _grad_stages(args, report: dict) -> None:
     from doppel_torch import get_synth
     from doppel_torch.backends import cpu
     from doppel_torch.backends.cpu import build
@@ -212,17 +212,26 @@ def _grad_stages(args) -> None:
         print(f"{name}: {synth.program.n_samples} samples x {args.batch} sounds, one thread, profiling build: "
               f"forward + backward {per(wall):.2f} ns/sample = forward kernel {per(fwd):.2f} + backward kernel "
               f"{per(bwd):.2f} + outside the kernels {per(wall - fwd - bwd):.2f}")
+        entry = {"ns_per_sample": per(wall), "forward_ns_per_sample": per(fwd), "backward_ns_per_sample": per(bwd),
+                 "outside_ns_per_sample": per(wall - fwd - bwd)}
         for bank, (label, kernel) in enumerate((("forward", fwd), ("backward", bwd))):
             row, row_names = ticks[bank * len(names):(bank + 1) * len(names)], names
             if bank == 0 and not any(row):  # a float32 forward: the plain render's stage marks
                 row, row_names, label = plain_ticks, plain_names, "forward (the plain render's stages)"
             total = sum(row)
             print(f"  {label} kernel")
+            stages = entry[f"{('forward', 'backward')[bank]}_stages"] = {}
             for stage, t in zip(row_names, row):
                 if t:
                     share = t / total
+                    stages[stage] = {"share": share, "ns_per_sample": share * per(kernel)}
                     print(f"    {stage:15s} {100 * share:5.1f} %  {share * per(kernel):6.2f} ns/sample")
+        report["synths"][name] = entry
         sys.stdout.flush()
+    report["step"] = "theta -> synth(theta) -> (audio * w).mean().backward(), float32, normalised"
+    out = args.out or new_result_path(f"cpu-stages-grad-{report['date']}")
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
