@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -42,6 +43,7 @@ DEFAULT_DURATION = 1.0  # `doppel-torch match` matches the target's first second
 MIN_DURATION = 0.05  # and at least this many (a shorter file is padded)
 AROUND_SPREAD = 0.01  # starts_around: the restarts' spread around a given theta (measured there)
 SNAPSHOT_SECONDS = 10.0  # `doppel-torch match` rewrites theta.json with the best so far at most this often
+INIT_MARGIN = 1e-6  # given starts are kept this far inside the cube (finite logits; float32 holds 1 - 1e-6)
 LOG_EPS = 1e-5  # magnitude floor of the log term: -100 dB re a full-scale bin, below 16-bit quantisation
 # The backends in order of speed, per device type (README "Numbers": the fused kernels render 15-30x faster than
 # the eager reference); `default_backend` takes the first one that says it is differentiable.
@@ -246,7 +248,9 @@ def starting_points(num_params: int, restarts: int, seed: int, dtype: torch.dtyp
 
 def starts_around(theta: torch.Tensor, restarts: int, seed: int, spread: float = AROUND_SPREAD) -> torch.Tensor:
     """Restarts around one theta (m,), to continue a match from its result: row 0 is theta itself, rows 1.. theta +
-    spread * z (z ~ N(0, 1) keyed by (seed, restart), `rng.Stream.MATCH_AROUND`), clipped 1e-3 inside the cube.
+    spread * z (z ~ N(0, 1) keyed by (seed, restart), `rng.Stream.MATCH_AROUND`), clipped INIT_MARGIN inside the
+    cube (a match drives some parameters to within 1e-5 of a face; clipping them 1e-3 inside moved a continued
+    match's start from its saved loss 1.71 to 1.83).
     Measured (voice, 0.25 s, 6 targets: 200 steps from random starts, then 200 more from their best with 16 restarts):
     spread 0.01 lowers the best loss to a median 0.86 of the first run's, spread 0 (16 copies, one path) to 0.91,
     and 400 steps from random starts in one run to 0.91; lr 0.01 / 0.003 instead of 0.05: 0.95 / 0.97."""
@@ -255,7 +259,7 @@ def starts_around(theta: torch.Tensor, restarts: int, seed: int, spread: float =
     index = torch.arange(restarts, dtype=torch.int64, device=theta.device)
     z = rng.normal(seed, rng.Stream.MATCH_AROUND, index, theta.shape[0], dtype=theta.dtype)
     z[0] = 0.0
-    return (theta + spread * z).clamp(1e-3, 1.0 - 1e-3)
+    return (theta + spread * z).clamp(INIT_MARGIN, 1.0 - INIT_MARGIN)
 
 
 def pitch_columns(synth) -> list[int]:
@@ -343,7 +347,7 @@ def match(
     else:
         if init.shape != (restarts, synth.num_params):
             raise ValueError(f"init must have shape ({restarts}, {synth.num_params}), got {tuple(init.shape)}")
-        theta0 = init.detach().to(dtype=dtype, device=device).clamp(1e-3, 1.0 - 1e-3)
+        theta0 = init.detach().to(dtype=dtype, device=device).clamp(INIT_MARGIN, 1.0 - INIT_MARGIN)
     # Adam holds z = logits / column_step, so a column's logit moves by about lr * column_step a step
     column_step = torch.ones(synth.num_params, dtype=dtype, device=device)
     column_step[pitch_columns(synth)] = pitch_step
@@ -475,10 +479,18 @@ def read_theta_json(path: Path, synth) -> torch.Tensor:
     theta = doc.get("theta") if isinstance(doc, dict) else None
     if not isinstance(theta, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in theta):
         raise ValueError(f"{path}: no \"theta\" list of numbers in it (give the theta.json of an earlier match)")
-    names = [p.get("name") for p in doc.get("params", []) if isinstance(p, dict)]
-    if len(theta) != synth.num_params or (names and names != synth.param_names):
+    params = doc.get("params", [])
+    if not isinstance(params, list):
+        raise ValueError(f"{path}: \"params\" must be the list of parameters an earlier match wrote")
+    names = [p.get("name") for p in params if isinstance(p, dict)]
+    if len(theta) != synth.num_params:
         raise ValueError(f"{path} holds a theta of {doc.get('synth', 'another synth')} ({len(theta)} parameters), "
                          f"not of {synth.patch.name} ({synth.num_params}): pass the same --synth / --patch")
+    if names and names != synth.param_names:
+        wrong = next(i for i, (a, b) in enumerate(zip(names + [None] * len(theta), synth.param_names)) if a != b)
+        raise ValueError(f"{path}: its parameter names are not {synth.patch.name}'s (parameter {wrong} is "
+                         f"{(names + [None] * len(theta))[wrong]!r}, expected {synth.param_names[wrong]!r}): pass "
+                         "the same --synth / --patch, and keep the file's \"params\" as the match wrote them")
     theta = torch.tensor(theta, dtype=torch.float32)
     if not torch.isfinite(theta).all() or (theta < 0).any() or (theta > 1).any():
         raise ValueError(f"{path}: theta must lie in [0, 1] (normalised values)")
@@ -492,14 +504,13 @@ def write_result(result: MatchResult, synth, target: torch.Tensor, out_dir: str 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    order = torch.argsort(torch.nan_to_num(result.restart_losses, nan=math.inf))
     doc = {
         **(meta or {}),
         "seconds": round(result.seconds, 3),
         "interrupted": result.interrupted,
         "best_restart": result.best_restart,
-        "restart_losses": [float(v) for v in result.restart_losses[order]],
-        "initial_losses": [float(v) for v in result.initial_losses[order]],
+        "restart_losses": [float(v) for v in result.restart_losses],  # in restart order: best_restart indexes them
+        "initial_losses": [float(v) for v in result.initial_losses],
     }
     paths = {"json": out / "theta.json", "wav": out / "match.wav", "target": out / "target.wav", "png": out / "match.png"}
     write_theta_json(paths["json"], synth, result.theta, result.loss, result.steps, extra=doc)
@@ -539,6 +550,17 @@ def _load_target(path: Path, audio: torch.Tensor, rate: int, synth) -> tuple[tor
     return audio, notes
 
 
+def _check_writable(folder: Path) -> None:
+    """Refuse an --out folder that cannot take a file before any compute is spent (root ignores modes, so try)."""
+    probe = folder / f".match-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise click.ClickException(f"cannot write in --out {folder}: {err.strerror or err} (choose another "
+                                   "folder)") from None
+
+
 def _interrupt(signum, frame):
     """SIGTERM (a scheduler, `timeout`, `kill`) stops a match as Ctrl-C does: the best so far is written."""
     raise KeyboardInterrupt
@@ -559,7 +581,8 @@ def _main_thread() -> bool:
 @click.option("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda when available).")
 @click.option("--restarts", type=click.IntRange(1, 1024), default=16, show_default=True,
               help="Random starting points, optimised together in one batch.")
-@click.option("--steps", type=click.IntRange(0, 100_000), default=200, show_default=True)
+@click.option("--steps", type=click.IntRange(0, 100_000), default=200, show_default=True,
+              help="Adam steps (0: only score the starting points).")
 @click.option("--lr", type=click.FloatRange(min=0.0, min_open=True, max=10.0), default=0.05, show_default=True,
               help="Adam learning rate on the logits of theta.")
 @click.option("--candidates", type=click.IntRange(0, 65_536), default=0, show_default=True,
@@ -584,7 +607,7 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
     All restarts run in one batch; the best one is written: theta.json (every parameter by name, normalised
     and in human units), match.wav, target.wav (the target as matched) and match.png (target vs match
     spectrograms). Ctrl-C or SIGTERM stops early and writes the best found so far; while it runs, theta.json
-    holds the best so far (rewritten every few seconds), so --init out/theta.json continues even a killed run.
+    holds the best so far (rewritten every 10 s), so --init out/theta.json continues even a killed run.
     """
     from doppel_torch.synths.base import synth_from_options
 
@@ -594,6 +617,11 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         device = torch.device(device)
     except RuntimeError as err:
         raise click.BadParameter(str(err), param_hint="--device") from None
+    if device.type not in ("cpu", "cuda"):
+        raise click.BadParameter(f"{device} is not a device match renders on: give cpu or cuda", param_hint="--device")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available here (no GPU, or a CPU-only torch): use --device cpu",
+                                 param_hint="--device")
     if backend is None:
         backend = default_backend(device)
     samples, rate, channels = _read_target(target)
@@ -628,9 +656,17 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise click.ClickException(f"cannot create --out {out_dir}: {err.strerror or err}") from None
+    _check_writable(out_dir)
+    snapshot_failed = []
 
     def snapshot(taken: int, theta: torch.Tensor, loss: float) -> None:
-        write_theta_json(out_dir / "theta.json", synth, theta.cpu(), loss, taken, extra=meta, partial=True)
+        try:
+            write_theta_json(out_dir / "theta.json", synth, theta.cpu(), loss, taken, extra=meta, partial=True)
+        except OSError as err:  # the match goes on; the final write says so again if it still cannot write
+            if not snapshot_failed:
+                snapshot_failed.append(err)
+                click.echo(f"\nwarning: cannot write the snapshot {out_dir / 'theta.json'} "
+                           f"({err.strerror or err}); the match goes on", err=True)
 
     previous = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
     try:
@@ -645,7 +681,12 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    paths = write_result(result, synth, audio, out_dir, meta=meta)
+    try:
+        paths = write_result(result, synth, audio, out_dir, meta=meta)
+    except OSError as err:
+        best = ", ".join(f"{v:.6g}" for v in result.theta.tolist())
+        raise click.ClickException(f"cannot write the result in {out_dir} ({err.strerror or err}); the best theta "
+                                   f"(loss {result.loss:.4f}) was: [{best}]") from None
     found = (result.restart_losses < 0.1 * result.initial_losses.median()).sum().item()
     status = f"interrupted after {result.steps} steps: " if result.interrupted else ""
     click.echo(f"{status}best spectral loss {result.loss:.4f} (restart {result.best_restart}; starting points: "
