@@ -170,3 +170,13 @@ def test_readme_setup_job_runs_as_written(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "done: step 27 (epoch 3.00)" in result.stdout
     assert (tmp_path / "runs" / "doppel" / "last.pt").is_file()
+
+
+def test_python_dash_m_runs_the_command():
+    """`python -m doppel_torch` is the `doppel-torch` command."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "doppel_torch", "match", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "Usage: doppel-torch match" in done.stdout, done.stderr
