@@ -487,10 +487,12 @@ def read_theta_json(path: Path, synth) -> torch.Tensor:
         raise ValueError(f"{path} holds a theta of {doc.get('synth', 'another synth')} ({len(theta)} parameters), "
                          f"not of {synth.patch.name} ({synth.num_params}): pass the same --synth / --patch")
     if names and names != synth.param_names:
-        wrong = next(i for i, (a, b) in enumerate(zip(names + [None] * len(theta), synth.param_names)) if a != b)
-        raise ValueError(f"{path}: its parameter names are not {synth.patch.name}'s (parameter {wrong} is "
-                         f"{(names + [None] * len(theta))[wrong]!r}, expected {synth.param_names[wrong]!r}): pass "
-                         "the same --synth / --patch, and keep the file's \"params\" as the match wrote them")
+        k = next((i for i, (a, b) in enumerate(zip(names, synth.param_names)) if a != b),
+                 min(len(names), len(synth.param_names)))
+        got, want = (seq[k] if k < len(seq) else None for seq in (names, synth.param_names))
+        raise ValueError(f"{path}: its parameter names are not {synth.patch.name}'s (parameter {k} is {got!r}, "
+                         f"expected {want!r}): pass the same --synth / --patch, and keep the file's \"params\" as "
+                         "the match wrote them")
     theta = torch.tensor(theta, dtype=torch.float32)
     if not torch.isfinite(theta).all() or (theta < 0).any() or (theta > 1).any():
         raise ValueError(f"{path}: theta must lie in [0, 1] (normalised values)")
