@@ -214,13 +214,13 @@ def _grad_stages(args, report: dict) -> None:
               f"{per(bwd):.2f} + outside the kernels {per(wall - fwd - bwd):.2f}")
         entry = {"ns_per_sample": per(wall), "forward_ns_per_sample": per(fwd), "backward_ns_per_sample": per(bwd),
                  "outside_ns_per_sample": per(wall - fwd - bwd)}
-        for bank, (label, kernel) in enumerate((("forward", fwd), ("backward", bwd))):
-            row, row_names = ticks[bank * len(names):(bank + 1) * len(names)], names
+        for bank, (key, kernel) in enumerate((("forward", fwd), ("backward", bwd))):
+            row, row_names, label = ticks[bank * len(names):(bank + 1) * len(names)], names, key
             if bank == 0 and not any(row):  # a float32 forward: the plain render's stage marks
                 row, row_names, label = plain_ticks, plain_names, "forward (the plain render's stages)"
             total = sum(row)
             print(f"  {label} kernel")
-            stages = entry[f"{('forward', 'backward')[bank]}_stages"] = {}
+            stages = entry[f"{key}_stages"] = {}
             for stage, t in zip(row_names, row):
                 if t:
                     share = t / total
