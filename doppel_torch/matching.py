@@ -22,6 +22,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -341,8 +342,12 @@ def match(
     if init is None:
         theta0 = starting_points(synth.num_params, max(restarts, candidates or 0), seed, dtype=dtype, device=device)
         if theta0.shape[0] > restarts:
-            with torch.no_grad():
-                scores = torch.cat([losses_of(chunk) for chunk in theta0.split(restarts)])
+            scores = []
+            with torch.no_grad(), _bar(progress, theta0.shape[0], "candidates", "theta") as bar:
+                for chunk in theta0.split(restarts):
+                    scores.append(losses_of(chunk))
+                    bar.update(chunk.shape[0])
+            scores = torch.cat(scores)
             theta0 = theta0[torch.argsort(torch.nan_to_num(scores, nan=math.inf))[:restarts]]
     else:
         if init.shape != (restarts, synth.num_params):
@@ -357,11 +362,7 @@ def match(
     best_loss = torch.full((restarts,), math.inf, dtype=dtype, device=device)
     best_theta = theta0.clone()
     history: list[float] = []
-    bar = None
-    if progress is True:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="match", unit="step", dynamic_ncols=True)
+    bar = _bar(progress, steps, "match", "step") if progress is True else None
     start = time.perf_counter()
     last_snapshot = start
     initial = None
@@ -412,6 +413,13 @@ def match(
     return MatchResult(theta=theta, loss=float(best_loss[k]), audio=audio, restart_losses=best_loss.detach(),
                        initial_losses=initial, restart_thetas=best_theta.detach(), best_restart=k, history=history,
                        steps=taken, interrupted=interrupted, seconds=time.perf_counter() - start)
+
+
+def _bar(progress, total: int, desc: str, unit: str):
+    """A tqdm bar (rate and ETA) where `progress` is True, else one that shows nothing."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=progress is not True)
 
 
 # ---- files: the target in, the result out ---------------------------------------------------------------------
@@ -563,18 +571,48 @@ def _check_writable(folder: Path) -> None:
                                    "folder)") from None
 
 
-def _interrupt(signum, frame):
-    """SIGTERM (a scheduler, `timeout`, `kill`) stops a match as Ctrl-C does: the best so far is written."""
-    raise KeyboardInterrupt
+class _Signals:
+    """Ctrl-C and SIGTERM (a scheduler, `timeout`, `kill`) while the command runs: during the descent they stop it
+    (KeyboardInterrupt: `match` returns the best so far); once it is writing the result, a further one waits for
+    the files (they take a second) instead of leaving some unwritten. The first one received sets the exit status,
+    128 + its number, as `doppel-torch train`. A signal the process was started with ignored (a background job's
+    SIGINT, nohup) stays ignored."""
+
+    def __init__(self):
+        self.received: list[int] = []
+        self.writing = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum, frame):
+        self.received.append(signum)
+        if self.writing:
+            click.echo("\nwriting the result; it stops once the files are written", err=True)
+            return
+        raise KeyboardInterrupt
 
 
-def _main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
+def _a_number(ctx, param, value):
+    """click's FloatRange lets NaN through (every comparison with it is false): refuse it before any work."""
+    if value is not None and math.isnan(value):
+        raise click.BadParameter("must be a number, not NaN")
+    return value
 
 
 @click.command("match")
 @click.argument("target", type=click.Path(path_type=Path))
-@click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default="voice", show_default=True)
+@click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default=None,
+              help="A shipped synthesizer (default: voice; or --patch).")
 @click.option("--patch", "patch_spec", default=None, metavar="FILE.py[:NAME] | MODULE[:NAME]",
               help="Match with your own Patch instead of --synth (see examples/subtractive.py).")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default=None,
@@ -586,6 +624,7 @@ def _main_thread() -> bool:
 @click.option("--steps", type=click.IntRange(0, 100_000), default=200, show_default=True,
               help="Adam steps (0: only score the starting points).")
 @click.option("--lr", type=click.FloatRange(min=0.0, min_open=True, max=10.0), default=0.05, show_default=True,
+              callback=_a_number,
               help="Adam learning rate on the logits of theta.")
 @click.option("--candidates", type=click.IntRange(0, 65_536), default=0, show_default=True,
               help="Score this many random thetas first and start from the best --restarts of them (0: none).")
@@ -594,9 +633,10 @@ def _main_thread() -> bool:
               help="Continue from an earlier match: its theta.json (the same synth) is restart 0, the other "
                    f"restarts start {AROUND_SPREAD:g} around it.")
 @click.option("--pitch-step", type=click.FloatRange(min=0.0, min_open=True, max=1.0), default=1.0, show_default=True,
+              callback=_a_number,
               help="The pitch parameters' step as a fraction of the others' (0.05 refines a start near the answer).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Keys the starting points and the noise.")
-@click.option("--duration", type=click.FloatRange(min=MIN_DURATION, max=30.0), default=None,
+@click.option("--duration", type=click.FloatRange(min=MIN_DURATION, max=30.0), default=None, callback=_a_number,
               help=f"Seconds matched: a longer target is cut, a shorter one padded with silence. Default: the "
                    f"target's length, at most {DEFAULT_DURATION:g} s, at least {MIN_DURATION:g} s.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -608,8 +648,9 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
 
     All restarts run in one batch; the best one is written: theta.json (every parameter by name, normalised
     and in human units), match.wav, target.wav (the target as matched) and match.png (target vs match
-    spectrograms). Ctrl-C or SIGTERM stops early and writes the best found so far; while it runs, theta.json
-    holds the best so far (rewritten every 10 s), so --init out/theta.json continues even a killed run.
+    spectrograms). Ctrl-C or SIGTERM stops early, writes the best found so far and exits 130 / 143; while it
+    runs, theta.json holds the best so far (rewritten every 10 s), so --init out/theta.json continues even a
+    killed run.
     """
     from doppel_torch.synths.base import synth_from_options
 
@@ -630,7 +671,7 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
     if duration is None:  # the target's length (no padding to score), capped; at least --duration's minimum
         duration = max(MIN_DURATION, min(DEFAULT_DURATION, samples.numel() / rate))
     try:
-        synth = synth_from_options(synth_name, patch_spec, backend=backend, duration=duration)
+        synth = synth_from_options(synth_name, patch_spec, default="voice", backend=backend, duration=duration)
     except (RuntimeError, ValueError) as err:
         raise click.UsageError(str(err)) from None
     if not synth._backend.differentiable:
@@ -670,31 +711,32 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
                 click.echo(f"\nwarning: cannot write the snapshot {out_dir / 'theta.json'} "
                            f"({err.strerror or err}); the match goes on", err=True)
 
-    previous = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
-    try:
-        result = match(synth, audio.to(device), restarts=restarts, steps=steps, lr=lr, seed=seed,
-                       candidates=candidates or None, init=init,
-                       pitch_step=pitch_step, progress=progress, snapshot=snapshot,
-                       snapshot_seconds=SNAPSHOT_SECONDS)
-    except ValueError as err:
-        raise click.ClickException(str(err)) from None
-    except KeyboardInterrupt:
-        raise click.ClickException("interrupted before the first step: nothing to write") from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    try:
-        paths = write_result(result, synth, audio, out_dir, meta=meta)
-    except OSError as err:
-        best = ", ".join(f"{v:.6g}" for v in result.theta.tolist())
-        raise click.ClickException(f"cannot write the result in {out_dir} ({err.strerror or err}); the best theta "
-                                   f"(loss {result.loss:.4f}) was: [{best}]") from None
+    with _Signals() as signals:
+        try:
+            result = match(synth, audio.to(device), restarts=restarts, steps=steps, lr=lr, seed=seed,
+                           candidates=candidates or None, init=init,
+                           pitch_step=pitch_step, progress=progress, snapshot=snapshot,
+                           snapshot_seconds=SNAPSHOT_SECONDS)
+        except ValueError as err:
+            raise click.ClickException(str(err)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted before the first step: nothing to write", err=True)
+            sys.exit(128 + (signals.received[0] if signals.received else signal.SIGINT))
+        signals.writing = True
+        try:
+            paths = write_result(result, synth, audio, out_dir, meta=meta)
+        except OSError as err:
+            best = ", ".join(f"{v:.6g}" for v in result.theta.tolist())
+            raise click.ClickException(f"cannot write the result in {out_dir} ({err.strerror or err}); the best "
+                                       f"theta (loss {result.loss:.4f}) was: [{best}]") from None
     found = (result.restart_losses < 0.1 * result.initial_losses.median()).sum().item()
     status = f"interrupted after {result.steps} steps: " if result.interrupted else ""
     click.echo(f"{status}best spectral loss {result.loss:.4f} (restart {result.best_restart}; starting points: "
                f"median {float(result.initial_losses.median()):.4f}; {found} of {restarts} restarts below a "
                f"tenth of that) in {result.seconds:.1f} s")
     click.echo(f"wrote {paths['json']}, {paths['wav']}, {paths['target']} and {paths['png']}")
+    if signals.received:  # stopped by a signal: say so in the exit status too (128 + its number, as train)
+        sys.exit(128 + signals.received[0])
 
 
 __all__ = ["FFT_SIZES", "MatchResult", "SpectralTarget", "default_backend", "describe_theta", "match", "pitch_columns",

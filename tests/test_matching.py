@@ -468,7 +468,7 @@ def test_match_command_continues_from_its_theta_json(tmp_path, synth):
 
 
 def test_match_command_writes_the_best_so_far_when_terminated(tmp_path, synth):
-    """A real process: SIGTERM during a long match stops it as Ctrl-C does (exit 0, every file written,
+    """A real process: SIGTERM during a long match stops it as Ctrl-C does (every file written, exit 143 = 128 + 15,
     interrupted: true); theta.json held the best so far before that (snapshots every SNAPSHOT_SECONDS, here 0.2)."""
     path = tmp_path / "t.wav"
     sf.write(path, synth(synth.random_params(1, seed=11))[0].numpy(), 16000)
@@ -489,11 +489,44 @@ def test_match_command_writes_the_best_so_far_when_terminated(tmp_path, synth):
         output, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 0, output
+    assert proc.returncode == 128 + signal.SIGTERM, output
     assert "interrupted after" in output and "Traceback" not in output, output
     doc = json.loads((out / "theta.json").read_text())
     assert doc["interrupted"] and "partial" not in doc and doc["loss"] <= snapshot["loss"]
     assert (out / "match.wav").exists() and (out / "match.png").exists()
+
+
+def test_match_signals_stop_the_descent_but_not_the_writing():
+    """Ctrl-C / SIGTERM raise KeyboardInterrupt during the descent; once the result is being written a further one is
+    noted (for the exit status) and waits; a signal the process started with ignored stays ignored."""
+    before = signal.getsignal(signal.SIGTERM)
+    with matching._Signals() as signals:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs between bytecodes; the sleep returns early
+        signals.writing = True
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+    assert signals.received == [signal.SIGTERM, signal.SIGINT]
+    assert signal.getsignal(signal.SIGTERM) is before
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with matching._Signals():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_match_command_refuses_nan_options(tmp_path):
+    path = tmp_path / "t.wav"
+    sf.write(path, np.full(1000, 0.1), 16000)
+    for option in ("--lr", "--pitch-step", "--duration"):
+        bad = CliRunner().invoke(main, ["match", str(path), "--out", str(tmp_path / "o"), option, "nan"])
+        assert bad.exit_code == 2 and "not NaN" in bad.output and option in bad.output, bad.output
+    both = CliRunner().invoke(main, ["match", str(path), "--out", str(tmp_path / "o"), "--synth", "voicefm",
+                                     "--patch", "examples/subtractive.py"])
+    assert both.exit_code == 2 and "not both" in both.output, both.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_match_init_starts_at_a_theta_near_the_cube_faces(synth):

@@ -12,7 +12,8 @@ from doppel_torch.synths.base import BACKENDS, SYNTHS, synth_from_options
 
 
 @click.command("delta-profile")
-@click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default="voicefm", show_default=True)
+@click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default=None,
+              help="A shipped synthesizer (default: voicefm; or --patch).")
 @click.option("--patch", "patch_spec", default=None, metavar="FILE.py[:NAME] | MODULE[:NAME]",
               help="Profile your own Patch instead of --synth.")
 @click.option("--delta", type=click.FloatRange(min=0.0, max=MAX_DELTA, min_open=True), default=0.25,
@@ -50,7 +51,7 @@ def delta_profile_command(synth_name, patch_spec, delta, n_theta, seed, backend,
         raise click.BadParameter(f"expected comma-separated deltas, e.g. 0.01,0.1,0.25,1; got {grid!r}",
                                  param_hint="--grid") from None
     try:
-        synth = synth_from_options(synth_name, patch_spec, backend=backend, duration=duration)
+        synth = synth_from_options(synth_name, patch_spec, default="voicefm", backend=backend, duration=duration)
     except (RuntimeError, ValueError) as err:
         raise click.UsageError(str(err)) from err
     name = synth.patch.name

@@ -186,10 +186,13 @@ def get_synth(name: str, **kwargs) -> Synth:
     return SYNTHS[name](**kwargs)
 
 
-def synth_from_options(name: str, patch_spec: str | None = None, **kwargs) -> Synth:
-    """The synth that a command's --synth NAME / --patch FILE.py[:NAME] options ask for (--patch wins)."""
+def synth_from_options(name: str | None, patch_spec: str | None = None, *, default: str = "voice", **kwargs) -> Synth:
+    """The synth that a command's --synth NAME / --patch FILE.py[:NAME] options ask for (neither: `default`);
+    ValueError when both are given (one would silently lose)."""
+    if name is not None and patch_spec is not None:
+        raise ValueError(f"give --synth or --patch, not both (--synth {name} --patch {patch_spec})")
     if patch_spec is None:
-        return get_synth(name, **kwargs)
+        return get_synth(name or default, **kwargs)
     from doppel_torch.spec.load import load_patch
 
     return Synth(load_patch(patch_spec), **kwargs)

@@ -68,7 +68,8 @@ def _deltas(ctx, param, value: str) -> tuple[float | str, ...]:
 
 
 @click.command()
-@click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default="voice", show_default=True)
+@click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default=None,
+              help="A shipped synthesizer (default: voice; or --patch).")
 @click.option("--patch", "patch_spec", default=None, metavar="FILE.py[:NAME] | MODULE[:NAME]",
               help="Render your own Patch instead of --synth (see examples/subtractive.py).")
 @click.option("--delta", default="0.25", show_default=True, callback=_delta_spec, metavar="SPEC",
@@ -104,7 +105,7 @@ def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, 
     if ir_dir is not None and not augment:
         raise click.UsageError("--ir-dir adds reverb to the augmentation chain: use it with --augment")
     try:
-        synth = synth_from_options(synth_name, patch_spec, backend=backend, duration=duration)
+        synth = synth_from_options(synth_name, patch_spec, default="voice", backend=backend, duration=duration)
         synth_name = synth.patch.name
         chain = AugmentChain(synth.sample_rate, ir_paths=ir_dir, seed=seed) if augment else None
     except (RuntimeError, ValueError) as err:
