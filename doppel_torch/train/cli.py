@@ -11,6 +11,7 @@ r"""Train a ResNet18 on audio doppelgangers: the default recipe, a preset (--pre
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,7 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
         config = resolve_config(preset, resume, options, _parse_set(sets))
     except (ValueError, FileNotFoundError) as exc:
         raise click.UsageError(str(exc)) from None
+    trainer = None
     try:
         try:
             trainer = Trainer(config, log=click.echo)
@@ -239,6 +241,11 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
     except NonFiniteLoss as exc:
         raise click.ClickException(str(exc)) from None
     finally:
+        # The DDP model holds the process group: drop it first, so destroy_process_group joins gloo's threads now
+        # rather than at interpreter exit (where a rank was seen to abort once: "terminate called without an
+        # active exception").
+        del trainer
+        gc.collect()
         cleanup()
     if summary["status"] == "interrupted":
         sys.exit(128 + int(summary["signal"]))
