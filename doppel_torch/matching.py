@@ -310,6 +310,8 @@ def match(
     Ctrl-C stops early and returns what was found so far (interrupted=True).
     """
     n = synth.n_samples
+    if isinstance(target, torch.Tensor) and not target.is_floating_point():
+        raise ValueError(f"target must be a floating-point tensor (audio in [-1, 1]), got {target.dtype}")
     if not isinstance(target, torch.Tensor) or target.dim() != 1 or target.shape[0] != n:
         shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
         raise ValueError(f"target must be a ({n},) tensor ({synth.duration:g} s at {synth.sample_rate} Hz), got {shape}")
@@ -492,6 +494,9 @@ def read_theta_json(path: Path, synth) -> torch.Tensor:
         raise ValueError(f"{path}: \"params\" must be the list of parameters an earlier match wrote")
     names = [p.get("name") for p in params if isinstance(p, dict)]
     if len(theta) != synth.num_params:
+        if doc.get("synth") == synth.patch.name:  # the right synth, an edited list
+            raise ValueError(f"{path}: its theta has {len(theta)} values, {synth.patch.name} has {synth.num_params} "
+                             "parameters (was the file edited?)")
         raise ValueError(f"{path} holds a theta of {doc.get('synth', 'another synth')} ({len(theta)} parameters), "
                          f"not of {synth.patch.name} ({synth.num_params}): pass the same --synth / --patch")
     if names and names != synth.param_names:
@@ -501,6 +506,10 @@ def read_theta_json(path: Path, synth) -> torch.Tensor:
         raise ValueError(f"{path}: its parameter names are not {synth.patch.name}'s (parameter {k} is {got!r}, "
                          f"expected {want!r}): pass the same --synth / --patch, and keep the file's \"params\" as "
                          "the match wrote them")
+    edited = next((p for p, v in zip(params, theta) if isinstance(p, dict) and p.get("value") != v), None)
+    if edited is not None:  # the match writes both from one tensor: one of them was edited by hand
+        raise ValueError(f"{path}: {edited.get('name')}'s \"value\" differs from its entry in \"theta\" (the list "
+                         "--init reads): edit \"theta\", or both alike")
     theta = torch.tensor(theta, dtype=torch.float32)
     if not torch.isfinite(theta).all() or (theta < 0).any() or (theta > 1).any():
         raise ValueError(f"{path}: theta must lie in [0, 1] (normalised values)")
@@ -572,15 +581,15 @@ def _check_writable(folder: Path) -> None:
 
 
 class _Signals:
-    """Ctrl-C and SIGTERM (a scheduler, `timeout`, `kill`) while the command runs: during the descent they stop it
-    (KeyboardInterrupt: `match` returns the best so far); once it is writing the result, a further one waits for
-    the files (they take a second) instead of leaving some unwritten. The first one received sets the exit status,
-    128 + its number, as `doppel-torch train`. A signal the process was started with ignored (a background job's
-    SIGINT, nohup) stays ignored."""
+    """Ctrl-C and SIGTERM (a scheduler, `timeout`, `kill`) while the command runs: the first one stops the descent
+    (KeyboardInterrupt: `match` returns the best so far); any further one, while `match` finishes and the files are
+    written (a second or so), is noted and waits, so none of them is left unwritten. The first one received sets
+    the exit status, 128 + its number, as `doppel-torch train`. A signal the process was started with ignored (a
+    background job's SIGINT, nohup) stays ignored."""
 
     def __init__(self):
         self.received: list[int] = []
-        self.writing = False
+        self.holding = False
         self._previous = {}
 
     def __enter__(self):
@@ -594,9 +603,13 @@ class _Signals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def hold(self) -> None:
+        """From here on a signal is only noted: `match` has returned and the files are being written."""
+        self.holding = True
+
     def _on_signal(self, signum, frame):
         self.received.append(signum)
-        if self.writing:
+        if self.holding or len(self.received) > 1:
             click.echo("\nwriting the result; it stops once the files are written", err=True)
             return
         raise KeyboardInterrupt
@@ -678,6 +691,9 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         raise click.UsageError(f"--backend {backend} is not differentiable yet and match needs gradients: use "
                                f"--backend {default_backend(device)} (or leave --backend out)")
     audio, notes = _load_target(target, samples, rate, synth)
+    if 0 < candidates <= restarts:
+        raise click.UsageError(f"--candidates {candidates} picks the best --restarts ({restarts}) of that many random "
+                               "starts: give more than --restarts, or 0")
     init = None
     if init_path is not None:
         if candidates:
@@ -722,19 +738,19 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         except KeyboardInterrupt:
             click.echo("interrupted before the first step: nothing to write", err=True)
             sys.exit(128 + (signals.received[0] if signals.received else signal.SIGINT))
-        signals.writing = True
+        signals.hold()
         try:
             paths = write_result(result, synth, audio, out_dir, meta=meta)
         except OSError as err:
             best = ", ".join(f"{v:.6g}" for v in result.theta.tolist())
             raise click.ClickException(f"cannot write the result in {out_dir} ({err.strerror or err}); the best "
                                        f"theta (loss {result.loss:.4f}) was: [{best}]") from None
-    found = (result.restart_losses < 0.1 * result.initial_losses.median()).sum().item()
-    status = f"interrupted after {result.steps} steps: " if result.interrupted else ""
-    click.echo(f"{status}best spectral loss {result.loss:.4f} (restart {result.best_restart}; starting points: "
-               f"median {float(result.initial_losses.median()):.4f}; {found} of {restarts} restarts below a "
-               f"tenth of that) in {result.seconds:.1f} s")
-    click.echo(f"wrote {paths['json']}, {paths['wav']}, {paths['target']} and {paths['png']}")
+        found = (result.restart_losses < 0.1 * result.initial_losses.median()).sum().item()
+        status = f"interrupted after {result.steps} steps: " if result.interrupted else ""
+        click.echo(f"{status}best spectral loss {result.loss:.4f} (restart {result.best_restart}), from starting "
+                   f"points of median loss {float(result.initial_losses.median()):.4f}; {found} of {restarts} "
+                   f"restarts ended below a tenth of that; {result.seconds:.1f} s")
+        click.echo(f"wrote {paths['json']}, {paths['wav']}, {paths['target']} and {paths['png']}")
     if signals.received:  # stopped by a signal: say so in the exit status too (128 + its number, as train)
         sys.exit(128 + signals.received[0])
 

@@ -326,6 +326,8 @@ def test_match_refuses_bad_input(synth, monkeypatch):
     target = _target(synth, synth.random_params(1, seed=5)[0])
     with pytest.raises(ValueError, match=r"target must be a \(4000,\) tensor"):
         match(synth, target[:100])
+    with pytest.raises(ValueError, match="floating-point"):
+        match(synth, (target * 1000).to(torch.int16))
     with pytest.raises(ValueError, match="silent"):
         match(synth, torch.zeros_like(target))
     with pytest.raises(ValueError, match="NaN"):
@@ -457,9 +459,14 @@ def test_match_command_continues_from_its_theta_json(tmp_path, synth):
     nulled.write_text(json.dumps({**before, "params": None}))
     renamed = tmp_path / "renamed.json"
     renamed.write_text(json.dumps({**before, "params": before["params"][::-1]}))
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps({**before, "params": [{**before["params"][0], "value": 0.5}, *before["params"][1:]]}))
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps({**before, "theta": before["theta"][:-1]}))
     for init, expected in ((tmp_path / "none.json", "no such file"), (broken, "not a theta.json"),
                            (other, "holds a theta of voicefm (130 parameters), not of voice (78)"),
-                           (nulled, '"params" must be the list'), (renamed, "parameter names are not voice's")):
+                           (nulled, '"params" must be the list'), (renamed, "parameter names are not voice's"),
+                           (edited, f"{before['params'][0]['name']}'s \"value\" differs"), (short, "its theta has 77 values")):
         bad = CliRunner().invoke(main, _match_args(path, tmp_path / "c", "--steps", "1", "--init", str(init)))
         assert bad.exit_code == 2 and expected in bad.output and "Traceback" not in bad.output, bad.output
     both = CliRunner().invoke(main, _match_args(path, tmp_path / "c", "--init", str(tmp_path / "a" / "theta.json"),
@@ -497,17 +504,22 @@ def test_match_command_writes_the_best_so_far_when_terminated(tmp_path, synth):
 
 
 def test_match_signals_stop_the_descent_but_not_the_writing():
-    """Ctrl-C / SIGTERM raise KeyboardInterrupt during the descent; once the result is being written a further one is
-    noted (for the exit status) and waits; a signal the process started with ignored stays ignored."""
+    """The first Ctrl-C / SIGTERM raises KeyboardInterrupt (the descent stops); a further one, while `match` finishes
+    and the files are written, is only noted (for the exit status), as is any once the command holds them; a signal
+    the process started with ignored stays ignored."""
     before = signal.getsignal(signal.SIGTERM)
     with matching._Signals() as signals:
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)  # the handler runs between bytecodes; the sleep returns early
-        signals.writing = True
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)
     assert signals.received == [signal.SIGTERM, signal.SIGINT]
+    with matching._Signals() as signals:
+        signals.hold()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+    assert signals.received == [signal.SIGTERM]
     assert signal.getsignal(signal.SIGTERM) is before
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -526,6 +538,8 @@ def test_match_command_refuses_nan_options(tmp_path):
     both = CliRunner().invoke(main, ["match", str(path), "--out", str(tmp_path / "o"), "--synth", "voicefm",
                                      "--patch", "examples/subtractive.py"])
     assert both.exit_code == 2 and "not both" in both.output, both.output
+    few = CliRunner().invoke(main, ["match", str(path), "--out", str(tmp_path / "o"), "--candidates", "16"])
+    assert few.exit_code == 2 and "give more than --restarts" in few.output, few.output
     assert not (tmp_path / "o").exists()
 
 

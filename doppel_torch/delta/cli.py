@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -50,6 +51,11 @@ def delta_profile_command(synth_name, patch_spec, delta, n_theta, seed, backend,
     except ValueError:
         raise click.BadParameter(f"expected comma-separated deltas, e.g. 0.01,0.1,0.25,1; got {grid!r}",
                                  param_hint="--grid") from None
+    if not all(math.isfinite(g) for g in grid_values):
+        raise click.BadParameter(f"deltas must be finite numbers, got {grid!r}", param_hint="--grid")
+    if grid_values and not min(grid_values) <= delta <= max(grid_values):
+        raise click.BadParameter(f"the grid {grid} must reach --delta {delta:g} on both sides (its equal-effect "
+                                 "column interpolates there): add deltas around it", param_hint="--grid")
     try:
         synth = synth_from_options(synth_name, patch_spec, default="voicefm", backend=backend, duration=duration)
     except (RuntimeError, ValueError) as err:

@@ -162,7 +162,9 @@ def delta_profile(synth, *, grid: Sequence[float] = PROFILE_GRID, n_theta: int =
                   progress: Callable[[int], None] | None = None) -> Profile:
     """Measure the profile of `synth` at `grid` (increasing deltas in (0, MAX_DELTA])."""
     grid = tuple(float(g) for g in grid)
-    if not grid or list(grid) != sorted(set(grid)) or grid[0] <= 0 or grid[-1] > MAX_DELTA:
+    # NaN first: every comparison with it is false, so the ordering test below would pass or fail by chance
+    if not grid or not all(math.isfinite(g) for g in grid) or list(grid) != sorted(set(grid)) or grid[0] <= 0 \
+            or grid[-1] > MAX_DELTA:
         raise ValueError(f"grid must be increasing deltas in (0, {MAX_DELTA:g}], got {grid}")
     effects, means = measure_effects(synth, grid, n_theta=n_theta, seed=seed, progress=progress)
     meta = {"synth": synth.patch.name, "backend": synth.backend, "sample_rate": str(synth.sample_rate),

@@ -22,6 +22,10 @@ def test_delta_profile_command_writes_csv_png_and_ranking(tmp_path):
     assert (tmp_path / "voice.png").stat().st_size > 10_000
     bad = CliRunner().invoke(main, ["delta-profile", "--grid", "0.5,0.1", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "grid must be increasing" in bad.output
+    for grid, expected in (("0.1,nan", "finite numbers"), ("0.1,0.25,nan,0.5", "finite numbers"),
+                           ("0.1,0.2", "must reach --delta 0.25"), ("0.3,0.5", "must reach --delta 0.25")):
+        bad = CliRunner().invoke(main, ["delta-profile", "--grid", grid, "--out", str(tmp_path / "x")])
+        assert bad.exit_code == 2 and expected in bad.output, (grid, bad.output)
     # a profile made here is usable through "@"
     from doppel_torch.delta import resolve_delta
     from doppel_torch.synths import get_synth
