@@ -53,11 +53,24 @@ constexpr int LFO_PHASE_BITS = 44;                      // functional.LFO_PHASE_
 constexpr double LFO_SCALE = (double)(1ULL << LFO_PHASE_BITS);
 constexpr uint64_t LFO_MASK = (1ULL << LFO_PHASE_BITS) - 1;
 
-// ---- eight-lane vectors: GCC / Clang vector extensions, one source for AVX-512, AVX2 (two halves), NEON (four
-// pairs) or plain scalar code; element-wise IEEE arithmetic, so every target computes the same values.
-constexpr int VLANES = 8;  // one AVX-512 register of float64, two AVX2 ones, four NEON ones
+// ---- eight-lane vectors: one source for AVX-512, AVX2, SSE2, NEON or plain scalar code; element-wise IEEE
+// arithmetic, so every target computes the same values.
+// With AVX-512 a vd is one register: GCC / Clang's vector extension type. With narrower registers it is a struct of
+// register-wide pieces of the extension (AVX2: two of four lanes; SSE2, NEON: four pairs) with the same operators,
+// piece by piece. GCC 12 lowers an extension type wider than the registers through the stack wherever a vector is
+// built from scalars, stored or indexed (written in 16-byte pieces and reloaded whole, missing store forwarding):
+// on an AVX2 machine (Zen 3) the backward call ran 4x slower than on an AVX-512 one (Zen 4), its stages up to 9x
+// where the register width accounts for 2x (python bench/cpu_stages.py --grad). Common to both forms: a mask's
+// ternary is vselect(mask, a, b), a vector's bits as_bits / as_doubles, lane i of a vector v[i], set by vset.
+constexpr int VLANES = 8;  // one AVX-512 register of float64, two AVX2 ones, four SSE2 / NEON ones
+#if defined(__AVX512F__)
 typedef double vd __attribute__((vector_size(VLANES * sizeof(double))));
 typedef int64_t vi __attribute__((vector_size(VLANES * sizeof(int64_t))));
+static inline vd vselect(const vi& m, const vd& a, const vd& b) { return m ? a : b; }
+static inline vi vselect(const vi& m, const vi& a, const vi& b) { return m ? a : b; }
+static inline vi as_bits(const vd& x) { return (vi)x; }
+static inline vd as_doubles(const vi& x) { return (vd)x; }
+template <typename V, typename E> static inline void vset(V& v, int i, E x) { v[i] = x; }
 
 static inline vd vld(const double* p) {  // unaligned load
     vd v;
@@ -66,6 +79,168 @@ static inline vd vld(const double* p) {  // unaligned load
 }
 
 static inline void vst(double* p, const vd& v) { std::memcpy(p, &v, sizeof v); }  // unaligned store
+
+template <typename T> static inline vd vld_double(const T* p) {  // VLANES values of T as float64
+    vd v;
+    for (int q = 0; q < VLANES; ++q) v[q] = (double)p[q];
+    return v;
+}
+
+template <int N> static inline vd lanes_down(const vd& v) {  // lane l <- v[l + N], 0 past the last lane
+    static_assert(VLANES == 8 && (N == 1 || N == 2 || N == 4), "lanes_down shifts eight lanes by 1, 2 or 4");
+    const vd zero = {};
+#if defined(__clang__)
+    if constexpr (N == 1) return __builtin_shufflevector(v, zero, 1, 2, 3, 4, 5, 6, 7, 8);
+    if constexpr (N == 2) return __builtin_shufflevector(v, zero, 2, 3, 4, 5, 6, 7, 8, 8);
+    return __builtin_shufflevector(v, zero, 4, 5, 6, 7, 8, 8, 8, 8);
+#else
+    return __builtin_shuffle(v, zero, vi{N, N + 1, N + 2, N + 3, N + 4 < 8 ? N + 4 : 8, N + 5 < 8 ? N + 5 : 8,
+                                         N + 6 < 8 ? N + 6 : 8, N + 7 < 8 ? N + 7 : 8});
+#endif
+}
+#else
+#if defined(__AVX__)
+constexpr int VPIECE = 4;  // lanes per register
+#else
+constexpr int VPIECE = 2;
+#endif
+constexpr int NPIECE = VLANES / VPIECE;
+typedef double vdp __attribute__((vector_size(VPIECE * sizeof(double))));
+typedef int64_t vip __attribute__((vector_size(VPIECE * sizeof(int64_t))));
+typedef double vdp_u __attribute__((vector_size(VPIECE * sizeof(double)), aligned(sizeof(double)), may_alias));
+
+template <typename P, typename E>
+struct VPieces {  // VLANES lanes of E as NPIECE vectors P
+    P p[NPIECE];
+    VPieces() : p{} {}
+    VPieces(E a0, E a1, E a2, E a3, E a4, E a5, E a6, E a7) {
+        const E a[VLANES] = {a0, a1, a2, a3, a4, a5, a6, a7};
+        for (int k = 0; k < NPIECE; ++k)
+            for (int l = 0; l < VPIECE; ++l) p[k][l] = a[k * VPIECE + l];
+    }
+    E operator[](int i) const { return p[(unsigned)i / VPIECE][(unsigned)i % VPIECE]; }
+};
+typedef VPieces<vdp, double> vd;
+typedef VPieces<vip, int64_t> vi;
+template <typename V, typename E> static inline void vset(V& v, int i, E x) {
+    v.p[(unsigned)i / VPIECE][(unsigned)i % VPIECE] = x;
+}
+
+// Binary operators piece by piece: vector OP vector, vector OP scalar, scalar OP vector (R: the result's type).
+#define DOPPEL_VOP(T, S, R, OP)                                                                                       \
+    static inline R operator OP(const T& a, const T& b) {                                                             \
+        R r;                                                                                                          \
+        for (int k = 0; k < NPIECE; ++k) r.p[k] = a.p[k] OP b.p[k];                                                   \
+        return r;                                                                                                     \
+    }                                                                                                                 \
+    static inline R operator OP(const T& a, S b) {                                                                    \
+        R r;                                                                                                          \
+        for (int k = 0; k < NPIECE; ++k) r.p[k] = a.p[k] OP b;                                                        \
+        return r;                                                                                                     \
+    }                                                                                                                 \
+    static inline R operator OP(S a, const T& b) {                                                                    \
+        R r;                                                                                                          \
+        for (int k = 0; k < NPIECE; ++k) r.p[k] = a OP b.p[k];                                                        \
+        return r;                                                                                                     \
+    }
+#define DOPPEL_VASSIGN(T, S, OP)                                                                                      \
+    static inline T& operator OP##=(T& a, const T& b) { return a = a OP b; }                                          \
+    static inline T& operator OP##=(T& a, S b) { return a = a OP b; }
+DOPPEL_VOP(vd, double, vd, +) DOPPEL_VOP(vd, double, vd, -) DOPPEL_VOP(vd, double, vd, *) DOPPEL_VOP(vd, double, vd, /)
+DOPPEL_VASSIGN(vd, double, +) DOPPEL_VASSIGN(vd, double, -) DOPPEL_VASSIGN(vd, double, *)
+DOPPEL_VASSIGN(vd, double, /)
+DOPPEL_VOP(vd, double, vi, <) DOPPEL_VOP(vd, double, vi, >) DOPPEL_VOP(vd, double, vi, <=)
+DOPPEL_VOP(vd, double, vi, >=) DOPPEL_VOP(vd, double, vi, ==) DOPPEL_VOP(vd, double, vi, !=)
+DOPPEL_VOP(vi, int64_t, vi, +) DOPPEL_VOP(vi, int64_t, vi, -) DOPPEL_VOP(vi, int64_t, vi, &)
+DOPPEL_VOP(vi, int64_t, vi, |) DOPPEL_VOP(vi, int64_t, vi, ^) DOPPEL_VOP(vi, int64_t, vi, <)
+DOPPEL_VOP(vi, int64_t, vi, >) DOPPEL_VOP(vi, int64_t, vi, ==)
+DOPPEL_VASSIGN(vi, int64_t, +) DOPPEL_VASSIGN(vi, int64_t, &) DOPPEL_VASSIGN(vi, int64_t, |)
+#undef DOPPEL_VOP
+#undef DOPPEL_VASSIGN
+
+static inline vd operator-(const vd& a) {
+    vd r;
+    for (int k = 0; k < NPIECE; ++k) r.p[k] = -a.p[k];
+    return r;
+}
+
+static inline vi operator>>(const vi& a, int n) {
+    vi r;
+    for (int k = 0; k < NPIECE; ++k) r.p[k] = a.p[k] >> n;
+    return r;
+}
+
+static inline vd vselect(const vi& m, const vd& a, const vd& b) {
+    vd r;
+    for (int k = 0; k < NPIECE; ++k) r.p[k] = m.p[k] ? a.p[k] : b.p[k];
+    return r;
+}
+
+static inline vi vselect(const vi& m, const vi& a, const vi& b) {
+    vi r;
+    for (int k = 0; k < NPIECE; ++k) r.p[k] = m.p[k] ? a.p[k] : b.p[k];
+    return r;
+}
+
+static inline vi as_bits(const vd& x) {
+    vi r;
+    for (int k = 0; k < NPIECE; ++k) r.p[k] = (vip)x.p[k];
+    return r;
+}
+
+static inline vd as_doubles(const vi& x) {
+    vd r;
+    for (int k = 0; k < NPIECE; ++k) r.p[k] = (vdp)x.p[k];
+    return r;
+}
+
+static inline vd vld(const double* p) {  // unaligned load, a register at a time
+    vd v;
+    for (int k = 0; k < NPIECE; ++k) v.p[k] = *(const vdp_u*)(p + k * VPIECE);
+    return v;
+}
+
+static inline void vst(double* p, const vd& v) {  // unaligned store, a register at a time
+    for (int k = 0; k < NPIECE; ++k) *(vdp_u*)(p + k * VPIECE) = v.p[k];
+}
+
+template <typename T> static inline vd vld_double(const T* p) {  // VLANES values of T as float64
+    typedef T tp_u __attribute__((vector_size(VPIECE * sizeof(T)), aligned(sizeof(T)), may_alias));
+    vd v;
+    for (int k = 0; k < NPIECE; ++k) v.p[k] = __builtin_convertvector(*(const tp_u*)(p + k * VPIECE), vdp);
+    return v;
+}
+
+// Lanes N.. of a, then of b: a register-wide window (N < VPIECE).
+template <int N> static inline vdp piece_window(const vdp& a, const vdp& b) {
+#if defined(__clang__)
+    if constexpr (VPIECE == 4) return __builtin_shufflevector(a, b, N, N + 1, N + 2, N + 3);
+    else return __builtin_shufflevector(a, b, N, N + 1);
+#else
+    if constexpr (VPIECE == 4) return __builtin_shuffle(a, b, vip{N, N + 1, N + 2, N + 3});
+    else return __builtin_shuffle(a, b, vip{N, N + 1});
+#endif
+}
+
+template <int N> static inline vd lanes_down(const vd& v) {  // lane l <- v[l + N], 0 past the last lane
+    constexpr int Q = N / VPIECE, R = N % VPIECE;
+    const vdp zero = {};
+    vd r;
+    for (int k = 0; k < NPIECE; ++k) {
+        const vdp a = k + Q < NPIECE ? v.p[k + Q] : zero;
+        if constexpr (R == 0) {
+            r.p[k] = a;
+        } else {
+            const vdp b = k + Q + 1 < NPIECE ? v.p[k + Q + 1] : zero;
+            r.p[k] = piece_window<R>(a, b);
+        }
+    }
+    return r;
+}
+#endif
+
+static inline vd vselect(bool m, const vd& a, const vd& b) { return m ? a : b; }  // a scalar condition
+static inline double vselect(bool m, double a, double b) { return m ? a : b; }  // code generic over double and vd
 
 // ---- branch-free float64 math, vectorisable -------------------------------------------------------------
 
