@@ -1,5 +1,7 @@
 """One source, the same bits on every SIMD target: the kernel built for this machine (-march=native), for AVX2
-(x86-64-v3), for baseline x86-64 (SSE2) and with the vectorisers off (scalar code) renders bit-identical sounds,
+(x86-64-v3), for baseline x86-64 (SSE2), with the vectorisers off (scalar code) and with its vectors in their other form
+(-DDOPPEL_VECTOR_EXTENSION: one vector-extension type, AVX-512's form, where this machine's has register-wide
+pieces, or the same form again on an AVX-512 machine) renders bit-identical sounds,
 float32 and float64 (the kernel's header: no contraction by the compiler, explicit std::fma, IEEE arithmetic).
 On aarch64 the native (NEON) build is compared with its scalar build; test_cross_arch.py compares aarch64 builds, run
 under qemu-user, with this machine's."""
@@ -22,7 +24,8 @@ SCALAR = ["-fno-tree-vectorize", "-fno-tree-slp-vectorize"]
 
 def _variants() -> dict[str, list[str]]:
     generic = [f for f in NATIVE if not f.startswith("-march")]
-    out = {"native": NATIVE, "native-scalar": NATIVE + SCALAR}
+    # the kernel's vectors in both of their forms (synth_cpu.cpp: one vector-extension type, or register-wide pieces)
+    out = {"native": NATIVE, "native-scalar": NATIVE + SCALAR, "native-one-type": NATIVE + ["-DDOPPEL_VECTOR_EXTENSION"]}
     if platform.machine() in ("x86_64", "AMD64"):
         out["avx2"] = generic + ["-march=x86-64-v3"]
         out["sse2-scalar"] = generic + ["-march=x86-64"] + SCALAR

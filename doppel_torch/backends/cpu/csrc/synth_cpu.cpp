@@ -63,7 +63,8 @@ constexpr uint64_t LFO_MASK = (1ULL << LFO_PHASE_BITS) - 1;
 // where the register width accounts for 2x (python bench/cpu_stages.py --grad). Common to both forms: a mask's
 // ternary is vselect(mask, a, b), a vector's bits as_bits / as_doubles, lane i of a vector v[i], set by vset.
 constexpr int VLANES = 8;  // one AVX-512 register of float64, two AVX2 ones, four SSE2 / NEON ones
-#if defined(__AVX512F__)
+// -DDOPPEL_VECTOR_EXTENSION: the one-type form on any target (tests/backends/cpu/test_simd_builds.py builds both)
+#if defined(__AVX512F__) || defined(DOPPEL_VECTOR_EXTENSION)
 typedef double vd __attribute__((vector_size(VLANES * sizeof(double))));
 typedef int64_t vi __attribute__((vector_size(VLANES * sizeof(int64_t))));
 static inline vd vselect(const vi& m, const vd& a, const vd& b) { return m ? a : b; }
