@@ -62,32 +62,34 @@ constexpr uint64_t LFO_MASK = (1ULL << LFO_PHASE_BITS) - 1;
 // on an AVX2 machine (Zen 3) the backward call ran 4x slower than on an AVX-512 one (Zen 4), its stages up to 9x
 // where the register width accounts for 2x (python bench/cpu_stages.py --grad). Common to both forms: a mask's
 // ternary is vselect(mask, a, b), a vector's bits as_bits / as_doubles, lane i of a vector v[i], set by vset.
+// VINLINE: a function of vectors is always inlined (one not inlined takes a struct of pieces through memory)
+#define VINLINE inline __attribute__((always_inline))
 constexpr int VLANES = 8;  // one AVX-512 register of float64, two AVX2 ones, four SSE2 / NEON ones
 // -DDOPPEL_VECTOR_EXTENSION: the one-type form on any target (tests/backends/cpu/test_simd_builds.py builds both)
 #if defined(__AVX512F__) || defined(DOPPEL_VECTOR_EXTENSION)
 typedef double vd __attribute__((vector_size(VLANES * sizeof(double))));
 typedef int64_t vi __attribute__((vector_size(VLANES * sizeof(int64_t))));
-static inline vd vselect(const vi& m, const vd& a, const vd& b) { return m ? a : b; }
-static inline vi vselect(const vi& m, const vi& a, const vi& b) { return m ? a : b; }
-static inline vi as_bits(const vd& x) { return (vi)x; }
-static inline vd as_doubles(const vi& x) { return (vd)x; }
+static VINLINE vd vselect(const vi& m, const vd& a, const vd& b) { return m ? a : b; }
+static VINLINE vi vselect(const vi& m, const vi& a, const vi& b) { return m ? a : b; }
+static VINLINE vi as_bits(const vd& x) { return (vi)x; }
+static VINLINE vd as_doubles(const vi& x) { return (vd)x; }
 template <typename V, typename E> static inline void vset(V& v, int i, E x) { v[i] = x; }
 
-static inline vd vld(const double* p) {  // unaligned load
+static VINLINE vd vld(const double* p) {  // unaligned load
     vd v;
     std::memcpy(&v, p, sizeof v);
     return v;
 }
 
-static inline void vst(double* p, const vd& v) { std::memcpy(p, &v, sizeof v); }  // unaligned store
+static VINLINE void vst(double* p, const vd& v) { std::memcpy(p, &v, sizeof v); }  // unaligned store
 
-template <typename T> static inline vd vld_double(const T* p) {  // VLANES values of T as float64
+template <typename T> static VINLINE vd vld_double(const T* p) {  // VLANES values of T as float64
     vd v;
     for (int q = 0; q < VLANES; ++q) v[q] = (double)p[q];
     return v;
 }
 
-template <int N> static inline vd lanes_down(const vd& v) {  // lane l <- v[l + N], 0 past the last lane
+template <int N> static VINLINE vd lanes_down(const vd& v) {  // lane l <- v[l + N], 0 past the last lane
     static_assert(VLANES == 8 && (N == 1 || N == 2 || N == 4), "lanes_down shifts eight lanes by 1, 2 or 4");
     const vd zero = {};
 #if defined(__clang__)
@@ -129,24 +131,24 @@ template <typename V, typename E> static inline void vset(V& v, int i, E x) {
 
 // Binary operators piece by piece: vector OP vector, vector OP scalar, scalar OP vector (R: the result's type).
 #define DOPPEL_VOP(T, S, R, OP)                                                                                       \
-    static inline R operator OP(const T& a, const T& b) {                                                             \
+    static VINLINE R operator OP(const T& a, const T& b) {                                                             \
         R r;                                                                                                          \
         for (int k = 0; k < NPIECE; ++k) r.p[k] = a.p[k] OP b.p[k];                                                   \
         return r;                                                                                                     \
     }                                                                                                                 \
-    static inline R operator OP(const T& a, S b) {                                                                    \
+    static VINLINE R operator OP(const T& a, S b) {                                                                    \
         R r;                                                                                                          \
         for (int k = 0; k < NPIECE; ++k) r.p[k] = a.p[k] OP b;                                                        \
         return r;                                                                                                     \
     }                                                                                                                 \
-    static inline R operator OP(S a, const T& b) {                                                                    \
+    static VINLINE R operator OP(S a, const T& b) {                                                                    \
         R r;                                                                                                          \
         for (int k = 0; k < NPIECE; ++k) r.p[k] = a OP b.p[k];                                                        \
         return r;                                                                                                     \
     }
 #define DOPPEL_VASSIGN(T, S, OP)                                                                                      \
-    static inline T& operator OP##=(T& a, const T& b) { return a = a OP b; }                                          \
-    static inline T& operator OP##=(T& a, S b) { return a = a OP b; }
+    static VINLINE T& operator OP##=(T& a, const T& b) { return a = a OP b; }                                          \
+    static VINLINE T& operator OP##=(T& a, S b) { return a = a OP b; }
 DOPPEL_VOP(vd, double, vd, +) DOPPEL_VOP(vd, double, vd, -) DOPPEL_VOP(vd, double, vd, *) DOPPEL_VOP(vd, double, vd, /)
 DOPPEL_VASSIGN(vd, double, +) DOPPEL_VASSIGN(vd, double, -) DOPPEL_VASSIGN(vd, double, *)
 DOPPEL_VASSIGN(vd, double, /)
@@ -159,53 +161,53 @@ DOPPEL_VASSIGN(vi, int64_t, +) DOPPEL_VASSIGN(vi, int64_t, &) DOPPEL_VASSIGN(vi,
 #undef DOPPEL_VOP
 #undef DOPPEL_VASSIGN
 
-static inline vd operator-(const vd& a) {
+static VINLINE vd operator-(const vd& a) {
     vd r;
     for (int k = 0; k < NPIECE; ++k) r.p[k] = -a.p[k];
     return r;
 }
 
-static inline vi operator>>(const vi& a, int n) {
+static VINLINE vi operator>>(const vi& a, int n) {
     vi r;
     for (int k = 0; k < NPIECE; ++k) r.p[k] = a.p[k] >> n;
     return r;
 }
 
-static inline vd vselect(const vi& m, const vd& a, const vd& b) {
+static VINLINE vd vselect(const vi& m, const vd& a, const vd& b) {
     vd r;
     for (int k = 0; k < NPIECE; ++k) r.p[k] = m.p[k] ? a.p[k] : b.p[k];
     return r;
 }
 
-static inline vi vselect(const vi& m, const vi& a, const vi& b) {
+static VINLINE vi vselect(const vi& m, const vi& a, const vi& b) {
     vi r;
     for (int k = 0; k < NPIECE; ++k) r.p[k] = m.p[k] ? a.p[k] : b.p[k];
     return r;
 }
 
-static inline vi as_bits(const vd& x) {
+static VINLINE vi as_bits(const vd& x) {
     vi r;
     for (int k = 0; k < NPIECE; ++k) r.p[k] = (vip)x.p[k];
     return r;
 }
 
-static inline vd as_doubles(const vi& x) {
+static VINLINE vd as_doubles(const vi& x) {
     vd r;
     for (int k = 0; k < NPIECE; ++k) r.p[k] = (vdp)x.p[k];
     return r;
 }
 
-static inline vd vld(const double* p) {  // unaligned load, a register at a time
+static VINLINE vd vld(const double* p) {  // unaligned load, a register at a time
     vd v;
     for (int k = 0; k < NPIECE; ++k) v.p[k] = *(const vdp_u*)(p + k * VPIECE);
     return v;
 }
 
-static inline void vst(double* p, const vd& v) {  // unaligned store, a register at a time
+static VINLINE void vst(double* p, const vd& v) {  // unaligned store, a register at a time
     for (int k = 0; k < NPIECE; ++k) *(vdp_u*)(p + k * VPIECE) = v.p[k];
 }
 
-template <typename T> static inline vd vld_double(const T* p) {  // VLANES values of T as float64
+template <typename T> static VINLINE vd vld_double(const T* p) {  // VLANES values of T as float64
     typedef T tp_u __attribute__((vector_size(VPIECE * sizeof(T)), aligned(sizeof(T)), may_alias));
     vd v;
     for (int k = 0; k < NPIECE; ++k) v.p[k] = __builtin_convertvector(*(const tp_u*)(p + k * VPIECE), vdp);
@@ -213,7 +215,7 @@ template <typename T> static inline vd vld_double(const T* p) {  // VLANES value
 }
 
 // Lanes N.. of a, then of b: a register-wide window (N < VPIECE).
-template <int N> static inline vdp piece_window(const vdp& a, const vdp& b) {
+template <int N> static VINLINE vdp piece_window(const vdp& a, const vdp& b) {
 #if defined(__clang__)
     if constexpr (VPIECE == 4) return __builtin_shufflevector(a, b, N, N + 1, N + 2, N + 3);
     else return __builtin_shufflevector(a, b, N, N + 1);
@@ -223,7 +225,7 @@ template <int N> static inline vdp piece_window(const vdp& a, const vdp& b) {
 #endif
 }
 
-template <int N> static inline vd lanes_down(const vd& v) {  // lane l <- v[l + N], 0 past the last lane
+template <int N> static VINLINE vd lanes_down(const vd& v) {  // lane l <- v[l + N], 0 past the last lane
     constexpr int Q = N / VPIECE, R = N % VPIECE;
     const vdp zero = {};
     vd r;
@@ -240,8 +242,8 @@ template <int N> static inline vd lanes_down(const vd& v) {  // lane l <- v[l + 
 }
 #endif
 
-static inline vd vselect(bool m, const vd& a, const vd& b) { return m ? a : b; }  // a scalar condition
-static inline double vselect(bool m, double a, double b) { return m ? a : b; }  // code generic over double and vd
+static VINLINE vd vselect(bool m, const vd& a, const vd& b) { return m ? a : b; }  // a scalar condition
+static VINLINE double vselect(bool m, double a, double b) { return m ? a : b; }  // code generic over double and vd
 
 // ---- branch-free float64 math, vectorisable -------------------------------------------------------------
 
@@ -283,7 +285,7 @@ static inline double exp2_d(double x) {
 // log2(x) for a positive normal x: exponent plus 2 atanh((m - 1)/(m + 1)) / ln 2 with m in [sqrt(1/2), sqrt(2)].
 static inline double log2_d(double x) {
     const int64_t b = bits_of(x);
-    int64_t e = (b >> 52) - 1023;
+    int64_t e = (int64_t)((uint64_t)b >> 52) - 1023;  // x > 0: a logical shift (vectorises on AVX2, which has no arithmetic one)
     double m = from_bits((b & 0x000FFFFFFFFFFFFFLL) | 0x3FF0000000000000LL);
     const bool big = m > 1.4142135623730950488;
     m = big ? 0.5 * m : m;
@@ -700,7 +702,8 @@ static void adsr_ramp(double dur_s, double start_s, double alpha, const Shape& s
     while (hi > lo && ramp_at(hi - 1) >= 1.0) --hi;
     while (hi < C && ramp_at(hi) < 1.0) ++hi;
     for (int64_t t = lo; t < hi; ++t) {
-        double ramp = (double)t;
+        // through int32 (C < 2^31: control indices are int32, Shape::up_idx): AVX2 converts int32 lanes to float64, not int64 ones (the loop vectorises)
+        double ramp = (double)(int32_t)t;
         if (HAS_START) ramp = std::max(ramp - start, 0.0);
         const double r0 = std::min((ramp + eps) / dur + eps, 1.0);
         const double r = INVERSE ? 1.0 - r0 : r0;
