@@ -419,9 +419,9 @@ def match(
 
 def _bar(progress, total: int, desc: str, unit: str):
     """A tqdm bar (rate and ETA) where `progress` is True, else one that shows nothing."""
-    from tqdm.auto import tqdm
+    from doppel_torch.progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=progress is not True)
+    return progress_bar(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=progress is not True)
 
 
 # ---- files: the target in, the result out ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ import click
 
 from doppel_torch.delta.profile import PROFILE_GRID
 from doppel_torch.delta.spec import MAX_DELTA
+from doppel_torch.progress import progress_bar
 from doppel_torch.synths.base import BACKENDS, SYNTHS, synth_from_options
 
 
@@ -40,8 +41,6 @@ def delta_profile_command(synth_name, patch_spec, delta, n_theta, seed, backend,
     parameters. `equal-effect:D` reads the CSVs shipped in doppel_torch/delta/profiles/, made by this command with
     its defaults and `--out doppel_torch/delta/profiles`; pass `equal-effect:D@OUT/<synth>.csv` for another one.
     """
-    from tqdm.auto import tqdm
-
     from doppel_torch.delta.profile import delta_profile, plot_profile, save_profile
 
     if delta != delta:
@@ -61,7 +60,7 @@ def delta_profile_command(synth_name, patch_spec, delta, n_theta, seed, backend,
     except (RuntimeError, ValueError) as err:
         raise click.UsageError(str(err)) from err
     name = synth.patch.name
-    with tqdm(total=synth.num_params, desc=f"{name} delta profile", unit="param", disable=not progress) as bar:
+    with progress_bar(total=synth.num_params, desc=f"{name} delta profile", unit="param", disable=not progress) as bar:
         bar.set_postfix_str(f"{len(grid_values) * n_theta} sounds/param")
         try:
             profile = delta_profile(synth, grid=grid_values, n_theta=n_theta, seed=seed, progress=bar.update)

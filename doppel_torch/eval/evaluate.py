@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from doppel_torch.eval.cache import EmbeddingCache
 from doppel_torch.eval.embed import SAMPLE_RATE, AudioReadError, Embedder, cpu_threads, free_cpu_threads, load_audio
@@ -30,6 +29,7 @@ from doppel_torch.eval.probe import (
 )
 from doppel_torch.eval.tasks import Split, Task
 from doppel_torch.functional import resample
+from doppel_torch.progress import progress_bar
 
 
 def extract_features(
@@ -58,7 +58,7 @@ def _extract_features(embedders, files, cache, memo, progress, desc, chunk):
     rows: dict[str, list[torch.Tensor]] = {name: [] for name in embedders}
     kept: list[int] = []
     unreadable: list[tuple[str, str]] = []
-    bar = tqdm(total=len(files), desc=desc, unit="file", disable=not progress, leave=False)
+    bar = progress_bar(total=len(files), desc=desc, unit="file", disable=not progress, leave=False)
     for start in range(0, len(files), chunk):
         batch = []  # (index, file hash, raw bytes)
         for i in range(start, min(start + chunk, len(files))):
@@ -161,7 +161,7 @@ def cross_validate(
                 "valid and test files, and every fold needs readable files"
             )
     n_classes = len(task.classes)
-    bar = tqdm(total=len(splits) * len(seeds), desc=desc or f"{task.name} probes", disable=not progress, leave=False)
+    bar = progress_bar(total=len(splits) * len(seeds), desc=desc or f"{task.name} probes", disable=not progress, leave=False)
     fits: dict[tuple[int, int], object] = {}
     if config.protocol in ("paper", "arch"):
         jobs = [LinearJob(split.train, split.valid, int(seed)) for split in splits for seed in seeds]

@@ -512,7 +512,7 @@ class Trainer:
 
         status is "done", "interrupted" (a signal: checkpoint written) or raises NonFiniteLoss.
         """
-        from tqdm.auto import tqdm
+        from doppel_torch.progress import progress_bar
 
         cfg = self.config
         self._start_time = time.perf_counter()
@@ -532,7 +532,7 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 handlers[sig] = signal.signal(sig, self._on_signal)
-        bar = tqdm(
+        bar = progress_bar(
             total=self.end_step * self.global_batch,
             initial=start_step * self.global_batch,
             unit="pair",

@@ -1,0 +1,26 @@
+"""Progress bars: tqdm (rate and ETA), sized for a terminal that reports no size.
+
+A pseudo-terminal of size 0 x 0 (`docker exec -t` before its first resize, some CI runners and `script` sessions)
+makes tqdm hide every bar: it reads the height as 0 rows, so even the first bar lies below the screen. There the bars
+are drawn 80 columns wide, as for a pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def progress_bar(**kwargs):
+    """tqdm.auto.tqdm(**kwargs), with ncols / nrows given where the terminal on stderr reports a zero size."""
+    from tqdm.auto import tqdm
+
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # not a terminal, or stderr replaced (pytest's capture)
+        size = None
+    if size is not None and (size.columns == 0 or size.lines == 0):
+        kwargs.pop("dynamic_ncols", None)
+        kwargs.setdefault("ncols", size.columns or 80)
+        kwargs.setdefault("nrows", size.lines or 20)
+    return tqdm(**kwargs)
