@@ -1,5 +1,5 @@
 """`python -m doppel_torch ...` runs the `doppel-torch` command (doppel_torch.cli)."""
 
-from doppel_torch.cli import main
+from doppel_torch.entry import main
 
-main(prog_name="doppel-torch")
+main()

@@ -180,3 +180,27 @@ def test_python_dash_m_runs_the_command():
     done = subprocess.run([sys.executable, "-m", "doppel_torch", "match", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "Usage: doppel-torch match" in done.stdout, done.stderr
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line(monkeypatch, capsys):
+    """The console script's entry point imports the command (torch, a second or two) itself, so a Ctrl-C during
+    those imports exits 130 with one line, not an import traceback; importing the entry point imports no torch."""
+    import subprocess
+    import sys
+    import types
+
+    from doppel_torch import entry
+
+    code = "import sys, doppel_torch.entry; assert 'torch' not in sys.modules and 'click' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    starting = types.ModuleType("doppel_torch.cli")  # the command's module, interrupted while it is imported
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    starting.__getattr__ = interrupted
+    monkeypatch.setitem(sys.modules, "doppel_torch.cli", starting)
+    with pytest.raises(SystemExit) as stopped:
+        entry.main()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted while starting: nothing was done"
