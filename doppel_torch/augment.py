@@ -106,11 +106,17 @@ def load_impulse_responses(paths: str | Path | Sequence[str | Path], sample_rate
 
 @functools.lru_cache(maxsize=8)
 def _load_impulse_responses(files: tuple[str, ...], sample_rate: int) -> tuple[torch.Tensor, ...]:
-    from doppel_torch.audio import load_audio
+    from doppel_torch.audio import AudioReadError, load_audio
 
     irs = []
     for path in files:
-        mono, rate = load_audio(path)
+        try:
+            mono, rate = load_audio(path)
+        except AudioReadError as err:
+            raise ValueError(f"impulse response {str(err).rstrip('.')}: remove it from the folder or convert it to "
+                             "wav/flac") from None
+        if not bool(torch.isfinite(mono).all()):
+            raise ValueError(f"impulse response {path} contains NaN or infinite samples: remove it from the folder")
         irs.append(F.resample(mono, rate, sample_rate))
     return tuple(irs)
 

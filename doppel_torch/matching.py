@@ -569,17 +569,6 @@ def _load_target(path: Path, audio: torch.Tensor, rate: int, synth) -> tuple[tor
     return audio, notes
 
 
-def _check_writable(folder: Path) -> None:
-    """Refuse an --out folder that cannot take a file before any compute is spent (root ignores modes, so try)."""
-    probe = folder / f".match-write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise click.ClickException(f"cannot write in --out {folder}: {err.strerror or err} (choose another "
-                                   "folder)") from None
-
-
 class _Signals:
     """Ctrl-C and SIGTERM (a scheduler, `timeout`, `kill`) while the command runs: the first one stops the descent
     (KeyboardInterrupt: `match` returns the best so far); any further one, while `match` finishes and the files are
@@ -665,19 +654,10 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
     runs, theta.json holds the best so far (rewritten every 10 s), so --init out/theta.json continues even a
     killed run.
     """
+    from doppel_torch.options import device_option, out_folder
     from doppel_torch.synths.base import synth_from_options
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except RuntimeError as err:
-        raise click.BadParameter(str(err), param_hint="--device") from None
-    if device.type not in ("cpu", "cuda"):
-        raise click.BadParameter(f"{device} is not a device match renders on: give cpu or cuda", param_hint="--device")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("CUDA is not available here (no GPU, or a CPU-only torch): use --device cpu",
-                                 param_hint="--device")
+    device = device_option(device)
     if backend is None:
         backend = default_backend(device)
     samples, rate, channels = _read_target(target)
@@ -711,11 +691,7 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
                f"backend={backend}, {device}): {restarts} restarts x {steps} steps, {starts}")
     meta = {"target": str(target), "seed": seed, "lr": lr, "pitch_step": pitch_step,
             **({"init": str(init_path)} if init is not None else {}), "notes": notes}
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise click.ClickException(f"cannot create --out {out_dir}: {err.strerror or err}") from None
-    _check_writable(out_dir)
+    out_folder(out_dir)
     snapshot_failed = []
 
     def snapshot(taken: int, theta: torch.Tensor, loss: float) -> None:

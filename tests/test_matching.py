@@ -563,7 +563,7 @@ def test_match_command_refuses_an_unusable_device_or_out_folder(tmp_path, synth,
     path = tmp_path / "t.wav"
     sf.write(path, synth(synth.random_params(1, seed=11))[0].numpy(), 16000)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for device, expected in (("cuda", "CUDA is not available"), ("meta", "not a device match renders on")):
+    for device, expected in (("cuda", "CUDA is not available"), ("meta", "not a device this command runs on")):
         bad = CliRunner().invoke(main, _match_args(path, tmp_path / "o", "--steps", "1", "--device", device))
         assert bad.exit_code == 2 and expected in bad.output and "Traceback" not in bad.output, bad.output
 

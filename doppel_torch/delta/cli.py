@@ -42,6 +42,7 @@ def delta_profile_command(synth_name, patch_spec, delta, n_theta, seed, backend,
     its defaults and `--out doppel_torch/delta/profiles`; pass `equal-effect:D@OUT/<synth>.csv` for another one.
     """
     from doppel_torch.delta.profile import delta_profile, plot_profile, save_profile
+    from doppel_torch.options import out_folder
 
     if delta != delta:
         raise click.BadParameter("must be a number, not NaN", param_hint="--delta")
@@ -59,6 +60,7 @@ def delta_profile_command(synth_name, patch_spec, delta, n_theta, seed, backend,
         synth = synth_from_options(synth_name, patch_spec, default="voicefm", backend=backend, duration=duration)
     except (RuntimeError, ValueError) as err:
         raise click.UsageError(str(err)) from err
+    out_folder(out_dir)  # before the profile is computed: a folder that cannot take its files costs nothing
     name = synth.patch.name
     with progress_bar(total=synth.num_params, desc=f"{name} delta profile", unit="param", disable=not progress) as bar:
         bar.set_postfix_str(f"{len(grid_values) * n_theta} sounds/param")

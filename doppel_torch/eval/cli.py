@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 
 from doppel_torch.eval.cache import EmbeddingCache
 from doppel_torch.eval.embed import Embedder
@@ -25,6 +24,7 @@ from doppel_torch.eval.probe import PROBE_CHOICES, RENAMED, ProbeConfig
 from doppel_torch.eval.report import markdown_table, write_report
 from doppel_torch.eval.suite import SUITES, find_suite, suite_markdown, suite_summary, suite_table
 from doppel_torch.eval.tasks import parse_task_spec
+from doppel_torch.options import device_option, out_folder
 
 DEFAULT_CACHE = Path("~/.cache/doppel-torch/embeddings")
 
@@ -109,7 +109,12 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
         raise click.UsageError("no task: give --task KIND[:PATH] (repeatable) or --suite paper --data-root DIR")
     if (suite is None) != (data_root is None):
         raise click.UsageError("--suite and --data-root go together: --suite paper --data-root DIR")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if lr is not None and not 0.0 < lr < float("inf"):
+        raise click.BadParameter(f"must be a positive number, got {lr}", param_hint="--lr")
+    device = str(device_option(device))
+    out_folder(out_dir)  # before any probe is fit: a folder that cannot take the report costs nothing
+    if not no_cache:
+        out_folder(Path(cache_dir).expanduser(), "--cache-dir")
     try:
         config = ProbeConfig(protocol=probe_kind, lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
                              standardize=standardize)

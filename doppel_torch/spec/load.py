@@ -24,6 +24,8 @@ def load_patch(spec: str) -> Patch:
         path = Path(source)
         if not path.is_file():
             raise ValueError(f"patch file {source!r} does not exist")
+        if path.suffix != ".py":  # importlib has no loader for another suffix
+            raise ValueError(f"patch file {source!r} is not a .py file: give the Python file that defines the patch")
         loader = importlib.util.spec_from_file_location(f"doppel_torch_user_patch_{path.stem}", path)
         module = importlib.util.module_from_spec(loader)
         try:

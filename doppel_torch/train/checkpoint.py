@@ -18,7 +18,6 @@ alone fixes the data still to come.
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -100,10 +99,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+    except OSError as exc:
+        raise ValueError(f"cannot read the checkpoint {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # a file of any other content: the unpickler's KeyError, UnpicklingError, EOFError, ...
         # torch's message is long; keep its "Unsupported ..." line (e.g. "Unsupported global: GLOBAL datetime...").
         lines = [line.strip() for line in str(exc).splitlines() if "Unsupported" in line]
-        reason = lines[0].split(". Please")[0] if lines else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = lines[0].split(". Please")[0] if lines else (str(exc).strip().splitlines() or [""])[0]
+        if isinstance(exc, (KeyError, IndexError, TypeError, ValueError, AttributeError)) or not reason:
+            reason = f"{type(exc).__name__}: {reason}".rstrip(": ")
         raise ValueError(
             f"{path} could not be loaded as a checkpoint: it is truncated, not a torch.save file, or holds objects "
             f"other than tensors and plain containers (weights_only=True keeps a checkpoint from running code). "

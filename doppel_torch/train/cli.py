@@ -12,6 +12,7 @@ r"""Train a ResNet18 on audio doppelgangers: the default recipe, a preset (--pre
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import click
 
 from doppel_torch.delta.spec import MAX_DELTA
 from doppel_torch.pairs import NOISE_MODES
+from doppel_torch.options import out_folder
 from doppel_torch.train.config import BACKENDS, DEVICES, PRECISIONS, PRESETS, SYNTHS, TrainConfig, make_config
 
 # CLI option name -> dotted config field.
@@ -231,6 +233,7 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
         config = resolve_config(preset, resume, options, _parse_set(sets))
     except (ValueError, FileNotFoundError) as exc:
         raise click.UsageError(str(exc)) from None
+    out_folder(config.run.out_dir)  # before the model is built: a run folder that cannot take files costs nothing
     trainer = None
     try:
         try:
@@ -238,6 +241,9 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
         summary = trainer.fit()
+        if summary["status"] == "interrupted":  # stopped by a signal and saved: a further one has nothing to stop
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
     except NonFiniteLoss as exc:
         raise click.ClickException(str(exc)) from None
     finally:

@@ -19,8 +19,10 @@ from __future__ import annotations
 import csv
 import inspect
 import math
+import os
 from collections import Counter
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -132,6 +134,7 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
 
         self._stop_signal: int | None = None
+        self._signals_seen = 0
         self._acc = torch.zeros(3, device=self.device)  # loss, align, uniform summed since the last log
         self._acc_steps = 0
         self._interval_start = time.perf_counter()
@@ -313,10 +316,17 @@ class Trainer:
         self._acc_steps = 0
         self._interval_start, self._interval_step = now, self.step
         if not all(math.isfinite(v) for v in values):
+            last = self.out_dir / "last.pt"
+            kept = (f"the last good checkpoint is kept in {last}" if last.is_file()
+                    else "no checkpoint was written before it")
+            advice = ["lower the learning rate (--lr)"]
+            if self.bf16:
+                advice.append("use fp32 (--precision fp32)")
+            if self.config.data.data:
+                advice.insert(0, f"check {self.config.data.data} for recordings with NaN, infinite or silent samples")
             raise NonFiniteLoss(
                 f"loss became {values[0]} (align {values[1]}, uniform {values[2]}) before step {self.step}; "
-                f"stopping. The last good checkpoint is kept in {self.out_dir / 'last.pt'}; lower the learning "
-                f"rate (--lr) or use fp32 (--precision fp32) to continue"
+                f"stopping: {kept}. To continue, {' or '.join(advice)}"
             )
         metrics = {"loss": values[0], "align": values[1], "uniform": values[2], "pairs_per_s": pairs_per_s}
         self._record("train", metrics)
@@ -471,11 +481,27 @@ class Trainer:
 
     # ---- the run ------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._stop_signal is not None:  # second Ctrl-C: stop now, without a checkpoint
-            raise KeyboardInterrupt
-        self._stop_signal = signum
-        if self.env.is_main:
-            self._log(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint after this step")
+        """The first Ctrl-C / SIGTERM stops after this step with a checkpoint; a second one is noted (the step and the
+        write take moments); a third quits at once without it. Nothing is raised into the running code (a
+        KeyboardInterrupt there can land in a weakref callback, which prints a traceback and swallows it), and a hard
+        exit loses nothing written: last.pt is replaced whole or not at all."""
+        name = signal.Signals(signum).name
+        self._signals_seen += 1
+        if self._stop_signal is None:
+            self._stop_signal = signum
+            if self.env.is_main:
+                self._log(f"\nreceived {name}: saving a checkpoint after this step (twice more: quit without it)")
+        elif self._signals_seen == 2:
+            if self.env.is_main:
+                self._log(f"\nreceived {name} again: the checkpoint is written after this step; once more quits "
+                          "without it")
+        else:
+            if self.env.is_main:
+                self._log(f"\nreceived {name} a third time: quitting without a checkpoint of this step "
+                          f"({self.out_dir / 'last.pt'} holds the last one written)")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + self._stop_signal)
 
     def describe(self) -> str:
         cfg, env = self.config, self.env

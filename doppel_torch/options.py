@@ -1,0 +1,50 @@
+"""Checks the subcommands share, made before any work starts, each failing as one line that says what to do:
+an output folder that can take files, and a --device this torch can use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+
+def out_folder(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Create `path` (and its parents) and check that a file can be written there (root ignores modes, so try)."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise click.ClickException(f"cannot use {option} {folder}: it exists and is not a folder (choose a "
+                                   "folder)") from None
+    except OSError as err:
+        raise click.ClickException(f"cannot create {option} {folder}: {err.strerror or err} (choose another "
+                                   "folder)") from None
+    probe = folder / f".doppel-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise click.ClickException(f"cannot write in {option} {folder}: {err.strerror or err} (choose another "
+                                   "folder)") from None
+    return folder
+
+
+def device_option(device: str | None):
+    """--device as a torch.device: cuda when present if not given; cpu or cuda, and cuda only where it works."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise click.BadParameter(f"unknown device {device!r}: give cpu or cuda (cuda:N for one GPU)",
+                                 param_hint="--device") from None
+    if device.type not in ("cpu", "cuda"):
+        raise click.BadParameter(f"{device} is not a device this command runs on: give cpu or cuda",
+                                 param_hint="--device")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available here (no GPU, or a CPU-only torch): use --device cpu",
+                                 param_hint="--device")
+    return device
