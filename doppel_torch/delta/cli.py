@@ -44,8 +44,9 @@ def delta_profile_command(synth_name, patch_spec, delta, n_theta, seed, backend,
     from doppel_torch.delta.profile import delta_profile, plot_profile, save_profile
     from doppel_torch.options import out_folder
 
-    if delta != delta:
-        raise click.BadParameter("must be a number, not NaN", param_hint="--delta")
+    for value, option in ((delta, "--delta"), (duration, "--duration")):
+        if value != value:  # FloatRange lets NaN through (every comparison with it is false)
+            raise click.BadParameter("must be a number, not NaN", param_hint=option)
     try:
         grid_values = tuple(float(g) for g in grid.split(",") if g.strip())
     except ValueError:

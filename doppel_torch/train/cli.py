@@ -226,6 +226,7 @@ def _default(name: str, shown: str | None = None) -> str:
 @click.option("--tensorboard/--no-tensorboard", default=None, help="TensorBoard logs [on].")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE", help="Override any config field.")
 def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **options: Any) -> None:
+    from doppel_torch.train.data import NoAudioLeft
     from doppel_torch.train.distributed import cleanup
     from doppel_torch.train.loop import NonFiniteLoss, Trainer
 
@@ -244,8 +245,9 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
         if summary["status"] == "interrupted":  # stopped by a signal and saved: a further one has nothing to stop
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
-    except NonFiniteLoss as exc:
-        raise click.ClickException(str(exc)) from None
+    except (NonFiniteLoss, NoAudioLeft) as exc:
+        # from a DataLoader worker the message holds the worker's traceback: its last line is the message
+        raise click.ClickException(str(exc).strip().splitlines()[-1].split("NoAudioLeft: ")[-1]) from None
     finally:
         # The DDP model holds the process group: drop it first, so destroy_process_group joins gloo's threads now
         # rather than at interpreter exit (where a rank was seen to abort once: "terminate called without an

@@ -126,6 +126,10 @@ def _walk_audio(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     return sorted(found), skipped
 
 
+class NoAudioLeft(RuntimeError):
+    """Every file of the data folder failed to read while training."""
+
+
 class RealPairs:
     """Two views of real clips for global sound indices: (audio1, audio2), each (B, n_samples) float32.
 
@@ -197,7 +201,8 @@ class RealPairs:
                 if str(clip.path) not in self.failed_files:
                     self.failed_files.add(str(clip.path))
                     warnings.warn(f"skipping unreadable audio file {clip.path}: {exc}", stacklevel=2)
-        raise RuntimeError("no readable audio file left in the data folder")
+        raise NoAudioLeft(f"no readable audio file left in the data folder (the last one, {clip.path}, failed: see "
+                          "the warnings above); give --data a folder of working recordings")
 
     def _segment(self, clip: AudioFile, u: float) -> torch.Tensor:
         """A `duration` segment of `clip` at its own rate, placed by the draw u in [0, 1).
@@ -210,6 +215,8 @@ class RealPairs:
         start = int(u * (free + 1)) if free >= 0 else 0
         data, _ = sf.read(str(clip.path), start=start, frames=seg_len, dtype="float32", always_2d=True)
         audio = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+        if not bool(torch.isfinite(audio).all()):  # would turn the whole batch's loss into NaN
+            raise ValueError("it holds NaN or infinite samples")
         out = torch.zeros(seg_len)
         place = int(u * (-free + 1)) if free < 0 else 0
         n = min(seg_len - place, audio.shape[0])

@@ -65,6 +65,15 @@ def test_unreadable_file_is_reported_not_fatal(tiny_checkpoint, fsdd_root, tmp_p
     assert "BytesIO" not in error and error.startswith("Error in WAV/W64/RF64 file. Malformed"), error
     assert "BytesIO" not in result.output and f"{root / 'd1' / 'broken.wav'}: {error}" in result.output
     assert "broken.wav" in (tmp_path / "out" / "eval.md").read_text()
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(root / "d2" / "nan.wav", np.full(800, np.nan, dtype=np.float32), 8000, subtype="FLOAT")
+    result = CliRunner().invoke(eval_command, args)  # its embedding would be NaN: left out like an unreadable file
+    assert result.exit_code == 0 and "2 unreadable file(s)" in result.output, result.output
+    entry = json.loads((tmp_path / "out" / "eval.json").read_text())["tasks"]["digits"]
+    assert entry["n_used"] == 12 and {"path": str(root / "d2" / "nan.wav"), "error": "NaN or infinite samples"} in \
+        entry["unreadable"], entry["unreadable"]
 
 
 def test_bad_inputs_give_clear_errors(tiny_checkpoint, tmp_path):

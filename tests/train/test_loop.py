@@ -247,3 +247,32 @@ def test_a_file_failing_every_read_counts_once(tmp_path, audio_dir, workers):
     assert trainer.failed_files | trainer.real.failed_files == {str(broken)}
     if workers == 0:
         assert trainer.real.read_failures > 1  # read attempts, counted apart
+
+
+def test_audio_with_nan_is_skipped_and_a_folder_of_it_is_one_error(tmp_path, audio_dir):
+    """A recording holding NaN would turn every batch it joins into a NaN loss: it is skipped like an unreadable
+    file (warned, counted); when no file is left, the run stops with one message that says what to give."""
+    import numpy as np
+    import soundfile as sf
+
+    from doppel_torch.train.data import NoAudioLeft, RealPairs
+
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for name in ("0_george_0.wav", "1_jackson_0.wav"):
+        shutil.copy(audio_dir / name, folder / name)
+    sf.write(folder / "2_george_0.wav", np.full(8000, np.nan, dtype=np.float32), 8000, subtype="FLOAT")
+    bad = folder / "2_george_0.wav"
+    candidates = (RealPairs(folder, n_val=0, seed=seed) for seed in range(20))
+    pairs = next(p for p in candidates if bad in [f.path for f in p.train_files])  # a seed that trains on it
+    with pytest.warns(UserWarning, match="NaN or infinite samples"):
+        for start in range(0, 24, 6):
+            view1, view2 = pairs(torch.arange(start, start + 6))
+            assert torch.isfinite(view1).all() and torch.isfinite(view2).all()
+    assert pairs.failed_files == {str(bad)}
+    for name in ("0_george_0.wav", "1_jackson_0.wav"):
+        (folder / name).unlink()
+    sf.write(folder / "3_george_0.wav", np.full(8000, np.inf, dtype=np.float32), 8000, subtype="FLOAT")
+    only_nan = RealPairs(folder, n_val=0, seed=0)  # one file for validation, one (not finite either) for training
+    with pytest.warns(UserWarning), pytest.raises(NoAudioLeft, match="give --data a folder of working recordings"):
+        only_nan(torch.arange(2))
