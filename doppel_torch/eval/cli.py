@@ -19,7 +19,7 @@ import click
 
 from doppel_torch.eval.cache import EmbeddingCache
 from doppel_torch.eval.embed import Embedder
-from doppel_torch.eval.evaluate import evaluate
+from doppel_torch.eval.evaluate import EvaluationInterrupted, evaluate
 from doppel_torch.eval.probe import PROBE_CHOICES, RENAMED, ProbeConfig
 from doppel_torch.eval.report import markdown_table, write_report
 from doppel_torch.eval.suite import SUITES, find_suite, suite_markdown, suite_summary, suite_table
@@ -149,6 +149,18 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
         report = evaluate(embedders, tasks, config, seeds_list, cache, progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from e
+    except EvaluationInterrupted as stop:  # keep the finished tasks, then stop as any Ctrl-C (exit 130 / 143)
+        report = stop.report
+        cut = report["interrupted"]["task"]
+        if report["tasks"]:
+            report["checkpoints"] = {name: str(Path(p).resolve()) for name, p in zip(embedders, checkpoints)}
+            json_path, md_path = write_report(report, out_dir)
+            click.echo(f"\ninterrupted during task {cut}: wrote the {len(report['tasks'])} finished task(s) to "
+                       f"{json_path} and {md_path}" + ("" if no_cache else " (their embeddings are cached: a rerun "
+                                                       "embeds only what was not)"), err=True)
+        else:
+            click.echo(f"\ninterrupted during task {cut}, the first: no task finished, nothing written", err=True)
+        raise KeyboardInterrupt from None
     report["checkpoints"] = {name: str(Path(p).resolve()) for name, p in zip(embedders, checkpoints)}
     for name, entry in report["tasks"].items():
         if entry["unreadable"]:

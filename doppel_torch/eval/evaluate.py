@@ -237,26 +237,44 @@ def evaluate(
     )
     memo: dict = {}
     for task in tasks:
-        task.check_group_disjoint()
-        feats, kept, unreadable = extract_features(
-            embedders, task.files, cache, memo, progress, desc=f"{task.name}: embedding"
-        )
-        if len(kept) == 0:
-            raise ValueError(f"task {task.name!r}: none of its {len(task)} files could be read; first error: "
-                             f"{unreadable[0][0]}: {unreadable[0][1]}")
-        used = task.subset(kept) if len(kept) < len(task) else task
-        entry = dict(
-            metric=task.metric, n_files=len(task), n_used=len(used), classes=used.classes,
-            chance=chance_level(used),
-            dropped_classes=[c for c in task.classes if c not in used.classes],
-            splits=[s.name for s in used.splits()], unreadable=[dict(path=p, error=e) for p, e in unreadable],
-            results={},
-        )
-        for name in embedders:
-            runs = cross_validate(feats[name], used, config, seeds, progress, desc=f"{task.name}: {name} probes")
-            entry["results"][name] = summarize(runs) | dict(runs=runs)
-        report["tasks"][task.name] = entry
+        try:
+            report["tasks"][task.name] = _evaluate_task(task, embedders, config, seeds, cache, memo, progress)
+        except KeyboardInterrupt:  # Ctrl-C (or a SIGTERM raised as one): the finished tasks go with it
+            report["interrupted"] = dict(task=task.name, finished=list(report["tasks"]))
+            raise EvaluationInterrupted(report) from None
     return report
+
+
+class EvaluationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `evaluate`: a KeyboardInterrupt that carries the report of the tasks finished before it
+    (`report["interrupted"]` names the task it cut)."""
+
+    def __init__(self, report: dict):
+        super().__init__(f"interrupted during task {report['interrupted']['task']!r}")
+        self.report = report
+
+
+def _evaluate_task(task, embedders, config, seeds, cache, memo, progress) -> dict:
+    """One task's report entry: its features by every extractor, then the probes of each split and seed."""
+    task.check_group_disjoint()
+    feats, kept, unreadable = extract_features(
+        embedders, task.files, cache, memo, progress, desc=f"{task.name}: embedding"
+    )
+    if len(kept) == 0:
+        raise ValueError(f"task {task.name!r}: none of its {len(task)} files could be read; first error: "
+                         f"{unreadable[0][0]}: {unreadable[0][1]}")
+    used = task.subset(kept) if len(kept) < len(task) else task
+    entry = dict(
+        metric=task.metric, n_files=len(task), n_used=len(used), classes=used.classes,
+        chance=chance_level(used),
+        dropped_classes=[c for c in task.classes if c not in used.classes],
+        splits=[s.name for s in used.splits()], unreadable=[dict(path=p, error=e) for p, e in unreadable],
+        results={},
+    )
+    for name in embedders:
+        runs = cross_validate(feats[name], used, config, seeds, progress, desc=f"{task.name}: {name} probes")
+        entry["results"][name] = summarize(runs) | dict(runs=runs)
+    return entry
 
 
 def chance_level(task: Task) -> float:

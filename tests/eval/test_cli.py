@@ -113,3 +113,27 @@ def test_probe_protocols_are_named_in_the_report(tiny_checkpoint, fsdd_root, tmp
     assert result.exit_code == 1 and "probe 'mlp-grid' was replaced by 'hear'" in result.output
     result = CliRunner().invoke(eval_command, args + ["--probe", "arch", "--patience", "3"])
     assert result.exit_code == 1 and "without early stopping" in result.output
+
+
+def test_ctrl_c_keeps_the_finished_tasks(tiny_checkpoint, fsdd_root, tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM, which the console script raises as one) during the second task: the first task's results
+    are written, the report says which task was cut, and the command stops as an interrupt (no report of it as done)."""
+    import importlib
+
+    evaluation = importlib.import_module("doppel_torch.eval.evaluate")  # the package's `evaluate` is the function
+    real = evaluation._evaluate_task
+
+    def cut_second(task, *args):
+        if task.name == "fsdd-speaker":
+            raise KeyboardInterrupt
+        return real(task, *args)
+
+    monkeypatch.setattr(evaluation, "_evaluate_task", cut_second)
+    out = tmp_path / "out"
+    args = [str(tiny_checkpoint), "--task", f"fsdd:{fsdd_root}", "--out", str(out), "--no-cache", "--no-baselines",
+            *QUICK]
+    result = CliRunner().invoke(eval_command, args)
+    assert result.exit_code == 1 and "wrote the 1 finished task(s)" in result.output, result.output  # click: Abort
+    report = json.loads((out / "eval.json").read_text())
+    assert list(report["tasks"]) == ["fsdd-digit"] and report["interrupted"] == dict(task="fsdd-speaker",
+                                                                                     finished=["fsdd-digit"])
