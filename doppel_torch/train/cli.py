@@ -20,8 +20,8 @@ from typing import Any
 import click
 
 from doppel_torch.delta.spec import MAX_DELTA
-from doppel_torch.pairs import NOISE_MODES
 from doppel_torch.options import out_folder
+from doppel_torch.pairs import NOISE_MODES
 from doppel_torch.train.config import BACKENDS, DEVICES, PRECISIONS, PRESETS, SYNTHS, TrainConfig, make_config
 
 # CLI option name -> dotted config field.
