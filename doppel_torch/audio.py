@@ -33,6 +33,9 @@ def read_audio(source, name: str | None = None) -> tuple[torch.Tensor, int]:
 
 
 def load_audio(source, name: str | None = None) -> tuple[torch.Tensor, int]:
-    """`read_audio` with the channels averaged: (mono float32 audio (N,), sample rate)."""
+    """`read_audio` with the channels averaged: (mono float32 audio (N,), sample rate). A recording with NaN or
+    infinite samples is an AudioReadError too: it would make every embedding or reverb it feeds NaN."""
     data, sr = read_audio(source, name)
+    if not bool(torch.isfinite(data).all()):
+        raise AudioReadError(f"{name if name is not None else source}: NaN or infinite samples")
     return data.mean(dim=0), sr

@@ -112,6 +112,7 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
     if lr is not None and not 0.0 < lr < float("inf"):
         raise click.BadParameter(f"must be a positive number, got {lr}", param_hint="--lr")
     device = str(device_option(device))
+    checkpoint_paths = {name: str(Path(p).resolve()) for name, p in zip(_checkpoint_names(checkpoints), checkpoints)}
     out_folder(out_dir)  # before any probe is fit: a folder that cannot take the report costs nothing
     if not no_cache:
         out_folder(Path(cache_dir).expanduser(), "--cache-dir")
@@ -132,10 +133,7 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
             if max_files < 1:
                 raise ValueError("--max-files must be >= 1")
             tasks = [t.sample(max_files, seed=0) for t in tasks]
-        embedders = {
-            name: Embedder.from_checkpoint(path, device=device)
-            for name, path in zip(_checkpoint_names(checkpoints), checkpoints)
-        }
+        embedders = {name: Embedder.from_checkpoint(path, device=device) for name, path in checkpoint_paths.items()}
         if baselines:
             # Same architecture as the (first) trained encoder, so the baseline isolates the training;
             # the paper's ResNet18 (512-d, width 64) when there is no checkpoint.
@@ -153,7 +151,7 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
         report = stop.report
         cut = report["interrupted"]["task"]
         if report["tasks"]:
-            report["checkpoints"] = {name: str(Path(p).resolve()) for name, p in zip(embedders, checkpoints)}
+            report["checkpoints"] = checkpoint_paths
             json_path, md_path = write_report(report, out_dir)
             click.echo(f"\ninterrupted during task {cut}: wrote the {len(report['tasks'])} finished task(s) to "
                        f"{json_path} and {md_path}" + ("" if no_cache else " (their embeddings are cached: a rerun "
@@ -161,7 +159,7 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
         else:
             click.echo(f"\ninterrupted during task {cut}, the first: no task finished, nothing written", err=True)
         raise KeyboardInterrupt from None
-    report["checkpoints"] = {name: str(Path(p).resolve()) for name, p in zip(embedders, checkpoints)}
+    report["checkpoints"] = checkpoint_paths
     for name, entry in report["tasks"].items():
         if entry["unreadable"]:
             click.echo(f"warning: {name}: {len(entry['unreadable'])} unreadable file(s) left out, e.g. "

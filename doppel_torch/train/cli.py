@@ -247,7 +247,7 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
                 signal.signal(sig, signal.SIG_IGN)
     except (NonFiniteLoss, NoAudioLeft) as exc:
         # from a DataLoader worker the message holds the worker's traceback: its last line is the message
-        raise click.ClickException(str(exc).strip().splitlines()[-1].split("NoAudioLeft: ")[-1]) from None
+        raise click.ClickException(str(exc).strip().splitlines()[-1].split(f"{type(exc).__name__}: ")[-1]) from None
     finally:
         # The DDP model holds the process group: drop it first, so destroy_process_group joins gloo's threads now
         # rather than at interpreter exit (where a rank was seen to abort once: "terminate called without an
