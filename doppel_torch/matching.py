@@ -34,7 +34,6 @@ import torch
 from doppel_torch import backends, rng
 from doppel_torch.backends.cpu import spectral as native_spectral
 from doppel_torch.delta.spec import param_groups
-from doppel_torch.spec.params import human_unit
 from doppel_torch.synths.base import BACKENDS, SYNTHS
 
 COSINE_FLOOR = 0.01  # the learning rate decays from lr to lr * COSINE_FLOOR over the steps (cosine)
@@ -448,11 +447,10 @@ def prepare_target(audio: torch.Tensor, sample_rate: int, synth) -> tuple[torch.
 
 def describe_theta(synth, theta: torch.Tensor) -> list[dict]:
     """One entry per parameter: name, normalised value, value in human units and the unit's name."""
-    kinds = {name: kind for name, (kind, _) in synth.patch.modules().items()}
     human = synth.to_human(theta.detach().to(torch.float64).clamp(synth.eps, 1.0))
     return [
-        {"name": spec.name, "value": float(u), "human": float(h), "unit": human_unit(kinds[spec.module], spec.param)}
-        for spec, u, h in zip(synth.param_specs, theta.tolist(), human.tolist())
+        {"name": name, "value": float(u), "human": float(h), "unit": unit}
+        for name, unit, u, h in zip(synth.param_names, synth.param_units, theta.tolist(), human.tolist())
     ]
 
 

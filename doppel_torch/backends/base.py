@@ -7,7 +7,9 @@ One contract for all three backends:
 
 `render` here validates once (shapes, dtypes, devices, values, gradients, `out`), clamps theta to [eps, 1] and
 calls `backend.render(program, theta, noise=..., seed=..., indices=..., normalize=..., out=...)` with arguments
-that are known to be sound: a backend never repeats these checks. Every backend then returns the same thing:
+that are known to be sound: a backend never repeats these checks. It renders with autocast off: a synth is not a
+layer whose precision autocast may lower (a bf16 modulation matrix moved torch-backend sounds by 2-140 % relative
+L2); the audio is in theta's dtype, as without autocast. Every backend then returns the same thing:
 (B, N) audio in theta's dtype on theta's device, written into `out` when given, each sound divided by its own
 peak when that exceeds 1 (normalize=True), noise keyed by (seed, indices[b]) unless an explicit (B, N) or
 (1, N) `noise` is given.
@@ -16,8 +18,10 @@ peak when that exceeds 1 (normalize=True), noise keyed by (seed, indices[b]) unl
 from __future__ import annotations
 
 import importlib
+from contextlib import nullcontext
 
 import torch
+from torch.autograd import forward_ad
 
 from doppel_torch import rng
 from doppel_torch.spec.program import Program
@@ -32,6 +36,7 @@ class Backend:
 
     name = ""
     differentiable = False  # False: a theta that requires grad is refused by `render` with one message for all
+    transformable = False  # forward-mode AD and torch.func transforms (True: the torch reference, plain autograd ops)
 
     def check_available(self) -> None:
         """Raise RuntimeError saying why this backend cannot run here; return quietly when it can."""
@@ -64,20 +69,29 @@ def render(backend: Backend, program: Program, theta: torch.Tensor, *, noise: to
         raise ValueError(f"theta must have shape (batch, {m}) for {program.patch.name}, got {tuple(theta.shape)}")
     if theta.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"theta must be float32 or float64, got {theta.dtype}")
+    if theta.device.type == "meta":
+        raise ValueError("theta is on the meta device, which holds no values to render: make it on a real device")
     backend.check_device(theta.device)
     wants_grad = theta.requires_grad or (isinstance(noise, torch.Tensor) and noise.requires_grad)
     if wants_grad and torch.is_grad_enabled() and not backend.differentiable:
         raise ValueError(f"backend='{backend.name}' is not differentiable yet: use backend='torch' or 'cpu' for "
                          "gradients, or pass theta.detach() and noise.detach() (or render under torch.no_grad()) to "
                          "render without them")
+    compiling = torch.compiler.is_compiling()
+    if not backend.transformable and not compiling:
+        _refuse_transforms(backend, theta, noise)
     batch = theta.shape[0]
-    if validate and batch:
+    # the values' checks are data-dependent: skipped where a tracer or vmap cannot branch on data (theta is clamped
+    # all the same)
+    if validate and batch and not compiling and not _is_batched(theta):
         values = theta.detach()
         if torch.isnan(values).any():
             raise ValueError("theta contains NaN")
         lo, hi = float(values.min()), float(values.max())
         if lo < 0.0 or hi > 1.0:
-            raise ValueError(f"theta must lie in [0, 1] (normalised parameters); got values in [{lo:.4g}, {hi:.4g}]")
+            raise ValueError(f"theta must lie in [0, 1] (normalised parameters); got values in [{lo:.4g}, {hi:.4g}]: "
+                             "optimise unconstrained logits and pass torch.sigmoid(logits), clamp theta to [0, 1], "
+                             "or pass validate=False to have it clipped")
     if indices is None:
         indices = torch.arange(batch, dtype=torch.int64, device=theta.device)
     else:
@@ -97,16 +111,48 @@ def render(backend: Backend, program: Program, theta: torch.Tensor, *, noise: to
         if noise.dim() != 2 or noise.shape[1] != n_samples or noise.shape[0] not in (1, batch):
             raise ValueError(f"noise must have shape ({batch}, {n_samples}) or (1, {n_samples}), "
                              f"got {tuple(noise.shape)}")
+        if not noise.dtype.is_floating_point:
+            raise ValueError(f"noise must be a floating-point tensor, got {noise.dtype}")
+        if validate and noise.numel() and not compiling and not _is_batched(noise) \
+                and not bool(torch.isfinite(noise.detach()).all()):
+            raise ValueError("noise contains NaN or infinite values")
         noise = noise.to(theta.dtype)
     if out is not None:
         if (not isinstance(out, torch.Tensor) or out.shape != (batch, n_samples) or out.dtype != theta.dtype
                 or out.device != theta.device or not out.is_contiguous()):
             raise ValueError(f"out must be a contiguous ({batch}, {n_samples}) {theta.dtype} tensor on {theta.device}")
+        if out.requires_grad:
+            raise ValueError("out must not require grad (autograd cannot record a render into it): pass "
+                             "out=None and use the returned tensor")
     if not program.rows("noise"):  # a patch without a noise source ignores a given noise tensor
         noise = None
     theta = theta.clamp(program.eps, 1.0)
-    return backend.render(program, theta, noise=noise, seed=rng.check_seed(seed), indices=indices,
-                          normalize=bool(normalize), out=out)
+    device_type = theta.device.type
+    autocast = device_type in _AUTOCAST and torch.is_autocast_enabled(device_type)
+    with torch.autocast(device_type, enabled=False) if autocast else nullcontext():
+        return backend.render(program, theta, noise=noise, seed=rng.check_seed(seed), indices=indices,
+                              normalize=bool(normalize), out=out)
+
+
+_AUTOCAST = ("cpu", "cuda", "xpu", "mps")  # device types torch.autocast accepts
+
+
+def _is_batched(x: torch.Tensor) -> bool:
+    """x is a tensor inside torch.func.vmap (its values cannot decide a Python branch)."""
+    return torch._C._functorch.is_batchedtensor(x)
+
+
+def _refuse_transforms(backend: Backend, theta: torch.Tensor, noise: torch.Tensor | None) -> None:
+    """A fused backend's kernels see plain tensors: a forward-mode tangent or a torch.func wrapper would be dropped
+    (a tangent silently: the render's derivative would read as zero), so either is one error saying what works."""
+    tensors = (theta,) if noise is None else (theta, noise)
+    if forward_ad._current_level >= 0 and any(forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        raise ValueError(f"backend='{backend.name}' has no forward-mode derivative (forward_ad / torch.func.jvp): "
+                         "use backend='torch', or reverse mode (theta.requires_grad_() and .backward())")
+    if any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+        raise ValueError(f"torch.func transforms (grad, vjp, jacrev, vmap) work on backend='torch'; backend="
+                         f"'{backend.name}' takes plain tensors: use theta.requires_grad_() and .backward() for "
+                         "gradients, and a batch for vmap")
 
 
 __all__ = ["BACKENDS", "Backend", "get_backend", "render"]

@@ -73,6 +73,20 @@ class Patch:
     filters: tuple[Filter, ...] = ()
     description: str = field(default="", compare=False)
 
+    _SEQUENCES = ("keyboards", "envelopes", "lfos", "mod_inputs", "mod_outputs", "oscillators", "mixer_inputs",
+                  "mixer_curves", "filters")
+
+    def __post_init__(self):
+        # lists are taken as tuples (a Patch is hashable: it keys the lowering cache); a bare string is refused
+        # rather than read as a sequence of one-letter names
+        for group in self._SEQUENCES:
+            value = getattr(self, group)
+            if isinstance(value, str):
+                raise ValueError(f"patch {self.name!r}: {group} must be a tuple of names, got the string {value!r} "
+                                 f"(write ({value!r},))")
+            if isinstance(value, list):
+                object.__setattr__(self, group, tuple(value))
+
     def validate(self) -> "Patch":
         """Raise ValueError naming the module whose wiring is invalid; return the patch when it is sound."""
         def fail(msg: str):
@@ -81,6 +95,9 @@ class Patch:
         names = [*self.keyboards, *(e.name for e in self.envelopes), *(lfo.name for lfo in self.lfos),
                  *(o.name for o in self.oscillators), *(f.name for f in self.filters)]
         for name in names:
+            if not isinstance(name, str) or not name or "/" in name or name != name.strip():
+                fail(f"module name {name!r} must be a non-empty string without '/' or surrounding spaces "
+                     "(parameter names are module/parameter)")
             if names.count(name) > 1:
                 fail(f"module name {name!r} is used twice")
             if name in ("mix", "noise", "mod_matrix", "mixer"):
@@ -144,6 +161,10 @@ class Patch:
             if osc.kind == "fm":
                 if osc.source is None:
                     fail(f"FM operator {osc.name} has no source")
+                for role, value in (("pitch", osc.pitch), ("amp", osc.amp)):
+                    if value is not None:
+                        fail(f"FM operator {osc.name}: {role}={value!r} would be ignored (an FM operator's pitch is "
+                             "its keyboard and tuning, and it has no VCA): remove it, or use a sine / square_saw")
                 source = signal(osc.name, osc.source, "source")
                 chain, cursor = {osc.name}, osc  # follow the sources back to a VCO; meeting one twice is a cycle
                 while cursor.kind == "fm":
@@ -155,10 +176,16 @@ class Patch:
                 if order[source] > order[osc.name]:
                     fail(f"FM operator {osc.name} comes before its modulator {osc.source}: list the modulator first")
             else:
+                if osc.source is not None:
+                    fail(f"oscillator {osc.name} ({osc.kind}): source={osc.source!r} would be ignored (only an 'fm' "
+                         "operator reads a source)")
                 output(osc.name, "pitch", osc.pitch)
                 output(osc.name, "amp", osc.amp)
         if self.noise_amp is not None:
             output("noise", "noise_amp", self.noise_amp)
+            if "noise" not in self.mixer_inputs:
+                fail("noise_amp is set but the mixer has no 'noise' input: add 'noise' to mixer_inputs or set "
+                     "noise_amp=None")
         for name in self.mixer_inputs:
             if name == "noise":
                 if self.noise_amp is None:
@@ -169,6 +196,15 @@ class Patch:
             fail("the mixer has no inputs")
         if self.mixer_curves is not None and len(self.mixer_curves) != len(self.mixer_inputs):
             fail(f"mixer_curves has {len(self.mixer_curves)} entries for {len(self.mixer_inputs)} mixer inputs")
+        for curve in self.mixer_curves or ():
+            if isinstance(curve, bool) or not isinstance(curve, (int, float)) or not 0 < curve < float("inf"):
+                fail(f"mixer_curves must be positive numbers, got {curve!r}")
+        heard = {signal("mixer", name, "input") for name in self.mixer_inputs if name != "noise"}
+        heard |= {signal(o.name, o.source, "source") for o in self.oscillators if o.kind == "fm"}
+        for osc in self.oscillators:
+            if osc.name not in heard:
+                fail(f"oscillator {osc.name} is neither mixed nor an FM source, so its parameters would do nothing: "
+                     "add it (or the filter on it) to mixer_inputs, or remove it")
         for name in self.mod_outputs:
             if name not in used:
                 fail(f"mod-matrix output {name!r} drives nothing (no pitch, amp, noise_amp or cutoff names it)")

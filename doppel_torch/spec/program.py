@@ -101,6 +101,12 @@ class Program:
         return self.tables[table][:, col(table, name)].tolist()
 
     @functools.cached_property
+    def lists(self) -> dict[str, list[list[int]]]:
+        """Every table as Python ints (rows of columns), for code that branches on them: no tensor read per call,
+        which torch.func's transforms and a device sync would both object to."""
+        return {name: t.tolist() for name, t in self.tables.items()}
+
+    @functools.cached_property
     def words(self) -> torch.Tensor:
         """Every table in one int32 vector, for native code: [n_tables, (rows, cols) per table, data...],
         tables in `TABLES` order, then the matrix, then mix_filter."""
@@ -223,5 +229,6 @@ def _lower(patch: Patch, sample_rate: float, control_rate: float, duration: floa
     tables, mix_filter = _lower_tables(layout)
     program = Program(layout=layout, sample_rate=float(sample_rate), control_rate=float(control_rate),
                       n_samples=n_samples, n_control=n_control, eps=float(eps), tables=tables, mix_filter=mix_filter)
+    program.lists  # cached now, as words
     program.words  # cached now: inside torch.compile, Python 3.11's cached_property lock is a graph break
     return program

@@ -11,6 +11,7 @@ import torch
 
 from doppel_torch import backends, rng
 from doppel_torch.backends import BACKENDS
+from doppel_torch.spec.params import human_unit
 from doppel_torch.spec.patch import Patch
 from doppel_torch.spec.program import lower
 from doppel_torch.spec.patches import parametric_patch, voice_patch, voicefm_patch
@@ -106,6 +107,8 @@ class Synth(torch.nn.Module):
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
         if isinstance(start, bool) or not isinstance(start, int) or start < 0:
             raise ValueError(f"start must be a non-negative integer (a global sound index), got {start!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64 (what a synth renders), got {dtype}")
         rng.check_seed(seed)
         index = torch.arange(start, start + n, dtype=torch.int64, device=device)
         return rng.uniform(seed, rng.Stream.THETA, index, self.num_params, dtype=dtype)
@@ -115,7 +118,14 @@ class Synth(torch.nn.Module):
         return self.layout.table.to_human(theta)
 
     def to_unit(self, human: torch.Tensor) -> torch.Tensor:
+        """Human units (..., m) -> normalised (..., m) in [0, 1]; the inverse of `to_human`."""
         return self.layout.table.to_unit(human)
+
+    @property
+    def param_units(self) -> list[str]:
+        """The human unit of each parameter of `to_human`, in `param_names` order, e.g. "s", "Hz", "semitones"."""
+        kinds = {name: kind for name, (kind, _) in self.patch.modules().items()}
+        return [human_unit(kinds[s.module], s.param) for s in self.layout.specs]
 
     # ---- rendering -------------------------------------------------------------------------------
     def forward(
@@ -148,30 +158,38 @@ class Synth(torch.nn.Module):
 
 
 class VoiceSynth(Synth):
-    """SynthAX/torchsynth `Voice` (78 parameters).
+    """SynthAX/torchsynth `Voice` (78 parameters). Keyword arguments as `Synth`'s, and
 
     mixer_curve: "synthax" (default) leaves the noise level linear, as SynthAX and so the paper's data do;
         "torchsynth" applies the declared curve 0.025 to the noise level, as torchsynth does (DESIGN.md quirk 2).
     """
 
-    def __init__(self, *, mixer_curve: str = "synthax", **kwargs):
+    def __init__(self, *, sample_rate: int = 16000, control_rate: int = 480, duration: float = 1.0,
+                 backend: str = "torch", mixer_curve: str = "synthax", **kwargs):
         if mixer_curve not in ("synthax", "torchsynth"):
             raise ValueError(f"mixer_curve must be 'synthax' or 'torchsynth', got {mixer_curve!r}")
         self.mixer_curve = mixer_curve
-        super().__init__(voice_patch(), apply_mixer_curve=mixer_curve == "torchsynth", **kwargs)
+        super().__init__(voice_patch(), sample_rate=sample_rate, control_rate=control_rate, duration=duration,
+                         backend=backend, apply_mixer_curve=mixer_curve == "torchsynth", **kwargs)
 
 
 class VoiceFMSynth(Synth):
-    """SynthAX `VoiceExpanded` (130 parameters), the paper's VoiceFM."""
+    """SynthAX `VoiceExpanded` (130 parameters), the paper's VoiceFM. Keyword arguments as `Synth`'s."""
 
-    def __init__(self, **kwargs):
-        super().__init__(voicefm_patch(), **kwargs)
+    def __init__(self, *, sample_rate: int = 16000, control_rate: int = 480, duration: float = 1.0,
+                 backend: str = "torch", **kwargs):
+        super().__init__(voicefm_patch(), sample_rate=sample_rate, control_rate=control_rate, duration=duration,
+                         backend=backend, **kwargs)
 
 
 class ParametricSynth(Synth):
-    """SynthAX `ParametricSynth` (340 parameters with the paper's default counts 2, 2, 1, 1)."""
+    """SynthAX `ParametricSynth` (340 parameters with the paper's default counts 2, 2, 1, 1): `sine`,
+    `square_saw`, `fm_sine` and `fm_square_saw` oscillators. Keyword arguments as `Synth`'s."""
 
-    def __init__(self, sine: int = 2, square_saw: int = 2, fm_sine: int = 1, fm_square_saw: int = 1, **kwargs):
+    def __init__(self, sine: int = 2, square_saw: int = 2, fm_sine: int = 1, fm_square_saw: int = 1, *,
+                 sample_rate: int = 16000, control_rate: int = 480, duration: float = 1.0, backend: str = "torch",
+                 **kwargs):
+        kwargs.update(sample_rate=sample_rate, control_rate=control_rate, duration=duration, backend=backend)
         self.counts = dict(sine=sine, square_saw=square_saw, fm_sine=fm_sine, fm_square_saw=fm_square_saw)
         super().__init__(parametric_patch(sine, square_saw, fm_sine, fm_square_saw), **kwargs)
 

@@ -93,3 +93,11 @@ def test_bad_theta_is_the_same_clear_error(backend, theta, message):
     synth, _ = _synths(backend)
     with pytest.raises(ValueError, match=message):
         synth(theta.to(device_of(backend)))
+
+
+def test_param_units_and_random_params_dtype():
+    synth = get_synth("voice", duration=0.05)
+    units = dict(zip(synth.param_names, synth.param_units))
+    assert units["adsr_1/attack"] == "s" and units["keyboard/midi_f0"] == "MIDI note" and len(units) == 78
+    with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
+        synth.random_params(2, dtype=torch.float16)

@@ -146,9 +146,10 @@ def test_a_sounds_gradient_ignores_the_other_sounds_noise():
     torch.set_num_threads(1)
     try:
         both = theta.clone().requires_grad_(True)
-        (fused(both, noise=noise, seed=5) * weights).sum().backward()
+        # validate=False: render refuses a non-finite noise tensor; the kernel's isolation is what is tested here
+        (fused(both, noise=noise, seed=5, validate=False) * weights).sum().backward()
         alone = theta[1:].clone().requires_grad_(True)
-        (fused(alone, noise=noise[1:], seed=5) * weights[1:]).sum().backward()
+        (fused(alone, noise=noise[1:], seed=5, validate=False) * weights[1:]).sum().backward()
     finally:
         torch.set_num_threads(threads)
     assert torch.isfinite(both.grad[1]).all()

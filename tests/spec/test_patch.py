@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from doppel_torch import Synth
-from doppel_torch.spec import Filter, Oscillator
+from doppel_torch.spec import Envelope, Filter, Oscillator
 from doppel_torch.spec.patches import PATCHES
 from tests.backends.patches import USER_PATCHES, fm_chain
 
@@ -64,6 +64,11 @@ def test_unused_mod_output():
     (dict(filters=(Filter("lpf", input="mix", cutoff="nowhere"),)), "lpf: cutoff 'nowhere' is not a mod-matrix output"),
     (dict(filters=(Filter("lpf", input="mix", cutoff="vco_amp", kind="hpf"),)), "filter lpf has unknown kind 'hpf'"),
     (dict(keyboards=("keyboard", "keyboard")), "module name 'keyboard' is used twice"),
+    (dict(mixer_inputs=("op_1",)), "oscillator op_2 is neither mixed nor an FM source"),
+    (dict(noise_amp="vco_amp"), "noise_amp is set but the mixer has no 'noise' input"),
+    (dict(mixer_curves=(0.0, 1.0)), "mixer_curves must be positive numbers, got 0.0"),
+    (dict(keyboards=("",)), "module name '' must be a non-empty string without '/'"),
+    (dict(envelopes=(Envelope("adsr/1", "keyboard"),)), "module name 'adsr/1' must be a non-empty string"),
 ])
 def test_other_wiring_errors_name_the_module(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -73,3 +78,21 @@ def test_other_wiring_errors_name_the_module(changes, message):
 def test_not_a_patch():
     with pytest.raises(ValueError, match="patch must be a doppel_torch.spec.Patch"):
         Synth("voice")
+
+
+def test_settings_an_oscillator_kind_would_ignore_are_refused():
+    patch = fm_chain()
+    fm_with_pitch = Oscillator("op_1", "fm", "keyboard", pitch="vco_pitch", source="vco")
+    with pytest.raises(ValueError, match="FM operator op_1: pitch='vco_pitch' would be ignored"):
+        Synth(_with(patch, oscillators=_oscillators(patch, op_1=fm_with_pitch)))
+    sine_with_source = Oscillator("vco", "sine", "keyboard", pitch="vco_pitch", amp="vco_amp", source="op_2")
+    with pytest.raises(ValueError, match=r"oscillator vco \(sine\): source='op_2' would be ignored"):
+        Synth(_with(patch, oscillators=_oscillators(patch, vco=sine_with_source)))
+
+
+def test_lists_are_taken_as_tuples_and_a_string_is_refused():
+    patch = fm_chain()
+    listed = _with(patch, oscillators=list(patch.oscillators), mixer_inputs=list(patch.mixer_inputs))
+    assert listed == patch and Synth(listed, duration=0.01).num_params == Synth(patch, duration=0.01).num_params
+    with pytest.raises(ValueError, match=r"mixer_inputs must be a tuple of names, got the string 'vco'"):
+        _with(patch, mixer_inputs="vco")

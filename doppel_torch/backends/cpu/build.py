@@ -78,16 +78,20 @@ def _check_private(folder: Path) -> None:
         raise RuntimeError(f"backend='cpu': its kernel cache {folder} belongs to another user (uid {info.st_uid}); set "
                            "DOPPEL_TORCH_CACHE to a folder of your own")
     if info.st_mode & 0o022:
+        fix = (f"set DOPPEL_TORCH_CACHE to a private folder inside it, e.g. {folder / 'doppel_torch'}"
+               if info.st_mode & 0o1000 else  # a shared folder such as /tmp (sticky): never chmod it
+               f"run `chmod go-w {folder}` or set DOPPEL_TORCH_CACHE to a private folder")
         raise RuntimeError(f"backend='cpu': its kernel cache {folder} is writable by other users (mode "
-                           f"{info.st_mode & 0o777:o}); a library planted there would be loaded: run `chmod go-w "
-                           f"{folder}` or set DOPPEL_TORCH_CACHE to a private folder")
+                           f"{info.st_mode & 0o7777:o}); a library planted there would be loaded: {fix}")
 
 
 def _private_dirs(target: Path) -> None:
     """Create the cache folders (mode 700) and check every level from the cache root down."""
     root = _cache_dir().parent
     try:
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for folder in (*reversed(target.parent.parents), target.parent):  # each new level private, not the leaf alone
+            if not folder.is_dir():
+                folder.mkdir(exist_ok=True, mode=0o700)
     except OSError as exc:
         raise RuntimeError(f"backend='cpu': cannot create its kernel cache {target.parent} ({exc}); set "
                            "DOPPEL_TORCH_CACHE to a writable folder") from exc

@@ -15,6 +15,7 @@ from doppel_torch.spec.program import Program
 class Backend(base.Backend):
     name = "torch"
     differentiable = True
+    transformable = True
 
     def render(self, program: Program, theta: torch.Tensor, *, noise, seed, indices, normalize, out):
         human = program.layout.table.to_human(theta)

@@ -11,6 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import forward_ad
 
 TWO_PI = 2.0 * math.pi
 
@@ -121,6 +122,13 @@ LFO_PHASE_BITS = 44
 _ROUND = 6755399441055744.0  # 1.5 * 2^52: (x + _ROUND) - _ROUND rounds |x| < 2^51 to an integer, half to even
 
 
+def _may_differentiate(*tensors: torch.Tensor) -> bool:
+    """Some derivative of these may be taken: reverse mode (requires_grad, torch.func's grad) or forward mode (a
+    dual level is open: its tangents do not set requires_grad). Traced by torch.compile: assume so."""
+    return (torch.compiler.is_compiling() or forward_ad._current_level >= 0 or any(t.requires_grad for t in tensors)
+            or any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors))
+
+
 def fixed_point_phase(increment: torch.Tensor, phase0_cycles: torch.Tensor) -> torch.Tensor:
     """Wrapped phase in cycles, u[t] = frac(phase0 + sum_{s <= t} increment[s]), in [0, 1), evaluated exactly in fixed
     point (the value every backend computes bit for bit). increment: (..., C) cycles per step >= 0; phase0: (...,).
@@ -139,7 +147,7 @@ def fixed_point_phase(increment: torch.Tensor, phase0_cycles: torch.Tensor) -> t
         parts.append(sums)
     fixed = (torch.cat(parts, dim=-1) + start.unsqueeze(-1)) & mask
     u = fixed.to(torch.float64) * (1.0 / scale)
-    if increment.requires_grad or phase0_cycles.requires_grad:  # gradient of the float phase, value of the exact one
+    if _may_differentiate(increment, phase0_cycles):  # the float phase's derivative, the exact phase's value
         float_phase = torch.cumsum(increment.to(torch.float64), dim=-1) + phase0_cycles.to(torch.float64).unsqueeze(-1)
         u = u + (float_phase - float_phase.detach())
     return u

@@ -49,8 +49,8 @@ def render(program: Program, human: torch.Tensor, noise: torch.Tensor | None) ->
     mod = F.upsample(mods, n_samples)
 
     # Oscillators in table order (an FM operator reads its source's output, filtered if its source is).
-    osc_tab = program.tables["oscillators"].tolist()  # the CPU copies: Python ints without a device sync
-    filters = program.tables["filters"].tolist()
+    osc_tab = program.lists["oscillators"]  # Python ints: no device sync, no tensor read
+    filters = program.lists["filters"]
     c = {name: col("oscillators", name) for name in ("kind", "keyboard", "tuning", "mod_depth", "initial_phase",
                                                       "shape", "pitch", "amp", "source", "filter")}
     midi_f0 = human[:, tab["keyboards"][:, col("keyboards", "midi_f0")]]
@@ -75,12 +75,13 @@ def render(program: Program, human: torch.Tensor, noise: torch.Tensor | None) ->
         out.append(signal)
 
     if program.rows("noise"):
-        noise_out = noise * mod[:, program.tables["noise"][0, col("noise", "amp")].item()]
-    source, index = _cols(program.tables, "mixer", "source", "index")
+        noise_out = noise * mod[:, program.lists["noise"][0][col("noise", "amp")]]
+    source = [row[col("mixer", "source")] for row in program.lists["mixer"]]
+    index = [row[col("mixer", "index")] for row in program.lists["mixer"]]
     (level,) = _cols(tab, "mixer", "level")
     levels = human[:, level]  # (B, n_mix)
     mix = None
-    for k, (src, i) in enumerate(zip(source.tolist(), index.tolist())):
+    for k, (src, i) in enumerate(zip(source, index)):
         term = levels[:, k : k + 1] * (noise_out if src == MIX_NOISE else out[i])
         mix = term if mix is None else mix + term
     if program.mix_filter >= 0:

@@ -747,6 +747,9 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad):
+    if torch.is_grad_enabled():  # create_graph=True: the fused backward has no derivative of its own; say so
+        raise RuntimeError("backend='triton' has no second derivative (create_graph=True, double backward, "
+                           "Hessians): use backend='torch' for those")
     *tensors, noise = ctx.saved_tensors
     n_control, n_filters, n_slots, mix_filter, noise_mode = ctx.args
     want_noise = noise is not None and ctx.needs_input_grad[12]
