@@ -218,8 +218,8 @@ class ParamTable:
         """Normalised (..., m) in [0, 1] -> human units (..., m). Differentiable in the open cube.
 
         Symmetric ranges: lo + (hi - lo) / 2 (|2u - 1| ** (1 / curve) sign(2u - 1) + 1); others: lo + (hi - lo) u **
-        (1 / curve). With autograd the derivative is formed in the same pass (`_ToHuman`: one saved (..., m) tensor,
-        one multiply backward, instead of autograd's ~20 small ops: forward + backward at batch 64 1.5-1.7x, 0.07-0.28 ms a step)."""
+        (1 / curve). With autograd the derivative is formed in the same pass (`_ToHuman`: the slope saved, one multiply
+        backward, instead of autograd's ~20 small ops: forward + backward at batch 64 1.5-1.7x, 0.07-0.28 ms a step)."""
         if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(unit):
             return _ToHumanFunc.apply(unit, self._on(unit))[0]
         if torch.is_grad_enabled() and unit.requires_grad:
