@@ -183,6 +183,25 @@ def test_python_dash_m_runs_the_command():
     assert done.returncode == 0 and "Usage: doppel-torch match" in done.stdout, done.stderr
 
 
+def test_the_command_spins_briefly_unless_the_user_chose():
+    """The console script sets GOMP_SPINCOUNT=1000 before torch loads (entry._openmp_defaults), keeping a user's own
+    wait policy or count: a command's OpenMP threads then soon sleep at barriers instead of spinning on a shared
+    machine."""
+    import subprocess
+    import sys
+
+    from doppel_torch.entry import _openmp_defaults
+
+    for env, expected in (({}, {"GOMP_SPINCOUNT": "1000"}), ({"OMP_WAIT_POLICY": "ACTIVE"}, {"OMP_WAIT_POLICY": "ACTIVE"}),
+                          ({"GOMP_SPINCOUNT": "5"}, {"GOMP_SPINCOUNT": "5"})):
+        _openmp_defaults(env)
+        assert env == expected
+    # it can only work if nothing before it loads torch: the console script's module does not
+    probe = "import sys, doppel_torch.entry; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stdout + done.stderr
+
+
 def test_ctrl_c_while_the_command_starts_is_one_line(monkeypatch, capsys):
     """The console script's entry point imports the command (torch, a second or two) itself, so a Ctrl-C during
     those imports exits 130 with one line, not an import traceback; importing the entry point imports no torch."""
