@@ -23,7 +23,8 @@ import torch
 from doppel_torch import get_synth
 from doppel_torch.augment import AugmentChain, TorchAudiomentationsChain
 
-RIRS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rirs"
+# the project's shared folder next to the repository root, or DOPPEL_SHARED, as tests/conftest.py finds it
+RIRS = Path(os.environ.get("DOPPEL_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data" / "rirs"
 SR, N_SOUNDS = 16000, 100
 
 

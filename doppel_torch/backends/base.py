@@ -91,7 +91,7 @@ def render(backend: Backend, program: Program, theta: torch.Tensor, *, noise: to
         if lo < 0.0 or hi > 1.0:
             raise ValueError(f"theta must lie in [0, 1] (normalised parameters); got values in [{lo:.4g}, {hi:.4g}]: "
                              "optimise unconstrained logits and pass torch.sigmoid(logits), clamp theta to [0, 1], "
-                             "or pass validate=False to have it clipped")
+                             "or call synth(theta, validate=False) to have it clipped")
     if indices is None:
         indices = torch.arange(batch, dtype=torch.int64, device=theta.device)
     else:
