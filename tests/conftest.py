@@ -44,30 +44,18 @@ def _reads_shared(item) -> bool:
     function = getattr(item, "function", None)
     if function is None:
         return False
-    if item.get_closest_marker("shared_data") or set(_SHARED_NAMES) & set(item.fixturenames):
+    if set(_SHARED_NAMES) & set(item.fixturenames):
         return True
     names = set(function.__code__.co_names)
     helpers = [getattr(item.module, n) for n in names if inspect.isfunction(getattr(item.module, n, None))]
-    for code in (function, *helpers):
-        try:
-            if set(code.__code__.co_names) & set(_SHARED_NAMES):
-                return True
-        except AttributeError:
-            continue
-    return False
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "shared_data: reads the project's data folder (../shared or DOPPEL_SHARED)")
+    return any(set(f.__code__.co_names) & set(_SHARED_NAMES) for f in (function, *helpers))
 
 
 def pytest_collection_modifyitems(config, items):
-    if SHARED.is_dir() or os.environ.get("DOPPEL_REQUIRE_SHARED") == "1":
-        return
-    skip = pytest.mark.skip(reason=_MISSING)
-    for item in items:
-        if _reads_shared(item):
-            item.add_marker(skip)
+    if not SHARED.is_dir() and os.environ.get("DOPPEL_REQUIRE_SHARED") != "1":
+        for item in items:
+            if _reads_shared(item):
+                item.add_marker(pytest.mark.skip(reason=_MISSING))
 
 
 def import_torchsynth():
