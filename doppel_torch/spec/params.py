@@ -164,12 +164,18 @@ class _ToHumanFunc(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(inputs[0], output[1])
+        ctx.save_for_forward(output[1])
         ctx.constants = inputs[1]
 
     @staticmethod
     def backward(ctx, grad, _grad_slope):
         unit, slope = ctx.saved_tensors
         return _to_human_backward(grad, unit, slope, ctx.constants), None
+
+    @staticmethod
+    def jvp(ctx, unit_tangent, _constants_tangent):  # torch.func.jvp: the tangent times the slope
+        (slope,) = ctx.saved_tensors
+        return unit_tangent * slope, None
 
 
 def _to_human_backward(grad: torch.Tensor, unit: torch.Tensor, slope: torch.Tensor,

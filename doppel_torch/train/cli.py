@@ -149,8 +149,8 @@ def _default(name: str, shown: str | None = None) -> str:
 
 
 @click.command("train", help=__doc__.split("\n\n")[0] + "\n\nExamples:\n\n\b\n" + __doc__.split("\n\n")[1])
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None, help="Starting config: default (the field defaults), paper (the released training code: the '--preset paper' "
-    "values below), cpu-smoke (a small CPU run) [default].")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None, help="Starting config: default (the field defaults; the one used when --preset is not given), paper (the "
+    "released training code: the '--preset paper' values below), cpu-smoke (a small CPU run).")
 @click.option("--synth", type=click.Choice(SYNTHS), default=None, help=f"Synthesizer architecture {_default('data.synth')}.")
 @click.option(
     "--delta", type=str, default=None, metavar="SPEC",

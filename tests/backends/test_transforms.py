@@ -40,13 +40,15 @@ def _reverse_grad(synth, theta, w):
 
 
 @pytest.mark.parametrize("name", ["voice", "voicefm"])
-def test_torch_reference_forward_mode_and_func_grad_equal_reverse_mode(name):
+def test_torch_reference_forward_mode_func_jvp_and_func_grad_equal_reverse_mode(name):
     synth = get_synth(name, **SHORT)
     theta, w, v = _loss_and_direction(synth)
     grad = _reverse_grad(synth, theta, w)
     with forward_ad.dual_level():
         tangent = forward_ad.unpack_dual(synth(forward_ad.make_dual(theta, v))).tangent
     torch.testing.assert_close((tangent * w).sum(), (grad * v).sum(), rtol=1e-9, atol=0)
+    _, func_tangent = torch.func.jvp(synth, (theta,), (v,))
+    torch.testing.assert_close(func_tangent, tangent, rtol=1e-12, atol=1e-12 * float(tangent.abs().max()))
     func_grad = torch.func.grad(lambda x: (synth(x) * w).sum())(theta)
     torch.testing.assert_close(func_grad, grad, rtol=1e-12, atol=0)
 
