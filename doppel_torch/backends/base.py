@@ -137,6 +137,15 @@ def render(backend: Backend, program: Program, theta: torch.Tensor, *, noise: to
 _AUTOCAST = ("cpu", "cuda", "xpu", "mps")  # device types torch.autocast accepts
 
 
+def refuse_create_graph(backend_name: str) -> None:
+    """Called first in a fused backward, which has no derivative of its own: a backward that must be differentiable
+    (create_graph=True; autograd runs a backward with grad mode on only then) is refused, not silently treated as a
+    constant."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"backend='{backend_name}' has no second derivative (create_graph=True, double backward, "
+                           "Hessians): use backend='torch' for those")
+
+
 def _is_batched(x: torch.Tensor) -> bool:
     """x is a tensor inside torch.func.vmap (its values cannot decide a Python branch)."""
     return torch._C._functorch.is_batchedtensor(x)
@@ -155,4 +164,4 @@ def _refuse_transforms(backend: Backend, theta: torch.Tensor, noise: torch.Tenso
                          "gradients, and a batch for vmap")
 
 
-__all__ = ["BACKENDS", "Backend", "get_backend", "render"]
+__all__ = ["BACKENDS", "Backend", "get_backend", "refuse_create_graph", "render"]

@@ -158,38 +158,34 @@ class Synth(torch.nn.Module):
 
 
 class VoiceSynth(Synth):
-    """SynthAX/torchsynth `Voice` (78 parameters). Keyword arguments as `Synth`'s, and
+    """SynthAX/torchsynth `Voice` (78 parameters). Keyword arguments as `Synth`'s (sample_rate, control_rate,
+    duration, backend, eps, phase_dtype), and
 
     mixer_curve: "synthax" (default) leaves the noise level linear, as SynthAX and so the paper's data do;
         "torchsynth" applies the declared curve 0.025 to the noise level, as torchsynth does (DESIGN.md quirk 2).
     """
 
-    def __init__(self, *, sample_rate: int = 16000, control_rate: int = 480, duration: float = 1.0,
-                 backend: str = "torch", mixer_curve: str = "synthax", **kwargs):
+    def __init__(self, *, mixer_curve: str = "synthax", **kwargs):
         if mixer_curve not in ("synthax", "torchsynth"):
             raise ValueError(f"mixer_curve must be 'synthax' or 'torchsynth', got {mixer_curve!r}")
         self.mixer_curve = mixer_curve
-        super().__init__(voice_patch(), sample_rate=sample_rate, control_rate=control_rate, duration=duration,
-                         backend=backend, apply_mixer_curve=mixer_curve == "torchsynth", **kwargs)
+        super().__init__(voice_patch(), apply_mixer_curve=mixer_curve == "torchsynth", **kwargs)
 
 
 class VoiceFMSynth(Synth):
-    """SynthAX `VoiceExpanded` (130 parameters), the paper's VoiceFM. Keyword arguments as `Synth`'s."""
+    """SynthAX `VoiceExpanded` (130 parameters), the paper's VoiceFM. Keyword arguments as `Synth`'s (sample_rate,
+    control_rate, duration, backend, eps, phase_dtype)."""
 
-    def __init__(self, *, sample_rate: int = 16000, control_rate: int = 480, duration: float = 1.0,
-                 backend: str = "torch", **kwargs):
-        super().__init__(voicefm_patch(), sample_rate=sample_rate, control_rate=control_rate, duration=duration,
-                         backend=backend, **kwargs)
+    def __init__(self, **kwargs):
+        super().__init__(voicefm_patch(), **kwargs)
 
 
 class ParametricSynth(Synth):
     """SynthAX `ParametricSynth` (340 parameters with the paper's default counts 2, 2, 1, 1): `sine`,
-    `square_saw`, `fm_sine` and `fm_square_saw` oscillators. Keyword arguments as `Synth`'s."""
+    `square_saw`, `fm_sine` and `fm_square_saw` oscillators. Keyword arguments as `Synth`'s (sample_rate,
+    control_rate, duration, backend, eps, phase_dtype)."""
 
-    def __init__(self, sine: int = 2, square_saw: int = 2, fm_sine: int = 1, fm_square_saw: int = 1, *,
-                 sample_rate: int = 16000, control_rate: int = 480, duration: float = 1.0, backend: str = "torch",
-                 **kwargs):
-        kwargs.update(sample_rate=sample_rate, control_rate=control_rate, duration=duration, backend=backend)
+    def __init__(self, sine: int = 2, square_saw: int = 2, fm_sine: int = 1, fm_square_saw: int = 1, **kwargs):
         self.counts = dict(sine=sine, square_saw=square_saw, fm_sine=fm_sine, fm_square_saw=fm_square_saw)
         super().__init__(parametric_patch(sine, square_saw, fm_sine, fm_square_saw), **kwargs)
 

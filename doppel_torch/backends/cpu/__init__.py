@@ -183,16 +183,8 @@ def _gradients(backward, ctx, grad_audio):
     return g_human, None, None, g_noise, None, None, None, None, None, None, None, None
 
 
-def _refuse_create_graph() -> None:
-    """The fused backward has no derivative of its own: a backward that must be differentiable (create_graph=True)
-    is refused, not silently treated as a constant (autograd runs a backward with grad mode on only then)."""
-    if torch.is_grad_enabled():
-        raise RuntimeError("backend='cpu' has no second derivative (create_graph=True, double backward, Hessians): "
-                           "use backend='torch' for those")
-
-
 def _backward(ctx, grad_audio, grad_ckpt, grad_peak, grad_arg):
-    _refuse_create_graph()
+    base.refuse_create_graph("cpu")
     return _gradients(cpu_render_grad_backward, ctx, grad_audio)
 
 
@@ -212,7 +204,7 @@ class _RenderGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_audio):
-        _refuse_create_graph()
+        base.refuse_create_graph("cpu")
         with torch.no_grad():
             return _gradients(_grad_backward, ctx, grad_audio)
 

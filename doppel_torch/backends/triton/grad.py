@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from doppel_torch import rng
+from doppel_torch.backends import base
 from doppel_torch.backends.triton import _math as m
 from doppel_torch.backends.triton import columns as C
 from doppel_torch.backends.triton import synth as kernels
@@ -747,9 +748,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad):
-    if torch.is_grad_enabled():  # create_graph=True: the fused backward has no derivative of its own; say so
-        raise RuntimeError("backend='triton' has no second derivative (create_graph=True, double backward, "
-                           "Hessians): use backend='torch' for those")
+    base.refuse_create_graph("triton")
     *tensors, noise = ctx.saved_tensors
     n_control, n_filters, n_slots, mix_filter, noise_mode = ctx.args
     want_noise = noise is not None and ctx.needs_input_grad[12]
