@@ -4,12 +4,14 @@
     python bench/match_bench.py speed --backend cpu                # the same with the fused backward, when it lands
     python bench/match_bench.py recovery --targets 20 --restarts 16 --steps 200 --duration 0.25
     python bench/match_bench.py recovery --targets 16 --delta 0.01 0.05 --pitch-semis 0.1 --pitch-step 0.05
+    python bench/match_bench.py recovery --targets 8 --no-random --fit mixer adsr_1,adsr_2 mod_matrix 'lfo_*'
 
 `speed` times `doppel_torch.match` end to end as the command runs it (defaults: no candidate pass), after a warm-up
 call of one step. `recovery` renders
 each target from a known theta (random, keyed by --target-seed) with the noise row the match renders with, runs
-`match` from random restarts (and, with --delta, from starts perturbed around the known theta), and counts restarts
-whose best loss falls under each threshold. Both write bench/results/match-<what>-<device>-<date>.json.
+`match` from random restarts (and, with --delta, from starts perturbed around the known theta; with --fit, fitting
+only those parameters from random values, the others held at the known theta's: `match(fit=...)`), and counts
+restarts whose best loss falls under each threshold. Both write bench/results/match-<what>-<device>-<date>.json.
 CPU timings move 2x with the machine's load: compare backends only within one run or one quiet period.
 """
 
@@ -30,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from doppel_torch import get_synth, match, rng, spectral_loss  # noqa: E402
-from doppel_torch.matching import pitch_columns  # noqa: E402
+from doppel_torch.matching import fit_columns, pitch_columns, starting_points  # noqa: E402
 from test_synth import new_result_path  # noqa: E402  bench/test_synth.py
 
 THRESHOLDS = (0.05, 0.1, 0.2, 0.5)
@@ -79,7 +81,8 @@ def recovery(args) -> None:
     device = torch.device(args.device)
     synth = get_synth(args.synth, backend=args.backend, duration=args.duration)
     thetas = synth.random_params(args.targets, seed=args.target_seed, device=device)
-    runs = {"random": None, **{f"delta {d:g}": d for d in args.delta}}
+    runs = {**({} if args.no_random else {"random": None}), **{f"delta {d:g}": d for d in args.delta},
+            **{f"fit {g}": g.split(",") for g in args.fit}}
     pitch = pitch_columns(synth)
     # a pitch column's spread in theta for --pitch-semis semitones: its human span (semitones) over the unit cube
     ends = synth.to_human(torch.stack([torch.zeros(synth.num_params), torch.ones(synth.num_params)]).double())
@@ -101,12 +104,16 @@ def recovery(args) -> None:
             noise_floor = float(spectral_loss(synth(thetas[i : i + 1], noise=other), target))
         row = {"target": i, "noise_floor": noise_floor}
         for name, delta in runs.items():
-            init = None
-            if delta is not None:
+            init, fit = None, None
+            if isinstance(delta, list):  # --fit: those columns random (keyed by --seed), the others the target's
+                fit, columns = delta, fit_columns(synth, delta)
+                init = thetas[i].repeat(args.restarts, 1)
+                init[:, columns] = starting_points(synth.num_params, args.restarts, args.seed, device=device)[:, columns]
+            elif delta is not None:
                 z = rng.normal(args.seed, rng.Stream.PERTURB_1, torch.arange(args.restarts), synth.num_params)
                 init = (thetas[i] + spread(delta) * z.to(device)).clamp(0.0, 1.0)
             r = match(synth, target, restarts=args.restarts, steps=args.steps, lr=args.lr, seed=args.seed,
-                      candidates=args.candidates or None, init=init, pitch_step=args.pitch_step)
+                      candidates=args.candidates or None, init=init, pitch_step=args.pitch_step, fit=fit)
             row[name] = {"best": r.loss, "restart_losses": [round(float(v), 5) for v in r.restart_losses],
                          "initial_median": float(r.initial_losses.median())}
         rows.append(row)
@@ -127,7 +134,7 @@ def recovery(args) -> None:
     doc = {**_meta(device), "what": "match recovery of synth-rendered targets", "synth": args.synth,
            "backend": args.backend, "duration_s": args.duration, "targets": args.targets, "restarts": args.restarts,
            "steps": args.steps, "lr": args.lr, "candidates": args.candidates, "pitch_step": args.pitch_step,
-           "delta_pitch_semitones": args.pitch_semis, "seed": args.seed,
+           "delta_pitch_semitones": args.pitch_semis, "fit": args.fit, "seed": args.seed,
            "target_seed": args.target_seed, "wall_s": round(time.perf_counter() - start, 1),
            "noise_floor_median": float(torch.tensor([r["noise_floor"] for r in rows]).median()),
            "summary": summary, "rows": rows}
@@ -159,6 +166,10 @@ def main() -> None:
             p.add_argument("--pitch-semis", type=float, default=None,
                            help="with --delta: the pitch columns (pitch_columns) spread by this many semitones instead")
             p.add_argument("--pitch-step", type=float, default=1.0, help="match(pitch_step=)")
+            p.add_argument("--fit", nargs="*", default=[], metavar="PATTERNS",
+                           help="also fit only these parameters (one run per argument; commas join patterns), the "
+                                "others held at the target's theta")
+            p.add_argument("--no-random", action="store_true", help="skip the run from random restarts")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
