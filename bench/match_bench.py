@@ -108,12 +108,14 @@ def recovery(args) -> None:
             if isinstance(delta, list):  # --fit: those columns random (keyed by --seed), the others the target's
                 fit, columns = delta, fit_columns(synth, delta)
                 init = thetas[i].repeat(args.restarts, 1)
-                init[:, columns] = starting_points(synth.num_params, args.restarts, args.seed, device=device)[:, columns]
+                fresh = starting_points(synth.num_params, args.restarts, args.seed, device=device)
+                init[:, columns] = fresh[:, columns]
             elif delta is not None:
                 z = rng.normal(args.seed, rng.Stream.PERTURB_1, torch.arange(args.restarts), synth.num_params)
                 init = (thetas[i] + spread(delta) * z.to(device)).clamp(0.0, 1.0)
             r = match(synth, target, restarts=args.restarts, steps=args.steps, lr=args.lr, seed=args.seed,
-                      candidates=args.candidates or None, init=init, pitch_step=args.pitch_step, fit=fit)
+                      candidates=(args.candidates or None) if init is None else None, init=init,
+                      pitch_step=args.pitch_step, fit=fit)
             row[name] = {"best": r.loss, "restart_losses": [round(float(v), 5) for v in r.restart_losses],
                          "initial_median": float(r.initial_losses.median())}
         rows.append(row)

@@ -42,6 +42,10 @@ def main() -> None:
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # one started with SIGTERM ignored keeps it ignored
         signal.signal(signal.SIGTERM, _terminate)
     try:
+        # numpy first: torch imports it inside a try that swallows any exception, a KeyboardInterrupt too, so a
+        # Ctrl-C landing there was lost (the command ran on) or left numpy half-imported (found from outside: a
+        # SIGINT 0.5 s after start)
+        import numpy  # noqa: F401
         import click
 
         from doppel_torch.cli import main as command

@@ -271,34 +271,70 @@ def pitch_columns(synth) -> list[int]:
 
 
 def fit_columns(synth, patterns: Sequence[str]) -> list[int]:
-    """The columns of theta that `patterns` name, in theta's order: a parameter's full name ("mixer/level[0]"), a
-    module ("adsr_1": all its parameters) or a shell pattern of either ("adsr_*", "lfo_1/*"; fnmatch). ValueError for
-    a pattern that names nothing, saying what the names look like."""
-    if isinstance(patterns, str) or not all(isinstance(p, str) and p for p in patterns) or not patterns:
-        raise ValueError(f"fit must be a list of parameter names or patterns (e.g. ['adsr_1', 'mixer/*']), got "
-                         f"{patterns!r}")
+    """The columns of theta that `patterns` name, in theta's order: a parameter's full name as written
+    ("mixer/level[0]"), a module ("adsr_1": all its parameters) or a shell pattern of either ("adsr_*", "lfo_1/*";
+    fnmatch, so "[...]" in a pattern is a character class). ValueError for a pattern that names nothing, saying what
+    the names look like."""
+    if isinstance(patterns, str):
+        raise ValueError(f"fit must be a list of parameter names or patterns, not one string: fit=[{patterns!r}]")
+    patterns = list(patterns)
+    if not patterns:
+        raise ValueError("fit names no parameter: give at least one name or pattern (fit=None fits every parameter)")
+    if not all(isinstance(p, str) for p in patterns):
+        raise ValueError(f"fit must be a list of parameter names or patterns (strings, e.g. ['adsr_1', 'mixer/*']), "
+                         f"got {patterns!r}")
     names = synth.param_names
+    modules = [n.split("/")[0] for n in names]
+
+    def hits(pattern: str) -> set[int]:
+        return {j for j, (name, module) in enumerate(zip(names, modules))
+                if pattern in (name, module) or fnmatch.fnmatchcase(name, pattern)
+                or fnmatch.fnmatchcase(module, pattern)}
+
     columns: set[int] = set()
     for pattern in patterns:
-        hits = {j for j, name in enumerate(names)
-                if pattern in (name, name.split("/")[0]) or fnmatch.fnmatchcase(name, pattern)
-                or fnmatch.fnmatchcase(name.split("/")[0], pattern)}
-        if not hits:
-            modules = sorted({n.split("/")[0] for n in names})
-            raise ValueError(f"fit: {pattern!r} names no parameter of {synth.patch.name} (its modules: "
-                             f"{', '.join(modules)}; `doppel-torch info --synth NAME` lists every parameter)")
-        columns |= hits
+        if not pattern.strip():
+            raise ValueError("fit: an empty pattern names no parameter (give a name such as mixer or 'adsr_*')")
+        found = hits(pattern)
+        if not found:
+            hint = f"; did you mean {pattern + '*'!r}?" if hits(pattern + "*") else ""
+            raise ValueError(f"fit: {pattern!r} names no parameter of {synth.patch.name}{hint} (its modules: "
+                             f"{', '.join(dict.fromkeys(modules))}; `doppel-torch info --synth {synth.patch.name}` "
+                             "lists every parameter)")
+        columns |= found
     return sorted(columns)
 
 
+def describe_columns(synth, columns: Sequence[int]) -> str:
+    """Columns in few words: a module whose parameters are all in it by its name, other parameters by theirs."""
+    names = synth.param_names
+    chosen = set(columns)
+    if len(chosen) == len(names):
+        return f"all {len(names)}"
+    by_module: dict[str, list[int]] = {}
+    for j, name in enumerate(names):
+        by_module.setdefault(name.split("/")[0], []).append(j)
+    parts = []
+    for module, cols in by_module.items():
+        if chosen.issuperset(cols):
+            parts.append(module)
+        else:
+            parts.extend(names[j] for j in cols if j in chosen)
+    return ", ".join(parts)
+
+
 def starts_refitting(theta: torch.Tensor, columns: Sequence[int], restarts: int, seed: int) -> torch.Tensor:
-    """Restarts that keep one theta (m,) but for `columns`: row 0 is theta itself (clamped INIT_MARGIN inside the
-    cube), rows 1.. draw those columns at random (`starting_points` keyed by seed), for `match(fit=...)`."""
+    """Restarts that keep one theta (m,) but for `columns` (indices: `fit_columns` turns names into them): row 0 is
+    theta itself, rows 1.. draw those columns at random (`starting_points` keyed by seed), for `match(fit=...)`."""
     if theta.dim() != 1:
         raise ValueError(f"theta must be (m,), got {tuple(theta.shape)}")
-    starts = theta.clamp(INIT_MARGIN, 1.0 - INIT_MARGIN).repeat(restarts, 1)
-    fresh = starting_points(theta.shape[0], restarts, seed, dtype=theta.dtype, device=theta.device)
     columns = list(columns)
+    m = theta.shape[0]
+    if not all(isinstance(j, int) and not isinstance(j, bool) and 0 <= j < m for j in columns):
+        raise ValueError(f"columns must be column indices in [0, {m}) (fit_columns(synth, names) gives them), got "
+                         f"{columns!r}")
+    starts = theta.repeat(restarts, 1)
+    fresh = starting_points(m, restarts, seed, dtype=theta.dtype, device=theta.device)
     starts[1:, columns] = fresh[1:, columns]
     return starts
 
@@ -337,8 +373,8 @@ def match(
         and 5); from random starts the best restart ends at a median 1.04 (1.0: 0.95), so 1.0 is the default and
         0.05 the choice for refining a start you trust (`init`).
     fit: fit only these parameters (names, modules or shell patterns: `fit_columns`); every other column keeps its
-        starting value exactly, so give the values to keep in `init` (`starts_refitting` draws the fitted columns at
-        random around one theta). For a patch you know but for, say, its envelopes. Adam moves every column it holds
+        starting value exactly, so give the values to keep in `init`: `starts_refitting(theta, fit_columns(synth,
+        fit), restarts, seed)` keeps one theta and draws the fitted columns at random. For a patch you know but for, say, its envelopes. Adam moves every column it holds
         by about lr a step however small its gradient, which throws pitch-like columns that are already right out
         of their narrow valleys (voice, a target's own theta with only its 3 mixer levels moved by 0.05 z: 100 steps
         end at a median 0.17 with every column free, 0.0000 with the rest held). Measured (voice, 0.25 s, 8
@@ -381,6 +417,8 @@ def match(
         if init is None:
             raise ValueError("fit holds the other parameters at their starting values: give them in init (e.g. "
                              "starts_refitting(theta, fit_columns(synth, fit), restarts, seed))")
+    if init is not None and candidates:
+        raise ValueError("candidates picks random starts and init gives the starts: pass one of them")
     dtype, device = target.dtype, target.device
     noise = None
     if synth.program.rows("noise"):
@@ -403,14 +441,18 @@ def match(
             theta0 = theta0[torch.argsort(torch.nan_to_num(scores, nan=math.inf))[:restarts]]
     else:
         if init.shape != (restarts, synth.num_params):
-            raise ValueError(f"init must have shape ({restarts}, {synth.num_params}), got {tuple(init.shape)}")
-        theta0 = init.detach().to(dtype=dtype, device=device).clamp(INIT_MARGIN, 1.0 - INIT_MARGIN)
+            one = (" (one theta: starts_refitting or starts_around make restarts from it)"
+                   if tuple(init.shape) == (synth.num_params,) else "")
+            raise ValueError(f"init must have shape ({restarts}, {synth.num_params}), got {tuple(init.shape)}{one}")
+        given = init.detach().to(dtype=dtype, device=device)
+        theta0 = given.clamp(INIT_MARGIN, 1.0 - INIT_MARGIN)
     # Adam holds z = logits / column_step, so a column's logit moves by about lr * column_step a step
     column_step = torch.ones(synth.num_params, dtype=dtype, device=device)
     column_step[pitch_columns(synth)] = pitch_step
     z = (torch.logit(theta0) / column_step).requires_grad_(True)
-    if held is not None:
+    if held is not None:  # the held columns exactly as given, not clamped (they need no logit)
         held = held.to(device)
+        theta0 = torch.where(held, given, theta0)
     optimizer = torch.optim.Adam([z], lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1), eta_min=lr * COSINE_FLOOR)
     best_loss = torch.full((restarts,), math.inf, dtype=dtype, device=device)
@@ -686,11 +728,13 @@ def _a_number(ctx, param, value):
 @click.option("--init", "init_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="THETA.json",
               help="Continue from an earlier match: its theta.json (the same synth) is restart 0, the other "
-                   f"restarts start {AROUND_SPREAD:g} around it.")
+                   f"restarts start {AROUND_SPREAD:g} around it (with --fit: they draw the fitted parameters at "
+                   "random).")
 @click.option("--fit", "fit", multiple=True, metavar="PATTERN",
-              help="With --init: fit only these parameters (a name, a module such as adsr_1, or a shell pattern such "
-                   "as 'lfo_*'; repeatable) and keep the others at --init's values. Restart 0 starts at --init, the "
-                   "others draw the fitted parameters at random.")
+              help="With --init: fit only these parameters and keep the others at --init's values. A name as "
+                   "`doppel-torch info --synth NAME` lists it, a module (adsr_1: all its parameters) or a shell "
+                   "pattern ('lfo_*'); repeat --fit for more. Restart 0 starts at --init, the others draw the fitted "
+                   "parameters at random.")
 @click.option("--pitch-step", type=click.FloatRange(min=0.0, min_open=True, max=1.0), default=1.0, show_default=True,
               callback=_a_number,
               help="The pitch parameters' step as a fraction of the others' (0.05 refines a start near the answer).")
@@ -756,8 +800,8 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         click.echo(f"note: {note}")
     starts = f"around {init_path}" if init is not None else f"seed {seed}"
     if fit:
-        starts = (f"fitting {len(columns)} of the parameters ({', '.join(fit)}), the others kept at {init_path}, "
-                  f"seed {seed}")
+        starts = (f"fitting {len(columns)} of the {synth.num_params} parameters ({describe_columns(synth, columns)}), "
+                  f"the others kept at {init_path}, seed {seed}")
     click.echo(f"matching {synth.duration:g} s of {target} with {synth.patch.name} ({synth.num_params} parameters, "
                f"backend={backend}, {device}): {restarts} restarts x {steps} steps, {starts}")
     meta = {"target": str(target), "seed": seed, "lr": lr, "pitch_step": pitch_step,
@@ -803,6 +847,7 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         sys.exit(128 + signals.received[0])
 
 
-__all__ = ["FFT_SIZES", "MatchResult", "SpectralTarget", "default_backend", "describe_theta", "fit_columns", "match",
+__all__ = ["FFT_SIZES", "MatchResult", "SpectralTarget", "default_backend", "describe_columns", "describe_theta",
+           "fit_columns", "match",
            "pitch_columns", "prepare_target", "read_theta_json", "spectral_loss", "starting_points", "starts_around",
            "starts_refitting", "write_result", "write_theta_json", "match_command"]

@@ -591,10 +591,14 @@ def test_fit_columns_by_name_module_and_pattern():
     assert named("mixer/level[1]") == ["mixer/level[1]"]  # a full name as it is, brackets and all
     assert named("adsr_?/attack", "keyboard/midi_f0") == ["adsr_1/attack", "adsr_2/attack", "keyboard/midi_f0"]
     assert len(named("lfo_*")) == 36 and named("lfo_1/*") == [n for n in names if n.startswith("lfo_1/")]
-    for bad, expected in ((["adsr3"], "names no parameter of voice"), ("mixer", "must be a list"), ([], "list"),
-                          ([""], "list")):
+    for bad, expected in ((["adsr3"], "names no parameter of voice"), (["mixer/level"], "did you mean 'mixer/level[*]'"),
+                          ("mixer", r"not one string: fit=\['mixer'\]"), ([], "fit=None fits every parameter"),
+                          ([""], "an empty pattern"), ([48], "strings")):
         with pytest.raises(ValueError, match=expected):
             matching.fit_columns(synth, bad)
+    assert matching.describe_columns(synth, matching.fit_columns(synth, ["mixer", "adsr_1/attack"])) == (
+        "adsr_1/attack, mixer")
+    assert matching.describe_columns(synth, range(synth.num_params)) == "all 78"
 
 
 def _fast_synth():
@@ -607,14 +611,21 @@ def test_match_fit_holds_the_other_columns_exactly():
     theta = synth.random_params(1, seed=1000)[0]
     columns = matching.fit_columns(synth, ["adsr_1"])
     init = matching.starts_refitting(theta, columns, 3, seed=0)
-    assert torch.equal(init[0], theta.clamp(1e-6, 1 - 1e-6))
+    assert torch.equal(init[0], theta)
     others = [j for j in range(synth.num_params) if j not in columns]
     assert torch.equal(init[:, others], init[:1, others].expand(3, -1)) and not torch.equal(init[1], init[2])
+    init[:, others[:2]] = torch.tensor([0.0, 1.0])  # held on the cube's faces: kept there, not clamped inside
     result = match(synth, _target(synth, theta), restarts=3, steps=5, seed=0, init=init, fit=["adsr_1"])
     assert torch.equal(result.restart_thetas[:, others], init[:, others])
     assert not torch.equal(result.restart_thetas[1:, columns], init[1:, columns])
     with pytest.raises(ValueError, match="give them in init"):
         match(synth, _target(synth, theta), restarts=2, steps=1, fit=["adsr_1"])
+    with pytest.raises(ValueError, match="one theta: starts_refitting"):
+        match(synth, _target(synth, theta), restarts=2, steps=1, fit=["adsr_1"], init=theta)
+    with pytest.raises(ValueError, match="pass one of them"):
+        match(synth, _target(synth, theta), restarts=3, steps=1, fit=["adsr_1"], init=init, candidates=8)
+    with pytest.raises(ValueError, match="column indices"):
+        matching.starts_refitting(theta, ["mixer"], 3, seed=0)
 
 
 def test_match_fit_finds_the_mixer_levels_of_a_known_patch():
@@ -642,12 +653,14 @@ def test_match_command_fits_some_parameters_of_a_theta_json(tmp_path, synth):
     init = tmp_path / "a" / "theta.json"
     fitted = CliRunner().invoke(main, _match_args(path, tmp_path / "b", "--steps", "3", "--init", str(init),
                                                   "--fit", "mixer", "--fit", "adsr_1/attack"))
-    assert fitted.exit_code == 0 and "fitting 4 of the parameters (mixer, adsr_1/attack)" in fitted.output, fitted.output
+    assert fitted.exit_code == 0, fitted.output
+    assert "fitting 4 of the 78 parameters (adsr_1/attack, mixer)" in fitted.output, fitted.output
     before, after = (json.loads(p.read_text()) for p in (init, tmp_path / "b" / "theta.json"))
     moved = {p["name"] for p, q in zip(before["params"], after["params"]) if p["value"] != q["value"]}
     assert moved and moved <= {"mixer/level[0]", "mixer/level[1]", "mixer/level[2]", "adsr_1/attack"}, moved
     assert after["fit"] == ["mixer", "adsr_1/attack"]
     for extra, expected in ((["--fit", "mixer"], "--fit keeps the other parameters"),
-                            (["--init", str(init), "--fit", "adsr3"], "'adsr3' names no parameter of voice")):
+                            (["--init", str(init), "--fit", "adsr3"], "'adsr3' names no parameter of voice"),
+                            (["--init", str(init), "--fit", ""], "an empty pattern names no parameter")):
         bad = CliRunner().invoke(main, _match_args(path, tmp_path / "c", "--steps", "1", *extra))
         assert bad.exit_code == 2 and expected in bad.output and "Traceback" not in bad.output, bad.output
