@@ -26,6 +26,14 @@ def _openmp_defaults(environ=os.environ) -> None:
         environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 
+def _one_line_warnings() -> None:
+    """A warning as one line, `warning: <message>`, instead of Python's `loop.py:149: UserWarning: <message>` and
+    the source line under it (found from outside: a resumed run's note about a changed world size read as a crash)."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"warning: {message}\n"
+
+
 def _terminate(signum, frame) -> None:
     _received.append(signum)
     raise KeyboardInterrupt
@@ -39,6 +47,7 @@ def _interrupted(when: str) -> None:
 
 def main() -> None:
     _openmp_defaults()
+    _one_line_warnings()
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # one started with SIGTERM ignored keeps it ignored
         signal.signal(signal.SIGTERM, _terminate)
     try:

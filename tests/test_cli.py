@@ -272,6 +272,7 @@ def test_bad_outputs_devices_and_files_are_one_line_before_any_work(tmp_path):
     cases = [
         (["train", "--preset", "cpu-smoke", "--out", str(afile / "run")], "cannot create --out"),
         (["delta-profile", "--n-theta", "1", "--out", str(afile / "d")], "cannot create --out"),
+        (["sample", "--pairs", "1", "--sweep", "", "--out", str(afile / "s")], "cannot create --out"),
         (["eval", *fsdd, "--out", str(afile / "e")], "cannot create --out"),
         (["eval", *fsdd, "--device", "bogus"], "unknown device 'bogus'"),
         (["eval", *fsdd, "--lr", "nan"], "must be a positive number"),
@@ -286,3 +287,17 @@ def test_bad_outputs_devices_and_files_are_one_line_before_any_work(tmp_path):
         assert result.exit_code != 0 and expected in result.output, (args, result.output)
         assert "Traceback" not in result.output and result.exception is None or isinstance(
             result.exception, SystemExit), (args, result.exception)
+
+
+def test_the_commands_print_a_warning_as_one_line(monkeypatch):
+    """`doppel-torch` and `python -m doppel_torch.train` show a warning as `warning: <message>`, without Python's
+    file:line and the source line under it."""
+    import warnings
+
+    from doppel_torch.entry import _one_line_warnings
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    _one_line_warnings()
+    shown = warnings.formatwarning(UserWarning("resuming a run of world size 2 on 1 rank(s)"), UserWarning,
+                                   "/x/loop.py", 149, "self.load(cfg.run.resume)")
+    assert shown == "warning: resuming a run of world size 2 on 1 rank(s)\n"

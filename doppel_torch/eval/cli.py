@@ -132,7 +132,16 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
         if max_files is not None:
             if max_files < 1:
                 raise ValueError("--max-files must be >= 1")
-            tasks = [t.sample(max_files, seed=0) for t in tasks]
+            whole, tasks = tasks, [t.sample(max_files, seed=0) for t in tasks]
+            for before, task in zip(whole, tasks):
+                if len(task) == len(before):
+                    continue
+                if len(task.classes) < 2:  # every probe would score 100 %, chance too (found from outside)
+                    raise ValueError(f"--max-files {max_files} leaves task {task.name} with {len(task.classes)} of "
+                                     f"its {len(before.classes)} classes (a small draw keeps the same classes in "
+                                     "every fold): a probe needs 2 or more, raise --max-files")
+                click.echo(f"task {task.name}: {len(task)} of {len(before)} files (--max-files), "
+                           f"{len(task.classes)} of {len(before.classes)} classes", err=True)
         embedders = {name: Embedder.from_checkpoint(path, device=device) for name, path in checkpoint_paths.items()}
         if baselines:
             # Same architecture as the (first) trained encoder, so the baseline isolates the training;

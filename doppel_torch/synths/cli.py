@@ -116,6 +116,9 @@ def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, 
         title += "\nthe sweep columns are clean (not augmented) renders of view a's sound"
     elif delta in sweep:
         title += f"\nview a = the sweep's delta {shown} column (the same sound); the sweep moves view a's theta along z_1"
+    from doppel_torch.options import out_folder
+
+    out_folder(out_dir)
     try:
         written = write_samples(
             synth, out_dir, n_pairs=n_pairs, start=start, seed=seed, delta=delta, sweep_deltas=sweep, augment=chain,

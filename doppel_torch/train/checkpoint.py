@@ -55,6 +55,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write `payload` to `path` atomically: a temporary file in the same folder, fsync, then rename."""
     path = Path(path)
@@ -62,6 +68,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     payload = {"format": FORMAT, "version": VERSION, **payload}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() gives, as metrics.csv beside it
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -109,8 +116,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             reason = f"{type(exc).__name__}: {reason}".rstrip(": ")
         raise ValueError(
             f"{path} could not be loaded as a checkpoint: it is truncated, not a torch.save file, or holds objects "
-            f"other than tensors and plain containers (weights_only=True keeps a checkpoint from running code). "
-            f"torch says: {reason}"
+            f"other than tensors and plain containers (weights_only=True keeps a checkpoint from running code); give "
+            f"another: a run folder's last.pt or epoch-NNNN.pt from `doppel-torch train`. torch says: {reason}"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a doppel-torch checkpoint (no format tag {FORMAT!r})")

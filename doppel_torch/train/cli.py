@@ -12,6 +12,7 @@ r"""Train a ResNet18 on audio doppelgangers: the default recipe, a preset (--pre
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import sys
 from pathlib import Path
@@ -95,6 +96,46 @@ def resume_folder(resume: str) -> Path:
     """The run folder of a --resume argument: the folder itself, or the folder holding the checkpoint file."""
     path = Path(resume)
     return path if path.is_dir() else path.parent
+
+
+def _name_options(message: str, options: dict[str, Any], sets: dict[str, Any]) -> str:
+    """A config error as the user typed it: the first field that one of their options set (and no --set of the same
+    field) is named by its option too ("--batch-size (optim.batch_size) must be >= 2" after --batch-size 0)."""
+    for option, field in OPTION_FIELDS.items():
+        if options.get(option) is not None and field not in sets and field in message:
+            return message.replace(field, f"--{option.replace('_', '-')} ({field})", 1)
+    return message
+
+
+RUN_FILES = ("last.pt", "metrics.csv")  # a folder holding either holds a run that a new one would overwrite
+
+
+def _holds_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in RUN_FILES)
+
+
+def claim_run_folder(config: TrainConfig, resume: str | None, explicit: bool) -> TrainConfig:
+    """The folder this invocation writes, never one that holds another run: a resumed run continues in its own
+    folder; a new run whose folder holds a run goes to the next free `<folder>-2`, `-3`, ... when the folder was the
+    default, and is refused (one line saying what to do) when the user named it. Before, a second `doppel-torch
+    train` replaced the first run's last.pt, cut its metrics.csv and mixed both runs' examples and TensorBoard curves
+    (found from outside). Every rank decides alike: none writes a run file before all have met in the process group."""
+    out = Path(config.run.out_dir)
+    if resume is not None and out.resolve() == resume_folder(resume).resolve():
+        return config
+    if not _holds_run(out):
+        return config
+    if explicit or resume is not None:
+        what = f"--resume {out} continues it, or choose" if resume is None else "choose"
+        raise click.UsageError(f"--out {out} holds another run (last.pt / metrics.csv): {what} another --out (or "
+                               "delete that folder to start over in it)")
+    k = 2
+    while _holds_run(Path(f"{out}-{k}")):
+        k += 1
+    fresh = f"{out}-{k}"
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(f"note: {out} holds a run (--resume {out} continues it): this one writes {fresh}")
+    return config.with_overrides({"run.out_dir": fresh})
 
 
 def resolve_config(
@@ -230,10 +271,13 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
     from doppel_torch.train.distributed import cleanup
     from doppel_torch.train.loop import NonFiniteLoss, Trainer
 
+    parsed: dict[str, Any] = {}
     try:
-        config = resolve_config(preset, resume, options, _parse_set(sets))
+        parsed = _parse_set(sets)
+        config = resolve_config(preset, resume, options, parsed)
     except (ValueError, FileNotFoundError) as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.UsageError(_name_options(str(exc), options, parsed)) from None
+    config = claim_run_folder(config, resume, explicit=options.get("out") is not None or "run.out_dir" in parsed)
     out_folder(config.run.out_dir)  # before the model is built: a run folder that cannot take files costs nothing
     trainer = None
     try:

@@ -511,7 +511,9 @@ class Trainer:
             + (f", process group {backend}" if env.distributed else ""),
         ]
         if env.device.type == "cpu":
-            lines.append("no CUDA device: training on CPU (use a small preset such as --preset cpu-smoke)")
+            big = cfg.data.sounds_per_epoch * cfg.optim.epochs > 100_000  # the advice only where it is news
+            lines.append("no CUDA device: training on CPU"
+                         + (" (use a small preset such as --preset cpu-smoke)" if big else ""))
         if self.real is not None:
             source = (
                 f"real audio from {cfg.data.data} ({len(self.real.train_files)} train / {len(self.real.val_files)} "

@@ -137,3 +137,16 @@ def test_ctrl_c_keeps_the_finished_tasks(tiny_checkpoint, fsdd_root, tmp_path, m
     report = json.loads((out / "eval.json").read_text())
     assert list(report["tasks"]) == ["fsdd-digit"] and report["interrupted"] == dict(task="fsdd-speaker",
                                                                                      finished=["fsdd-digit"])
+
+
+def test_max_files_too_small_for_two_classes_is_refused(tiny_checkpoint, fsdd_root, tmp_path):
+    """--max-files 5 kept one digit in every fold: each probe, chance too, scored 100 %. Now one line before any
+    work; a draw that keeps fewer files says how many of the task's files and classes it keeps."""
+    args = [str(tiny_checkpoint), "--task", f"fsdd-digit:{fsdd_root}", "--no-baselines", "-q",
+            "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(eval_command, [*args, "--max-files", "5"])
+    assert result.exit_code != 0 and "leaves task fsdd-digit with 1 of its 10 classes" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o" / "eval.json").exists()
+    result = CliRunner().invoke(eval_command, [*args, "--max-files", "30", "--seeds", "0", "--max-epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert "task fsdd-digit: 30 of 3000 files (--max-files), 5 of 10 classes" in result.output

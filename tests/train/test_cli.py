@@ -42,14 +42,15 @@ def test_cli_runs_prints_config_and_saves_it(tmp_path, audio_dir):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--delta", "-1"], "delta must be a finite number >= 0"),
+        (["--delta", "-1"], "--delta (data.delta) must be a finite number >= 0"),
         (["--mix-layers", "2"], "needs real data: pass --data PATH"),
         (["--data", "/nonexistent/folder"], "not a folder"),
         (["--set", "optim.nope=1"], "unknown config field"),
         (["--set", "optim.epochs"], "expected section.field=value"),
         (["--duration", "0.5"], "raise --duration"),
         (["--synth", "moog"], "Invalid value for '--synth'"),
-        (["--delta", "1e9"], "data.delta must be a finite number >= 0 and <= 1"),
+        (["--delta", "1e9"], "--delta (data.delta) must be a finite number >= 0 and <= 1"),
+        (["--batch-size", "0"], "--batch-size (optim.batch_size) (per rank) must be >= 2"),
         (["--set", "optim.batch_size=abc"], "optim.batch_size must be an integer, got 'abc'"),
         (["--set", "run.progress=3"], "run.progress must be true or false, got 3"),
         (["--set", "optim.lr=fast"], "optim.lr must be a number or none, got 'fast'"),
@@ -263,3 +264,31 @@ def test_logmel_png_has_axes_units_colour_bar_and_step(tmp_path, audio_dir, monk
     assert {ax.get_xlabel() for ax in panels} == {"", "time (s)"}
     assert {ax.get_ylabel() for ax in panels} == {"", "mel band\n(125-7500 Hz)"}
     assert panels[0].get_xlim() == pytest.approx((0.0, 0.96))
+
+
+def test_a_new_run_never_overwrites_another(tmp_path, monkeypatch):
+    """A folder holding a run (last.pt or metrics.csv): a new run named there explicitly is refused with one line,
+    before any work; in the default folder it goes to the next free runs/doppel-N and says so; a resumed run
+    continues in its own folder, and is refused in another run's."""
+    from doppel_torch.train.cli import claim_run_folder
+    from doppel_torch.train.config import make_config
+
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "metrics.csv").write_text("kind,step\n")
+    before = (held / "metrics.csv").read_text()
+    result = CliRunner().invoke(train, [*TINY_ARGS, "--max-steps", "1", "--out", str(held)])
+    assert result.exit_code == 2 and f"--out {held} holds another run" in result.output, result.output
+    assert f"--resume {held} continues it" in result.output and (held / "metrics.csv").read_text() == before
+    monkeypatch.chdir(tmp_path)
+    for folder in ("runs/doppel", "runs/doppel-2"):
+        os.makedirs(folder)
+        (tmp_path / folder / "last.pt").write_bytes(b"")
+    config = claim_run_folder(make_config("cpu-smoke", {}), None, explicit=False)
+    assert config.run.out_dir == "runs/doppel-3"
+    assert claim_run_folder(make_config("cpu-smoke", {"run.out_dir": "fresh"}), None, True).run.out_dir == "fresh"
+    resumed = make_config("cpu-smoke", {"run.out_dir": "runs/doppel"})
+    assert claim_run_folder(resumed, "runs/doppel/last.pt", explicit=False).run.out_dir == "runs/doppel"
+    refused = r"--out runs/doppel-2 holds another run \(last.pt / metrics.csv\): choose another --out"
+    with pytest.raises(Exception, match=refused):
+        claim_run_folder(make_config("cpu-smoke", {"run.out_dir": "runs/doppel-2"}), "runs/doppel", explicit=True)

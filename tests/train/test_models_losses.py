@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 
 import pytest
 import torch
@@ -59,6 +60,9 @@ def test_load_encoder_roundtrip(tmp_path):
     config = {"model": {"in_channels": 1, "embed_dim": 16, "width": 4}, "data": {"synth": "voice"}}
     state = {"module." + k: v for k, v in model.state_dict().items()}  # as saved from a DDP wrapper
     save_checkpoint(tmp_path / "run" / "last.pt", {"model": state, "config": config})
+    mask = os.umask(0o022)
+    os.umask(mask)  # the file's mode is what open() gives, as metrics.csv beside it (mkstemp alone made it 0600)
+    assert (tmp_path / "run" / "last.pt").stat().st_mode & 0o777 == 0o666 & ~mask
     encoder, loaded = load_encoder(tmp_path / "run")  # a run folder means its last.pt
     assert loaded == config and not encoder.training
     x = torch.randn(2, 1, 96, 64)
