@@ -366,8 +366,12 @@ class Trainer:
         path = self.out_dir / "metrics.csv"
         fields = ["kind", "step", "epoch", "lr", "loss", "align", "uniform", "pairs_per_s", "elapsed_s"]
         kept = []
-        if path.exists() and self.step > 0:  # resuming: drop rows logged after the checkpoint
-            with open(path, newline="") as f:
+        source = path
+        if self.step > 0 and not path.exists() and self.config.run.resume:  # resumed into another folder: the
+            resumed = Path(self.config.run.resume)  # history comes along (it began with a bare header)
+            source = (resumed if resumed.is_dir() else resumed.parent) / "metrics.csv"
+        if source.exists() and self.step > 0:  # resuming: drop rows logged after the checkpoint
+            with open(source, newline="") as f:
                 kept = [row for row in csv.DictReader(f) if int(row["step"]) <= self._resumed_step]
         f = open(path, "w", newline="")
         writer = csv.DictWriter(f, fieldnames=fields)

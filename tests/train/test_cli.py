@@ -197,6 +197,9 @@ def test_resume_writes_to_the_named_folder_and_removes_leftovers(tmp_path, audio
     assert result.exit_code == 0, result.output
     assert ckpt_io.load_checkpoint(other)["step"] == 3 and ckpt_io.load_checkpoint(run)["step"] == 2
     assert not elsewhere.exists()
+    with open(other / "metrics.csv", newline="") as f:  # the run's history came along (it began bare)
+        steps = [int(row["step"]) for row in csv.DictReader(f) if row["kind"] == "train"]
+    assert steps == [1, 2, 3], steps
 
 
 def test_two_process_run_resumed_in_one_process_keeps_its_epoch(tmp_path, audio_dir):
