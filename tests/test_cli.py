@@ -220,6 +220,9 @@ def test_ctrl_c_while_the_command_starts_is_one_line(monkeypatch, capsys):
 
     starting.__getattr__ = interrupted
     monkeypatch.setitem(sys.modules, "doppel_torch.cli", starting)
+    import warnings
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main() sets its one-line form
     term = signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(SystemExit) as stopped:
