@@ -3,17 +3,34 @@ an output folder that can take files, and a --device this torch can use."""
 
 from __future__ import annotations
 
+import atexit
 import os
 from pathlib import Path
 
 import click
 
+_created: list[Path] = []  # folders out_folder made, outermost first
+
+
+@atexit.register
+def _remove_if_left_empty() -> None:
+    """A command that stops before writing anything (a bad --data found after the folder check, a Ctrl-C at start)
+    does not leave behind the empty folders it made; a folder that holds anything stays, and so does one the user
+    had made."""
+    for folder in reversed(_created):
+        try:
+            folder.rmdir()  # only an empty folder goes
+        except OSError:
+            pass
+
 
 def out_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     """Create `path` (and its parents) and check that a file can be written there (root ignores modes, so try)."""
     folder = Path(path)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        _created.extend(reversed(missing))
     except FileExistsError:
         raise click.ClickException(f"cannot use {option} {folder}: it exists and is not a folder (choose a "
                                    "folder)") from None

@@ -304,3 +304,19 @@ def test_the_commands_print_a_warning_as_one_line(monkeypatch):
     shown = warnings.formatwarning(UserWarning("resuming a run of world size 2 on 1 rank(s)"), UserWarning,
                                    "/x/loop.py", 149, "self.load(cfg.run.resume)")
     assert shown == "warning: resuming a run of world size 2 on 1 rank(s)\n"
+
+
+def test_a_command_that_fails_leaves_no_empty_folder_behind(tmp_path):
+    """--out folders a command made and left empty (it stopped on a bad --data found after the folder check) are
+    removed at exit, parents made for them too; a folder the user made stays."""
+    import subprocess
+    import sys
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for out in (tmp_path / "new" / "run", mine):
+        done = subprocess.run([sys.executable, "-m", "doppel_torch", "train", "--preset", "cpu-smoke", "--data",
+                               str(tmp_path / "nonexistent"), "--out", str(out)], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode != 0 and "not a folder" in done.stderr, done.stderr
+    assert not (tmp_path / "new").exists() and mine.is_dir()
