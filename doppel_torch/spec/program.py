@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -84,6 +84,7 @@ class Program:
     eps: float
     tables: dict[str, torch.Tensor]  # int32 (rows, len(TABLES[name])), on the CPU; MATRIX: (n_out, n_in)
     mix_filter: int  # filters row applied to the mix, -1 for none
+    _on: dict = field(default_factory=dict, repr=False)  # device -> the tables there (`on`)
 
     @property
     def patch(self) -> Patch:
@@ -119,9 +120,10 @@ class Program:
                           torch.tensor([self.mix_filter], dtype=torch.int32)]).contiguous()
 
     def on(self, device: torch.device | str) -> dict[str, torch.Tensor]:
-        """The tables on `device` (cached)."""
+        """The tables on `device` (cached in a field: torch.compile(fullgraph=True) traces neither
+        __dict__.setdefault nor a cached_property's lock)."""
         device = torch.device(device)
-        cache = self.__dict__.setdefault("_on", {})
+        cache = self._on
         if device not in cache:
             cache[device] = {name: t.to(device) for name, t in self.tables.items()}
         return cache[device]

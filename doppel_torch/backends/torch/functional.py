@@ -32,17 +32,26 @@ def wrapped_cumsum(inc: torch.Tensor, block: int = 128) -> torch.Tensor:
     7-47 % on its FM synths, DESIGN.md quirk 6). Summing within blocks of `block` samples and carrying the
     wrapped block totals keeps every partial sum small: the error stays ~1e-5 cycles in float32.
     In float64 the result equals frac(cumsum(inc)) to ~1e-13.
+
+    The whole blocks are a view and the last, shorter one a scan of its own, with no padding: torch 2.9's Inductor
+    compiled the padded form (pad to whole blocks, scan, cut) wrong when the input requires grad and the length is
+    not a multiple of `block` (the last block read memory it never wrote: values up to 3e35; found from outside,
+    tests/backends/test_compile.py). The same values as the padded form, bit for bit, eagerly.
     """
     n = inc.shape[-1]
-    n_blocks = -(-n // block)
-    pad = n_blocks * block - n
-    x = F.pad(inc, (0, pad)) if pad else inc
-    x = x.reshape(*inc.shape[:-1], n_blocks, block)
-    within = torch.cumsum(x, dim=-1)
-    carry = torch.cumsum(frac(within[..., -1]), dim=-1)  # wrapped totals, summed: <= n_blocks
-    carry = frac(F.pad(carry[..., :-1], (1, 0)))  # exclusive: offset at each block start
-    phase = frac(within + carry.unsqueeze(-1))
-    return phase.reshape(*inc.shape[:-1], n_blocks * block)[..., :n]
+    whole = n // block * block
+    parts = []
+    offset = None  # the wrapped totals of the whole blocks, summed
+    if whole:
+        within = torch.cumsum(inc[..., :whole].reshape(*inc.shape[:-1], whole // block, block), dim=-1)
+        totals = torch.cumsum(frac(within[..., -1]), dim=-1)  # wrapped totals, summed: <= n / block
+        carry = frac(F.pad(totals[..., :-1], (1, 0)))  # exclusive: offset at each block start
+        parts.append(frac(within + carry.unsqueeze(-1)).reshape(*inc.shape[:-1], whole))
+        offset = frac(totals[..., -1:])
+    if whole < n:
+        tail = torch.cumsum(inc[..., whole:], dim=-1)
+        parts.append(frac(tail if offset is None else tail + offset))
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
 
 def upsample(control: torch.Tensor, n_samples: int) -> torch.Tensor:
