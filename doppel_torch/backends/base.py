@@ -89,7 +89,7 @@ def render(backend: Backend, program: Program, theta: torch.Tensor, *, noise: to
             raise ValueError("theta contains NaN")
         lo, hi = float(values.min()), float(values.max())
         if lo < 0.0 or hi > 1.0:
-            raise ValueError(f"theta must lie in [0, 1] (normalised parameters); got values in [{lo:.4g}, {hi:.4g}]: "
+            raise ValueError(f"theta must lie in [0, 1] (normalised parameters); got values in [{lo!r}, {hi!r}]: "
                              "optimise unconstrained logits and pass torch.sigmoid(logits), clamp theta to [0, 1], "
                              "or call synth(theta, validate=False) to have it clipped")
     if indices is None:

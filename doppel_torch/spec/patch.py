@@ -124,6 +124,8 @@ class Patch:
         used: list[str] = []
 
         def output(module: str, role: str, name: str | None) -> None:
+            if name is None:
+                fail(f"{module} needs {role}= (one of the mod-matrix outputs: {', '.join(self.mod_outputs)})")
             if name not in outputs:
                 fail(f"{module}: {role} {name!r} is not a mod-matrix output")
             used.append(name)
@@ -208,6 +210,20 @@ class Patch:
         for name in self.mod_outputs:
             if name not in used:
                 fail(f"mod-matrix output {name!r} drives nothing (no pitch, amp, noise_amp or cutoff names it)")
+        for lfo in self.lfos:
+            if lfo.name not in self.mod_inputs:
+                fail(f"lfo {lfo.name} is not a mod-matrix input, so its parameters (and its envelopes') would do "
+                     "nothing: add it to mod_inputs, or remove it")
+        lfo_envelopes = {env for lfo in self.lfos for env in (lfo.rate_env, lfo.amp_env)}
+        for env in self.envelopes:
+            if env.name not in self.mod_inputs and env.name not in lfo_envelopes:
+                fail(f"envelope {env.name} is neither a mod-matrix input nor an LFO's rate_env / amp_env, so its "
+                     "parameters would do nothing: add it to mod_inputs, or remove it")
+        played = {env.keyboard for env in self.envelopes} | {osc.keyboard for osc in self.oscillators}
+        for keyboard in self.keyboards:
+            if keyboard not in played:
+                fail(f"keyboard {keyboard} triggers no envelope and plays no oscillator, so its parameters would do "
+                     "nothing: name it in an envelope or oscillator, or remove it")
         return self
 
     def modules(self) -> dict[str, tuple[str, dict]]:

@@ -96,3 +96,20 @@ def test_lists_are_taken_as_tuples_and_a_string_is_refused():
     assert listed == patch and Synth(listed, duration=0.01).num_params == Synth(patch, duration=0.01).num_params
     with pytest.raises(ValueError, match=r"mixer_inputs must be a tuple of names, got the string 'vco'"):
         _with(patch, mixer_inputs="vco")
+
+
+def test_modules_whose_parameters_would_do_nothing_are_refused():
+    """An envelope, LFO or keyboard that nothing reads rendered without a word, its parameters' gradients exactly 0
+    (found from outside), where an unheard oscillator or an unused mod output was already refused."""
+    from doppel_torch.spec import Lfo
+
+    patch = fm_chain()
+    idle_envelope = _with(patch, envelopes=(*patch.envelopes, Envelope("adsr_idle", "keyboard")))
+    with pytest.raises(ValueError, match="envelope adsr_idle is neither a mod-matrix input nor an LFO's rate_env"):
+        Synth(idle_envelope)
+    first = patch.envelopes[0].name
+    unrouted_lfo = _with(patch, lfos=(*patch.lfos, Lfo("lfo_idle", rate_env=first, amp_env=first)))
+    with pytest.raises(ValueError, match="lfo lfo_idle is not a mod-matrix input"):
+        Synth(unrouted_lfo)
+    with pytest.raises(ValueError, match="keyboard kb_2 triggers no envelope and plays no oscillator"):
+        Synth(_with(patch, keyboards=(*patch.keyboards, "kb_2")))
