@@ -263,6 +263,7 @@ def _evaluate_task(task, embedders, config, seeds, cache, memo, progress) -> dic
     used = task.subset(kept) if len(kept) < len(task) else task
     entry = dict(
         metric=task.metric, n_files=len(task), n_used=len(used), classes=used.classes,
+        **({"drawn_from": task.drawn_from} if task.drawn_from else {}),
         chance=chance_level(used),
         dropped_classes=[c for c in task.classes if c not in used.classes],
         splits=[s.name for s in used.splits()], unreadable=[dict(path=p, error=e) for p, e in unreadable],

@@ -52,7 +52,9 @@ def markdown_report(report: dict) -> str:
     for name, entry in report["tasks"].items():
         out.append(f"## {name}")
         out.append(
-            f"{entry['n_used']} of {entry['n_files']} files, {len(entry['classes'])} classes, "
+            f"{entry['n_used']} of {entry['n_files']} files"
+            + (f" (drawn by --max-files from the task's {entry['drawn_from']})" if entry.get("drawn_from") else "")
+            + f", {len(entry['classes'])} classes, "
             f"{len(entry['splits'])} split(s): {', '.join(entry['splits'])}."
         )
         if entry["dropped_classes"]:

@@ -75,6 +75,7 @@ class Task:
     split_mode: str = "folds"
     groups: list[str] | None = None
     metric: str | None = None
+    drawn_from: int | None = None  # `sample`: how many files the task had before the draw (reports say so)
 
     def __post_init__(self) -> None:
         if self.metric is None:
@@ -165,6 +166,7 @@ class Task:
             split_mode=self.split_mode,
             groups=None if self.groups is None else [self.groups[i] for i in indices],
             metric=self.metric,
+            drawn_from=self.drawn_from,
         )
 
     def sample(self, max_files: int, seed: int = 0) -> Task:
@@ -203,7 +205,9 @@ class Task:
                     if q and taken < quota[f]:
                         chosen.append(q.pop())
                         taken += 1
-        return self.subset(sorted(chosen))
+        drawn = self.subset(sorted(chosen))
+        drawn.drawn_from = self.drawn_from or len(self)
+        return drawn
 
     def check_group_disjoint(self) -> None:
         """Raise if any group has examples on two sides of a split."""

@@ -150,3 +150,7 @@ def test_max_files_too_small_for_two_classes_is_refused(tiny_checkpoint, fsdd_ro
     result = CliRunner().invoke(eval_command, [*args, "--max-files", "30", "--seeds", "0", "--max-epochs", "2"])
     assert result.exit_code == 0, result.output
     assert "task fsdd-digit: 30 of 3000 files (--max-files), 5 of 10 classes" in result.output
+    report = json.loads((tmp_path / "o" / "eval.json").read_text())["tasks"]["fsdd-digit"]
+    assert report["n_files"] == 30 and report["drawn_from"] == 3000
+    md = (tmp_path / "o" / "eval.md").read_text()
+    assert "30 of 30 files (drawn by --max-files from the task's 3000), 5 classes" in md
