@@ -98,8 +98,9 @@ class Program:
         return self.tables[table].shape[0]
 
     def column(self, table: str, name: str) -> list[int]:
-        """One column of a table as Python ints."""
-        return self.tables[table][:, col(table, name)].tolist()
+        """One column of a table as Python ints (from `lists`: no tensor read)."""
+        j = col(table, name)
+        return [row[j] for row in self.lists[table]]
 
     @functools.cached_property
     def lists(self) -> dict[str, list[list[int]]]:

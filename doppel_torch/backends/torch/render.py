@@ -76,8 +76,7 @@ def render(program: Program, human: torch.Tensor, noise: torch.Tensor | None) ->
 
     if program.rows("noise"):
         noise_out = noise * mod[:, program.lists["noise"][0][col("noise", "amp")]]
-    source = [row[col("mixer", "source")] for row in program.lists["mixer"]]
-    index = [row[col("mixer", "index")] for row in program.lists["mixer"]]
+    source, index = program.column("mixer", "source"), program.column("mixer", "index")
     (level,) = _cols(tab, "mixer", "level")
     levels = human[:, level]  # (B, n_mix)
     mix = None
