@@ -81,8 +81,10 @@ def recovery(args) -> None:
     device = torch.device(args.device)
     synth = get_synth(args.synth, backend=args.backend, duration=args.duration)
     thetas = synth.random_params(args.targets, seed=args.target_seed, device=device)
-    runs = {**({} if args.no_random else {"random": None}), **{f"delta {d:g}": d for d in args.delta},
-            **{f"fit {g}": g.split(",") for g in args.fit}}
+    # each run's starts: (kind, value): random, around the target's theta (delta), or fitting some columns
+    runs = {**({} if args.no_random else {"random": ("random", None)}),
+            **{f"delta {d:g}": ("delta", d) for d in args.delta},
+            **{f"fit {g}": ("fit", g.split(",")) for g in args.fit}}
     pitch = pitch_columns(synth)
     # a pitch column's spread in theta for --pitch-semis semitones: its human span (semitones) over the unit cube
     ends = synth.to_human(torch.stack([torch.zeros(synth.num_params), torch.ones(synth.num_params)]).double())
@@ -103,16 +105,16 @@ def recovery(args) -> None:
             other = rng.noise(args.seed + 1, torch.zeros(1, dtype=torch.int64, device=device), synth.n_samples)
             noise_floor = float(spectral_loss(synth(thetas[i : i + 1], noise=other), target))
         row = {"target": i, "noise_floor": noise_floor}
-        for name, delta in runs.items():
+        for name, (kind, value) in runs.items():
             init, fit = None, None
-            if isinstance(delta, list):  # --fit: those columns random (keyed by --seed), the others the target's
-                fit, columns = delta, fit_columns(synth, delta)
+            if kind == "fit":  # those columns random (keyed by --seed), the others the target's
+                fit, columns = value, fit_columns(synth, value)
                 init = thetas[i].repeat(args.restarts, 1)
                 fresh = starting_points(synth.num_params, args.restarts, args.seed, device=device)
                 init[:, columns] = fresh[:, columns]
-            elif delta is not None:
+            elif kind == "delta":
                 z = rng.normal(args.seed, rng.Stream.PERTURB_1, torch.arange(args.restarts), synth.num_params)
-                init = (thetas[i] + spread(delta) * z.to(device)).clamp(0.0, 1.0)
+                init = (thetas[i] + spread(value) * z.to(device)).clamp(0.0, 1.0)
             r = match(synth, target, restarts=args.restarts, steps=args.steps, lr=args.lr, seed=args.seed,
                       candidates=(args.candidates or None) if init is None else None, init=init,
                       pitch_step=args.pitch_step, fit=fit)

@@ -284,7 +284,7 @@ def fit_columns(synth, patterns: Sequence[str]) -> list[int]:
         raise ValueError(f"fit must be a list of parameter names or patterns (strings, e.g. ['adsr_1', 'mixer/*']), "
                          f"got {patterns!r}")
     names = synth.param_names
-    modules = [n.split("/")[0] for n in names]
+    modules = [spec.module for spec in synth.param_specs]
 
     def hits(pattern: str) -> set[int]:
         return {j for j, (name, module) in enumerate(zip(names, modules))
@@ -312,8 +312,8 @@ def describe_columns(synth, columns: Sequence[int]) -> str:
     if len(chosen) == len(names):
         return f"all {len(names)}"
     by_module: dict[str, list[int]] = {}
-    for j, name in enumerate(names):
-        by_module.setdefault(name.split("/")[0], []).append(j)
+    for j, spec in enumerate(synth.param_specs):
+        by_module.setdefault(spec.module, []).append(j)
     parts = []
     for module, cols in by_module.items():
         if chosen.issuperset(cols):
@@ -374,14 +374,14 @@ def match(
         0.05 the choice for refining a start you trust (`init`).
     fit: fit only these parameters (names, modules or shell patterns: `fit_columns`); every other column keeps its
         starting value exactly, so give the values to keep in `init`: `starts_refitting(theta, fit_columns(synth,
-        fit), restarts, seed)` keeps one theta and draws the fitted columns at random. For a patch you know but for, say, its envelopes. Adam moves every column it holds
-        by about lr a step however small its gradient, which throws pitch-like columns that are already right out
-        of their narrow valleys (voice, a target's own theta with only its 3 mixer levels moved by 0.05 z: 100 steps
-        end at a median 0.17 with every column free, 0.0000 with the rest held). Measured (voice, 0.25 s, 8
-        targets, 16 restarts x 200 steps, the fitted columns random and the others the target's;
-        bench/results/match-recovery-cpu-2026-12-07.json): restarts under 0.05: mixer 102 of 128 (all 8 targets),
-        the two ADSRs 14 (3 targets), the modulation matrix 16 (3), the LFOs 13 (1), keyboard and VCOs 0; all 78
-        columns from random restarts 0.
+        fit), restarts, seed)` keeps one theta and draws the fitted columns at random. For a patch you know but for,
+        say, its envelopes. Adam moves every column it holds by about lr a step however small its gradient, which
+        throws pitch-like columns that are already right out of their narrow valleys (voice, a target's own theta
+        with only its 3 mixer levels moved by 0.05 z: 100 steps end at a median 0.17 with every column free, 0.0000
+        with the rest held). Measured (voice, 0.25 s, 8 targets, 16 restarts x 200 steps, the fitted columns random
+        and the others the target's; bench/results/match-recovery-cpu-2026-12-07.json): restarts under 0.05: mixer
+        102 of 128 (all 8 targets), the two ADSRs 14 (3 targets), the modulation matrix 16 (3), the LFOs 13 (1),
+        keyboard and VCOs 0; all 78 columns from random restarts 0.
     progress: True shows a tqdm bar with the best loss; a callable gets (step, best loss) after each step.
     snapshot: gets (steps taken, best theta (m,), its loss) after a step once `snapshot_seconds` have passed since the
         start or the previous call, so a caller can keep the best so far on disk (`doppel-torch match` rewrites
@@ -798,10 +798,11 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         notes.insert(0, f"averaged its {channels} channels to mono")
     for note in notes:
         click.echo(f"note: {note}")
-    starts = f"around {init_path}" if init is not None else f"seed {seed}"
     if fit:
         starts = (f"fitting {len(columns)} of the {synth.num_params} parameters ({describe_columns(synth, columns)}), "
                   f"the others kept at {init_path}, seed {seed}")
+    else:
+        starts = f"around {init_path}" if init is not None else f"seed {seed}"
     click.echo(f"matching {synth.duration:g} s of {target} with {synth.patch.name} ({synth.num_params} parameters, "
                f"backend={backend}, {device}): {restarts} restarts x {steps} steps, {starts}")
     meta = {"target": str(target), "seed": seed, "lr": lr, "pitch_step": pitch_step,
@@ -848,6 +849,5 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
 
 
 __all__ = ["FFT_SIZES", "MatchResult", "SpectralTarget", "default_backend", "describe_columns", "describe_theta",
-           "fit_columns", "match",
-           "pitch_columns", "prepare_target", "read_theta_json", "spectral_loss", "starting_points", "starts_around",
-           "starts_refitting", "write_result", "write_theta_json", "match_command"]
+           "fit_columns", "match", "pitch_columns", "prepare_target", "read_theta_json", "spectral_loss",
+           "starting_points", "starts_around", "starts_refitting", "write_result", "write_theta_json", "match_command"]
