@@ -466,13 +466,7 @@ def _audio_grad_kernel(
     scratch_row = scratch_ptr + pid_b * stride_sb
     gscratch_row = gscratch_ptr + pid_b * stride_sb
     ckpt_row = ckpt_ptr + pid_b * stride_kb
-    two_pi = tl.load(consts_ptr + C.CONST_TWO_PI)
-    pi = tl.load(consts_ptr + C.CONST_PI)
-    sample_rate = tl.load(consts_ptr + C.CONST_SAMPLE_RATE)
-    log10_2 = tl.load(consts_ptr + C.CONST_LOG10_2)
-    ctrl_scale = tl.load(consts_ptr + C.CONST_CTRL_SCALE)
-    nyquist = tl.load(consts_ptr + C.CONST_NYQUIST)
-    log2e = tl.load(consts_ptr + C.CONST_LOG2E)
+    two_pi, pi, sample_rate, log10_2, ctrl_scale, nyquist, log2e = kernels.audio_constants(consts_ptr)
     offs_v = tl.arange(0, BLOCK_V)
     offs_f = tl.arange(0, BLOCK_F)
     levels_v = tl.zeros((BLOCK_V,), dtype=two_pi.dtype)

@@ -221,6 +221,16 @@ def _lowpass(x, h_row, flt_ptr, f, ctrl_row, stride_co, i0, i1, w0, w1, mask_t, 
 
 
 @triton.jit
+def audio_constants(consts_ptr):
+    """The audio rate's constants from the CONSTS row (columns.py), in the phase dtype: (two_pi, pi, sample_rate,
+    log10_2, ctrl_scale, nyquist, log2e). Shared by the forward and the backward kernels."""
+    return (tl.load(consts_ptr + C.CONST_TWO_PI), tl.load(consts_ptr + C.CONST_PI),
+            tl.load(consts_ptr + C.CONST_SAMPLE_RATE), tl.load(consts_ptr + C.CONST_LOG10_2),
+            tl.load(consts_ptr + C.CONST_CTRL_SCALE), tl.load(consts_ptr + C.CONST_NYQUIST),
+            tl.load(consts_ptr + C.CONST_LOG2E))
+
+
+@triton.jit
 def noise_chunk(noise_ptr, stride_nb, pid_b, k1, k2, offs_t, mask_t, NOISE: tl.constexpr, dtype: tl.constexpr):
     """The noise source over one chunk, in `dtype`: the given row (NOISE == 2) or the keyed draw, uniform in
     [-1, 1) on a 2 ** -24 grid (`rng.uniform`'s rule). Shared by the forward and the backward kernels."""
@@ -245,13 +255,7 @@ def _audio_kernel(
     ctrl_row = ctrl_ptr + pid_b * stride_cb
     out_row = out_ptr + pid_b * stride_ob
     scratch_row = scratch_ptr + pid_b * stride_sb
-    two_pi = tl.load(consts_ptr + C.CONST_TWO_PI)
-    pi = tl.load(consts_ptr + C.CONST_PI)
-    sample_rate = tl.load(consts_ptr + C.CONST_SAMPLE_RATE)
-    log10_2 = tl.load(consts_ptr + C.CONST_LOG10_2)
-    ctrl_scale = tl.load(consts_ptr + C.CONST_CTRL_SCALE)
-    nyquist = tl.load(consts_ptr + C.CONST_NYQUIST)
-    log2e = tl.load(consts_ptr + C.CONST_LOG2E)
+    two_pi, pi, sample_rate, log10_2, ctrl_scale, nyquist, log2e = audio_constants(consts_ptr)
     out_dtype = out_ptr.dtype.element_ty
     phase_dtype = two_pi.dtype
     # Mixer levels gathered per oscillator (a register vector over oscillator rows) and for the noise.
