@@ -21,6 +21,7 @@ import fnmatch
 import functools
 import json
 import math
+import shlex
 import signal
 import sys
 import threading
@@ -298,9 +299,11 @@ def fit_columns(synth, patterns: Sequence[str]) -> list[int]:
         found = hits(pattern)
         if not found:
             hint = f"; did you mean {pattern + '*'!r}?" if hits(pattern + "*") else ""
+            shipped = synth.patch.name in SYNTHS
+            lister = f"--synth {synth.patch.name}" if shipped else "--patch FILE.py (your patch's file)"
             raise ValueError(f"fit: {pattern!r} names no parameter of {synth.patch.name}{hint} (its modules: "
-                             f"{', '.join(dict.fromkeys(modules))}; `doppel-torch info --synth {synth.patch.name}` "
-                             "lists every parameter)")
+                             f"{', '.join(dict.fromkeys(modules))}; `doppel-torch info {lister}` lists every "
+                             "parameter)")
         columns |= found
     return sorted(columns)
 
@@ -732,7 +735,7 @@ def _a_number(ctx, param, value):
                    "random).")
 @click.option("--fit", "fit", multiple=True, metavar="PATTERN",
               help="With --init: fit only these parameters and keep the others at --init's values. A name as "
-                   "`doppel-torch info --synth NAME` lists it, a module (adsr_1: all its parameters) or a shell "
+                   "`doppel-torch info --synth NAME` (or --patch FILE.py) lists it, a module (adsr_1: all its parameters) or a shell "
                    "pattern ('lfo_*'); repeat --fit for more. Restart 0 starts at --init, the others draw the fitted "
                    "parameters at random.")
 @click.option("--pitch-step", type=click.FloatRange(min=0.0, min_open=True, max=1.0), default=1.0, show_default=True,
@@ -744,7 +747,8 @@ def _a_number(ctx, param, value):
                    f"target's length, at most {DEFAULT_DURATION:g} s, at least {MIN_DURATION:g} s.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for theta.json, match.wav, target.wav and match.png (created if missing).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="A progress bar with the best loss, the rate and the time left.")
 def match_command(target, synth_name, patch_spec, backend, device, restarts, steps, lr, candidates, init_path, fit,
                   pitch_step, seed, duration, out_dir, progress) -> None:
     """Fit a synth's parameters to TARGET (an audio file) by gradient descent on a multi-resolution spectral loss.
@@ -844,6 +848,9 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
                    f"points of median loss {float(result.initial_losses.median()):.4f}; {found} of {restarts} "
                    f"restarts ended below a tenth of that; {result.seconds:.1f} s")
         click.echo(f"wrote {paths['json']}, {paths['wav']}, {paths['target']} and {paths['png']}")
+        if result.interrupted:
+            again = "".join(f" --fit {shlex.quote(f)}" for f in fit)
+            click.echo(f"--init {shlex.quote(str(paths['json']))}{again} continues it")
     if signals.received:  # stopped by a signal: say so in the exit status too (128 + its number, as train)
         sys.exit(128 + signals.received[0])
 

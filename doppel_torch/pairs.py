@@ -248,7 +248,7 @@ def write_samples(
     Files: pair_{i}_a.wav / pair_{i}_b.wav for sounds start .. start + n_pairs - 1 (with `augment`, the
     augmented views; the clean views as pair_{i}_a_clean.wav / _b_clean.wav), sweep_{i}_delta_{d}.wav for
     every sound and delta, and samples.png: one row per sound, columns = the two (augmented) views, then
-    the sweep. Returns {"dir": out_dir, "png": path}.
+    the sweep. Returns {"dir": out_dir, "png": path, "wavs": [the wav paths written]}.
     """
     from doppel_torch.viz import save_spectrogram_grid, write_wav
 
@@ -264,12 +264,15 @@ def write_samples(
             write_wav(out_dir / f"pair_{i:02d}_b_clean.wav", audio_b[i], sr)
         audio_a, audio_b = augment(audio_a, indices, view=0), augment(audio_b, indices, view=1)
     rows = []
+    wavs = [out_dir / f"pair_{i:02d}_{v}_clean.wav" for i in range(n_pairs) for v in "ab"] if augment is not None else []
     for i in range(n_pairs):
+        wavs += [out_dir / f"pair_{i:02d}_a.wav", out_dir / f"pair_{i:02d}_b.wav"]
         write_wav(out_dir / f"pair_{i:02d}_a.wav", audio_a[i], sr)
         write_wav(out_dir / f"pair_{i:02d}_b.wav", audio_b[i], sr)
         sweep = delta_sweep(synth, start + i, sweep_deltas, seed=seed, noise=noise)
         for d, audio in zip(sweep_deltas, sweep):
-            write_wav(out_dir / f"sweep_{i:02d}_delta_{re.sub(r'[^A-Za-z0-9.=-]+', '_', delta_label(d))}.wav", audio, sr)
+            wavs.append(out_dir / f"sweep_{i:02d}_delta_{re.sub(r'[^A-Za-z0-9.=-]+', '_', delta_label(d))}.wav")
+            write_wav(wavs[-1], audio, sr)
         rows.append([audio_a[i], audio_b[i], *sweep])
     views = ["view a", "view b"] if augment is None else ["view a (aug)", "view b (aug)"]
     png = save_spectrogram_grid(
@@ -281,4 +284,4 @@ def write_samples(
         title=title or f"doppelgangers (delta {delta_label(delta) if not isinstance(delta, Mapping) else 'per module'}), "
         f"seed {seed}",
     )
-    return {"dir": out_dir, "png": png}
+    return {"dir": out_dir, "png": png, "wavs": wavs}

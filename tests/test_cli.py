@@ -21,6 +21,16 @@ def test_info_lists_synths_and_parameters():
     result = runner.invoke(main, ["info", "--synth", "voicefm"])
     assert result.exit_code == 0
     assert "mod_matrix/mod[6,5]" in result.output and "vco_4/mod_depth" in result.output
+    # a user's patch: the names `match --fit` takes
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "subtractive.py"
+    for extra in ([], ["--groups"]):
+        result = runner.invoke(main, ["info", "--patch", str(example), *extra])
+        assert result.exit_code == 0 and "subtractive" in result.output, result.output
+    assert "parameters in theta's order" in result.output or "--groups" in extra
+    both = runner.invoke(main, ["info", "--synth", "voice", "--patch", str(example)])
+    assert both.exit_code == 2 and "give --synth or --patch, not both" in both.output
 
 
 def test_sample_writes_pairs_and_picture(tmp_path):
@@ -36,6 +46,15 @@ def test_sample_writes_pairs_and_picture(tmp_path):
     assert rate == 16000 and audio.shape == (8000,) and abs(audio).max() > 0
     png = out / "samples.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert "wrote 24 wav files" in result.output
+    # again with fewer pairs into the same folder: the earlier run's extra pairs go (samples.png no longer shows
+    # them), the count is of this run's files, and a file of the user's stays
+    (out / "mine.wav").write_bytes(b"")
+    again = CliRunner().invoke(main, ["sample", "--pairs", "1", "--sweep", "0", "--duration", "0.5", "--out", str(out)])
+    assert again.exit_code == 0 and "wrote 3 wav files" in again.output, again.output
+    assert "removed 21 wav files of an earlier sample" in again.output
+    assert sorted(w.name for w in out.glob("*.wav")) == ["mine.wav", "pair_00_a.wav", "pair_00_b.wav",
+                                                          "sweep_00_delta_0.wav"]
 
 
 def test_sample_noise_modes(tmp_path):

@@ -498,6 +498,7 @@ def test_match_command_writes_the_best_so_far_when_terminated(tmp_path, synth):
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, output
     assert "interrupted after" in output and "Traceback" not in output, output
+    assert f"--init {out / 'theta.json'} continues it" in output  # how to go on
     doc = json.loads((out / "theta.json").read_text())
     assert doc["interrupted"] and "partial" not in doc and doc["loss"] <= snapshot["loss"]
     assert (out / "match.wav").exists() and (out / "match.png").exists()
@@ -599,6 +600,12 @@ def test_fit_columns_by_name_module_and_pattern():
     assert matching.describe_columns(synth, matching.fit_columns(synth, ["mixer", "adsr_1/attack"])) == (
         "adsr_1/attack, mixer")
     assert matching.describe_columns(synth, range(synth.num_params)) == "all 78"
+    from doppel_torch.spec.load import load_patch
+    from doppel_torch.synths.base import Synth
+
+    own = Synth(load_patch(str(Path(__file__).resolve().parents[1] / "examples" / "subtractive.py")), duration=0.05)
+    with pytest.raises(ValueError, match=r"`doppel-torch info --patch FILE.py \(your patch's file\)` lists"):
+        matching.fit_columns(own, ["adsr3"])  # a user's patch: `info --synth subtractive` is no command
 
 
 def _fast_synth():

@@ -13,29 +13,37 @@ from doppel_torch.synths.base import BACKENDS, SYNTHS, get_synth, synth_from_opt
 
 @click.command()
 @click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default=None, help="List this synth's parameters.")
+@click.option("--patch", "patch_spec", default=None, metavar="FILE.py[:NAME] | MODULE[:NAME]",
+              help="List the parameters of your own Patch (the names `match --fit` takes).")
 @click.option("--groups", is_flag=True, help="List the parameter groups of delta specs (keep:GROUP=VALUE).")
-def info(synth_name: str | None, groups: bool) -> None:
+def info(synth_name: str | None, patch_spec: str | None, groups: bool) -> None:
     """The synths and their parameters (flat theta order, human ranges)."""
+    try:
+        chosen = None if synth_name is None and patch_spec is None else synth_from_options(synth_name, patch_spec)
+    except (RuntimeError, ValueError) as err:
+        raise click.UsageError(str(err)) from None
     if groups:
         click.echo("parameter groups of delta specs (e.g. --delta 0.25+keep:pitch=0.02); a module name works too")
-        for name in [synth_name] if synth_name else SYNTHS:
-            synth = get_synth(name)
-            click.echo(f"\n{name}:")
+        for synth in [chosen] if chosen else [get_synth(name) for name in SYNTHS]:
+            click.echo(f"\n{synth.patch.name}:")
             for group, members in param_groups(synth).items():
                 listed = ", ".join(synth.param_names[i] for i in members) if len(members) <= 6 else (
                     f"{', '.join(synth.param_names[i] for i in members[:4])}, ... ({len(members)})")
                 click.echo(f"  {group:<12}{GROUPS[group]}: {listed or 'none in this synth'}")
         return
-    if synth_name is None:
+    if chosen is None:
         click.echo(f"{'synth':<12}{'params':>7}  architecture")
         for name in SYNTHS:
             synth = get_synth(name)
             click.echo(f"{name:<12}{synth.num_params:>7}  {synth.patch.description}")
         click.echo(f"\nbackends: {', '.join(BACKENDS)}  (defaults: 16 kHz audio, 480 Hz control rate, 1 s)")
-        click.echo("details: doppel-torch info --synth voice; delta-spec groups: doppel-torch info --groups")
+        click.echo("details: doppel-torch info --synth voice (or --patch FILE.py); delta-spec groups: "
+                   "doppel-torch info --groups")
         return
-    synth = get_synth(synth_name)
-    click.echo(f"{synth_name}: {synth.patch.description}; {synth.num_params} parameters in SynthAX ravel_pytree order")
+    synth = chosen
+    order = "in SynthAX ravel_pytree order" if patch_spec is None else "in theta's order"
+    about = f": {synth.patch.description}" if synth.patch.description else ""
+    click.echo(f"{synth.patch.name}{about}; {synth.num_params} parameters {order}")
     click.echo(f"{'#':>4}  {'name':<24}{'min':>9}{'max':>9}{'curve':>8}  mapping")
     for i, spec in enumerate(synth.param_specs):
         r = spec.range
@@ -78,10 +86,12 @@ def _deltas(ctx, param, value: str) -> tuple[float | str, ...]:
                    "0.25+keep:pitch=0.02; groups: doppel-torch info --groups).")
 @click.option("--noise", type=click.Choice(NOISE_MODES), default="shared", show_default=True,
               help="Synth noise of the pairs: one row for all sounds (the paper's), per view, or per sound.")
-@click.option("--pairs", "n_pairs", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--pairs", "n_pairs", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="How many doppelganger pairs (sounds --start, --start + 1, ...).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the wav files and the spectrogram picture (created if missing).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Keys every random draw: the same seed and index give the same sounds (train's --seed).")
 @click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First global sound index.")
 @click.option("--sweep", default="0,0.01,0.05,0.1,0.25,0.5", show_default=True, callback=_deltas,
               help="Deltas of the sweep (same theta and z_1, growing perturbation), or delta specs separated by ';' "
@@ -90,8 +100,11 @@ def _deltas(ctx, param, value: str) -> tuple[float | str, ...]:
               help="Pass both views through the paper's augmentation chain (p = 0.5 per transform).")
 @click.option("--ir-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of impulse responses: adds reverb to the augmentation chain.")
-@click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
-@click.option("--duration", type=click.FloatRange(min=0.05, max=30.0), default=1.0, show_default=True)
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default=None,
+              help="How to render: cpu (the native kernel; the default where it builds), torch (the reference), "
+                   "triton (CUDA).")
+@click.option("--duration", type=click.FloatRange(min=0.05, max=30.0), default=1.0, show_default=True,
+              help="Seconds per sound.")
 def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, sweep, augment, ir_dir, backend,
            duration) -> None:
     """Write doppelganger pairs and a delta sweep as wav files, and one PNG of their spectrograms.
@@ -104,6 +117,14 @@ def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, 
 
     if ir_dir is not None and not augment:
         raise click.UsageError("--ir-dir adds reverb to the augmentation chain: use it with --augment")
+    if backend is None:  # the native kernel where it builds (10x the reference's speed), else the reference
+        from doppel_torch.backends import get_backend
+
+        try:
+            get_backend("cpu").check_available()
+            backend = "cpu"
+        except (RuntimeError, ImportError):
+            backend = "torch"
     try:
         synth = synth_from_options(synth_name, patch_spec, default="voice", backend=backend, duration=duration)
         synth_name = synth.patch.name
@@ -126,5 +147,11 @@ def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, 
         )
     except ValueError as err:  # a spec naming a group this synth lacks, or no delta profile for equal-effect
         raise click.UsageError(str(err)) from None
-    n_wav = len(list(Path(written["dir"]).glob("*.wav")))
-    click.echo(f"wrote {n_wav} wav files and {written['png']}")
+    # an earlier `sample` into this folder (more pairs, other deltas) left files that samples.png no longer shows
+    ours = set(written["wavs"])
+    stale = [p for pattern in ("pair_[0-9][0-9]_*.wav", "sweep_[0-9][0-9]_delta_*.wav")
+             for p in Path(written["dir"]).glob(pattern) if p not in ours]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    click.echo(f"wrote {len(ours)} wav files and {written['png']}"
+               + (f" (removed {len(stale)} wav files of an earlier sample into {out_dir})" if stale else ""))

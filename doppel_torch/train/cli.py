@@ -11,6 +11,7 @@ r"""Train a ResNet18 on audio doppelgangers: the default recipe, a preset (--pre
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import signal
@@ -23,6 +24,7 @@ import click
 from doppel_torch.delta.spec import MAX_DELTA
 from doppel_torch.options import out_folder
 from doppel_torch.pairs import NOISE_MODES
+from doppel_torch.train import runlock
 from doppel_torch.train.config import BACKENDS, DEVICES, PRECISIONS, PRESETS, SYNTHS, TrainConfig, make_config
 
 # CLI option name -> dotted config field.
@@ -107,6 +109,8 @@ def _name_options(message: str, options: dict[str, Any], sets: dict[str, Any]) -
     return message
 
 
+# errors of writing the run's files (a full disk, a quota, a folder gone read-only): one line, not a traceback
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO, errno.EFBIG}
 RUN_FILES = ("last.pt", "metrics.csv")  # a folder holding either holds a run that a new one would overwrite
 
 
@@ -114,28 +118,83 @@ def _holds_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in RUN_FILES)
 
 
-def claim_run_folder(config: TrainConfig, resume: str | None, explicit: bool) -> TrainConfig:
-    """The folder this invocation writes, never one that holds another run: a resumed run continues in its own
-    folder; a new run whose folder holds a run goes to the next free `<folder>-2`, `-3`, ... when the folder was the
-    default, and is refused (one line saying what to do) when the user named it. Before, a second `doppel-torch
-    train` replaced the first run's last.pt, cut its metrics.csv and mixed both runs' examples and TensorBoard curves
-    (found from outside). Every rank decides alike: none writes a run file before all have met in the process group."""
+def _held(out: Path) -> click.UsageError:
+    return click.UsageError(f"--out {out} is being written by another run ({runlock.holder(out)}): wait for it to "
+                            "end, or choose another --out")
+
+
+def _check_not_behind(resume: str, out: Path) -> None:
+    """Refuse to continue an older checkpoint (epoch-NNNN.pt) in a folder whose last.pt is further on: that would
+    replace the run's last.pt and cut its metrics.csv back (found from outside)."""
+    chosen, last = Path(resume), out / "last.pt"
+    if chosen.is_dir() or not last.is_file() or chosen.resolve() == last.resolve():
+        return
+    from doppel_torch.train.checkpoint import load_checkpoint
+
+    try:
+        ahead, mine = int(load_checkpoint(last)["step"]), int(load_checkpoint(chosen)["step"])
+    except (ValueError, FileNotFoundError, KeyError):
+        return  # a damaged last.pt is no run to keep; a damaged --resume file is refused when it is read
+    if ahead > mine:
+        raise click.UsageError(f"--resume {resume} is at step {mine}, behind {last} (step {ahead}): continuing it in "
+                               f"{out} would overwrite that run; give --out NEW to go on from {chosen.name} in a new "
+                               f"folder, or --resume {out} to continue the run")
+
+
+def claim_run_folder(config: TrainConfig, resume: str | None,
+                     explicit: bool) -> tuple[TrainConfig, runlock.RunLock | None]:
+    """The folder this invocation writes, and its run lock (`runlock`; None on the ranks that write nothing).
+
+    Never a folder that holds another run or that another run is writing: a resumed run continues in its own
+    folder (unless --resume names an older checkpoint than the folder's last.pt); a new run whose folder holds a
+    run, or is locked, goes to the next free `<folder>-2`, `-3`, ... when the folder was the default, and is refused
+    (one line saying what to do) when the user named it. Before, a second `doppel-torch train` replaced the first
+    run's last.pt, cut its metrics.csv and mixed both runs' examples and TensorBoard curves (found from outside).
+    Every rank picks the same folder from what is on disk; only rank 0 takes the lock, and under torchrun a locked
+    folder is refused rather than skipped (the other ranks could not know)."""
     out = Path(config.run.out_dir)
+    writer = os.environ.get("RANK", "0") == "0"
+    alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
     if resume is not None and out.resolve() == resume_folder(resume).resolve():
-        return config
-    if not _holds_run(out):
-        return config
-    if explicit or resume is not None:
-        what = f"--resume {out} continues it, or choose" if resume is None else "choose"
-        raise click.UsageError(f"--out {out} holds another run (last.pt / metrics.csv): {what} another --out (or "
-                               "delete that folder to start over in it)")
+        _check_not_behind(resume, out)
+        lock = runlock.try_lock(out) if writer else None
+        if writer and lock is None:
+            raise _held(out)
+        return config, lock
+    if _holds_run(out):
+        if explicit or resume is not None:
+            if not (out / "last.pt").exists():
+                raise click.UsageError(f"--out {out} holds a run that stopped before its first checkpoint (metrics.csv, "
+                                       "no last.pt): there is nothing in it to continue; delete that folder to start "
+                                       "over in it, or choose another --out")
+            what = f"--resume {out} continues it, or choose" if resume is None else "choose"
+            raise click.UsageError(f"--out {out} holds another run (last.pt / metrics.csv): {what} another --out (or "
+                                   "delete that folder to start over in it)")
+    elif not writer:
+        return config, None
+    else:
+        lock = runlock.try_lock(out)
+        if lock is not None:
+            return config, lock
+        if explicit or resume is not None or not alone:
+            raise _held(out)
     k = 2
-    while _holds_run(Path(f"{out}-{k}")):
+    while True:
+        fresh = Path(f"{out}-{k}")
+        if not _holds_run(fresh):
+            if not (writer and alone):
+                lock = runlock.try_lock(fresh) if writer else None
+                if writer and lock is None:
+                    raise _held(fresh)
+                break
+            lock = runlock.try_lock(fresh)
+            if lock is not None:
+                break
         k += 1
-    fresh = f"{out}-{k}"
-    if os.environ.get("RANK", "0") == "0":
-        click.echo(f"note: {out} holds a run (--resume {out} continues it): this one writes {fresh}")
-    return config.with_overrides({"run.out_dir": fresh})
+    if writer:
+        busy = "holds a run (--resume {0} continues it)" if _holds_run(out) else "is being written by another run"
+        click.echo(f"note: {out} {busy.format(out)}: this one writes {fresh}")
+    return config.with_overrides({"run.out_dir": str(fresh)}), lock
 
 
 def resolve_config(
@@ -277,7 +336,8 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
         config = resolve_config(preset, resume, options, parsed)
     except (ValueError, FileNotFoundError) as exc:
         raise click.UsageError(_name_options(str(exc), options, parsed)) from None
-    config = claim_run_folder(config, resume, explicit=options.get("out") is not None or "run.out_dir" in parsed)
+    config, lock = claim_run_folder(config, resume,
+                                    explicit=options.get("out") is not None or "run.out_dir" in parsed)
     out_folder(config.run.out_dir)  # before the model is built: a run folder that cannot take files costs nothing
     trainer = None
     try:
@@ -289,6 +349,14 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
         if summary["status"] == "interrupted":  # stopped by a signal and saved: a further one has nothing to stop
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        last = Path(config.run.out_dir) / "last.pt"
+        kept = (f"{last} holds the last checkpoint written; when there is room, --resume {config.run.out_dir} "
+                "continues from it") if last.is_file() else "no checkpoint was written"
+        raise click.ClickException(f"could not write {exc.filename or config.run.out_dir}: {exc.strerror}; the run "
+                                   f"stopped ({kept})") from None
     except (NonFiniteLoss, NoAudioLeft) as exc:
         # from a DataLoader worker the message holds the worker's traceback: its last line is the message
         raise click.ClickException(str(exc).strip().splitlines()[-1].split(f"{type(exc).__name__}: ")[-1]) from None
@@ -299,5 +367,7 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
         del trainer
         gc.collect()
         cleanup()
+        if lock is not None:
+            lock.release()
     if summary["status"] == "interrupted":
         sys.exit(128 + int(summary["signal"]))

@@ -71,6 +71,14 @@ class Trainer:
         self.bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and self.device.type == "cuda")
         self.batch_size = cfg.optim.batch_size
         self.global_batch = cfg.optim.batch_size * self.env.world_size
+        if cfg.data.n_train < self.global_batch:  # an epoch would otherwise train one batch: more sounds than asked
+            ranks = f" x {self.env.world_size} ranks" if self.env.world_size > 1 else ""
+            enough = cfg.data.sounds_per_epoch
+            while enough - max(2, int(round(cfg.data.val_fraction * enough))) < self.global_batch:
+                enough += 1
+            raise ValueError(f"--sounds-per-epoch (data.sounds_per_epoch) {cfg.data.sounds_per_epoch} leaves {cfg.data.n_train} training "
+                             f"sounds (the rest validate), fewer than one batch ({self.batch_size}{ranks}): raise it "
+                             f"to at least {enough}, or lower the batch size")
         self.steps_per_epoch = cfg.steps_per_epoch(self.env.world_size)
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
         self.end_step = min(self.total_steps, cfg.run.max_steps or self.total_steps)
@@ -559,6 +567,9 @@ class Trainer:
                     f"nothing to do: the run is at step {start_step} of {self.end_step} (epoch {self.epoch} of "
                     f"{cfg.optim.epochs}); pass a larger --max-steps or --epochs to extend it"
                 )
+        if start_step >= self.end_step:  # nothing is written (a --resume X --out Y of a finished run leaves Y empty)
+            resumed = Path(cfg.run.resume) if cfg.run.resume else self.out_dir
+            return self._summary("done", start_step, checkpoint=resumed / "last.pt" if resumed.is_dir() else resumed)
         self._open_logs()
         handlers = {}
         if threading.current_thread() is threading.main_thread():
@@ -618,6 +629,9 @@ class Trainer:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             self._close_logs()
+        return self._summary(status, start_step, checkpoint=self.out_dir / "last.pt")
+
+    def _summary(self, status: str, start_step: int, checkpoint: str | Path) -> dict[str, Any]:
         elapsed = time.perf_counter() - self._start_time
         summary = {
             "status": status,
@@ -630,7 +644,8 @@ class Trainer:
             "val": dict(self.last_val),
             # Files, not read attempts: one that fails on every read counts once.
             "skipped_files": 0 if self.real is None else len(self.real.skipped) + len(self.failed_files | self.real.failed_files),
-            "checkpoint": str(self.out_dir / "last.pt"),
+            "checkpoint": str(checkpoint),
+            "out_dir": str(self.out_dir),
         }
         if self.env.is_main:
             self._log(format_summary(summary))
@@ -648,6 +663,8 @@ def format_summary(s: dict[str, Any]) -> str:
     if s["skipped_files"]:
         lines.append(f"unreadable audio files skipped: {s['skipped_files']}")
     lines.append(f"checkpoint: {s['checkpoint']}")
+    if s["status"] == "interrupted":
+        lines.append(f"--resume {s.get('out_dir', Path(s['checkpoint']).parent)} continues it")
     return "\n".join(lines)
 
 

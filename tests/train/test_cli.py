@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import signal
 import subprocess
@@ -119,6 +120,7 @@ def test_signal_writes_a_checkpoint_and_exits(tmp_path, audio_dir, signum, worke
     text = out.decode()
     assert proc.returncode == 128 + signum, text[-2000:]
     assert f"received {signal.Signals(signum).name}" in text and "interrupted: step" in text
+    assert f"--resume {tmp_path} continues it" in text  # how to go on, in the last lines
     ckpt = ckpt_io.load_checkpoint(tmp_path / "last.pt")
     with open(metrics) as f:
         logged = [int(r["step"]) for r in csv.DictReader(f)]
@@ -281,17 +283,120 @@ def test_a_new_run_never_overwrites_another(tmp_path, monkeypatch):
     (held / "metrics.csv").write_text("kind,step\n")
     before = (held / "metrics.csv").read_text()
     result = CliRunner().invoke(train, [*TINY_ARGS, "--max-steps", "1", "--out", str(held)])
+    # metrics.csv and no last.pt: a run stopped before its first checkpoint, so --resume is no way on
+    assert result.exit_code == 2 and "stopped before its first checkpoint" in result.output, result.output
+    assert "--resume" not in result.output and (held / "metrics.csv").read_text() == before
+    (held / "last.pt").write_bytes(b"")
+    result = CliRunner().invoke(train, [*TINY_ARGS, "--max-steps", "1", "--out", str(held)])
     assert result.exit_code == 2 and f"--out {held} holds another run" in result.output, result.output
     assert f"--resume {held} continues it" in result.output and (held / "metrics.csv").read_text() == before
     monkeypatch.chdir(tmp_path)
     for folder in ("runs/doppel", "runs/doppel-2"):
         os.makedirs(folder)
         (tmp_path / folder / "last.pt").write_bytes(b"")
-    config = claim_run_folder(make_config("cpu-smoke", {}), None, explicit=False)
-    assert config.run.out_dir == "runs/doppel-3"
-    assert claim_run_folder(make_config("cpu-smoke", {"run.out_dir": "fresh"}), None, True).run.out_dir == "fresh"
+
+    def claim(*args, **kwargs):
+        config, lock = claim_run_folder(*args, **kwargs)
+        lock.release()
+        return config
+
+    assert claim(make_config("cpu-smoke", {}), None, explicit=False).run.out_dir == "runs/doppel-3"
+    assert claim(make_config("cpu-smoke", {"run.out_dir": "fresh"}), None, True).run.out_dir == "fresh"
     resumed = make_config("cpu-smoke", {"run.out_dir": "runs/doppel"})
-    assert claim_run_folder(resumed, "runs/doppel/last.pt", explicit=False).run.out_dir == "runs/doppel"
+    assert claim(resumed, "runs/doppel/last.pt", explicit=False).run.out_dir == "runs/doppel"
     refused = r"--out runs/doppel-2 holds another run \(last.pt / metrics.csv\): choose another --out"
     with pytest.raises(Exception, match=refused):
         claim_run_folder(make_config("cpu-smoke", {"run.out_dir": "runs/doppel-2"}), "runs/doppel", explicit=True)
+
+
+def test_one_run_writes_a_folder_at_a_time(tmp_path, monkeypatch):
+    """The run lock: a folder another process is writing is refused when named and skipped when it is the default;
+    a killed holder leaves no lock behind (flock goes with its process)."""
+    from doppel_torch.train import runlock
+    from doppel_torch.train.cli import claim_run_folder
+    from doppel_torch.train.config import make_config
+
+    busy = tmp_path / "busy"
+    lock = runlock.try_lock(busy)
+    try:
+        assert runlock.try_lock(busy) is None  # flock: a second open file of the same process is refused too
+        result = CliRunner().invoke(train, [*TINY_ARGS, "--max-steps", "1", "--out", str(busy)])
+        assert result.exit_code == 2 and f"--out {busy} is being written by another run (pid {os.getpid()} on" \
+            in result.output, result.output
+        monkeypatch.chdir(tmp_path)
+        other = runlock.try_lock("runs/doppel")
+        config, mine = claim_run_folder(make_config("cpu-smoke", {}), None, explicit=False)
+        assert config.run.out_dir == "runs/doppel-2" and (tmp_path / "runs/doppel-2/.run.lock").exists()
+        mine.release()
+        other.release()
+        assert not (tmp_path / "runs/doppel/.run.lock").exists()
+    finally:
+        lock.release()
+    code = ("import os, signal, sys; from doppel_torch.train.runlock import try_lock; "
+            "assert try_lock(sys.argv[1]); os.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.run([sys.executable, "-c", code, str(busy)], env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == -signal.SIGKILL and (busy / ".run.lock").exists()
+    again = runlock.try_lock(busy)
+    assert again is not None
+    again.release()
+
+
+def test_an_older_checkpoint_does_not_overwrite_its_run(tmp_path, audio_dir):
+    """--resume run/epoch-0001.pt in its own folder, behind run/last.pt: refused (it would replace last.pt and cut
+    metrics.csv); with --out elsewhere it goes on there. A finished run resumed into another --out has nothing to do
+    and writes nothing there."""
+    run = tmp_path / "run"
+    args = ["--data", str(audio_dir), *REAL, "--epochs", "2", *TINY_ARGS, "--keep-every", "1"]
+    assert CliRunner().invoke(train, [*args, "--out", str(run)]).exit_code == 0
+    last, rows = (run / "last.pt").read_bytes(), _metric_rows(run)
+    result = CliRunner().invoke(train, ["--resume", str(run / "epoch-0001.pt"), "--max-steps", "12"])
+    assert result.exit_code == 2 and "is at step 9, behind" in result.output, result.output
+    assert (run / "last.pt").read_bytes() == last and _metric_rows(run) == rows
+    branch = CliRunner().invoke(train, ["--resume", str(run / "epoch-0001.pt"), "--max-steps", "12",
+                                        "--out", str(tmp_path / "branch")])
+    assert branch.exit_code == 0 and ckpt_io.load_checkpoint(tmp_path / "branch")["step"] == 12, branch.output
+    idle = CliRunner().invoke(train, ["--resume", str(run), "--out", str(tmp_path / "idle")])
+    assert idle.exit_code == 0 and "nothing to do" in idle.output, idle.output
+    # the folder made for the run holds nothing (the command's exit removes it: options.out_folder)
+    assert f"checkpoint: {run / 'last.pt'}" in idle.output and not any((tmp_path / "idle").iterdir())
+
+
+def test_a_damaged_checkpoint_is_refused(tmp_path):
+    """torch.load does not check the zip's CRCs: four changed bytes of weights loaded as NaN and evaluated at chance.
+    The checksum saved with the tensors finds any change; a checkpoint without one (older) is checked for NaN."""
+    path = ckpt_io.save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.full((1000,), 0.5)}, "step": 1})
+    assert ckpt_io.load_checkpoint(path)["step"] == 1
+    data = bytearray(path.read_bytes())
+    at = data.index(torch.tensor([0.5]).numpy().tobytes())
+    data[at : at + 4] = torch.tensor([float("nan")]).numpy().tobytes()
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="is damaged: its weights do not match the checksum"):
+        ckpt_io.load_checkpoint(path)
+    old = tmp_path / "old.pt"
+    torch.save({"format": ckpt_io.FORMAT, "model": {"w": torch.tensor([1.0, float("nan")])}, "step": 1}, old)
+    with pytest.raises(ValueError, match=r"non-finite weights \(w has NaN"):
+        ckpt_io.load_checkpoint(old)
+
+
+def test_a_full_disk_is_one_line(tmp_path, audio_dir, monkeypatch):
+    """torch.save over a full disk raises RuntimeError("[enforce fail at inline_container.cc]") from the OSError:
+    the run stops with one line naming the file and what is kept, no traceback, no temporary file left."""
+    def full(*args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0") from None
+
+    monkeypatch.setattr(ckpt_io.torch, "save", full)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(train, ["--data", str(audio_dir), *REAL, *TINY_ARGS, "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"could not write {out / 'last.pt'}: No space left on device; the run stopped (no checkpoint was " \
+        "written)" in result.output
+    assert not list(out.glob(".last.pt.*")) and not (out / ".run.lock").exists()
+
+
+def test_fewer_sounds_than_a_batch_is_refused(tmp_path):
+    result = CliRunner().invoke(train, [*TINY_ARGS, "--sounds-per-epoch", "4", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--sounds-per-epoch (data.sounds_per_epoch) 4 leaves 2 training sounds" in \
+        result.output and "raise it to at least 6" in result.output, result.output
