@@ -658,12 +658,18 @@ def _read_target(path: Path) -> tuple[torch.Tensor, int, int]:
     return channels.mean(dim=0), rate, channels.shape[0]
 
 
-def _load_target(path: Path, audio: torch.Tensor, rate: int, synth) -> tuple[torch.Tensor, list[str]]:
+QUIET_PEAK = 2.0 ** -15  # one step of 16-bit audio (-90 dBFS): a target whose peak is below it is silence
+
+
+def _load_target(path: Path, audio: torch.Tensor, rate: int, synth, channels: int = 1) -> tuple[torch.Tensor, list[str]]:
     """The target as (synth.n_samples,) float32 at the synth's rate, and what was done to it."""
     audio, notes = prepare_target(audio, rate, synth)
-    if float(audio.abs().max()) == 0.0:
-        raise click.ClickException(f"{path}: the target is silent over the first {synth.duration:g} s: nothing to "
-                                   "match (check the file, or --duration)")
+    peak = float(audio.abs().max())
+    if peak < QUIET_PEAK:  # 1e-7 noise was matched to a loss of 6069 (found from outside)
+        level = "every sample is 0" if peak == 0.0 else f"its peak, {peak:.2g}, is below one 16-bit step"
+        mono = f" once its {channels} channels are averaged to mono (they cancel)" if channels > 1 else ""
+        raise click.ClickException(f"{path}: the target is silent over the first {synth.duration:g} s{mono} "
+                                   f"({level}): nothing to match (check the file, or --duration)")
     return audio, notes
 
 
@@ -775,7 +781,7 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
     if not synth._backend.differentiable:
         raise click.UsageError(f"--backend {backend} is not differentiable yet and match needs gradients: use "
                                f"--backend {default_backend(device)} (or leave --backend out)")
-    audio, notes = _load_target(target, samples, rate, synth)
+    audio, notes = _load_target(target, samples, rate, synth, channels)
     if 0 < candidates <= restarts:
         raise click.UsageError(f"--candidates {candidates} picks the best --restarts ({restarts}) of that many random "
                                "starts: give more than --restarts, or 0")

@@ -406,7 +406,7 @@ def test_match_command_matches_the_files_length_by_default(tmp_path):
         assert ("matching its first 1 s" in result.output) == (seconds > 1)
 
 
-@pytest.mark.parametrize("case", ["missing", "unreadable", "silent", "folder", "cpu"])
+@pytest.mark.parametrize("case", ["missing", "unreadable", "silent", "quiet", "cancelling", "folder", "cpu"])
 def test_match_command_bad_input_is_one_clear_line(tmp_path, case, monkeypatch):
     path = tmp_path / "t.wav"
     extra = []
@@ -414,6 +414,11 @@ def test_match_command_bad_input_is_one_clear_line(tmp_path, case, monkeypatch):
         path.write_bytes(b"not audio at all")
     elif case == "silent":
         sf.write(path, np.zeros(1000), 16000)
+    elif case == "quiet":  # 1e-7 noise: a 'match' of it scored 6069
+        sf.write(path, 1e-7 * np.random.default_rng(0).standard_normal(1000), 16000, subtype="FLOAT")
+    elif case == "cancelling":  # two channels in anti-phase average to silence
+        tone = 0.5 * np.sin(np.arange(1000) * 0.1)
+        sf.write(path, np.stack([tone, -tone], axis=1), 16000, subtype="FLOAT")
     elif case == "folder":
         path = tmp_path
     elif case == "cpu":
@@ -423,6 +428,7 @@ def test_match_command_bad_input_is_one_clear_line(tmp_path, case, monkeypatch):
     result = CliRunner().invoke(main, ["match", str(path), "--out", str(tmp_path / "o"), "--steps", "1", *extra])
     assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit), result.exception
     expected = {"missing": "no such file", "unreadable": "cannot read the target", "silent": "silent",
+                "quiet": "below one 16-bit step", "cancelling": "once its 2 channels are averaged to mono",
                 "folder": "is a folder", "cpu": "not differentiable"}[case]
     assert expected in result.output and "Traceback" not in result.output, result.output
 

@@ -26,16 +26,16 @@ from doppel_torch.eval.suite import SUITES, find_suite, suite_markdown, suite_su
 from doppel_torch.eval.tasks import parse_task_spec
 from doppel_torch.options import device_option, out_folder
 
-DEFAULT_CACHE = Path("~/.cache/doppel-torch/embeddings")
+DEFAULT_CACHE = Path("~/.cache/doppel_torch/embeddings")  # beside the cpu kernel's builds
 
 
 def _parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError as e:
-        raise click.BadParameter(f"seeds must be comma-separated integers, got {text!r}") from e
+        raise click.BadParameter(f"seeds must be comma-separated integers, got {text!r}", param_hint="--seeds") from e
     if not seeds:
-        raise click.BadParameter("give at least one seed")
+        raise click.BadParameter("give at least one seed", param_hint="--seeds")
     return seeds
 
 
@@ -119,6 +119,8 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
     try:
         config = ProbeConfig(protocol=probe_kind, lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
                              standardize=standardize)
+        # the checkpoints first: a bad one is refused before any task folder is read
+        embedders = {name: Embedder.from_checkpoint(path, device=device) for name, path in checkpoint_paths.items()}
         tasks = [t for spec in task_specs for t in parse_task_spec(spec)]
         if suite:
             found, missing = find_suite(suite, data_root)
@@ -142,7 +144,6 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
                                      "every fold): a probe needs 2 or more, raise --max-files")
                 click.echo(f"task {task.name}: {len(task)} of {len(before)} files (--max-files), "
                            f"{len(task.classes)} of {len(before.classes)} classes", err=True)
-        embedders = {name: Embedder.from_checkpoint(path, device=device) for name, path in checkpoint_paths.items()}
         if baselines:
             # Same architecture as the (first) trained encoder, so the baseline isolates the training;
             # the paper's ResNet18 (512-d, width 64) when there is no checkpoint.

@@ -3,7 +3,7 @@
     embedders = {"doppelganger": Embedder.from_checkpoint(ckpt),
                  "random-init": Embedder.random_init(0), "log-mel": Embedder.log_mel()}
     report = evaluate(embedders, parse_task_spec("fsdd"), ProbeConfig(), seeds=[0, 1, 2],
-                      cache=EmbeddingCache("~/.cache/doppel-torch/embeddings"))
+                      cache=EmbeddingCache("~/.cache/doppel_torch/embeddings"))
 
 Unreadable audio files are listed in the report (``tasks.<name>.unreadable``) and left out of that task,
 never fatal. Scores are given as mean +- std (sample std, ddof = 1) over all (split, seed) runs.
