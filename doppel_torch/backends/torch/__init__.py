@@ -15,12 +15,12 @@ from doppel_torch.spec.program import Program
 @torch.library.custom_op("doppel_torch::fence", mutates_args=())
 def fence(x: torch.Tensor) -> torch.Tensor:
     """A copy of x that torch.compile's Inductor cannot fuse across, in the forward and (its backward is a fence too)
-    in the backward. Between `to_human` and the render under torch.compile only: torch 2.9 (and 2.13) Inductor
-    fused the backward's gathers of the human-unit gradient (the render's index ops, the sums over time of
-    broadcast terms) with to_human's per-column slope into CPU code that read the gradient before it was complete:
-    gradients of batches of 2 or more came back 0 for the ADSRs' alpha and release, the LFOs and the modulation
-    matrix (relative error 0.02 in float64, 0.7 in float32; found from outside). Each half compiles right alone
-    (`aot_eager` is right too, and so is Inductor with max_fusion_size=1): the fence keeps them apart."""
+    in the backward. Between `to_human` and the render under torch.compile only: with both in one graph, torch
+    2.9's (and 2.13's) Inductor returned gradients of 0 for the ADSRs' alpha and release, the LFOs and the
+    modulation matrix at batch >= 2 (voice, relative error 0.02 in float64, 0.7 in float32; found from outside).
+    Each half compiles right alone, `aot_eager` is right, and so is Inductor with max_fusion_size=1; any per-column
+    scaling of theta before the render (to_human's slope, or theta * k) sets it off, a full (B, m) factor does not:
+    a fusion of the render's gradient gathers with a broadcast multiply. The fence keeps them apart."""
     return x.clone()
 
 
