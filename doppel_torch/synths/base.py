@@ -34,7 +34,8 @@ class Synth(torch.nn.Module):
             weights are all 0 would divide 0 by 0); SynthAX's ADSR eps is the same value.
         phase_dtype: triton only: dtype of control signals, frequencies and phase. Default float64, which keeps
             float32 output within ~1e-5 of float64 even on the FM synths; torch.float32 is the fast, less
-            accurate option (voice ~1e-3 relative L2; FM synths as ill-conditioned as SynthAX float32).
+            accurate option (voice ~1e-3 relative L2; FM synths as ill-conditioned as SynthAX float32). A theta
+            that requires grad renders in float64 throughout (the fused backward's forward), whatever phase_dtype.
     """
 
     def __init__(

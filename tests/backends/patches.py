@@ -86,4 +86,21 @@ def shared_outputs() -> Patch:
     )
 
 
-USER_PATCHES = {"fm_chain": fm_chain, "fan_out": fan_out, "filtered": filtered, "shared_outputs": shared_outputs}
+def noise_only() -> Patch:
+    """No oscillator at all: an envelope on the noise (the Triton kernels read an empty oscillator table as one
+    oscillator, theta's column -1, until they counted its rows; found from outside)."""
+    return Patch(
+        name="noise_only",
+        keyboards=("keyboard",),
+        envelopes=(Envelope("adsr", "keyboard"),),
+        lfos=(),
+        mod_inputs=("adsr",),
+        mod_outputs=("noise_amp",),
+        oscillators=(),
+        noise_amp="noise_amp",
+        mixer_inputs=("noise",),
+    )
+
+
+USER_PATCHES = {"fm_chain": fm_chain, "fan_out": fan_out, "filtered": filtered, "shared_outputs": shared_outputs,
+                "noise_only": noise_only}

@@ -700,10 +700,9 @@ def triton_render_mix_backward(grad: torch.Tensor, human: torch.Tensor, keyboard
     phase carries and filter states (`_audio_grad_kernel`), then the control rate's (`_control_grad_kernel`)."""
     batch, n_samples = grad.shape
     n_out, n_in = matrix.shape
-    n_env = envelopes.shape[0] if envelopes.dim() == 2 else 0  # a table without rows is one -1 (synth._device_tables)
     grad = grad.to(torch.float64).contiguous()
-    grad_launch = _grad_launch(n_in, n_out, n_env, oscillators.shape[0], mixer.shape[0], n_filters, n_slots, n_samples,
-                               n_control, noise_mode)
+    grad_launch = _grad_launch(n_in, n_out, kernels.n_rows(envelopes), kernels.n_rows(oscillators), mixer.shape[0],
+                               n_filters, n_slots, n_samples, n_control, noise_mode)
     launch = grad_launch["audio_grad"]
     control = kernels._launch(n_in, n_out, 1, 1, 0, 0, n_samples, n_control, torch.float64, 0, False)["control"]
     ctrl = human.new_empty(batch, n_out, n_control)
@@ -775,8 +774,8 @@ def render_differentiable(program, theta, *, noise, seed, indices, normalize, ou
     else:
         mode = kernels.NOISE_GIVEN
         noise = noise.to(torch.float64).contiguous()
-    if theta.shape[0] == 0:
-        audio = human.new_zeros(0, program.n_samples)
+    if theta.shape[0] == 0:  # no launch for no sounds; the empty result stays in the graph (backward() works)
+        audio = human[:, :1].expand(0, program.n_samples) * 0.0
     else:
         audio = triton_render_mix(human, tables["keyboards"], tables["envelopes"], tables["lfos"],
                                   tables["mod_inputs"], tables["matrix"], tables["oscillators"], tables["filters"],

@@ -363,6 +363,13 @@ def _audio_kernel(
                 tl.store(out_row + offs_t, x / top, mask=mask_t)
 
 
+def n_rows(table: torch.Tensor) -> int:
+    """A device table's rows: 0 for the one -1 that stands for a table without rows (`_device_tables`). A noise-only
+    patch had its empty oscillator table read as one oscillator: theta's column -1 (a segfault in the interpreter,
+    a read out of bounds on a GPU; found from outside)."""
+    return table.shape[0] if table.dim() == 2 else 0
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -426,7 +433,7 @@ def triton_render(human: torch.Tensor, keyboards: torch.Tensor, envelopes: torch
     batch, n_samples = out.shape
     n_out, n_in = matrix.shape
     phase_dtype = human.dtype
-    launch = _launch(n_in, n_out, oscillators.shape[0], mixer.shape[0], n_filters, n_slots, n_samples, n_control,
+    launch = _launch(n_in, n_out, n_rows(oscillators), mixer.shape[0], n_filters, n_slots, n_samples, n_control,
                      phase_dtype, noise_mode, normalize)
     ctrl = torch.empty(batch, n_out, n_control, dtype=phase_dtype, device=out.device)
     wrap_triton(_control_kernel)[(batch,)](
