@@ -123,13 +123,19 @@ def _load_impulse_responses(files: tuple[str, ...], sample_rate: int) -> tuple[t
 REVERB_CPU_ROWS = 16
 
 
+DEFAULT_HIGHPASS_HZ = (20.0, 800.0)  # the paper's cutoff ranges (conf/transform/audiomentations.yaml)
+DEFAULT_LOWPASS_HZ = (1200.0, 8000.0)
+
+
 class AugmentChain(nn.Module):
     """Per-example augmentation chain: audio (B, N) -> (B, N), draws keyed by (seed, view, sound index).
 
     Args:
         sample_rate: Hz.
         p: probability of each transform, per example.
-        highpass_hz, lowpass_hz: cutoff ranges (drawn uniformly in mel).
+        highpass_hz, lowpass_hz: cutoff ranges (drawn uniformly in mel); by default (20, 800) and (1200, 8000) Hz,
+            the paper's, each upper end lowered to the Nyquist frequency where that is below it (8 kHz audio
+            low-passes at 1200 .. 4000 Hz).
         semitones: pitch-shift range.
         shift_fraction: time-shift range as a fraction of the length (rollover).
         ir_paths: folder or list of impulse-response files; None leaves reverb out of the chain.
@@ -149,8 +155,8 @@ class AugmentChain(nn.Module):
         self,
         sample_rate: int = 16000,
         p: float = 0.5,
-        highpass_hz: tuple[float, float] = (20.0, 800.0),
-        lowpass_hz: tuple[float, float] = (1200.0, 8000.0),
+        highpass_hz: tuple[float, float] | None = None,
+        lowpass_hz: tuple[float, float] | None = None,
         semitones: tuple[float, float] = (-2.0, 2.0),
         shift_fraction: tuple[float, float] = (-0.25, 0.25),
         ir_paths: str | Path | Sequence[str | Path] | None = None,
@@ -167,9 +173,14 @@ class AugmentChain(nn.Module):
         if not 0.0 <= p <= 1.0 or math.isnan(p):
             raise ValueError(f"p must be a probability in [0, 1], got {p}")
         nyquist = sample_rate / 2
+        if highpass_hz is None:
+            highpass_hz = (DEFAULT_HIGHPASS_HZ[0], min(DEFAULT_HIGHPASS_HZ[1], nyquist))
+        if lowpass_hz is None:
+            lowpass_hz = (DEFAULT_LOWPASS_HZ[0], min(DEFAULT_LOWPASS_HZ[1], nyquist))
         for name, (lo, hi) in (("highpass_hz", highpass_hz), ("lowpass_hz", lowpass_hz)):
             if not 0 < lo <= hi <= nyquist:
-                raise ValueError(f"{name} must satisfy 0 < low <= high <= sample_rate / 2 = {nyquist}, got {(lo, hi)}")
+                raise ValueError(f"{name} must satisfy 0 < low <= high <= sample_rate / 2 = {nyquist:g}, got "
+                                 f"{(lo, hi)}: pass {name}=(low, high) for {sample_rate} Hz audio")
         if isinstance(group, bool) or not isinstance(group, int) or group < 1:
             raise ValueError(f"group must be an integer >= 1 (examples sharing one draw), got {group!r}")
         if semitones[0] > semitones[1] or shift_fraction[0] > shift_fraction[1]:
@@ -334,8 +345,8 @@ class TorchAudiomentationsChain(nn.Module):
         ir_paths: str | Path | Sequence[str | Path] | None = None,
         chunk_size: int = 100,
         mode: str = "per_batch",
-        highpass_hz: tuple[float, float] = (20.0, 800.0),
-        lowpass_hz: tuple[float, float] = (1200.0, 8000.0),
+        highpass_hz: tuple[float, float] = DEFAULT_HIGHPASS_HZ,
+        lowpass_hz: tuple[float, float] = DEFAULT_LOWPASS_HZ,
         semitones: tuple[float, float] = (-2.0, 2.0),
         shift_fraction: tuple[float, float] = (-0.25, 0.25),
     ):

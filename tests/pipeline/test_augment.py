@@ -240,8 +240,14 @@ def test_errors_say_what_to_do(tmp_path):
         AugmentChain(transforms=["chorus"])
     with pytest.raises(ValueError, match="probability"):
         AugmentChain(p=1.5)
-    with pytest.raises(ValueError, match="sample_rate / 2"):
+    with pytest.raises(ValueError, match=r"sample_rate / 2 = 8000, got \(1200, 9000\): pass lowpass_hz="):
         AugmentChain(lowpass_hz=(1200, 9000))
+    # the defaults follow the rate: 8 kHz audio low-passes at 1200 .. 4000 Hz (it raised on its own defaults)
+    narrow = AugmentChain(8000)
+    assert narrow.lowpass_hz == (1200.0, 4000.0) and narrow.highpass_hz == (20.0, 800.0)
+    assert narrow(torch.randn(2, 4000), torch.arange(2)).shape == (2, 4000)
+    with pytest.raises(ValueError, match="pass lowpass_hz=\(low, high\) for 2000 Hz audio"):
+        AugmentChain(2000)
     with pytest.raises(ValueError, match="no audio files"):
         AugmentChain(ir_paths=tmp_path)
     with pytest.raises(ValueError, match=r"\(batch, samples\)"):
