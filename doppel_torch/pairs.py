@@ -149,9 +149,15 @@ class DoppelgangerPairs(nn.Module):
             return torch.arange(start, start + count, dtype=torch.int64, device=self.delta.device)
         if start is not None or count is not None:
             raise ValueError("give either indices or start and count, not both")
-        idx = torch.as_tensor(indices, dtype=torch.int64, device=self.delta.device)
+        given = torch.as_tensor(indices)
+        if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:  # 2.5 would read as 2
+            raise ValueError(f"indices must be integer global sound indices, got {given.dtype}")
+        idx = given.to(dtype=torch.int64, device=self.delta.device)
         if idx.ndim != 1:
             raise ValueError(f"indices must be one-dimensional (B,), got shape {tuple(idx.shape)}")
+        # as synth(..., indices=) refuses them; checked where that costs no device sync and no graph break
+        if given.device.type == "cpu" and not torch.compiler.is_compiling() and bool((given < 0).any()):
+            raise ValueError("indices must be >= 0 (global sound indices)")
         return idx
 
     def theta(self, indices=None, *, start: int | None = None, count: int | None = None, dtype=torch.float32):

@@ -86,6 +86,19 @@ class Patch:
                                  f"(write ({value!r},))")
             if isinstance(value, list):
                 object.__setattr__(self, group, tuple(value))
+        kinds = {"keyboards": str, "envelopes": Envelope, "lfos": Lfo, "mod_inputs": str, "mod_outputs": str,
+                 "oscillators": Oscillator, "mixer_inputs": str, "filters": Filter}
+        for group, kind in kinds.items():  # a module, a dict or None where a tuple of them belongs: one line, not
+            value = getattr(self, group)  # "'Oscillator' object is not iterable" (found from outside)
+            what = "names" if kind is str else f"{kind.__name__}(...)"
+            if not isinstance(value, tuple):
+                hint = f" (write ({type(value).__name__}(...),))" if isinstance(value, kind) and kind is not str else ""
+                raise ValueError(f"patch {self.name!r}: {group} must be a tuple of {what}, got "
+                                 f"{type(value).__name__}{hint}")
+            wrong = next((v for v in value if not isinstance(v, kind)), None)
+            if wrong is not None or (kind is str and any(v is None for v in value)):
+                raise ValueError(f"patch {self.name!r}: {group} must be a tuple of {what}, got an element "
+                                 f"{wrong!r} of type {type(wrong).__name__}")
 
     def validate(self) -> "Patch":
         """Raise ValueError naming the module whose wiring is invalid; return the patch when it is sound."""
@@ -153,6 +166,9 @@ class Patch:
                 if name in filtered:
                     fail(f"{module}: {role} {name!r} is filtered by {filtered[name]}: name the filter instead")
                 return name
+            if any(f.name == name for f in self.filters):  # a filter on the mix
+                fail(f"{module}: {role} {name!r} filters the mix, the synth's output: it is not a signal to route "
+                     "(a filter on an oscillator is)")
             fail(f"{module}: {role} {name!r} is neither an oscillator nor a filter on one")
 
         for osc in self.oscillators:

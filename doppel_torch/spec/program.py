@@ -227,7 +227,8 @@ def _lower(patch: Patch, sample_rate: float, control_rate: float, duration: floa
            apply_mixer_curve: bool) -> Program:
     n_samples, n_control = n_samples_of(duration, sample_rate), n_samples_of(duration, control_rate)
     if n_control < 2:
-        raise ValueError(f"duration {duration} s gives fewer than 2 control samples at {control_rate} Hz")
+        raise ValueError(f"duration {duration:g} s gives fewer than 2 control samples at {control_rate:g} Hz: give "
+                         f"more than one control period, {1.0 / control_rate:.6g} s, or a higher control_rate")
     layout = Layout(patch, apply_mixer_curve=apply_mixer_curve)
     tables, mix_filter = _lower_tables(layout)
     program = Program(layout=layout, sample_rate=float(sample_rate), control_rate=float(control_rate),

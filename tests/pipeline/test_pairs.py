@@ -151,6 +151,15 @@ def test_bad_indices_are_rejected(voice):
         pairs(start=0)
     with pytest.raises(ValueError, match="one-dimensional"):
         pairs(torch.zeros(2, 2, dtype=torch.int64))
+    # as synth(..., indices=): a negative index or a float one (2.5 read as 2) is refused, not rendered
+    with pytest.raises(ValueError, match="must be >= 0"):
+        pairs(torch.tensor([3, -1]))
+    with pytest.raises(ValueError, match="integer global sound indices, got torch.float32"):
+        pairs(torch.arange(4.0))
+    with pytest.raises(ValueError, match=r"to_human takes \(\.\.\., 78\)"):
+        voice.to_human(torch.rand(2, 70))
+    with pytest.raises(ValueError, match="to_human takes a floating-point tensor"):
+        voice.to_human(torch.ones(2, 78, dtype=torch.int64))
 
 
 def test_augmented_views_get_their_own_draws(voice):

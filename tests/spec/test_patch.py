@@ -96,6 +96,15 @@ def test_lists_are_taken_as_tuples_and_a_string_is_refused():
     assert listed == patch and Synth(listed, duration=0.01).num_params == Synth(patch, duration=0.01).num_params
     with pytest.raises(ValueError, match=r"mixer_inputs must be a tuple of names, got the string 'vco'"):
         _with(patch, mixer_inputs="vco")
+    # a module, a dict or None where a tuple belongs: one line each (they were raw TypeErrors)
+    for changes, message in ((dict(oscillators=patch.oscillators[0]), r"got Oscillator \(write \(Oscillator"),
+                             (dict(oscillators=({"name": "vco"},)), "got an element {'name': 'vco'} of type dict"),
+                             (dict(keyboards=None), "keyboards must be a tuple of names, got NoneType")):
+        with pytest.raises(ValueError, match=message):
+            _with(patch, **changes)
+    mix_filter = Filter("lpf", input="mix", cutoff="vco_amp")
+    with pytest.raises(ValueError, match="mixer: input 'lpf' filters the mix, the synth's output"):
+        Synth(_with(patch, filters=(mix_filter,), mixer_inputs=(*patch.mixer_inputs, "lpf")))
 
 
 def test_modules_whose_parameters_would_do_nothing_are_refused():
