@@ -159,6 +159,8 @@ def resample(
         return audio
     g = math.gcd(int(orig_freq), int(new_freq))
     orig, new = int(orig_freq) // g, int(new_freq) // g
+    if audio.numel() == 0:  # no samples, or no rows: the resampled shape, with nothing in it
+        return audio.new_zeros(*audio.shape[:-1], math.ceil(new * audio.shape[-1] / orig))
     kernels, width = _sinc_resample_kernels(orig, new, lowpass_filter_width, rolloff, audio.dtype, audio.device)
     shape = audio.shape
     n = shape[-1]

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from doppel_torch import backends, rng
@@ -17,11 +19,23 @@ from doppel_torch.spec.program import lower
 from doppel_torch.spec.patches import parametric_patch, voice_patch, voicefm_patch
 
 
+def _an_int(value):
+    """An integer-like value (a numpy integer, a 0-dim integer tensor) as a Python int; anything else unchanged."""
+    if isinstance(value, bool) or isinstance(value, int):
+        return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value
+
+
 class Synth(torch.nn.Module):
     """A batched modular synthesizer rendering normalised parameters theta in [0, 1]^m to audio.
 
     Any `Patch` renders on every backend (see the README's "Your own patch"): the patch is validated and lowered
-    once into a `Program` (doppel_torch.spec.program), which the chosen backend reads.
+    once into a `Program` (doppel_torch.spec.program), which the chosen backend reads. The synth holds no weights:
+    audio comes out in theta's dtype and on its device (`synth(theta.double())` renders float64), so `.double()`
+    or `.to(device)` on the synth itself change nothing.
 
     Args:
         patch: the architecture (see `doppel_torch.spec.patch`).
@@ -104,6 +118,7 @@ class Synth(torch.nn.Module):
 
         Row i depends only on (seed, start + i): the same sound whatever the batch size or device.
         """
+        n, start = _an_int(n), _an_int(start)  # numpy integers too, as seed takes them
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
         if isinstance(start, bool) or not isinstance(start, int) or start < 0:
