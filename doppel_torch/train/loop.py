@@ -539,13 +539,24 @@ class Trainer:
             f"data: {source}; augmentation {_augmentation(cfg.data)}",
             f"global batch {self.global_batch} = {env.world_size} x {self.batch_size}; peak lr {self.peak_lr:g}; "
             f"{self.steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs = {self.total_steps} steps; "
-            f"LR milestones at epochs {cfg.optim.milestone_epochs()}",
+            f"LR milestones at epochs {cfg.optim.milestone_epochs()} ({self._lr_phases()})",
             f"precision {'bf16 autocast' if self.bf16 else 'fp32'}, channels-last {cfg.run.channels_last}, "
             f"compile {cfg.run.compile}",
             "config:",
             cfg.describe(),
         ]
         return "\n".join(lines)
+
+    def _lr_phases(self) -> str:
+        """The learning rate of each stretch between milestones, e.g. "lr 0.015, from epoch 2 1.5e-05": three
+        milestones at one epoch (cpu-smoke's 3 epochs) drop it by gamma ** 3 at once, which a list hides."""
+        milestones = self.config.optim.milestone_epochs()
+        phases = [f"lr {self.peak_lr:.3g}"]
+        for epoch in sorted(set(milestones)):
+            if epoch < self.config.optim.epochs:
+                lr = self.peak_lr * self.config.optim.gamma ** sum(m <= epoch for m in milestones)
+                phases.append(f"from epoch {epoch} {lr:.3g}")
+        return ", ".join(phases)
 
     def fit(self) -> dict[str, Any]:
         """Train from the current step to the end (or max_steps, or a signal). Returns a summary dict.
