@@ -48,6 +48,10 @@ def try_lock(folder: str | os.PathLike, option: str = "--out") -> RunLock | None
         except BlockingIOError:
             os.close(fd)
             return None
+        except OSError:  # a file system without locks (ENOLCK, EOPNOTSUPP): the run goes on unguarded
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            return RunLock(folder, None)
         try:  # the file may have been removed by its last holder between our open and our lock: take it again
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
