@@ -10,7 +10,7 @@ A checkpoint is one ``torch.save`` file holding only tensors and plain Python co
      "config": the resolved training config as a nested dict (see `doppel_torch.train.config`),
      "rng": {"torch": CPU generator state, "cuda": [per-device states]},
      "metrics": last validation metrics (dict of floats),
-     "checksum": CRC-32 of every tensor's bytes in "model" and "optimizer" (`checksum`), checked on load}
+     "crc32": CRC-32 of all the rest (`checksum`), checked on load}
 
 The data itself needs no RNG state: every sound is keyed by (seed, global index), so the step counter
 alone fixes the data still to come.
@@ -57,26 +57,35 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _tensors(tree: Any):
-    """The tensors of a state dict's nested dicts and lists, in a fixed order (dict keys sorted by their text)."""
-    if isinstance(tree, torch.Tensor):
-        yield tree
-    elif isinstance(tree, dict):
+def _leaves(tree: Any):
+    """The leaves of nested dicts, lists and tuples in a fixed order (dict keys sorted by their text, each key a leaf
+    too)."""
+    if isinstance(tree, dict):
         for key in sorted(tree, key=str):
-            yield from _tensors(tree[key])
+            yield key
+            yield from _leaves(tree[key])
     elif isinstance(tree, (list, tuple)):
+        yield type(tree).__name__
         for item in tree:
-            yield from _tensors(item)
+            yield from _leaves(item)
+    else:
+        yield tree
 
 
 def checksum(payload: dict[str, Any]) -> int:
-    """CRC-32 of the bytes of every tensor in payload["model"] and payload["optimizer"]. torch.load does not check
-    the zip's own CRCs: a checkpoint with a few overwritten bytes loaded with NaN weights and evaluated at chance
-    without a word (found from outside); ~0.1 s for a ResNet18 and its optimizer."""
+    """CRC-32 of everything in a checkpoint but its "crc32" entry: each tensor's bytes, dtype and shape, and the
+    repr of every other value (the config, the step, ...), dict entries in key order. torch.load does not check
+    the zip's own CRCs: a checkpoint with a few overwritten bytes loaded with NaN weights and evaluated at chance,
+    and one with a changed byte in its config trained with another seed, without a word (found from outside);
+    ~0.03 s for a ResNet18 and its optimizer."""
     crc = 0
-    for tensor in _tensors([payload.get("model"), payload.get("optimizer")]):
-        data = tensor.detach().reshape(-1).contiguous().cpu()
-        crc = zlib.crc32(data.view(torch.uint8).numpy(), crc) if data.numel() else crc
+    for leaf in _leaves({k: v for k, v in payload.items() if k != "crc32"}):
+        if isinstance(leaf, torch.Tensor):
+            data = leaf.detach().reshape(-1).contiguous().cpu()
+            crc = zlib.crc32(f"{data.dtype}{tuple(leaf.shape)}".encode(), crc)
+            crc = zlib.crc32(data.view(torch.uint8).numpy(), crc) if data.numel() else crc
+        else:
+            crc = zlib.crc32(repr(leaf).encode(), crc)
     return crc
 
 
@@ -91,7 +100,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **payload}
-    payload["checksum"] = checksum(payload)
+    payload["crc32"] = checksum(payload)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() gives, as metrics.csv beside it
@@ -110,12 +119,12 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return path
 
 
-def remove_leftover_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Delete the ``.<name>.*.tmp`` files beside `path` that `save_checkpoint` leaves when its process is killed
-    mid-write (kill -9, power loss); returns their paths. Call it at the start of the run that owns the folder."""
-    path = Path(path)
+def remove_leftover_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.pt.*.tmp`` files in a run folder that `save_checkpoint` leaves when its process is killed
+    mid-write (kill -9, power loss), of last.pt and of the kept epoch-NNNN.pt alike; returns their paths. Call it at
+    the start of the run that owns the folder."""
     removed = []
-    for tmp in sorted(path.parent.glob(f".{path.name}.*.tmp")):
+    for tmp in sorted(Path(folder).glob(".*.pt.*.tmp")):
         try:
             tmp.unlink()
         except FileNotFoundError:
@@ -150,15 +159,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a doppel-torch checkpoint (no format tag {FORMAT!r})")
-    if "checksum" in ckpt and checksum(ckpt) != ckpt["checksum"]:  # checkpoints of before 2026-12-07 have none
-        raise ValueError(f"{path} is damaged: its weights do not match the checksum written with them (bytes of the "
-                         "file were changed after it was saved); give another checkpoint, e.g. the run folder's "
+    if "crc32" in ckpt and checksum(ckpt) != ckpt["crc32"]:  # checkpoints of before 2026-12-07 have none
+        raise ValueError(f"{path} is damaged: its contents do not match the checksum written with them (bytes of "
+                         "the file were changed after it was saved); give another checkpoint, e.g. the run folder's "
                          "epoch-NNNN.pt or a copy")
-    bad = next((k for k, v in (ckpt.get("model") or {}).items()
-                if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()), None)
-    if bad is not None:  # training never saves such weights (it stops on a non-finite loss first)
-        raise ValueError(f"{path} holds non-finite weights ({bad} has NaN or infinite values): it is damaged; give "
-                         "another checkpoint, e.g. the run folder's epoch-NNNN.pt")
+    for part in ("model", "optimizer"):  # training never saves such values (it stops on a non-finite loss first)
+        tree = ckpt.get(part) or {}
+        bad = next((v for v in _leaves(tree)
+                    if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:
+            name = next((k for k, v in tree.items() if v is bad), None) if part == "model" else None
+            where = f"{name} has" if name else f"its {part} state has"
+            raise ValueError(f"{path} holds non-finite values ({where} NaN or infinite values): it is damaged; give "
+                             "another checkpoint, e.g. the run folder's epoch-NNNN.pt")
     return ckpt
 
 

@@ -124,21 +124,25 @@ def _held(out: Path) -> click.UsageError:
 
 
 def _check_not_behind(resume: str, out: Path) -> None:
-    """Refuse to continue an older checkpoint (epoch-NNNN.pt) in a folder whose last.pt is further on: that would
-    replace the run's last.pt and cut its metrics.csv back (found from outside)."""
+    """Refuse to continue, in a folder whose last.pt holds a run, a checkpoint file other than that last.pt which is
+    of another run (a copy brought in) or behind it (an older epoch-NNNN.pt): either would replace the run's last.pt
+    and rewrite its metrics.csv (found from outside)."""
     chosen, last = Path(resume), out / "last.pt"
     if chosen.is_dir() or not last.is_file() or chosen.resolve() == last.resolve():
         return
     from doppel_torch.train.checkpoint import load_checkpoint
 
     try:
-        ahead, mine = int(load_checkpoint(last)["step"]), int(load_checkpoint(chosen)["step"])
+        theirs, mine = load_checkpoint(last), load_checkpoint(chosen)
+        ahead, step = int(theirs["step"]), int(mine["step"])
     except (ValueError, FileNotFoundError, KeyError):
         return  # a damaged last.pt is no run to keep; a damaged --resume file is refused when it is read
-    if ahead > mine:
-        raise click.UsageError(f"--resume {resume} is at step {mine}, behind {last} (step {ahead}): continuing it in "
-                               f"{out} would overwrite that run; give --out NEW to go on from {chosen.name} in a new "
-                               f"folder, or --resume {out} to continue the run")
+    other = theirs.get("run_id") is not None and mine.get("run_id") != theirs.get("run_id")
+    if other or ahead > step:
+        why = "is of another run than" if other else f"is at step {step}, behind"
+        raise click.UsageError(f"--resume {resume} {why} {last} (step {ahead}): continuing it in {out} would "
+                               f"overwrite that run; give --out NEW to go on from {chosen.name} in a new folder, or "
+                               f"--resume {out} to continue the run")
 
 
 def claim_run_folder(config: TrainConfig, resume: str | None,

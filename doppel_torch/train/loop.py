@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -153,6 +154,9 @@ class Trainer:
         self._csv = None
         self._tb = None
         self._resumed_step = 0  # the checkpoint's own step number (before a world-size conversion)
+        # names the run in its checkpoints (a resume in the run's own folder keeps it; one elsewhere branches into a
+        # new run): a checkpoint of another run is not continued over a folder's last.pt (cli.claim_run_folder)
+        self.run_id = uuid.uuid4().hex
         if cfg.run.resume:
             self.load(cfg.run.resume)
 
@@ -369,7 +373,7 @@ class Trainer:
         if not self.env.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in ckpt_io.remove_leftover_temporaries(self.out_dir / "last.pt"):
+        for leftover in ckpt_io.remove_leftover_temporaries(self.out_dir):
             self._log(f"removed {leftover}: a checkpoint write that a killed process left unfinished")
         path = self.out_dir / "metrics.csv"
         fields = ["kind", "step", "epoch", "lr", "loss", "align", "uniform", "pairs_per_s", "elapsed_s"]
@@ -408,6 +412,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "world_size": self.env.world_size,
+            "run_id": self.run_id,
             "config": self.config.to_dict(),
             "rng": ckpt_io.rng_state(),
             "metrics": dict(self.last_val),
@@ -420,9 +425,9 @@ class Trainer:
         path = None
         if self.env.is_main:
             state = self.state_dict()
-            path = ckpt_io.save_checkpoint(self.out_dir / "last.pt", state)
-            if keep:
+            if keep:  # first: a process killed while writing it resumes from the last.pt before and writes it again
                 ckpt_io.save_checkpoint(self.out_dir / f"epoch-{self.epoch:04d}.pt", state)
+            path = ckpt_io.save_checkpoint(self.out_dir / "last.pt", state)
         return path
 
     def load(self, path: str | Path) -> None:
@@ -471,6 +476,9 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self._resumed_step = step
+        resumed = Path(path)
+        if (resumed if resumed.is_dir() else resumed.parent).resolve() == self.out_dir.resolve():
+            self.run_id = ckpt.get("run_id", self.run_id)
         self.step, self.epoch = new_step, epoch
         self.last_val = dict(ckpt.get("metrics", {}))
         ckpt_io.set_rng_state(ckpt["rng"])

@@ -188,11 +188,13 @@ def test_resume_writes_to_the_named_folder_and_removes_leftovers(tmp_path, audio
     ckpt_io.save_checkpoint(run / "last.pt", ckpt)
     leftover = run / ".last.pt.k1ll9abc.tmp"  # what kill -9 during a checkpoint write leaves
     leftover.write_bytes(b"half a checkpoint")
+    kept = run / ".epoch-0008.pt.__vq42b7.tmp"  # or during a kept epoch file's (they stayed: found from outside)
+    kept.write_bytes(b"half a checkpoint")
     result = CliRunner().invoke(train, ["--resume", str(run), "--max-steps", "2"])
     assert result.exit_code == 0, result.output
     assert not elsewhere.exists()
-    assert ckpt_io.load_checkpoint(run)["step"] == 2 and not leftover.exists()
-    assert f"removed {leftover}" in result.output
+    assert ckpt_io.load_checkpoint(run)["step"] == 2 and not leftover.exists() and not kept.exists()
+    assert f"removed {leftover}" in result.output and f"removed {kept}" in result.output
     # --out names another folder: the run continues there.
     other = tmp_path / "other"
     result = CliRunner().invoke(train, ["--resume", str(run / "last.pt"), "--out", str(other), "--max-steps", "3"])
@@ -352,9 +354,15 @@ def test_an_older_checkpoint_does_not_overwrite_its_run(tmp_path, audio_dir):
     result = CliRunner().invoke(train, ["--resume", str(run / "epoch-0001.pt"), "--max-steps", "12"])
     assert result.exit_code == 2 and "is at step 9, behind" in result.output, result.output
     assert (run / "last.pt").read_bytes() == last and _metric_rows(run) == rows
-    branch = CliRunner().invoke(train, ["--resume", str(run / "epoch-0001.pt"), "--max-steps", "12",
+    branch = CliRunner().invoke(train, ["--resume", str(run / "epoch-0001.pt"), "--epochs", "3",
                                         "--out", str(tmp_path / "branch")])
-    assert branch.exit_code == 0 and ckpt_io.load_checkpoint(tmp_path / "branch")["step"] == 12, branch.output
+    assert branch.exit_code == 0 and ckpt_io.load_checkpoint(tmp_path / "branch")["step"] == 27, branch.output
+    # the branch is a run of its own: its checkpoint copied into the first run's folder is refused there, although
+    # it is further on (it replaced that run's last.pt: found from outside)
+    (run / "from-branch.pt").write_bytes((tmp_path / "branch" / "last.pt").read_bytes())
+    result = CliRunner().invoke(train, ["--resume", str(run / "from-branch.pt"), "--epochs", "4"])
+    assert result.exit_code == 2 and "is of another run than" in result.output, result.output
+    assert (run / "last.pt").read_bytes() == last and _metric_rows(run) == rows
     idle = CliRunner().invoke(train, ["--resume", str(run), "--out", str(tmp_path / "idle")])
     assert idle.exit_code == 0 and "nothing to do" in idle.output, idle.output
     # the folder made for the run holds nothing (the command's exit removes it: options.out_folder)
@@ -370,11 +378,20 @@ def test_a_damaged_checkpoint_is_refused(tmp_path):
     at = data.index(torch.tensor([0.5]).numpy().tobytes())
     data[at : at + 4] = torch.tensor([float("nan")]).numpy().tobytes()
     path.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="is damaged: its weights do not match the checksum"):
+    with pytest.raises(ValueError, match="is damaged: its contents do not match the checksum"):
+        ckpt_io.load_checkpoint(path)
+    # a changed byte outside the tensors (the config: a resume trained on with another value, without a word)
+    path = ckpt_io.save_checkpoint(tmp_path / "cfg.pt", {"model": {}, "step": 1, "config": {"tag": "seedXYZ"}})
+    path.write_bytes(path.read_bytes().replace(b"seedXYZ", b"seedXYW"))
+    with pytest.raises(ValueError, match="is damaged"):
         ckpt_io.load_checkpoint(path)
     old = tmp_path / "old.pt"
     torch.save({"format": ckpt_io.FORMAT, "model": {"w": torch.tensor([1.0, float("nan")])}, "step": 1}, old)
-    with pytest.raises(ValueError, match=r"non-finite weights \(w has NaN"):
+    with pytest.raises(ValueError, match=r"non-finite values \(w has NaN"):
+        ckpt_io.load_checkpoint(old)
+    torch.save({"format": ckpt_io.FORMAT, "model": {}, "optimizer": {"state": {0: {"m": torch.tensor([float("inf")])}}},
+                "step": 1}, old)
+    with pytest.raises(ValueError, match=r"its optimizer state has NaN or infinite values"):
         ckpt_io.load_checkpoint(old)
 
 
