@@ -50,11 +50,12 @@ def test_sample_writes_pairs_and_picture(tmp_path):
     # again with fewer pairs into the same folder: the earlier run's extra pairs go (samples.png no longer shows
     # them), the count is of this run's files, and a file of the user's stays
     (out / "mine.wav").write_bytes(b"")
+    (out / "pair_03_my_take.wav").write_bytes(b"")  # named like ours, but no sample wrote it: it stays
     again = CliRunner().invoke(main, ["sample", "--pairs", "1", "--sweep", "0", "--duration", "0.5", "--out", str(out)])
     assert again.exit_code == 0 and "wrote 3 wav files" in again.output, again.output
     assert "removed 21 wav files of an earlier sample" in again.output
     assert sorted(w.name for w in out.glob("*.wav")) == ["mine.wav", "pair_00_a.wav", "pair_00_b.wav",
-                                                          "sweep_00_delta_0.wav"]
+                                                          "pair_03_my_take.wav", "sweep_00_delta_0.wav"]
 
 
 def test_sample_noise_modes(tmp_path):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
+import soundfile
 
 from doppel_torch.delta.spec import GROUPS, MAX_DELTA, normalize_delta, param_groups
 from doppel_torch.pairs import NOISE_MODES
@@ -49,6 +51,20 @@ def info(synth_name: str | None, patch_spec: str | None, groups: bool) -> None:
         r = spec.range
         mapping = ("symmetric" if r.symmetric else "power") if spec.curve_applied else "linear"
         click.echo(f"{i:>4}  {spec.name:<24}{r.minimum:>9.4g}{r.maximum:>9.4g}{r.curve:>8.3g}  {mapping}")
+
+
+MANIFEST = ".doppel-samples.json"  # the wav files `sample` wrote into a folder, for the next one's clean-up
+
+
+def _manifest(folder: Path) -> list[str]:
+    """The wav names an earlier `sample` listed in `folder` (plain names only: nothing outside the folder)."""
+    try:
+        names = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(names, list):
+        return []
+    return [n for n in names if isinstance(n, str) and n.endswith(".wav") and Path(n).name == n]
 
 
 def _delta_spec(ctx, param, value: str) -> float | str:
@@ -140,6 +156,7 @@ def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, 
     from doppel_torch.options import out_folder
 
     out_folder(out_dir)
+    earlier = _manifest(out_dir)
     try:
         written = write_samples(
             synth, out_dir, n_pairs=n_pairs, start=start, seed=seed, delta=delta, sweep_deltas=sweep, augment=chain,
@@ -147,11 +164,15 @@ def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, 
         )
     except ValueError as err:  # a spec naming a group this synth lacks, or no delta profile for equal-effect
         raise click.UsageError(str(err)) from None
-    # an earlier `sample` into this folder (more pairs, other deltas) left files that samples.png no longer shows
-    ours = set(written["wavs"])
-    stale = [p for pattern in ("pair_[0-9][0-9]_*.wav", "sweep_[0-9][0-9]_delta_*.wav")
-             for p in Path(written["dir"]).glob(pattern) if p not in ours]
+    except (OSError, soundfile.SoundFileError) as err:  # a full disk: libsndfile's "System error." was a traceback
+        raise click.ClickException(f"cannot write the samples in {out_dir}: {getattr(err, 'strerror', None) or err} "
+                                   "(free some space, or choose another --out)") from None
+    # an earlier `sample` into this folder (more pairs, other deltas) left files that samples.png no longer shows:
+    # those its manifest lists go, and nothing else (a user's pair_03_my_take.wav went too: found from outside)
+    ours = {p.name for p in written["wavs"]}
+    stale = [out_dir / name for name in earlier if name not in ours and (out_dir / name).is_file()]
     for path in stale:
         path.unlink(missing_ok=True)
+    (out_dir / MANIFEST).write_text(json.dumps(sorted(ours), indent=0) + "\n")
     click.echo(f"wrote {len(ours)} wav files and {written['png']}"
                + (f" (removed {len(stale)} wav files of an earlier sample into {out_dir})" if stale else ""))
