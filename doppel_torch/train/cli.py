@@ -16,6 +16,7 @@ import gc
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,18 @@ def _held(out: Path) -> click.UsageError:
                             "end, or choose another --out")
 
 
+def _one_line_write_errors(args) -> None:
+    """A background writer's OSError (TensorBoard's event thread on a full disk printed ~17 lines before the run's
+    own one-line error) as one line; any other thread exception as Python prints it."""
+    if issubclass(args.exc_type, OSError):
+        error = args.exc_value
+        name = args.thread.name if args.thread is not None else "a background thread"
+        click.echo(f"warning: a background writer ({name}, e.g. TensorBoard's) could not write: "
+                   f"{getattr(error, 'strerror', None) or error}", err=True)
+        return
+    threading.__excepthook__(args)
+
+
 def _check_not_behind(resume: str, out: Path) -> None:
     """Refuse to continue, in a folder whose last.pt holds a run, a checkpoint file other than that last.pt which is
     of another run (a copy brought in) or behind it (an older epoch-NNNN.pt): either would replace the run's last.pt
@@ -167,6 +180,8 @@ def claim_run_folder(config: TrainConfig, resume: str | None,
         return config, lock
     if _holds_run(out):
         if explicit or resume is not None:
+            if writer and runlock.is_locked(out):
+                raise _held(out)
             if not (out / "last.pt").exists():
                 raise click.UsageError(f"--out {out} holds a run that stopped before its first checkpoint (metrics.csv, "
                                        "no last.pt): there is nothing in it to continue; delete that folder to start "
@@ -196,8 +211,13 @@ def claim_run_folder(config: TrainConfig, resume: str | None,
                 break
         k += 1
     if writer:
-        busy = "holds a run (--resume {0} continues it)" if _holds_run(out) else "is being written by another run"
-        click.echo(f"note: {out} {busy.format(out)}: this one writes {fresh}")
+        if runlock.is_locked(out):
+            busy = "is being written by another run"
+        elif (out / "last.pt").exists():
+            busy = f"holds a run (--resume {out} continues it)"
+        else:
+            busy = "holds a run that stopped before its first checkpoint"
+        click.echo(f"note: {out} {busy}: this one writes {fresh}")
     return config.with_overrides({"run.out_dir": str(fresh)}), lock
 
 
@@ -344,6 +364,7 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
                                     explicit=options.get("out") is not None or "run.out_dir" in parsed)
     out_folder(config.run.out_dir)  # before the model is built: a run folder that cannot take files costs nothing
     trainer = None
+    threading.excepthook = _one_line_write_errors
     try:
         try:
             trainer = Trainer(config, log=click.echo)
@@ -373,5 +394,6 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
         cleanup()
         if lock is not None:
             lock.release()
+        threading.excepthook = threading.__excepthook__
     if summary["status"] == "interrupted":
         sys.exit(128 + int(summary["signal"]))

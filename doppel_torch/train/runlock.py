@@ -65,6 +65,23 @@ def try_lock(folder: str | os.PathLike, option: str = "--out") -> RunLock | None
     return RunLock(folder, fd)
 
 
+def is_locked(folder: str | os.PathLike) -> bool:
+    """Whether another process holds `folder`'s lock now (creates nothing)."""
+    try:
+        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops a lock taken here
+    return False
+
+
 def holder(folder: str | os.PathLike) -> str:
     """Who holds `folder`'s lock, as its file says ("pid 123 on host since ..."), or "another process"."""
     try:

@@ -325,6 +325,9 @@ def test_one_run_writes_a_folder_at_a_time(tmp_path, monkeypatch):
         result = CliRunner().invoke(train, [*TINY_ARGS, "--max-steps", "1", "--out", str(busy)])
         assert result.exit_code == 2 and f"--out {busy} is being written by another run (pid {os.getpid()} on" \
             in result.output, result.output
+        (busy / "metrics.csv").write_text("kind,step\n")  # a run under way: not "--resume continues it"
+        result = CliRunner().invoke(train, [*TINY_ARGS, "--max-steps", "1", "--out", str(busy)])
+        assert result.exit_code == 2 and "is being written by another run" in result.output, result.output
         monkeypatch.chdir(tmp_path)
         other = runlock.try_lock("runs/doppel")
         config, mine = claim_run_folder(make_config("cpu-smoke", {}), None, explicit=False)
