@@ -299,7 +299,7 @@ def fit_columns(synth, patterns: Sequence[str]) -> list[int]:
         found = hits(pattern)
         if not found:
             hint = f"; did you mean {pattern + '*'!r}?" if hits(pattern + "*") else ""
-            shipped = synth.patch.name in SYNTHS
+            shipped = type(synth) is SYNTHS.get(synth.patch.name)  # not a user's patch that took a shipped name
             lister = f"--synth {synth.patch.name}" if shipped else "--patch FILE.py (your patch's file)"
             raise ValueError(f"fit: {pattern!r} names no parameter of {synth.patch.name}{hint} (its modules: "
                              f"{', '.join(dict.fromkeys(modules))}; `doppel-torch info {lister}` lists every "
@@ -799,7 +799,10 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         try:
             columns = fit_columns(synth, fit) if fit else None
         except ValueError as err:
-            raise click.BadParameter(str(err).removeprefix("fit: "), param_hint="--fit") from None
+            message = str(err).removeprefix("fit: ")
+            if patch_spec is not None:
+                message = message.replace("--patch FILE.py (your patch's file)", f"--patch {shlex.quote(patch_spec)}")
+            raise click.BadParameter(message, param_hint="--fit") from None
         if columns is None:
             init = starts_around(theta, restarts, seed).to(device)
         else:
@@ -854,9 +857,12 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
                    f"points of median loss {float(result.initial_losses.median()):.4f}; {found} of {restarts} "
                    f"restarts ended below a tenth of that; {result.seconds:.1f} s")
         click.echo(f"wrote {paths['json']}, {paths['wav']}, {paths['target']} and {paths['png']}")
-        if result.interrupted:
+        if result.interrupted:  # the whole command that goes on from here
+            which = f"--patch {shlex.quote(patch_spec)}" if patch_spec else f"--synth {synth.patch.name}"
             again = "".join(f" --fit {shlex.quote(f)}" for f in fit)
-            click.echo(f"--init {shlex.quote(str(paths['json']))}{again} continues it")
+            click.echo(f"continue with: doppel-torch match {shlex.quote(str(target))} {which} --duration "
+                       f"{synth.duration:g} --init "
+                       f"{shlex.quote(str(paths['json']))}{again} --out {shlex.quote(str(out_dir))}")
     if signals.received:  # stopped by a signal: say so in the exit status too (128 + its number, as train)
         sys.exit(128 + signals.received[0])
 

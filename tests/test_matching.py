@@ -504,7 +504,8 @@ def test_match_command_writes_the_best_so_far_when_terminated(tmp_path, synth):
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, output
     assert "interrupted after" in output and "Traceback" not in output, output
-    assert f"--init {out / 'theta.json'} continues it" in output  # how to go on
+    assert (f"continue with: doppel-torch match {path} --synth voice --duration {DURATION:g} --init "
+            f"{out / 'theta.json'} --out {out}") in output
     doc = json.loads((out / "theta.json").read_text())
     assert doc["interrupted"] and "partial" not in doc and doc["loss"] <= snapshot["loss"]
     assert (out / "match.wav").exists() and (out / "match.png").exists()
