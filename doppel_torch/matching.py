@@ -654,7 +654,8 @@ def _read_target(path: Path) -> tuple[torch.Tensor, int, int]:
     except AudioReadError as err:
         raise click.ClickException(f"cannot read the target: {err} (give a wav, flac or ogg file)") from None
     if not torch.isfinite(channels).all():
-        raise click.ClickException(f"{path}: the audio contains NaN or infinite samples")
+        raise click.ClickException(f"{path}: the audio contains NaN or infinite samples (fix or re-export the file: "
+                                   "there is no sound to match there)")
     return channels.mean(dim=0), rate, channels.shape[0]
 
 

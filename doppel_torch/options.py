@@ -27,6 +27,9 @@ def _remove_if_left_empty() -> None:
 def out_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     """Create `path` (and its parents) and check that a file can be written there (root ignores modes, so try)."""
     folder = Path(path)
+    if folder.is_symlink() and not folder.exists():
+        raise click.ClickException(f"cannot use {option} {folder}: it is a link to {os.readlink(folder)}, which does "
+                                   "not exist (create that folder, or choose another)")
     missing = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)

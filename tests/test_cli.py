@@ -126,6 +126,17 @@ def test_sample_renders_a_user_patch(tmp_path):
                          (str(needs_args), "patch() failed: TypeError")):
         result = CliRunner().invoke(main, ["sample", "--patch", bad, "--out", str(out)])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    exits = tmp_path / "exits.py"
+    exits.write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "folder.py").mkdir()
+    for bad, message in (("", "give a patch: a .py file or an importable module"),
+                         (str(tmp_path / "folder.py"), "is a folder"), (str(exits), "failed to run: SystemExit: 3")):
+        result = CliRunner().invoke(main, ["info", "--patch", bad])
+        assert result.exit_code == 2 and message in result.output, result.output
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    result = CliRunner().invoke(main, ["sample", "--pairs", "1", "--out", str(dangling)])
+    assert result.exit_code == 1 and "is a link to" in result.output and "which does not exist" in result.output
 
 
 def test_sample_png_has_a_colour_bar_and_says_view_a_is_the_sweep_column(tmp_path, monkeypatch):

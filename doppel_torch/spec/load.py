@@ -20,8 +20,13 @@ def load_patch(spec: str) -> Patch:
     Patch; the patch's own wiring is validated when a Synth is built from it."""
     source, _, name = spec.partition(":")
     name = name or "patch"
+    if not source.strip():
+        raise ValueError("give a patch: a .py file or an importable module, e.g. examples/subtractive.py or "
+                         "my_package.patches:pad")
     if source.endswith(".py") or Path(source).is_file():
         path = Path(source)
+        if path.is_dir():
+            raise ValueError(f"patch file {source!r} is a folder: give the Python file that defines the patch")
         if not path.is_file():
             raise ValueError(f"patch file {source!r} does not exist")
         if path.suffix != ".py":  # importlib has no loader for another suffix
@@ -30,7 +35,7 @@ def load_patch(spec: str) -> Patch:
         module = importlib.util.module_from_spec(loader)
         try:
             loader.loader.exec_module(module)
-        except Exception as err:  # the user's code: report it in one line
+        except (Exception, SystemExit) as err:  # the user's code (a sys.exit too): report it in one line
             raise ValueError(f"patch file {source!r} failed to run: {type(err).__name__}: {err}") from err
     else:
         try:
@@ -45,7 +50,7 @@ def load_patch(spec: str) -> Patch:
     if callable(found) and not isinstance(found, Patch):
         try:
             found = found()
-        except Exception as err:  # the user's code: report it in one line
+        except (Exception, SystemExit) as err:  # the user's code: report it in one line
             raise ValueError(f"{source}:{name}() failed: {type(err).__name__}: {err} (it is called without "
                              "arguments and must return a Patch)") from err
     if not isinstance(found, Patch):
