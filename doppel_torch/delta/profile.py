@@ -205,6 +205,18 @@ def save_profile(profile: Profile, path: str | Path, synth, *, delta: float = 0.
 def load_profile(path: str | Path, synth=None) -> Profile:
     """Read a CSV of `save_profile`; with `synth`, check that it lists exactly that synth's parameters."""
     path = Path(path)
+    try:
+        return _read_profile(path, synth)
+    except (KeyError, IndexError, UnicodeDecodeError, csv.Error) as err:  # not a profile: one line, not a traceback
+        what = f"no column {err}" if isinstance(err, KeyError) else type(err).__name__
+        raise ValueError(f"{path} is not a delta profile ({what}); make one with `doppel-torch delta-profile`") from None
+    except ValueError as err:
+        if "delta profile" in str(err):
+            raise
+        raise ValueError(f"{path} is not a delta profile ({err}); make one with `doppel-torch delta-profile`") from None
+
+
+def _read_profile(path: Path, synth) -> Profile:
     meta: dict[str, str] = {}
     with open(path, newline="") as fh:
         lines = [line for line in fh]

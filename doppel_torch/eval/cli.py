@@ -36,6 +36,8 @@ def _parse_seeds(text: str) -> list[int]:
         raise click.BadParameter(f"seeds must be comma-separated integers, got {text!r}", param_hint="--seeds") from e
     if not seeds:
         raise click.BadParameter("give at least one seed", param_hint="--seeds")
+    if len(set(seeds)) < len(seeds):  # a repeated seed repeats its runs and narrows the std without information
+        raise click.BadParameter(f"seeds must differ, got {text!r}", param_hint="--seeds")
     return seeds
 
 
@@ -167,7 +169,10 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
                        f"{json_path} and {md_path}" + ("" if no_cache else " (their embeddings are cached: a rerun "
                                                        "embeds only what was not)"), err=True)
         else:
-            click.echo(f"\ninterrupted during task {cut}, the first: no task finished, nothing written", err=True)
+            earlier = (" (the eval.json there is an earlier run's)" if (Path(out_dir) / "eval.json").exists()
+                       else "")
+            click.echo(f"\ninterrupted during task {cut}, the first: no task finished, nothing written to "
+                       f"{out_dir}{earlier}", err=True)
         raise KeyboardInterrupt from None
     report["checkpoints"] = checkpoint_paths
     for name, entry in report["tasks"].items():

@@ -261,6 +261,11 @@ def _evaluate_task(task, embedders, config, seeds, cache, memo, progress) -> dic
         raise ValueError(f"task {task.name!r}: none of its {len(task)} files could be read; first error: "
                          f"{unreadable[0][0]}: {unreadable[0][1]}")
     used = task.subset(kept) if len(kept) < len(task) else task
+    if not used.multilabel and len(used.classes) < 2:  # every probe, chance too, would score 100 % (found from outside)
+        left = "is left with" if len(used) < len(task) else "has"
+        raise ValueError(f"task {task.name!r} {left} {len(used.classes)} class ({', '.join(map(str, used.classes))}) "
+                         f"among its {len(used)} readable files: a probe needs 2 or more classes (check the folder: "
+                         "one subfolder per class)")
     entry = dict(
         metric=task.metric, n_files=len(task), n_used=len(used), classes=used.classes,
         **({"drawn_from": task.drawn_from} if task.drawn_from else {}),

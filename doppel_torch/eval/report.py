@@ -36,9 +36,13 @@ def markdown_table(report: dict) -> str:
 def markdown_report(report: dict) -> str:
     """The table plus the protocol and per-task details (files used, splits, unreadable files)."""
     p = report["probe"]
+    cut = report.get("interrupted")
+    partial = ([f"**Partial report**: interrupted during task {cut['task']}; the tasks below finished, that one and "
+                "any after it did not.", ""] if cut else [])
     out = [
         "# doppel-torch eval",
         "",
+        *partial,
         f"Created {report['created']}. Probe: {p.get('description', p['kind'])}; "
         f"seeds {report['seeds']}. Cells: mean ± std (%) over splits x seeds.",
         "",
@@ -68,11 +72,22 @@ def markdown_report(report: dict) -> str:
     return "\n".join(out)
 
 
+def _nan_to_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
 def write_report(report: dict, out_dir: str | Path, stem: str = "eval") -> tuple[Path, Path]:
     """Write ``<stem>.json`` and ``<stem>.md`` into `out_dir`; returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+    # NaN (the chance level of an mAP task, ...) as null: strict JSON readers refuse NaN
+    json_path.write_text(json.dumps(_nan_to_none(report), indent=2, allow_nan=False) + "\n")
     md_path.write_text(markdown_report(report) + "\n")
     return json_path, md_path

@@ -295,7 +295,8 @@ def fsdd(root: Path | str | None = None, target: str = "digit") -> Task:
         )
     root = _require_dir(Path(root) if root is not None else default_fsdd_root(), "FSDD")
     rec = root / "recordings" if (root / "recordings").is_dir() else root
-    files = sorted((p for p in rec.iterdir() if p.suffix.lower() == ".wav"), key=lambda p: _natural_key(p.name))
+    files = sorted((p for p in rec.iterdir() if p.suffix.lower() == ".wav" and not _hidden(p)),
+                   key=lambda p: _natural_key(p.name))
     if not files:
         raise FileNotFoundError(f"no .wav files in {rec}; expected FSDD's recordings/ folder")
     labels, folds, groups = [], [], []
@@ -399,8 +400,15 @@ def _hear_subsample(stems: list[str], split: str, max_files: int) -> set[str]:
     return {ordered[i] for i in order[:max_files]}
 
 
+def _hidden(path: Path) -> bool:
+    """A hidden file, as macOS's AppleDouble "._name.wav" beside each file copied from a Mac: not a recording (one
+    stopped FSDD with "has no label"; found from outside)."""
+    return path.name.startswith(".")
+
+
 def _audio_files(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS),
+    return sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                   and not _hidden(p)),
                   key=lambda p: _natural_key(p.name))
 
 
@@ -646,7 +654,8 @@ def label_folder(root: Path | str, n_folds: int = 5, seed: int = 0) -> Task:
         raise ValueError(f"{root}: no class subfolders; expected root/<label>/<audio file>")
     files, labels = [], []
     for c in classes:
-        found = sorted(p for p in (root / c).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        found = sorted(p for p in (root / c).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                       and not _hidden(p))
         if not found:
             raise ValueError(f"{root}: class {c!r} has no examples (no audio file in {root / c})")
         files += found

@@ -99,6 +99,14 @@ def test_profile_is_deterministic_from_its_seed(voice_cpu, tmp_path):
     assert back.grid == a.grid and torch.allclose(back.means, a.means, rtol=1e-5)
     with pytest.raises(ValueError, match="is for other parameters"):
         load_profile(path, get_synth("voicefm"))
+    # a CSV of something else (a run's metrics.csv), or a binary file: one line each, not a KeyError traceback
+    other = tmp_path / "metrics.csv"
+    other.write_text("kind,step,loss\ntrain,1,0.5\n")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(bytes(range(128, 256)))
+    for bad, reason in ((other, "no column 'name'"), (binary, "UnicodeDecodeError")):
+        with pytest.raises(ValueError, match=f"is not a delta profile \\({reason}\\); make one with"):
+            load_profile(bad, voice_cpu)
 
 
 def test_equal_effect_inversion_on_a_known_profile():

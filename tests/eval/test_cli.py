@@ -52,6 +52,7 @@ def test_unreadable_file_is_reported_not_fatal(tiny_checkpoint, fsdd_root, tmp_p
         for s in ("george", "jackson", "lucas", "theo"):
             shutil.copy(fsdd_root / "recordings" / f"{d}_{s}_0.wav", root / f"d{d}")
     (root / "d1" / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    (root / "d0" / "._0_george_0.wav").write_bytes(b"\x00\x05\x16\x07")  # macOS's AppleDouble: not a recording
     args = [str(tiny_checkpoint), "--task", f"folder:{root}", "--out", str(tmp_path / "out"), "--no-cache",
             "--no-baselines", *QUICK]
     result = CliRunner().invoke(eval_command, args)  # output holds stderr too (click 8.1 and 8.2+)
@@ -154,3 +155,35 @@ def test_max_files_too_small_for_two_classes_is_refused(tiny_checkpoint, fsdd_ro
     assert report["n_files"] == 30 and report["drawn_from"] == 3000
     md = (tmp_path / "o" / "eval.md").read_text()
     assert "30 of 30 files (drawn by --max-files from the task's 3000), 5 classes" in md
+
+
+def test_a_task_of_one_class_and_repeated_seeds_are_refused(tiny_checkpoint, fsdd_root, tmp_path):
+    """One class (a folder with one class subfolder, or one whose other classes are all unreadable) scored 100 %,
+    chance too; --seeds 0,0 doubled n and narrowed the std (found from outside)."""
+    root = tmp_path / "half"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    for i, s in enumerate(("george", "jackson", "lucas", "theo", "nicolas", "yweweler")):
+        shutil.copy(fsdd_root / "recordings" / f"0_{s}_0.wav", root / "a")
+        (root / "b" / f"bad{i}.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    args = [str(tiny_checkpoint), "--task", f"folder:{root}", "--out", str(tmp_path / "out"), "--no-cache",
+            "--no-baselines", *QUICK]
+    result = CliRunner().invoke(eval_command, args)
+    assert result.exit_code == 1 and "task 'half' is left with 1 class (a)" in result.output, result.output
+    result = CliRunner().invoke(eval_command, [*args, "--seeds", "0,0"])
+    assert result.exit_code == 2 and "seeds must differ" in result.output, result.output
+
+
+def test_the_json_report_is_strict_json(tmp_path):
+    """An mAP task's chance level is NaN: written as null (JSON has no NaN; strict readers refused the file)."""
+    from doppel_torch.eval.report import write_report
+
+    report = {"created": "now", "probe": {"kind": "paper"}, "seeds": [0], "extractors": {},
+              "tasks": {"tags": {"metric": "mAP", "chance": float("nan"), "results": {}, "n_used": 1, "n_files": 1,
+                                 "classes": ["x"], "splits": ["fold1"], "dropped_classes": [], "unreadable": []}}}
+    json_path, _ = write_report(report, tmp_path)
+
+    def refuse(name):
+        raise ValueError(name)
+
+    assert json.loads(json_path.read_text(), parse_constant=refuse)["tasks"]["tags"]["chance"] is None
