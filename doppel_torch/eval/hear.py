@@ -32,11 +32,17 @@ class HearModel(nn.Module):
         self.timestamp_embedding_size = embedder.embedding_size
 
 
+WINDOW_CHUNK = 256  # timestamp windows embedded per call (~16 MB of audio)
+
+
 def load_model(model_file_path: str = "", device: str | torch.device | None = None) -> HearModel:
     """A checkpoint path (or ``"random"``) -> HearModel in eval mode, on CUDA when available."""
     if not model_file_path:
         raise ValueError('load_model needs a doppel-torch checkpoint path (or "random" for the random-init baseline)')
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r}, but this torch sees no CUDA device: pass device='cpu' (or leave "
+                         "device out)")
     if model_file_path == "random":
         embedder = Embedder.random_init(0, device=device)
     else:
@@ -47,6 +53,9 @@ def load_model(model_file_path: str = "", device: str | torch.device | None = No
 def _check(audio: torch.Tensor, model: HearModel) -> None:
     if not isinstance(model, HearModel):
         raise TypeError(f"model must come from doppel_torch.eval.hear.load_model, got {type(model).__name__}")
+    if not isinstance(audio, torch.Tensor):
+        raise TypeError(f"audio must be a torch.Tensor (n_sounds, n_samples) at {model.sample_rate} Hz, got "
+                        f"{type(audio).__name__} (torch.as_tensor(audio) makes one)")
     if audio.ndim != 2:
         raise ValueError(f"audio must be (n_sounds, n_samples) at {model.sample_rate} Hz, got {tuple(audio.shape)}")
 
@@ -76,7 +85,9 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
     half = emb.window // 2
     need = (n_ts - 1) * hop + emb.window
     padded = torch.nn.functional.pad(audio.float(), (half, max(0, need - half - n)))
-    windows = padded.unfold(-1, emb.window, hop)[:, :n_ts]  # (n_sounds, n_ts, window)
-    out = emb.embed_windows(windows.reshape(-1, emb.window)).reshape(n_sounds, n_ts, -1)
+    windows = padded.unfold(-1, emb.window, hop)[:, :n_ts]  # (n_sounds, n_ts, window): a view, no copy
+    # embedded WINDOW_CHUNK windows at a time: the windows of 4 sounds of 60 s copied whole took ~350 MB
+    out = torch.cat([emb.embed_windows(windows[i, a : a + WINDOW_CHUNK].reshape(-1, emb.window))
+                     for i in range(n_sounds) for a in range(0, n_ts, WINDOW_CHUNK)]).reshape(n_sounds, n_ts, -1)
     ts = torch.arange(n_ts, dtype=torch.float32) * TIMESTAMP_HOP_MS
     return out.to(audio.device), ts.expand(n_sounds, n_ts).to(audio.device)

@@ -91,6 +91,19 @@ def test_hear_api(tiny_checkpoint, clip):
     assert hear.get_scene_embeddings(batch[:0], model).shape == (0, 64)
     with pytest.raises(ValueError, match="checkpoint path"):
         hear.load_model("")
+    # windows embedded in chunks (bounded memory on long audio): the same embeddings as all at once
+    import doppel_torch.eval.hear as hear_module
+
+    chunk, hear_module.WINDOW_CHUNK = hear_module.WINDOW_CHUNK, 3
+    try:
+        torch.testing.assert_close(hear.get_timestamp_embeddings(batch, model)[0], emb)
+    finally:
+        hear_module.WINDOW_CHUNK = chunk
+    with pytest.raises(TypeError, match="audio must be a torch.Tensor"):
+        hear.get_scene_embeddings(batch.tolist(), model)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA device: pass device='cpu'"):
+            hear.load_model(str(tiny_checkpoint), device="cuda")
 
 
 def test_cache_and_unreadable_files(fsdd_root, tmp_path, small_embedder):
