@@ -222,7 +222,10 @@ def evaluate(
         raise ValueError("no feature extractor to evaluate")
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
-        raise ValueError(f"task names must be unique, got {names}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"task names must be unique, got {names}: a folder task is named after its folder, so give "
+                         f"the folders named {', '.join(twice)} different names (a symbolic link under another name "
+                         "will do)")
     report = dict(
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         probe={k: v for k, v in asdict(config).items() if k != "grid"}

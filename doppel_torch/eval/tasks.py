@@ -237,7 +237,8 @@ def grouped_folds(groups: list[str], n_folds: int = 5, seed: int = 0) -> list[st
     unique = sorted(set(groups))
     if len(unique) < n_folds:
         raise ValueError(
-            f"{len(unique)} groups cannot fill {n_folds} folds; use fewer folds or give finer groups"
+            f"{len(unique)} groups (files, or speakers where the task groups by speaker) cannot fill {n_folds} folds: "
+            f"give a task with at least {n_folds} (in Python, the task functions take n_folds=)"
         )
     sizes: dict[str, int] = {}
     for g in groups:

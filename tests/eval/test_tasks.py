@@ -59,7 +59,7 @@ def test_grouped_folds_keep_groups_together():
         assert fold_of.setdefault(g, f) == f
     sizes = np.unique(folds, return_counts=True)[1]
     assert len(sizes) == 5 and sizes.max() - sizes.min() <= 12  # balanced to within one group
-    with pytest.raises(ValueError, match="groups cannot fill"):
+    with pytest.raises(ValueError, match=r"groups \(files, or speakers where the task groups by speaker\) cannot fill"):
         grouped_folds(["a", "b"], n_folds=3)
 
 
