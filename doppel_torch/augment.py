@@ -177,7 +177,10 @@ class AugmentChain(nn.Module):
             highpass_hz = (DEFAULT_HIGHPASS_HZ[0], min(DEFAULT_HIGHPASS_HZ[1], nyquist))
         if lowpass_hz is None:
             lowpass_hz = (DEFAULT_LOWPASS_HZ[0], min(DEFAULT_LOWPASS_HZ[1], nyquist))
-        for name, (lo, hi) in (("highpass_hz", highpass_hz), ("lowpass_hz", lowpass_hz)):
+        for name, pair in (("highpass_hz", highpass_hz), ("lowpass_hz", lowpass_hz)):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ValueError(f"{name} must be a (low, high) pair in Hz, got {pair!r}")
+            lo, hi = pair
             if not 0 < lo <= hi <= nyquist:
                 raise ValueError(f"{name} must satisfy 0 < low <= high <= sample_rate / 2 = {nyquist:g}, got "
                                  f"{(lo, hi)}: pass {name}=(low, high) for {sample_rate} Hz audio")

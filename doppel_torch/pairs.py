@@ -26,6 +26,7 @@ Noise (`noise=`): the synths' white-noise source must not tell the pairs apart.
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -144,6 +145,10 @@ class DoppelgangerPairs(nn.Module):
         if indices is None:
             if start is None or count is None:
                 raise ValueError("give indices, or start and count")
+            try:  # 0.5 would read as 0 (found from outside)
+                start, count = operator.index(start), operator.index(count)
+            except TypeError:
+                raise ValueError(f"start and count must be integers, got {start!r}, {count!r}") from None
             if start < 0 or count < 0:
                 raise ValueError(f"start and count must be >= 0, got {start}, {count}")
             return torch.arange(start, start + count, dtype=torch.int64, device=self.delta.device)

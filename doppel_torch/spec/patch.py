@@ -22,6 +22,7 @@ A user patch (see the README): build the tuple of modules, then `Synth(patch)` r
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from doppel_torch.spec.params import KIND_PARAMS, LEVEL_RANGE, MOD_RANGE, ParamRange, ParamSpec
@@ -86,6 +87,13 @@ class Patch:
                                  f"(write ({value!r},))")
             if isinstance(value, list):
                 object.__setattr__(self, group, tuple(value))
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"a patch needs a name (a non-empty string), got {self.name!r}")
+        curves = self.mixer_curves
+        if curves is not None and (not isinstance(curves, tuple) or not all(
+                isinstance(c, (int, float)) and not isinstance(c, bool) for c in curves)):
+            raise ValueError(f"patch {self.name!r}: mixer_curves must be None or a tuple of numbers (one per mixer "
+                             f"input), got {curves!r}")
         kinds = {"keyboards": str, "envelopes": Envelope, "lfos": Lfo, "mod_inputs": str, "mod_outputs": str,
                  "oscillators": Oscillator, "mixer_inputs": str, "filters": Filter}
         for group, kind in kinds.items():  # a module, a dict or None where a tuple of them belongs: one line, not
@@ -99,6 +107,12 @@ class Patch:
             if wrong is not None or (kind is str and any(v is None for v in value)):
                 raise ValueError(f"patch {self.name!r}: {group} must be a tuple of {what}, got an element "
                                  f"{wrong!r} of type {type(wrong).__name__}")
+            for module in value if kind is not str else ():  # a module's wiring: names (or None), not lists
+                for f in dataclasses.fields(module):
+                    v = getattr(module, f.name)
+                    if not (v is None or isinstance(v, (str, int, float))):
+                        raise ValueError(f"patch {self.name!r}: {kind.__name__} {module.name!r}: {f.name} must be a "
+                                         f"name, got {v!r} ({type(v).__name__})")
 
     def validate(self) -> "Patch":
         """Raise ValueError naming the module whose wiring is invalid; return the patch when it is sound."""

@@ -156,6 +156,8 @@ def test_bad_indices_are_rejected(voice):
         pairs(torch.tensor([3, -1]))
     with pytest.raises(ValueError, match="integer global sound indices, got torch.float32"):
         pairs(torch.arange(4.0))
+    with pytest.raises(ValueError, match="start and count must be integers, got 0.5, 2"):
+        pairs(start=0.5, count=2)
     with pytest.raises(ValueError, match=r"to_human takes \(\.\.\., 78\)"):
         voice.to_human(torch.rand(2, 70))
     with pytest.raises(ValueError, match="to_human takes a floating-point tensor"):

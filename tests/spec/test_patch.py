@@ -97,7 +97,12 @@ def test_lists_are_taken_as_tuples_and_a_string_is_refused():
     with pytest.raises(ValueError, match=r"mixer_inputs must be a tuple of names, got the string 'vco'"):
         _with(patch, mixer_inputs="vco")
     # a module, a dict or None where a tuple belongs: one line each (they were raw TypeErrors)
+    wired_by_list = Oscillator("vco", "sine", "keyboard", pitch=["vco_pitch"], amp="vco_amp")
     for changes, message in ((dict(oscillators=patch.oscillators[0]), r"got Oscillator \(write \(Oscillator"),
+                             (dict(oscillators=_oscillators(patch, vco=wired_by_list)),
+                              r"Oscillator 'vco': pitch must be a name, got \['vco_pitch'\]"),
+                             (dict(mixer_curves=0.5), "mixer_curves must be None or a tuple of numbers"),
+                             (dict(name=None), "a patch needs a name"),
                              (dict(oscillators=({"name": "vco"},)), "got an element {'name': 'vco'} of type dict"),
                              (dict(keyboards=None), "keyboards must be a tuple of names, got NoneType")):
         with pytest.raises(ValueError, match=message):
