@@ -246,8 +246,10 @@ def test_errors_say_what_to_do(tmp_path):
     narrow = AugmentChain(8000)
     assert narrow.lowpass_hz == (1200.0, 4000.0) and narrow.highpass_hz == (20.0, 800.0)
     assert narrow(torch.randn(2, 4000), torch.arange(2)).shape == (2, 4000)
-    with pytest.raises(ValueError, match="pass lowpass_hz=\(low, high\) for 2000 Hz audio"):
+    with pytest.raises(ValueError, match=r"pass lowpass_hz=\(low, high\) for 2000 Hz audio"):
         AugmentChain(2000)
+    with pytest.raises(ValueError, match=r"highpass_hz must be a \(low, high\) pair in Hz, got \(20,\)"):
+        AugmentChain(8000, highpass_hz=(20,))
     with pytest.raises(ValueError, match="no audio files"):
         AugmentChain(ir_paths=tmp_path)
     with pytest.raises(ValueError, match=r"\(batch, samples\)"):
