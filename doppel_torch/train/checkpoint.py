@@ -139,6 +139,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if path.is_dir():
         path = path / "last.pt"
     if not path.is_file():
+        if path.name == "last.pt" and (path.parent / "metrics.csv").is_file():  # a run killed before its first one
+            raise FileNotFoundError(f"no checkpoint at {path}: {path.parent} holds a run that stopped before its first "
+                                    "checkpoint, so there is nothing to resume; delete that folder and train anew")
         raise FileNotFoundError(
             f"no checkpoint at {path}: pass a .pt file written by `doppel-torch train` or its run folder"
         )

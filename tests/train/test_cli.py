@@ -288,6 +288,8 @@ def test_a_new_run_never_overwrites_another(tmp_path, monkeypatch):
     # metrics.csv and no last.pt: a run stopped before its first checkpoint, so --resume is no way on
     assert result.exit_code == 2 and "stopped before its first checkpoint" in result.output, result.output
     assert "--resume" not in result.output and (held / "metrics.csv").read_text() == before
+    result = CliRunner().invoke(train, ["--resume", str(held)])  # and --resume says the same, not "pass a .pt file"
+    assert result.exit_code == 2 and "holds a run that stopped before its first checkpoint" in result.output
     (held / "last.pt").write_bytes(b"")
     result = CliRunner().invoke(train, [*TINY_ARGS, "--max-steps", "1", "--out", str(held)])
     assert result.exit_code == 2 and f"--out {held} holds another run" in result.output, result.output
