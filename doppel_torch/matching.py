@@ -46,26 +46,12 @@ AROUND_SPREAD = 0.01  # starts_around: the restarts' spread around a given theta
 SNAPSHOT_SECONDS = 10.0  # `doppel-torch match` rewrites theta.json with the best so far at most this often
 INIT_MARGIN = 1e-6  # given starts are kept this far inside the cube (finite logits; float32 holds 1 - 1e-6)
 LOG_EPS = 1e-5  # magnitude floor of the log term: -100 dB re a full-scale bin, below 16-bit quantisation
-# The backends in order of speed, per device type (README "Numbers": the fused kernels render 15-30x faster than
-# the eager reference); `default_backend` takes the first one that says it is differentiable.
-FASTEST_FIRST = {"cpu": ("cpu", "torch"), "cuda": ("triton", "torch")}
 
 
 def default_backend(device: torch.device | str = "cpu") -> str:
-    """The fastest backend that is differentiable on `device`: asks each backend (`Backend.differentiable`) in the
-    order of `FASTEST_FIRST`: "cpu" (the fused native backward) on the CPU, "triton" on CUDA, "torch" where a backend
-    cannot load (no compiler, no Triton)."""
-    device = torch.device(device)
-    for name in FASTEST_FIRST.get(device.type, ("torch",)):
-        backend = backends.get_backend(name)
-        if not backend.differentiable:
-            continue
-        try:
-            backend.check_available()  # the cpu kernel builds (or loads) here; triton imports
-        except (RuntimeError, ImportError):
-            continue
-        return name
-    return "torch"
+    """The fastest backend that is differentiable on `device` (`backends.fastest`): "cpu" (the fused native backward)
+    on the CPU, "triton" on CUDA, "torch" where a backend cannot load (no compiler, no Triton)."""
+    return backends.fastest(device, differentiable=True)
 
 
 @functools.lru_cache(maxsize=64)

@@ -82,12 +82,15 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
     if n_sounds == 0:
         ts = torch.zeros(0, n_ts, dtype=torch.float32, device=audio.device)
         return audio.new_zeros(0, n_ts, model.timestamp_embedding_size, dtype=torch.float32), ts
+    emb_dim = model.timestamp_embedding_size
     half = emb.window // 2
     need = (n_ts - 1) * hop + emb.window
     padded = torch.nn.functional.pad(audio.float(), (half, max(0, need - half - n)))
     windows = padded.unfold(-1, emb.window, hop)[:, :n_ts]  # (n_sounds, n_ts, window): a view, no copy
-    # embedded WINDOW_CHUNK windows at a time: the windows of 4 sounds of 60 s copied whole took ~350 MB
-    out = torch.cat([emb.embed_windows(windows[i, a : a + WINDOW_CHUNK].reshape(-1, emb.window))
-                     for i in range(n_sounds) for a in range(0, n_ts, WINDOW_CHUNK)]).reshape(n_sounds, n_ts, -1)
+    # about WINDOW_CHUNK windows at a time, every sound's timestamps a..a+step in one call: the windows of 4 sounds
+    # of 60 s copied whole took ~350 MB
+    step = max(1, WINDOW_CHUNK // n_sounds)
+    out = torch.cat([emb.embed_windows(windows[:, a : a + step].reshape(-1, emb.window)).reshape(n_sounds, -1, emb_dim)
+                     for a in range(0, n_ts, step)], dim=1)
     ts = torch.arange(n_ts, dtype=torch.float32) * TIMESTAMP_HOP_MS
     return out.to(audio.device), ts.expand(n_sounds, n_ts).to(audio.device)

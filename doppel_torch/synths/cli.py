@@ -134,13 +134,9 @@ def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, 
     if ir_dir is not None and not augment:
         raise click.UsageError("--ir-dir adds reverb to the augmentation chain: use it with --augment")
     if backend is None:  # the native kernel where it builds (10x the reference's speed), else the reference
-        from doppel_torch.backends import get_backend
+        from doppel_torch.backends import fastest
 
-        try:
-            get_backend("cpu").check_available()
-            backend = "cpu"
-        except (RuntimeError, ImportError):
-            backend = "torch"
+        backend = fastest("cpu")
     try:
         synth = synth_from_options(synth_name, patch_spec, default="voice", backend=backend, duration=duration)
         synth_name = synth.patch.name

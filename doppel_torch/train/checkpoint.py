@@ -166,16 +166,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{path} is damaged: its contents do not match the checksum written with them (bytes of "
                          "the file were changed after it was saved); give another checkpoint, e.g. the run folder's "
                          "epoch-NNNN.pt or a copy")
-    for part in ("model", "optimizer"):  # training never saves such values (it stops on a non-finite loss first)
-        tree = ckpt.get(part) or {}
-        bad = next((v for v in _leaves(tree)
-                    if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()), None)
-        if bad is not None:
-            name = next((k for k, v in tree.items() if v is bad), None) if part == "model" else None
-            where = f"{name} has" if name else f"its {part} state has"
-            raise ValueError(f"{path} holds non-finite values ({where} NaN or infinite values): it is damaged; give "
-                             "another checkpoint, e.g. the run folder's epoch-NNNN.pt")
+    # training never saves such values (it stops on a non-finite loss first)
+    where = next((f"{name} has" for name, value in (ckpt.get("model") or {}).items() if not _finite(value)), None)
+    if where is None and not all(_finite(v) for v in _leaves(ckpt.get("optimizer") or {})):
+        where = "its optimizer state has"
+    if where is not None:
+        raise ValueError(f"{path} holds non-finite values ({where} NaN or infinite values): it is damaged; give "
+                         "another checkpoint, e.g. the run folder's epoch-NNNN.pt")
     return ckpt
+
+
+def _finite(value: Any) -> bool:
+    """False for a floating-point tensor holding NaN or inf; True for anything else."""
+    return not (isinstance(value, torch.Tensor) and value.is_floating_point()) or bool(torch.isfinite(value).all())
 
 
 def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[ResNet18Encoder, dict]:

@@ -197,19 +197,17 @@ def claim_run_folder(config: TrainConfig, resume: str | None,
             return config, lock
         if explicit or resume is not None or not alone:
             raise _held(out)
-    k = 2
-    while True:
-        fresh = Path(f"{out}-{k}")
-        if not _holds_run(fresh):
-            if not (writer and alone):
-                lock = runlock.try_lock(fresh) if writer else None
-                if writer and lock is None:
-                    raise _held(fresh)
-                break
-            lock = runlock.try_lock(fresh)
-            if lock is not None:
-                break
+    k = 1
+    while True:  # the first <out>-k without a run that this process can lock (the other ranks: without a run)
         k += 1
+        fresh = Path(f"{out}-{k}")
+        if _holds_run(fresh):
+            continue
+        lock = runlock.try_lock(fresh) if writer else None
+        if lock is not None or not writer:
+            break
+        if not alone:
+            raise _held(fresh)
     if writer:
         if runlock.is_locked(out):
             busy = "is being written by another run"

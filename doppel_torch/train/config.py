@@ -198,15 +198,26 @@ class DataConfig:
         if self.data is None:
             _check(self.mix_layers == 1, "data.mix_layers > 1 needs real data: pass --data PATH")
 
+    def val_of(self, sounds_per_epoch: int) -> int:
+        """Validation sounds of an epoch of `sounds_per_epoch` sounds at this val_fraction."""
+        return max(2, int(round(self.val_fraction * sounds_per_epoch)))
+
     @property
     def n_val(self) -> int:
         """Validation sounds: global indices 0 .. n_val - 1, the same every epoch."""
-        return max(2, int(round(self.val_fraction * self.sounds_per_epoch)))
+        return self.val_of(self.sounds_per_epoch)
 
     @property
     def n_train(self) -> int:
         """Training sounds per epoch."""
         return self.sounds_per_epoch - self.n_val
+
+    def sounds_for_train(self, n_train: int) -> int:
+        """The smallest sounds_per_epoch that leaves at least `n_train` training sounds."""
+        sounds = n_train
+        while sounds - self.val_of(sounds) < n_train:
+            sounds += 1
+        return sounds
 
 
 @dataclass

@@ -74,12 +74,10 @@ class Trainer:
         self.global_batch = cfg.optim.batch_size * self.env.world_size
         if cfg.data.n_train < self.global_batch:  # an epoch would otherwise train one batch: more sounds than asked
             ranks = f" x {self.env.world_size} ranks" if self.env.world_size > 1 else ""
-            enough = cfg.data.sounds_per_epoch
-            while enough - max(2, int(round(cfg.data.val_fraction * enough))) < self.global_batch:
-                enough += 1
-            raise ValueError(f"--sounds-per-epoch (data.sounds_per_epoch) {cfg.data.sounds_per_epoch} leaves {cfg.data.n_train} training "
-                             f"sounds (the rest validate), fewer than one batch ({self.batch_size}{ranks}): raise it "
-                             f"to at least {enough}, or lower the batch size")
+            raise ValueError(f"--sounds-per-epoch (data.sounds_per_epoch) {cfg.data.sounds_per_epoch} leaves "
+                             f"{cfg.data.n_train} training sounds (the rest validate), fewer than one batch "
+                             f"({self.batch_size}{ranks}): raise it to at least "
+                             f"{cfg.data.sounds_for_train(self.global_batch)}, or lower the batch size")
         self.steps_per_epoch = cfg.steps_per_epoch(self.env.world_size)
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
         self.end_step = min(self.total_steps, cfg.run.max_steps or self.total_steps)
@@ -683,7 +681,7 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"unreadable audio files skipped: {s['skipped_files']}")
     lines.append(f"checkpoint: {s['checkpoint']}")
     if s["status"] == "interrupted":
-        lines.append(f"--resume {s.get('out_dir', Path(s['checkpoint']).parent)} continues it")
+        lines.append(f"--resume {s['out_dir']} continues it")
     return "\n".join(lines)
 
 
