@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +14,24 @@ class AudioReadError(RuntimeError):
     """An audio file could not be read (missing, corrupt or empty)."""
 
 
-def read_audio(source, name: str | None = None) -> tuple[torch.Tensor, int]:
+def read_audio(source, name: str | None = None, max_seconds: float | None = None) -> tuple[torch.Tensor, int]:
     """Read audio with soundfile: returns (float32 audio (channels, N), sample rate).
 
-    source: a path or a binary file object; name: how errors refer to it (default: the path).
+    source: a path or a binary file object; name: how errors refer to it (default: the path); max_seconds: read
+    only the file's first seconds (an hour-long file read whole to use one second of it took gigabytes).
     Raises AudioReadError (with the file name and soundfile's reason) for unreadable or empty files.
     """
     name = name if name is not None else str(source)
     source = str(source) if isinstance(source, Path) else source
+    if isinstance(source, str) and Path(source).is_file() and Path(source).stat().st_size == 0:
+        raise AudioReadError(f"{name}: an empty file (0 bytes)")
     try:
-        data, sr = sf.read(source, dtype="float32", always_2d=True)
+        if max_seconds is None:
+            data, sr = sf.read(source, dtype="float32", always_2d=True)
+        else:
+            with sf.SoundFile(source) as f:
+                sr = f.samplerate
+                data = f.read(frames=max(1, math.ceil(max_seconds * sr)), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, OSError, TypeError ...
         # soundfile names a file object by its repr ("Error opening <_io.BytesIO object at 0x...>"): name it instead.
         reason = str(e).replace(f"Error opening {source!r}: ", "").replace(repr(source), name)

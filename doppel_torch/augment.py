@@ -262,6 +262,9 @@ class AugmentChain(nn.Module):
         """Augment (B, N) audio; `indices` (B,) are the sounds' global indices (default arange(B))."""
         if audio.ndim != 2:
             raise ValueError(f"audio must be (batch, samples), got shape {tuple(audio.shape)}")
+        if audio.requires_grad and torch.is_grad_enabled():
+            raise ValueError("AugmentChain is not differentiable (its pitch shift and reverb write in place): pass "
+                             "audio.detach(), or augment under torch.no_grad()")
         if indices is None:
             indices = torch.arange(audio.shape[0])
         indices = torch.as_tensor(indices)

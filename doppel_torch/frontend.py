@@ -72,6 +72,11 @@ class LogMelFrontend(nn.Module):
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         if audio.ndim != 2:
             raise ValueError(f"audio must be (batch, samples), got shape {tuple(audio.shape)}")
+        if not audio.is_floating_point():
+            raise ValueError(f"audio must be floating point in [-1, 1], got {audio.dtype} (16-bit PCM: divide by "
+                             "32768)")
+        if audio.shape[0] == 0:
+            return audio.new_zeros(0, 1, self.n_frames, self.n_mels, dtype=self.window.dtype)
         x = audio.to(self.window.dtype)
         mag = F.stft_magnitude(
             x, self.window, self.n_fft, self.hop_length, self.n_frames, method=self.method, dft_basis=self.dft_basis

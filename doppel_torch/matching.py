@@ -21,6 +21,7 @@ import fnmatch
 import functools
 import json
 import math
+import numbers
 import shlex
 import signal
 import sys
@@ -33,7 +34,7 @@ from typing import Callable, Sequence
 import click
 import torch
 
-from doppel_torch import backends, rng
+from doppel_torch import backends, rng, runlock
 from doppel_torch.backends.cpu import spectral as native_spectral
 from doppel_torch.delta.spec import param_groups
 from doppel_torch.synths.base import BACKENDS, SYNTHS
@@ -159,6 +160,12 @@ def _native(spectrum: torch.Tensor) -> bool:
 
 
 def _sizes(fft_sizes: Sequence[int], n_samples: int) -> list[int]:
+    """The FFT sizes that fit n_samples (the smallest alone if none does); ValueError in one line for a bad list."""
+    if isinstance(fft_sizes, (str, bytes)) or not isinstance(fft_sizes, Sequence) or not fft_sizes or any(
+            isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 4 for n in fft_sizes):
+        raise ValueError(f"fft_sizes must be a non-empty sequence of integers >= 4 (window lengths in samples, e.g. "
+                         f"{tuple(FFT_SIZES)}), got {fft_sizes!r}")
+    fft_sizes = [int(n) for n in fft_sizes]
     return [n for n in fft_sizes if n <= n_samples] or [min(fft_sizes)]
 
 
@@ -383,6 +390,7 @@ def match(
     if not isinstance(target, torch.Tensor) or target.dim() != 1 or target.shape[0] != n:
         shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
         raise ValueError(f"target must be a ({n},) tensor ({synth.duration:g} s at {synth.sample_rate} Hz), got {shape}")
+    target = target.detach()
     if not torch.isfinite(target).all():
         raise ValueError("target contains NaN or infinite samples")
     if float(target.abs().max()) == 0.0:
@@ -434,6 +442,9 @@ def match(
                    if tuple(init.shape) == (synth.num_params,) else "")
             raise ValueError(f"init must have shape ({restarts}, {synth.num_params}), got {tuple(init.shape)}{one}")
         given = init.detach().to(dtype=dtype, device=device)
+        if not bool(((given >= 0) & (given <= 1)).all()):
+            raise ValueError("init must lie in [0, 1] (normalised parameters, as synth.random_params gives): clamp "
+                             "it, or map human values with synth.to_unit")
         theta0 = given.clamp(INIT_MARGIN, 1.0 - INIT_MARGIN)
     # Adam holds z = logits / column_step, so a column's logit moves by about lr * column_step a step
     column_step = torch.ones(synth.num_params, dtype=dtype, device=device)
@@ -510,9 +521,11 @@ def _bar(progress, total: int, desc: str, unit: str):
 
 
 # ---- files: the target in, the result out ---------------------------------------------------------------------
-def prepare_target(audio: torch.Tensor, sample_rate: int, synth) -> tuple[torch.Tensor, list[str]]:
+def prepare_target(audio: torch.Tensor, sample_rate: int, synth,
+                   seconds: float | None = None) -> tuple[torch.Tensor, list[str]]:
     """Mono audio (N,) at `sample_rate` -> (synth.n_samples,) float32 at synth.sample_rate, and what was done to it
-    (resampled, padded with silence, cut), one sentence each."""
+    (resampled, padded with silence, cut), one sentence each; `seconds`: the whole file's length, where `audio` is
+    only its beginning."""
     from doppel_torch.functional import resample
 
     notes = []
@@ -527,8 +540,9 @@ def prepare_target(audio: torch.Tensor, sample_rate: int, synth) -> tuple[torch.
                      f"padded with {(n - have) / synth.sample_rate:.3f} s of silence")
     elif have > n:
         audio = audio[:n]
-        notes.append(f"the target is {have / synth.sample_rate:.3f} s: matching its first {synth.duration:g} s "
-                     "(--duration)")
+        length = seconds if seconds is not None else have / synth.sample_rate
+        if length > synth.duration:
+            notes.append(f"the target is {length:.3f} s: matching its first {synth.duration:g} s (--duration)")
     return audio.contiguous(), notes
 
 
@@ -590,13 +604,25 @@ def read_theta_json(path: Path, synth) -> torch.Tensor:
         raise ValueError(f"{path}: its parameter names are not {synth.patch.name}'s (parameter {k} is {got!r}, "
                          f"expected {want!r}): pass the same --synth / --patch, and keep the file's \"params\" as "
                          "the match wrote them")
+    bad = next((i for i, v in enumerate(theta) if not (math.isfinite(v) and 0.0 <= v <= 1.0)), None)
+    if bad is not None:
+        raise ValueError(f"{path}: theta must lie in [0, 1] (normalised values); entry {bad} "
+                         f"({synth.param_names[bad]}) is {theta[bad]!r}")
     edited = next((p for p, v in zip(params, theta) if isinstance(p, dict) and p.get("value") != v), None)
     if edited is not None:  # the match writes both from one tensor: one of them was edited by hand
         raise ValueError(f"{path}: {edited.get('name')}'s \"value\" differs from its entry in \"theta\" (the list "
                          "--init reads): edit \"theta\", or both alike")
     theta = torch.tensor(theta, dtype=torch.float32)
-    if not torch.isfinite(theta).all() or (theta < 0).any() or (theta > 1).any():
-        raise ValueError(f"{path}: theta must lie in [0, 1] (normalised values)")
+    if len(params) == len(theta) and all(isinstance(p, dict) and "human" in p for p in params):
+        written = [p["human"] for p in params]
+        human = describe_theta(synth, theta)
+        moved = next((h["name"] for h, w in zip(human, written) if not (
+            isinstance(w, (int, float)) and not isinstance(w, bool)
+            and math.isclose(w, h["human"], rel_tol=1e-5, abs_tol=1e-9))), None)
+        if moved is not None:  # --init reads theta only: an edited human value would be ignored without a word
+            raise ValueError(f"{path}: {moved}'s \"human\" value is not what its \"theta\" entry maps to (--init "
+                             "reads theta, the normalised values): edit \"theta\" (synth.to_unit maps human values "
+                             "to it), or drop the \"human\" fields")
     return theta
 
 
@@ -618,7 +644,9 @@ def write_result(result: MatchResult, synth, target: torch.Tensor, out_dir: str 
     paths = {"json": out / "theta.json", "wav": out / "match.wav", "target": out / "target.wav", "png": out / "match.png"}
     write_theta_json(paths["json"], synth, result.theta, result.loss, result.steps, extra=doc)
     write_wav(paths["wav"], result.audio, synth.sample_rate)
-    write_wav(paths["target"], target, synth.sample_rate)
+    # a target beyond full scale is written as float, unclipped: the file is the target as matched
+    write_wav(paths["target"], target, synth.sample_rate,
+              subtype="FLOAT" if float(target.abs().max()) > 1.0 else "PCM_16")
     save_spectrogram_grid([[target, result.audio]], synth.sample_rate, paths["png"], col_labels=["target", "match"],
                           title=f"{synth.patch.name} match: spectral loss {result.loss:.4f} after {result.steps} "
                                 f"steps, {len(result.restart_losses)} restarts")
@@ -626,9 +654,14 @@ def write_result(result: MatchResult, synth, target: torch.Tensor, out_dir: str 
 
 
 # ---- the command ----------------------------------------------------------------------------------------------
-def _read_target(path: Path) -> tuple[torch.Tensor, int, int]:
-    """The target file's mono samples, rate and channel count (averaged), or click.ClickException with one line
-    saying what to do."""
+TARGET_MARGIN_S = 0.05  # read past the matched seconds, so that resampling sees the samples beyond the cut
+
+
+def _read_target(path: Path, duration: float | None) -> tuple[torch.Tensor, int, int, float]:
+    """The target file's mono samples (its first `duration` seconds or DEFAULT_DURATION, and a margin), rate,
+    channel count (averaged) and whole length in seconds, or click.ClickException with one line saying what to do."""
+    import soundfile as sf
+
     from doppel_torch.audio import AudioReadError, read_audio
 
     if not path.exists():
@@ -636,21 +669,24 @@ def _read_target(path: Path) -> tuple[torch.Tensor, int, int]:
     if path.is_dir():
         raise click.ClickException(f"{path} is a folder: give one audio file")
     try:
-        channels, rate = read_audio(path)
-    except AudioReadError as err:
+        channels, rate = read_audio(path, max_seconds=(duration or DEFAULT_DURATION) + TARGET_MARGIN_S)
+        info = sf.info(str(path))
+    except (AudioReadError, sf.SoundFileError, RuntimeError) as err:
         raise click.ClickException(f"cannot read the target: {err} (give a wav, flac or ogg file)") from None
     if not torch.isfinite(channels).all():
         raise click.ClickException(f"{path}: the audio contains NaN or infinite samples (fix or re-export the file: "
                                    "there is no sound to match there)")
-    return channels.mean(dim=0), rate, channels.shape[0]
+    seconds = info.frames / info.samplerate if info.frames > 0 else channels.shape[1] / rate
+    return channels.mean(dim=0), rate, channels.shape[0], seconds
 
 
 QUIET_PEAK = 2.0 ** -15  # one step of 16-bit audio (-90 dBFS): a target whose peak is below it is silence
 
 
-def _load_target(path: Path, audio: torch.Tensor, rate: int, synth, channels: int = 1) -> tuple[torch.Tensor, list[str]]:
+def _load_target(path: Path, audio: torch.Tensor, rate: int, synth, channels: int = 1,
+                 seconds: float | None = None) -> tuple[torch.Tensor, list[str]]:
     """The target as (synth.n_samples,) float32 at the synth's rate, and what was done to it."""
-    audio, notes = prepare_target(audio, rate, synth)
+    audio, notes = prepare_target(audio, rate, synth, seconds)
     peak = float(audio.abs().max())
     if peak < QUIET_PEAK:  # 1e-7 noise was matched to a loss of 6069 (found from outside)
         level = "every sample is 0" if peak == 0.0 else f"its peak, {peak:.2g}, is below one 16-bit step"
@@ -693,6 +729,12 @@ class _Signals:
             click.echo("\nwriting the result; it stops once the files are written", err=True)
             return
         raise KeyboardInterrupt
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """An allocation that failed (torch's CPU allocator raises a RuntimeError, CUDA its OutOfMemoryError)."""
+    return isinstance(err, getattr(torch, "OutOfMemoryError", ())) or "can't allocate memory" in str(err) \
+        or "out of memory" in str(err)
 
 
 def _a_number(ctx, param, value):
@@ -758,9 +800,9 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
     device = device_option(device)
     if backend is None:
         backend = default_backend(device)
-    samples, rate, channels = _read_target(target)
+    samples, rate, channels, seconds = _read_target(target, duration)
     if duration is None:  # the target's length (no padding to score), capped; at least --duration's minimum
-        duration = max(MIN_DURATION, min(DEFAULT_DURATION, samples.numel() / rate))
+        duration = max(MIN_DURATION, min(DEFAULT_DURATION, seconds))
     try:
         synth = synth_from_options(synth_name, patch_spec, default="voice", backend=backend, duration=duration)
     except (RuntimeError, ValueError) as err:
@@ -768,7 +810,7 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
     if not synth._backend.differentiable:
         raise click.UsageError(f"--backend {backend} is not differentiable yet and match needs gradients: use "
                                f"--backend {default_backend(device)} (or leave --backend out)")
-    audio, notes = _load_target(target, samples, rate, synth, channels)
+    audio, notes = _load_target(target, samples, rate, synth, channels, seconds)
     if 0 < candidates <= restarts:
         raise click.UsageError(f"--candidates {candidates} picks the best --restarts ({restarts}) of that many random "
                                "starts: give more than --restarts, or 0")
@@ -809,6 +851,44 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
             **({"init": str(init_path)} if init is not None else {}), **({"fit": list(fit)} if fit else {}),
             "notes": notes}
     out_folder(out_dir)
+    lock = runlock.try_lock(out_dir)
+    if lock is None:
+        raise click.UsageError(f"--out {out_dir} is being written by another run ({runlock.holder(out_dir)}): wait "
+                               "for it to finish, or choose another --out")
+    try:
+        _replacing_note(out_dir / "theta.json", target, init_path)
+        _run_match(synth, audio.to(device), target, out_dir, init, fit, patch_spec, meta, restarts, steps, lr, seed,
+                   candidates, pitch_step, progress)
+    finally:
+        lock.release()
+
+
+def _replacing_note(previous: Path, target: Path, init_path: Path | None) -> None:
+    """Say so where --out holds the match of another target, which this one replaces."""
+    try:
+        was = json.loads(previous.read_text()).get("target")
+    except (OSError, ValueError, AttributeError):
+        return
+    if was is not None and was != str(target) and (init_path is None or init_path.resolve() != previous.resolve()):
+        click.echo(f"note: replacing the match of {was} in {previous.parent}")
+
+
+def _given(*names: str) -> list[str]:
+    """The options among `names` (click parameter names) that this command line set, as they would be written."""
+    ctx = click.get_current_context()
+    words = []
+    for name in names:
+        if ctx.get_parameter_source(name) in (click.core.ParameterSource.COMMANDLINE,
+                                              click.core.ParameterSource.ENVIRONMENT):
+            value = ctx.params[name]
+            words.append(f"--{name.replace('_', '-')} {shlex.quote(str(value))}")
+    return words
+
+
+def _run_match(synth, audio, target, out_dir, init, fit, patch_spec, meta, restarts, steps, lr, seed, candidates,
+               pitch_step, progress) -> None:
+    """The descent, the result's files and the exit status of `match_command` (its --out held); audio: the target
+    on the device."""
     snapshot_failed = []
 
     def snapshot(taken: int, theta: torch.Tensor, loss: float) -> None:
@@ -822,12 +902,17 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
 
     with _Signals() as signals:
         try:
-            result = match(synth, audio.to(device), restarts=restarts, steps=steps, lr=lr, seed=seed,
+            result = match(synth, audio, restarts=restarts, steps=steps, lr=lr, seed=seed,
                            candidates=candidates or None, init=init, fit=list(fit) or None,
                            pitch_step=pitch_step, progress=progress, snapshot=snapshot,
                            snapshot_seconds=SNAPSHOT_SECONDS)
         except ValueError as err:
             raise click.ClickException(str(err)) from None
+        except (MemoryError, RuntimeError) as err:
+            if not isinstance(err, MemoryError) and not _out_of_memory(err):
+                raise
+            raise click.ClickException(f"out of memory for {restarts} restarts of {synth.duration:g} s: use fewer "
+                                       "--restarts or a shorter --duration") from None
         except KeyboardInterrupt:
             click.echo("interrupted before the first step: nothing to write", err=True)
             sys.exit(128 + (signals.received[0] if signals.received else signal.SIGINT))
@@ -847,8 +932,10 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         if result.interrupted:  # the whole command that goes on from here
             which = f"--patch {shlex.quote(patch_spec)}" if patch_spec else f"--synth {synth.patch.name}"
             again = "".join(f" --fit {shlex.quote(f)}" for f in fit)
+            kept = "".join(f" {w}" for w in _given("restarts", "lr", "pitch_step", "seed", "backend", "device"))
+            left = steps - result.steps
             click.echo(f"continue with: doppel-torch match {shlex.quote(str(target))} {which} --duration "
-                       f"{synth.duration:g} --init "
+                       f"{synth.duration:g}{kept} --steps {left} --init "
                        f"{shlex.quote(str(paths['json']))}{again} --out {shlex.quote(str(out_dir))}")
     if signals.received:  # stopped by a signal: say so in the exit status too (128 + its number, as train)
         sys.exit(128 + signals.received[0])

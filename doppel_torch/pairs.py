@@ -126,7 +126,10 @@ class DoppelgangerPairs(nn.Module):
         if noise not in NOISE_MODES:
             raise ValueError(f"noise must be one of {', '.join(map(repr, NOISE_MODES))}, got {noise!r}")
         self.synth = synth
-        self.seed = int(seed)
+        self.seed = rng.check_seed(seed)
+        if noise == "per_view" and not -(2**62) <= self.seed < 2**63:  # the views render with seeds 2 seed, 2 seed + 1
+            raise ValueError(f"seed must lie in [-2^62, 2^63) with noise='per_view' (its views use seeds 2 seed and "
+                             f"2 seed + 1), got {self.seed}")
         self.eps = float(eps)
         self.augment = augment
         self.noise = noise

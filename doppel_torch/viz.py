@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -9,14 +11,26 @@ import numpy as np
 import torch
 
 
-def write_wav(path: str | Path, audio: torch.Tensor, sample_rate: int) -> Path:
-    """Write one mono sound (N,) as 16-bit PCM wav; values are clipped to [-1, 1]."""
+def write_wav(path: str | Path, audio: torch.Tensor, sample_rate: int, subtype: str = "PCM_16") -> Path:
+    """Write one mono sound (N,) as a wav, whole or not at all (a temporary file renamed over `path`): 16-bit PCM,
+    values clipped to [-1, 1], or subtype="FLOAT" (32-bit float, unclipped). A failed write (a full disk: libsndfile
+    says only "System error.") raises OSError and leaves no file behind."""
     import soundfile as sf
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = audio.detach().to("cpu", torch.float32).clamp(-1.0, 1.0).numpy()
-    sf.write(str(path), data, int(sample_rate), subtype="PCM_16")
+    data = audio.detach().to("cpu", torch.float32)
+    if subtype != "FLOAT":
+        data = data.clamp(-1.0, 1.0)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        sf.write(str(tmp), data.numpy(), int(sample_rate), subtype=subtype, format="WAV")
+        os.replace(tmp, path)
+    except (OSError, sf.SoundFileError) as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise
+        raise OSError(errno.EIO, f"{str(err).rstrip('.')} writing {path.name} (is the disk full?)") from None
     return path
 
 

@@ -504,10 +504,11 @@ def test_match_command_writes_the_best_so_far_when_terminated(tmp_path, synth):
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, output
     assert "interrupted after" in output and "Traceback" not in output, output
-    assert (f"continue with: doppel-torch match {path} --synth voice --duration {DURATION:g} --init "
-            f"{out / 'theta.json'} --out {out}") in output
     doc = json.loads((out / "theta.json").read_text())
     assert doc["interrupted"] and "partial" not in doc and doc["loss"] <= snapshot["loss"]
+    # the whole command: the options given (here --restarts 3) and the steps left (a run as printed lost them before)
+    assert (f"continue with: doppel-torch match {path} --synth voice --duration {DURATION:g} --restarts 3 --steps "
+            f"{100000 - doc['steps']} --init {out / 'theta.json'} --out {out}") in output, output
     assert (out / "match.wav").exists() and (out / "match.png").exists()
 
 

@@ -89,7 +89,8 @@ def render(backend: Backend, program: Program, theta: torch.Tensor, *, noise: to
     if theta.dim() != 2 or theta.shape[1] != m:
         raise ValueError(f"theta must have shape (batch, {m}) for {program.patch.name}, got {tuple(theta.shape)}")
     if theta.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"theta must be float32 or float64, got {theta.dtype}")
+        raise ValueError(f"theta must be float32 or float64, got {theta.dtype}: pass theta.float() (the audio "
+                         "comes back in theta's dtype)")
     if theta.device.type == "meta":
         raise ValueError("theta is on the meta device, which holds no values to render: make it on a real device")
     backend.check_device(theta.device)
@@ -122,7 +123,7 @@ def render(backend: Backend, program: Program, theta: torch.Tensor, *, noise: to
         indices = indices.to(torch.int64)
         if indices.shape != (batch,):
             raise ValueError(f"indices must have shape ({batch},), got {tuple(indices.shape)}")
-        if validate and batch and bool((indices < 0).any()):
+        if validate and batch and not compiling and not _is_batched(indices) and bool((indices < 0).any()):
             raise ValueError("indices must be >= 0 (global sound indices)")
     if noise is not None:
         if not isinstance(noise, torch.Tensor):

@@ -72,9 +72,13 @@ def delta_profile_command(synth_name, patch_spec, delta, n_theta, seed, backend,
     profile.meta["command"] = (f"doppel-torch delta-profile {'--patch ' + patch_spec if patch_spec else '--synth ' + name}"
                                f" --n-theta {n_theta} --seed {seed} --backend {backend} --duration {duration:g}"
                                f" --grid {','.join(f'{g:g}' for g in grid_values)}")
-    csv_path = save_profile(profile, out_dir / f"{name}.csv", synth, delta=delta)
-    png = plot_profile(profile, out_dir / f"{name}.png", delta=delta,
-                       title=f"{name}: median log-mel change per parameter (seed {seed}, {n_theta} patches each)")
+    try:
+        csv_path = save_profile(profile, out_dir / f"{name}.csv", synth, delta=delta)
+        png = plot_profile(profile, out_dir / f"{name}.png", delta=delta,
+                           title=f"{name}: median log-mel change per parameter (seed {seed}, {n_theta} patches each)")
+    except OSError as err:
+        raise click.ClickException(f"cannot write the profile in {out_dir}: {err.strerror or err} (free some space "
+                                   "or choose another --out)") from None
     effects = profile.at(delta)
     order = effects.argsort(descending=True).tolist()
     click.echo(f"median |d log-mel| at delta {delta:g} (median parameter {float(effects.median()):.4g}):")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +189,17 @@ def save_profile(profile: Profile, path: str | Path, synth, *, delta: float = 0.
     path.parent.mkdir(parents=True, exist_ok=True)
     equal = equal_effect_deltas(profile, delta)
     groups = _group_labels(synth)
+    tmp = path.with_name(f".{path.name}.tmp")  # written whole or not at all: a cut CSV would read as a profile
+    try:
+        _write_profile_csv(tmp, profile, groups, equal, delta)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_profile_csv(path: Path, profile: Profile, groups: list[str], equal: torch.Tensor, delta: float) -> None:
     with open(path, "w", newline="") as fh:
         for key, value in profile.meta.items():
             fh.write(f"# {key}: {value}\n")
@@ -199,7 +211,6 @@ def save_profile(profile: Profile, path: str | Path, synth, *, delta: float = 0.
             writer.writerow([j, name, profile.modules[j], groups[j],
                              *(f"{float(e):.6g}" for e in profile.effects[j]),
                              *(f"{float(e):.6g}" for e in profile.means[j]), f"{float(equal[j]):.6g}"])
-    return path
 
 
 def load_profile(path: str | Path, synth=None) -> Profile:

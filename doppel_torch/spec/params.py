@@ -101,7 +101,9 @@ HUMAN_UNITS: dict[str, dict[str, str]] = {
     "lfo": {"frequency": "Hz", "mod_depth": "Hz per unit of rate envelope", "initial_phase": "rad",
             **{shape: "shape weight" for shape in ("sin", "tri", "saw", "rsaw", "sqr")}},
     **{kind: {"tuning": "semitones", "mod_depth": "semitones per unit of pitch modulation", "initial_phase": "rad",
-              "shape": "0 square .. 1 saw"} for kind in ("sine", "square_saw", "fm")},
+              "shape": "0 square .. 1 saw"} for kind in ("sine", "square_saw")},
+    # an FM operator's frequency is f0 (1 + mod_depth x source): its depth is the modulation index
+    "fm": {"tuning": "semitones", "mod_depth": "modulation index (x f0 per unit of source)", "initial_phase": "rad"},
     "lpf": {"cutoff": "MIDI note", "mod_depth": "semitones per unit of cutoff modulation"},
     "mod_matrix": {"mod": "amount"},
     "mixer": {"level": "level"},

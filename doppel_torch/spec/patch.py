@@ -89,6 +89,9 @@ class Patch:
                 object.__setattr__(self, group, tuple(value))
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError(f"a patch needs a name (a non-empty string), got {self.name!r}")
+        if any(c in self.name for c in "/\\\0") or self.name.strip(".") == "":
+            raise ValueError(f"patch name {self.name!r} names files (its delta profile, samples): give one without "
+                             "'/', '\\' or a name of only dots")
         curves = self.mixer_curves
         if curves is not None and (not isinstance(curves, tuple) or not all(
                 isinstance(c, (int, float)) and not isinstance(c, bool) for c in curves)):

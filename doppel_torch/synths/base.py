@@ -130,11 +130,13 @@ class Synth(torch.nn.Module):
         return rng.uniform(seed, rng.Stream.THETA, index, self.num_params, dtype=dtype)
 
     def to_human(self, theta: torch.Tensor) -> torch.Tensor:
-        """Normalised (..., m) -> human units (seconds, Hz, MIDI, radians, levels)."""
+        """Normalised (..., m) -> human units (seconds, Hz, MIDI, radians, levels). Values outside [0, 1] are not
+        refused here: they extend each parameter's curve (a render refuses them)."""
         return self.layout.table.to_human(theta)
 
     def to_unit(self, human: torch.Tensor) -> torch.Tensor:
-        """Human units (..., m) -> normalised (..., m) in [0, 1]; the inverse of `to_human`."""
+        """Human units (..., m) -> normalised (..., m); the inverse of `to_human`. A value inside its parameter's
+        range maps into [0, 1]; one outside it lands outside (clamp the result, or the render refuses it)."""
         return self.layout.table.to_unit(human)
 
     @property

@@ -78,7 +78,7 @@ def _deltas(ctx, param, value: str) -> tuple[float | str, ...]:
     """Comma-separated numbers (0,0.1,0.25), or delta specs separated by ';' (0.25;equal-effect:0.25)."""
     if ";" in value or ":" in value:
         try:
-            return tuple(normalize_delta(v) for v in value.split(";") if v.strip())
+            return _once(tuple(normalize_delta(v) for v in value.split(";") if v.strip()))
         except ValueError as err:
             raise click.BadParameter(f"{err}; specs are separated by ';', e.g. '0.25;equal-effect:0.25'") from None
     try:
@@ -88,7 +88,12 @@ def _deltas(ctx, param, value: str) -> tuple[float | str, ...]:
             f"expected comma-separated numbers, e.g. 0,0.1,0.25, or specs separated by ';'; got {value!r}") from err
     if any(not 0.0 <= d <= MAX_DELTA for d in deltas):  # NaN fails this too
         raise click.BadParameter(f"every delta must lie in [0, {MAX_DELTA:g}], got {value!r}")
-    return deltas
+    return _once(deltas)
+
+
+def _once(deltas: tuple) -> tuple:
+    """Each delta of a sweep once, in order (a repeated one named the same file twice: three written, one kept)."""
+    return tuple(dict.fromkeys(deltas))
 
 
 @click.command()
@@ -108,7 +113,7 @@ def _deltas(ctx, param, value: str) -> tuple[float | str, ...]:
               help="Folder for the wav files and the spectrogram picture (created if missing).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Keys every random draw: the same seed and index give the same sounds (train's --seed).")
-@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First global sound index.")
+@click.option("--start", type=click.IntRange(0, 2**62), default=0, show_default=True, help="First global sound index.")
 @click.option("--sweep", default="0,0.01,0.05,0.1,0.25,0.5", show_default=True, callback=_deltas,
               help="Deltas of the sweep (same theta and z_1, growing perturbation), or delta specs separated by ';' "
                    "to hear the same theta under each ('0.25;equal-effect:0.25'); empty for none.")

@@ -25,7 +25,7 @@ import click
 from doppel_torch.delta.spec import MAX_DELTA
 from doppel_torch.options import out_folder
 from doppel_torch.pairs import NOISE_MODES
-from doppel_torch.train import runlock
+from doppel_torch import runlock
 from doppel_torch.train.config import BACKENDS, DEVICES, PRECISIONS, PRESETS, SYNTHS, TrainConfig, make_config
 
 # CLI option name -> dotted config field.

@@ -316,7 +316,7 @@ def test_a_new_run_never_overwrites_another(tmp_path, monkeypatch):
 def test_one_run_writes_a_folder_at_a_time(tmp_path, monkeypatch):
     """The run lock: a folder another process is writing is refused when named and skipped when it is the default;
     a killed holder leaves no lock behind (flock goes with its process)."""
-    from doppel_torch.train import runlock
+    from doppel_torch import runlock
     from doppel_torch.train.cli import claim_run_folder
     from doppel_torch.train.config import make_config
 
@@ -339,7 +339,7 @@ def test_one_run_writes_a_folder_at_a_time(tmp_path, monkeypatch):
         assert not (tmp_path / "runs/doppel/.run.lock").exists()
     finally:
         lock.release()
-    code = ("import os, signal, sys; from doppel_torch.train.runlock import try_lock; "
+    code = ("import os, signal, sys; from doppel_torch.runlock import try_lock; "
             "assert try_lock(sys.argv[1]); os.kill(os.getpid(), signal.SIGKILL)")
     proc = subprocess.run([sys.executable, "-c", code, str(busy)], env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == -signal.SIGKILL and (busy / ".run.lock").exists()
