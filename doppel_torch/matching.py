@@ -731,12 +731,6 @@ class _Signals:
         raise KeyboardInterrupt
 
 
-def _out_of_memory(err: BaseException) -> bool:
-    """An allocation that failed (torch's CPU allocator raises a RuntimeError, CUDA its OutOfMemoryError)."""
-    return isinstance(err, getattr(torch, "OutOfMemoryError", ())) or "can't allocate memory" in str(err) \
-        or "out of memory" in str(err)
-
-
 def _a_number(ctx, param, value):
     """click's FloatRange lets NaN through (every comparison with it is false): refuse it before any work."""
     if value is not None and math.isnan(value):
@@ -889,6 +883,8 @@ def _run_match(synth, audio, target, out_dir, init, fit, patch_spec, meta, resta
                pitch_step, progress) -> None:
     """The descent, the result's files and the exit status of `match_command` (its --out held); audio: the target
     on the device."""
+    from doppel_torch.options import out_of_memory
+
     snapshot_failed = []
 
     def snapshot(taken: int, theta: torch.Tensor, loss: float) -> None:
@@ -909,7 +905,7 @@ def _run_match(synth, audio, target, out_dir, init, fit, patch_spec, meta, resta
         except ValueError as err:
             raise click.ClickException(str(err)) from None
         except (MemoryError, RuntimeError) as err:
-            if not isinstance(err, MemoryError) and not _out_of_memory(err):
+            if not out_of_memory(err):
                 raise
             raise click.ClickException(f"out of memory for {restarts} restarts of {synth.duration:g} s: use fewer "
                                        "--restarts or a shorter --duration") from None

@@ -68,3 +68,12 @@ def device_option(device: str | None):
         raise click.BadParameter("CUDA is not available here (no GPU, or a CPU-only torch): use --device cpu",
                                  param_hint="--device")
     return device
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is an allocation that failed: MemoryError, CUDA's OutOfMemoryError, or the RuntimeError of
+    torch's CPU allocator ("can't allocate memory"), which a command turns into one line saying what to lower."""
+    import torch
+
+    return isinstance(err, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))) or (
+        isinstance(err, RuntimeError) and ("can't allocate memory" in str(err) or "out of memory" in str(err)))

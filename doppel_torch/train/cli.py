@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from doppel_torch.delta.spec import MAX_DELTA
-from doppel_torch.options import out_folder
+from doppel_torch.options import out_folder, out_of_memory
 from doppel_torch.pairs import NOISE_MODES
 from doppel_torch import runlock
 from doppel_torch.train.config import BACKENDS, DEVICES, PRECISIONS, PRESETS, SYNTHS, TrainConfig, make_config
@@ -116,7 +116,17 @@ RUN_FILES = ("last.pt", "metrics.csv")  # a folder holding either holds a run th
 
 
 def _holds_run(folder: Path) -> bool:
-    return any((folder / name).exists() for name in RUN_FILES)
+    """Whether `folder` holds a run: a checkpoint, or metrics of at least one step (a run stopped while it started
+    leaves metrics.csv's header alone, which held the folder against the same command run again)."""
+    if not any((folder / name).exists() for name in RUN_FILES):
+        return False
+    if (folder / "last.pt").exists():
+        return True
+    try:
+        with open(folder / "metrics.csv") as fh:
+            return sum(1 for _ in zip(range(2), fh)) > 1
+    except OSError:
+        return True
 
 
 def _held(out: Path) -> click.UsageError:
@@ -186,9 +196,8 @@ def claim_run_folder(config: TrainConfig, resume: str | None,
                 raise click.UsageError(f"--out {out} holds a run that stopped before its first checkpoint (metrics.csv, "
                                        "no last.pt): there is nothing in it to continue; delete that folder to start "
                                        "over in it, or choose another --out")
-            what = f"--resume {out} continues it, or choose" if resume is None else "choose"
-            raise click.UsageError(f"--out {out} holds another run (last.pt / metrics.csv): {what} another --out (or "
-                                   "delete that folder to start over in it)")
+            raise click.UsageError(f"--out {out} holds another run (last.pt / metrics.csv): --resume {out} continues "
+                                   "it, or choose another --out (or delete that folder to start over in it)")
     elif not writer:
         return config, None
     else:
@@ -380,6 +389,12 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
                 "continues from it") if last.is_file() else "no checkpoint was written"
         raise click.ClickException(f"could not write {exc.filename or config.run.out_dir}: {exc.strerror}; the run "
                                    f"stopped ({kept})") from None
+    except (MemoryError, RuntimeError) as exc:
+        if not out_of_memory(exc):
+            raise
+        raise click.ClickException(f"out of memory ({config.optim.batch_size} sounds of {config.data.duration:g} s a "
+                                   f"batch, model width {config.model.width}): lower --batch-size, --duration or "
+                                   "--width") from None
     except (NonFiniteLoss, NoAudioLeft) as exc:
         # from a DataLoader worker the message holds the worker's traceback: its last line is the message
         raise click.ClickException(str(exc).strip().splitlines()[-1].split(f"{type(exc).__name__}: ")[-1]) from None

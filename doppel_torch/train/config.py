@@ -195,6 +195,8 @@ class DataConfig:
             f"data.augment_pitch must be one of {', '.join(AUGMENT_PITCH)}; got {self.augment_pitch!r}",
         )
         _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+        _check(self.ir_dir is None or self.augment,
+               "data.ir_dir adds reverb to the augmentation chain, which is off: add --augment (or drop --ir-dir)")
         if self.data is None:
             _check(self.mix_layers == 1, "data.mix_layers > 1 needs real data: pass --data PATH")
 
@@ -302,6 +304,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_types(self, "run")
+        _check(-(2**63) <= self.seed < 2**64, f"run.seed must lie in [-2^63, 2^64) (64 bits), got {self.seed}")
+        _check(self.out_dir.strip() != "", "run.out_dir must name a folder (an empty --out wrote the run into the "
+                                           "current folder): give one, e.g. --out runs/doppel")
         _check(self.device in DEVICES, f"run.device must be one of {', '.join(DEVICES)}; got {self.device!r}")
         _check(
             self.precision in PRECISIONS, f"run.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}"

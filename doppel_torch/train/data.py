@@ -45,12 +45,25 @@ def train_indices(
     return torch.arange(start, start + batch_size, dtype=torch.int64, device=device)
 
 
+def val_batch_size(n_val: int, world_size: int, batch_size: int) -> int:
+    """Sounds per rank in a validation batch: the training batch, or fewer where the validation split is smaller
+    than one global batch (a full batch read training sounds there), but at least 2 (uniformity compares pairs)."""
+    return max(2, min(batch_size, n_val // world_size))
+
+
+def val_batches(n_val: int, world_size: int, batch_size: int) -> int:
+    """Whole validation batches in 0 .. n_val - 1 (at least one)."""
+    return max(1, n_val // (world_size * val_batch_size(n_val, world_size, batch_size)))
+
+
 def val_indices(
-    batch: int, rank: int, world_size: int, batch_size: int, device: torch.device | str = "cpu"
+    batch: int, rank: int, world_size: int, batch_size: int, n_val: int, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """Global sound indices of validation batch `batch` on `rank`: inside 0 .. n_val - 1."""
-    start = (batch * world_size + rank) * batch_size
-    return torch.arange(start, start + batch_size, dtype=torch.int64, device=device)
+    """Global sound indices of validation batch `batch` on `rank`: inside 0 .. n_val - 1 (where the split holds fewer
+    than 2 sounds per rank, ranks share some)."""
+    per = val_batch_size(n_val, world_size, batch_size)
+    start = (batch * world_size + rank) * per
+    return torch.arange(start, start + per, dtype=torch.int64, device=device) % n_val
 
 
 @dataclass

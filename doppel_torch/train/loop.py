@@ -38,7 +38,7 @@ from doppel_torch.delta.spec import describe_delta
 from doppel_torch.models import ResNet18Encoder
 from doppel_torch.train import checkpoint as ckpt_io
 from doppel_torch.train.config import TrainConfig
-from doppel_torch.train.data import RealPairBatches, RealPairs, train_indices, val_indices
+from doppel_torch.train.data import RealPairBatches, RealPairs, train_indices, val_batches, val_indices
 from doppel_torch.train.distributed import DistEnv, any_rank, init_distributed, mean_over_ranks
 
 CONTROL_RATE = 480  # Hz, the paper's synth control rate
@@ -149,6 +149,8 @@ class Trainer:
         self.failed_files: set[str] = set()  # files that were readable at the scan and failed a read since
         self.history: list[dict[str, Any]] = []
         self.last_val: dict[str, float] = {}
+        self._val_pending = False  # a validation stopped by a signal: the resumed run does it first
+        self._val_seconds = 0.0  # time spent validating in this process (not in the pairs/s figures)
         self._csv = None
         self._tb = None
         self._resumed_step = 0  # the checkpoint's own step number (before a world-size conversion)
@@ -262,15 +264,32 @@ class Trainer:
 
     # ---- validation ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """Alignment and uniformity on the fixed validation indices (eval-mode encoder), averaged over batches."""
+    def validate(self) -> dict[str, float] | None:
+        """Alignment and uniformity on the fixed validation indices (eval-mode encoder), averaged over batches.
+
+        A Ctrl-C / SIGTERM stops it between batches (a long validation held the signal for minutes, then the run
+        ended "done"): nothing is recorded, None is returned, and the checkpoint notes the validation as pending,
+        so a resumed run does it first."""
+        started = time.perf_counter()
+        try:
+            return self._validate()
+        finally:  # the throughput figures count training time only
+            spent = time.perf_counter() - started
+            self._val_seconds += spent
+            self._interval_start += spent
+
+    def _validate(self) -> dict[str, float] | None:
         self.model.eval()
-        n_batches = max(1, self.config.data.n_val // self.global_batch)
+        n_val = self.config.data.n_val
+        n_batches = val_batches(n_val, self.env.world_size, self.batch_size)
         if self.config.run.val_batches is not None:
             n_batches = min(n_batches, self.config.run.val_batches)
         acc = torch.zeros(3, device=self.device)
         for b in range(n_batches):
-            indices = val_indices(b, self.env.rank, self.env.world_size, self.batch_size, self.device)
+            if any_rank(self._stop_signal is not None, self.env):
+                self._val_pending = True
+                return None
+            indices = val_indices(b, self.env.rank, self.env.world_size, self.batch_size, n_val, self.device)
             audio1, audio2 = self.pairs(indices)
             z1, z2 = self.embed(self.model, audio1, audio2, indices)
             acc += torch.stack(self.loss(z1, z2))
@@ -278,6 +297,7 @@ class Trainer:
                 self._write_examples(audio1, audio2, indices)
         values = mean_over_ranks(acc / n_batches, self.env).tolist()
         self.last_val = {"loss": values[0], "align": values[1], "uniform": values[2]}
+        self._val_pending = False
         self._record("val", self.last_val)
         return self.last_val
 
@@ -414,6 +434,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "rng": ckpt_io.rng_state(),
             "metrics": dict(self.last_val),
+            "val_pending": self._val_pending,
         }
 
     def save(self, keep: bool = False) -> Path | None:
@@ -479,6 +500,7 @@ class Trainer:
             self.run_id = ckpt.get("run_id", self.run_id)
         self.step, self.epoch = new_step, epoch
         self.last_val = dict(ckpt.get("metrics", {}))
+        self._val_pending = bool(ckpt.get("val_pending", False))
         ckpt_io.set_rng_state(ckpt["rng"])
         if old_epochs != self.config.optim.epochs or old_world != self.env.world_size:
             old_lr = self.optimizer.param_groups[0]["lr"]
@@ -515,8 +537,9 @@ class Trainer:
                           "without it")
         else:
             if self.env.is_main:
-                self._log(f"\nreceived {name} a third time: quitting without a checkpoint of this step "
-                          f"({self.out_dir / 'last.pt'} holds the last one written)")
+                last = self.out_dir / "last.pt"
+                kept = f"{last} holds the last one written" if last.exists() else "none was written before it"
+                self._log(f"\nreceived {name} a third time: quitting without a checkpoint of this step ({kept})")
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(128 + self._stop_signal)
@@ -531,7 +554,8 @@ class Trainer:
         if env.device.type == "cpu":
             big = cfg.data.sounds_per_epoch * cfg.optim.epochs > 100_000  # the advice only where it is news
             lines.append("no CUDA device: training on CPU"
-                         + (" (use a small preset such as --preset cpu-smoke)" if big else ""))
+                         + (f" ({cfg.data.sounds_per_epoch * cfg.optim.epochs:,} sounds to render and train on: a "
+                            "small preset such as --preset cpu-smoke finishes in seconds)" if big else ""))
         if self.real is not None:
             source = (
                 f"real audio from {cfg.data.data} ({len(self.real.train_files)} train / {len(self.real.val_files)} "
@@ -579,12 +603,12 @@ class Trainer:
             self._log(self.describe())
             if cfg.run.resume:
                 self._log(f"resumed from {cfg.run.resume} at step {start_step} (epoch {self.epoch})")
-            if start_step >= self.end_step:
+            if start_step >= self.end_step and not self._val_pending:
                 self._log(
                     f"nothing to do: the run is at step {start_step} of {self.end_step} (epoch {self.epoch} of "
                     f"{cfg.optim.epochs}); pass a larger --max-steps or --epochs to extend it"
                 )
-        if start_step >= self.end_step:  # nothing is written (a --resume X --out Y of a finished run leaves Y empty)
+        if start_step >= self.end_step and not self._val_pending:  # nothing is written (a --resume X --out Y of a finished run leaves Y empty)
             resumed = Path(cfg.run.resume) if cfg.run.resume else self.out_dir
             return self._summary("done", start_step, checkpoint=resumed / "last.pt" if resumed.is_dir() else resumed)
         self._open_logs()
@@ -603,7 +627,12 @@ class Trainer:
         )
         status = "done"
         try:
-            while self.step < self.end_step:
+            if self._val_pending:  # the validation of the step this run resumes at, stopped by a signal
+                self._report_val(self.validate(), bar)
+                if not self._val_pending:
+                    self.save()  # the checkpoint no longer asks for it
+            stopped = self._val_pending  # stopped again (validate's check is collective: every rank agrees)
+            while not stopped and self.step < self.end_step:
                 epoch_end = min((self.step // self.steps_per_epoch + 1) * self.steps_per_epoch, self.end_step)
                 for indices, audio1, audio2 in self.train_batches(self.step, epoch_end):
                     self._acc += self.train_step(indices, audio1, audio2)
@@ -622,12 +651,7 @@ class Trainer:
                         self.epoch += 1
                         self.scheduler.step()
                         if self.epoch % cfg.run.val_every == 0 or self.step == self.total_steps:
-                            v = self.validate()
-                            if self.env.is_main:
-                                bar.write(
-                                    f"epoch {self.epoch}: val loss {v['loss']:.4f} align {v['align']:.4f} "
-                                    f"uniform {v['uniform']:.4f}"
-                                )
+                            self._report_val(self.validate(), bar)
                         self.save(keep=cfg.run.keep_every > 0 and self.epoch % cfg.run.keep_every == 0)
                     elif self.step % cfg.run.checkpoint_every == 0:
                         self.save()
@@ -639,14 +663,29 @@ class Trainer:
             if status == "interrupted":
                 self.save()
             elif self.step % self.steps_per_epoch != 0 and self.step > start_step:  # max_steps inside an epoch
-                self.validate()
+                self._report_val(self.validate(), bar)
                 self.save()
+            if any_rank(self._stop_signal is not None, self.env):  # during a validation or the last step: not "done"
+                status = "interrupted"
+                if self._val_pending:
+                    self.save()
         finally:
             bar.close()
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             self._close_logs()
         return self._summary(status, start_step, checkpoint=self.out_dir / "last.pt")
+
+    def _report_val(self, v: dict[str, float] | None, bar) -> None:
+        """The validation's line (a stopped one: what the checkpoint keeps for the resumed run)."""
+        if not self.env.is_main:
+            return
+        epoch = self.step / self.steps_per_epoch
+        epoch = f"{epoch:.0f}" if epoch == int(epoch) else f"{epoch:.2f}"
+        if v is None:
+            bar.write(f"validation at step {self.step} stopped by the signal: a resumed run does it first")
+        else:
+            bar.write(f"epoch {epoch}: val loss {v['loss']:.4f} align {v['align']:.4f} uniform {v['uniform']:.4f}")
 
     def _summary(self, status: str, start_step: int, checkpoint: str | Path) -> dict[str, Any]:
         elapsed = time.perf_counter() - self._start_time
@@ -657,7 +696,8 @@ class Trainer:
             "epoch": self.step / self.steps_per_epoch,
             "steps_run": self.step - start_step,
             "elapsed_s": elapsed,
-            "pairs_per_s": (self.step - start_step) * self.global_batch / max(elapsed, 1e-9),
+            "pairs_per_s": (self.step - start_step) * self.global_batch / max(elapsed - self._val_seconds, 1e-9),
+            "val_s": self._val_seconds,
             "val": dict(self.last_val),
             # Files, not read attempts: one that fails on every read counts once.
             "skipped_files": 0 if self.real is None else len(self.real.skipped) + len(self.failed_files | self.real.failed_files),
@@ -673,7 +713,7 @@ def format_summary(s: dict[str, Any]) -> str:
     val = s["val"]
     lines = [
         f"{s['status']}: step {s['step']} (epoch {s['epoch']:.2f}), {s['steps_run']} steps in {s['elapsed_s']:.1f} s, "
-        f"{s['pairs_per_s']:.1f} pairs/s",
+        f"{s['pairs_per_s']:.1f} pairs/s" + (f" (training; validation {s['val_s']:.1f} s)" if s.get("val_s") else ""),
     ]
     if val:
         lines.append(f"validation: loss {val['loss']:.4f}, align {val['align']:.4f}, uniform {val['uniform']:.4f}")

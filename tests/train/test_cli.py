@@ -280,9 +280,14 @@ def test_a_new_run_never_overwrites_another(tmp_path, monkeypatch):
     from doppel_torch.train.cli import claim_run_folder
     from doppel_torch.train.config import make_config
 
+    started = tmp_path / "started"  # a run stopped while it started: metrics.csv's header alone is no run
+    started.mkdir()
+    (started / "metrics.csv").write_text("kind,step\n")
+    result = CliRunner().invoke(train, [*TINY_ARGS, "--max-steps", "1", "--out", str(started)])
+    assert result.exit_code == 0 and (started / "last.pt").is_file(), result.output
     held = tmp_path / "held"
     held.mkdir()
-    (held / "metrics.csv").write_text("kind,step\n")
+    (held / "metrics.csv").write_text("kind,step\ntrain,1\n")
     before = (held / "metrics.csv").read_text()
     result = CliRunner().invoke(train, [*TINY_ARGS, "--max-steps", "1", "--out", str(held)])
     # metrics.csv and no last.pt: a run stopped before its first checkpoint, so --resume is no way on
@@ -308,7 +313,9 @@ def test_a_new_run_never_overwrites_another(tmp_path, monkeypatch):
     assert claim(make_config("cpu-smoke", {"run.out_dir": "fresh"}), None, True).run.out_dir == "fresh"
     resumed = make_config("cpu-smoke", {"run.out_dir": "runs/doppel"})
     assert claim(resumed, "runs/doppel/last.pt", explicit=False).run.out_dir == "runs/doppel"
-    refused = r"--out runs/doppel-2 holds another run \(last.pt / metrics.csv\): choose another --out"
+    # (the run in it, if it is the one meant, goes on with --resume runs/doppel-2: a repeated branch command's case)
+    refused = (r"--out runs/doppel-2 holds another run \(last.pt / metrics.csv\): --resume runs/doppel-2 continues it, "
+               r"or choose another --out")
     with pytest.raises(Exception, match=refused):
         claim_run_folder(make_config("cpu-smoke", {"run.out_dir": "runs/doppel-2"}), "runs/doppel", explicit=True)
 

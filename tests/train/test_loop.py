@@ -276,3 +276,52 @@ def test_audio_with_nan_is_skipped_and_a_folder_of_it_is_one_error(tmp_path, aud
     only_nan = RealPairs(folder, n_val=0, seed=0)  # one file for validation, one (not finite either) for training
     with pytest.warns(UserWarning), pytest.raises(NoAudioLeft, match="give --data a folder of working recordings"):
         only_nan(torch.arange(2))
+
+
+@pytest.mark.parametrize("n_val,world,batch", [(10_000, 16, 768), (16, 1, 32), (32, 2, 32), (4, 1, 4), (5, 8, 4),
+                                               (2, 1, 64), (100, 3, 8)])
+def test_validation_reads_only_validation_sounds(n_val, world, batch):
+    """Every rank's validation indices lie in 0 .. n_val - 1, at least 2 a batch (uniformity compares pairs), and a
+    split of at least one global batch validates on whole training-size batches as before. Found from outside: a
+    split smaller than a global batch (cpu-smoke under torchrun, the README's 16-GPU example) read training sounds."""
+    from doppel_torch.train.data import val_batch_size, val_batches, val_indices
+
+    per = val_batch_size(n_val, world, batch)
+    seen = torch.cat([val_indices(b, r, world, batch, n_val) for b in range(val_batches(n_val, world, batch))
+                      for r in range(world)])
+    assert per >= 2 and int(seen.min()) >= 0 and int(seen.max()) < n_val
+    if n_val >= world * batch:
+        assert per == batch and seen.unique().numel() == seen.numel()
+    elif n_val >= 2 * world:  # a smaller batch, no sound read twice
+        assert seen.unique().numel() == seen.numel() == world * per
+
+
+def test_a_signal_during_validation_stops_it_and_the_resumed_run_does_it(tmp_path):
+    """Ctrl-C / SIGTERM while a validation runs: it stops between batches (it used to run to the end, minutes on a
+    big split, and a run whose last validation it was ended "done"), nothing of it is recorded, the run ends
+    "interrupted" with a checkpoint that marks it pending, and the resumed run validates first: the same row as a
+    run never interrupted."""
+    import signal
+
+    common = dict(data__sounds_per_epoch=44, data__val_fraction=8 / 44, optim__epochs=1, run__max_steps=2)
+    full = Trainer(tiny_config(tmp_path / "full", **common), log=_quiet)
+    full.fit()
+    first = Trainer(tiny_config(tmp_path / "split", **common), log=_quiet)
+    real_embed = first.embed
+
+    def embed(model, *args):
+        if not model.training:  # a validation batch: the signal arrives now, before the second of two
+            first._stop_signal = signal.SIGINT
+        return real_embed(model, *args)
+
+    first.embed = embed
+    summary = first.fit()
+    assert summary["status"] == "interrupted" and summary["step"] == 2 and not first.last_val
+    assert not any(r["kind"] == "val" for r in _rows(tmp_path / "split" / "metrics.csv"))
+    assert ckpt_io.load_checkpoint(tmp_path / "split" / "last.pt")["val_pending"]
+    second = Trainer(tiny_config(tmp_path / "split", run__resume=str(tmp_path / "split"), **common), log=_quiet)
+    assert second.fit()["status"] == "done"
+    val = [r for r in _rows(tmp_path / "split" / "metrics.csv") if r["kind"] == "val"]
+    want = [r for r in _rows(tmp_path / "full" / "metrics.csv") if r["kind"] == "val"]
+    assert len(val) == len(want) == 1 and val[0]["loss"] == want[0]["loss"] and val[0]["step"] == "2"
+    assert not ckpt_io.load_checkpoint(tmp_path / "split" / "last.pt")["val_pending"]
