@@ -469,10 +469,18 @@ def test_match_command_continues_from_its_theta_json(tmp_path, synth):
     edited.write_text(json.dumps({**before, "params": [{**before["params"][0], "value": 0.5}, *before["params"][1:]]}))
     short = tmp_path / "short.json"
     short.write_text(json.dumps({**before, "theta": before["theta"][:-1]}))
+    human = tmp_path / "human.json"  # a value edited in human units, which --init would have ignored
+    human.write_text(json.dumps({**before, "params": [{**before["params"][5], "human": 99.0}
+                                                      if i == 5 else p for i, p in enumerate(before["params"])]}))
+    nan = tmp_path / "nan.json"  # NaN in both lists: reported as out of range, not as an edit
+    nan.write_text(json.dumps({**before, "theta": [float("nan"), *before["theta"][1:]],
+                               "params": [{**before["params"][0], "value": float("nan")}, *before["params"][1:]]}))
     for init, expected in ((tmp_path / "none.json", "no such file"), (broken, "not a theta.json"),
                            (other, "holds a theta of voicefm (130 parameters), not of voice (78)"),
                            (nulled, '"params" must be the list'), (renamed, "parameter names are not voice's"),
-                           (edited, f"{before['params'][0]['name']}'s \"value\" differs"), (short, "its theta has 77 values")):
+                           (edited, f"{before['params'][0]['name']}'s \"value\" differs"), (short, "its theta has 77 values"),
+                           (human, f"{before['params'][5]['name']}'s \"human\" value is not what"),
+                           (nan, "theta must lie in [0, 1] (normalised values); entry 0")):
         bad = CliRunner().invoke(main, _match_args(path, tmp_path / "c", "--steps", "1", "--init", str(init)))
         assert bad.exit_code == 2 and expected in bad.output and "Traceback" not in bad.output, bad.output
     both = CliRunner().invoke(main, _match_args(path, tmp_path / "c", "--init", str(tmp_path / "a" / "theta.json"),
@@ -679,3 +687,59 @@ def test_match_command_fits_some_parameters_of_a_theta_json(tmp_path, synth):
                             (["--init", str(init), "--fit", ""], "an empty pattern names no parameter")):
         bad = CliRunner().invoke(main, _match_args(path, tmp_path / "c", "--steps", "1", *extra))
         assert bad.exit_code == 2 and expected in bad.output and "Traceback" not in bad.output, bad.output
+
+
+def test_bad_fft_sizes_and_init_are_one_line_errors(synth):
+    """spectral_loss / match: fft_sizes other than a non-empty sequence of integers >= 4 (a raw min() or STFT error
+    before), and an init outside [0, 1] (with fit= it came back as an unrenderable theta), each a ValueError."""
+    audio, target = torch.randn(2, 800), torch.randn(800)
+    for sizes in ((), (0,), (3,), (-64,), (64.0,), ("64",), 64, "64"):
+        with pytest.raises(ValueError, match="fft_sizes must be a non-empty sequence of integers >= 4"):
+            spectral_loss(audio, target, fft_sizes=sizes)
+    assert torch.isfinite(spectral_loss(audio, target, fft_sizes=[np.int64(64), 128])).all()
+    target = synth(synth.random_params(1, seed=3))[0]
+    with pytest.raises(ValueError, match=r"init must lie in \[0, 1\]"):
+        match(synth, target, restarts=2, steps=1, fit=["mixer"], init=torch.full((2, synth.num_params), 2.0),
+              progress=False)
+
+
+def test_match_command_holds_its_out_folder_and_writes_a_loud_target_unclipped(tmp_path, synth):
+    """One match writes an --out at a time (another run holding it: one line, nothing written), and a target beyond
+    full scale is written as float, as matched (16-bit PCM clipped it)."""
+    from doppel_torch import runlock
+
+    path = tmp_path / "loud.wav"
+    sf.write(path, 4.0 * synth(synth.random_params(1, seed=11))[0].numpy(), 16000, subtype="FLOAT")
+    out = tmp_path / "o"
+    code = ("import sys, time; from doppel_torch.runlock import try_lock; lock = try_lock(sys.argv[1]); "
+            "print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused = CliRunner().invoke(main, _match_args(path, out, "--steps", "1"))
+        assert refused.exit_code == 2 and "is being written by another run" in refused.output, refused.output
+        assert not (out / "theta.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    done = CliRunner().invoke(main, _match_args(path, out, "--steps", "1"))
+    assert done.exit_code == 0, done.output
+    written, _ = sf.read(out / "target.wav", dtype="float32")
+    assert sf.info(str(out / "target.wav")).subtype == "FLOAT" and np.abs(written).max() > 1.5
+    assert not runlock.is_locked(out) and not list(out.glob(".*.tmp"))
+
+
+def test_a_wav_that_cannot_be_written_leaves_no_file(tmp_path, monkeypatch):
+    """viz.write_wav: a failed write (libsndfile's "System error." on a full disk) is an OSError and leaves neither
+    a cut wav nor its temporary (match printed a traceback and left a 12 kB target.wav)."""
+    from doppel_torch import viz
+
+    def full(path, *args, **kwargs):
+        Path(path).write_bytes(b"RIFF")  # what a full disk leaves
+        raise sf.LibsndfileError(0, "System error.")
+
+    monkeypatch.setattr(sf, "write", full)
+    with pytest.raises(OSError, match="is the disk full"):
+        viz.write_wav(tmp_path / "x.wav", torch.zeros(100), 16000)
+    assert list(tmp_path.iterdir()) == []

@@ -18,6 +18,8 @@ def load_patch(spec: str) -> Patch:
 
     Raises ValueError with what to do when the file or module is missing, the name is absent, or it is not a
     Patch; the patch's own wiring is validated when a Synth is built from it."""
+    if "/" in spec and Path(spec).is_dir():
+        raise ValueError(f"patch {spec!r} is a folder: give the Python file in it that defines the patch")
     if Path(spec).is_file() or spec.endswith(".py"):  # a file, whose path may hold a ':'
         source, name = spec, ""
     elif spec.rpartition(":")[0].endswith(".py"):  # FILE.py:NAME
@@ -43,8 +45,6 @@ def load_patch(spec: str) -> Patch:
         except (Exception, SystemExit) as err:  # the user's code (a sys.exit too): report it in one line
             raise ValueError(f"patch file {source!r} failed to run: {type(err).__name__}: {err}") from err
     else:
-        if "/" in source and Path(source).is_dir():
-            raise ValueError(f"patch {source!r} is a folder: give the Python file in it that defines the patch")
         try:
             module = importlib.import_module(source)
         except ImportError as err:

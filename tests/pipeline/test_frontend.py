@@ -109,3 +109,12 @@ def test_resample_rejects_bad_rates():
         resample(torch.zeros(10), 0, 16000)
     with pytest.raises(ValueError, match="positive integers"):
         resample(torch.zeros(10), 44100.5, 16000)
+
+
+def test_frontend_takes_an_empty_batch_and_refuses_integer_audio():
+    """Batch 0 gives (0, 1, 96, 64) as the synth and pairs give empty batches (an MKL error before); integer audio
+    is refused (read as raw sample values, 16-bit PCM came out 90 dB too loud)."""
+    frontend = LogMelFrontend()
+    assert frontend(torch.zeros(0, 16000)).shape == (0, 1, 96, 64)
+    with pytest.raises(ValueError, match="floating point"):
+        frontend(torch.zeros(2, 16000, dtype=torch.int16))

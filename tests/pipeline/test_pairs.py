@@ -190,3 +190,20 @@ def test_write_samples_writes_wavs_and_one_png(voice, tmp_path):
     data, rate = sf.read(str(tmp_path / "s" / "pair_01_b.wav"))
     assert rate == voice.sample_rate and data.shape == (voice.n_samples,) and abs(data).max() > 0
     assert math.isclose(out["png"].stat().st_size > 1000, True)
+
+
+def test_augment_refuses_audio_that_requires_grad_and_pairs_check_their_seed():
+    """AugmentChain is not differentiable: audio requiring grad is one line saying what to pass (a raw 'out=
+    arguments don't support automatic differentiation' before); DoppelgangerPairs checks its seed as the synth does
+    (1.5 became 1, and per_view's 2 seed + 1 overflowed at the first call with a number nobody gave)."""
+    synth = get_synth("voice", duration=0.05, backend="torch")
+    audio = synth(synth.random_params(2, seed=0).requires_grad_(True))
+    with pytest.raises(ValueError, match=r"AugmentChain is not differentiable.*audio\.detach\(\)"):
+        AugmentChain(16000)(audio, torch.arange(2))
+    assert AugmentChain(16000)(audio.detach(), torch.arange(2)).shape == audio.shape
+    for seed in (1.5, "3", 2**64):
+        with pytest.raises(ValueError, match="seed must"):
+            DoppelgangerPairs(synth, seed=seed)
+    with pytest.raises(ValueError, match=r"seed must lie in \[-2\^62, 2\^63\) with noise='per_view'"):
+        DoppelgangerPairs(synth, seed=2**63, noise="per_view")
+    assert DoppelgangerPairs(synth, seed=2**63).seed == 2**63

@@ -28,3 +28,13 @@ def test_to_human_slope_at_a_symmetric_centre():
     human.sum().backward()
     assert human.tolist() == [[2.0, 5.0, 0.0]]
     assert unit.grad.tolist() == [[8.0, 0.0, 0.0]]
+
+
+def test_an_fm_operators_depth_is_named_a_modulation_index():
+    """An FM operator's frequency is f0 (1 + mod_depth x source): its depth is no pitch modulation in semitones."""
+    from doppel_torch import get_synth
+
+    units = dict(zip(get_synth("voicefm").param_names, get_synth("voicefm").param_units))
+    kinds = {name.split("/")[0] for name, unit in units.items() if unit.startswith("modulation index")}
+    assert kinds and all(units[f"{k}/tuning"] == "semitones" for k in kinds)
+    assert any(u == "semitones per unit of pitch modulation" for u in units.values())  # the VCOs keep theirs

@@ -127,3 +127,32 @@ def test_modules_whose_parameters_would_do_nothing_are_refused():
         Synth(unrouted_lfo)
     with pytest.raises(ValueError, match="keyboard kb_2 triggers no envelope and plays no oscillator"):
         Synth(_with(patch, keyboards=(*patch.keyboards, "kb_2")))
+
+
+def test_a_patch_name_that_would_name_files_elsewhere_is_refused(tmp_path):
+    """The patch name names files (delta-profile's CSV, equal-effect's lookup): '../x' wrote outside --out."""
+    from doppel_torch.spec.patches import PATCHES
+
+    voice = PATCHES["voice"]()
+    for name in ("../../escaped", "sub/tractive", "a\\b", "..", "."):
+        with pytest.raises(ValueError, match="names files"):
+            dataclasses.replace(voice, name=name)
+    assert dataclasses.replace(voice, name="my.voice").name == "my.voice"
+
+
+def test_load_patch_reads_a_file_whose_path_holds_a_colon(tmp_path):
+    """FILE.py[:NAME]: the ':' of a folder name is part of the path, not the separator."""
+    import shutil
+    from pathlib import Path
+
+    from doppel_torch.spec.load import load_patch
+
+    folder = tmp_path / "a:b"
+    folder.mkdir()
+    source = Path(__file__).resolve().parents[2] / "examples" / "subtractive.py"
+    shutil.copy(source, folder / "sub.py")
+    assert load_patch(str(folder / "sub.py")).name == load_patch(f"{folder / 'sub.py'}:patch").name == "subtractive"
+    with pytest.raises(ValueError, match="does not exist"):
+        load_patch(str(folder / "nope.py"))
+    with pytest.raises(ValueError, match="is a folder"):
+        load_patch(str(folder))
