@@ -151,6 +151,7 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self._val_pending = False  # a validation stopped by a signal: the resumed run does it first
         self._val_seconds = 0.0  # time spent validating in this process (not in the pairs/s figures)
+        self._carried: dict | None = None  # training metrics a save at a signal puts in the checkpoint
         self._csv = None
         self._tb = None
         self._resumed_step = 0  # the checkpoint's own step number (before a world-size conversion)
@@ -345,6 +346,13 @@ class Trainer:
         self._acc.zero_()
         self._acc_steps = 0
         self._interval_start, self._interval_step = now, self.step
+        self._check_finite(values)
+        metrics = {"loss": values[0], "align": values[1], "uniform": values[2], "pairs_per_s": pairs_per_s}
+        self._record("train", metrics)
+        return metrics
+
+    def _check_finite(self, values: list[float]) -> None:
+        """NonFiniteLoss, saying what to do, where the training metrics so far are not finite."""
         if not all(math.isfinite(v) for v in values):
             last = self.out_dir / "last.pt"
             kept = (f"the last good checkpoint is kept in {last}" if last.is_file()
@@ -358,9 +366,6 @@ class Trainer:
                 f"loss became {values[0]} (align {values[1]}, uniform {values[2]}) before step {self.step}; "
                 f"stopping: {kept}. To continue, {' or '.join(advice)}"
             )
-        metrics = {"loss": values[0], "align": values[1], "uniform": values[2], "pairs_per_s": pairs_per_s}
-        self._record("train", metrics)
-        return metrics
 
     def _record(self, kind: str, metrics: dict[str, float]) -> None:
         row = {
@@ -435,12 +440,21 @@ class Trainer:
             "rng": ckpt_io.rng_state(),
             "metrics": dict(self.last_val),
             "val_pending": self._val_pending,
+            "train_metrics": self._carried,  # sums and steps since the last row (a save at a signal), or None
         }
 
-    def save(self, keep: bool = False) -> Path | None:
+    def save(self, keep: bool = False, row: bool = True) -> Path | None:
         """Write out_dir/last.pt (rank 0) after checking that the loss so far is finite; with `keep`, also
-        out_dir/epoch-NNNN.pt (run.keep_every), which later saves leave alone."""
-        self._flush_train_metrics()
+        out_dir/epoch-NNNN.pt (run.keep_every), which later saves leave alone. row=False (a save at a signal): the
+        training metrics since the last row go into the checkpoint instead of a row of their own, so a resumed
+        run's metrics.csv has the rows of an uninterrupted one (an extra row at the signal's step before)."""
+        self._carried = None
+        if row:
+            self._flush_train_metrics()
+        elif self._acc_steps:
+            total = mean_over_ranks(self._acc, self.env)
+            self._check_finite((total / self._acc_steps).tolist())
+            self._carried = {"sums": total.tolist(), "steps": self._acc_steps}
         path = None
         if self.env.is_main:
             state = self.state_dict()
@@ -501,6 +515,10 @@ class Trainer:
         self.step, self.epoch = new_step, epoch
         self.last_val = dict(ckpt.get("metrics", {}))
         self._val_pending = bool(ckpt.get("val_pending", False))
+        carried = ckpt.get("train_metrics")
+        if carried and old_world == self.env.world_size:
+            self._acc = torch.tensor(carried["sums"], dtype=self._acc.dtype, device=self.device)
+            self._acc_steps = int(carried["steps"])
         ckpt_io.set_rng_state(ckpt["rng"])
         if old_epochs != self.config.optim.epochs or old_world != self.env.world_size:
             old_lr = self.optimizer.param_groups[0]["lr"]
@@ -608,7 +626,8 @@ class Trainer:
                     f"nothing to do: the run is at step {start_step} of {self.end_step} (epoch {self.epoch} of "
                     f"{cfg.optim.epochs}); pass a larger --max-steps or --epochs to extend it"
                 )
-        if start_step >= self.end_step and not self._val_pending:  # nothing is written (a --resume X --out Y of a finished run leaves Y empty)
+        if start_step >= self.end_step and not self._val_pending:
+            # nothing is written (a --resume X --out Y of a finished run leaves Y empty)
             resumed = Path(cfg.run.resume) if cfg.run.resume else self.out_dir
             return self._summary("done", start_step, checkpoint=resumed / "last.pt" if resumed.is_dir() else resumed)
         self._open_logs()
@@ -630,7 +649,7 @@ class Trainer:
             if self._val_pending:  # the validation of the step this run resumes at, stopped by a signal
                 self._report_val(self.validate(), bar)
                 if not self._val_pending:
-                    self.save()  # the checkpoint no longer asks for it
+                    self.save(row=False)  # the checkpoint no longer asks for it
             stopped = self._val_pending  # stopped again (validate's check is collective: every rank agrees)
             while not stopped and self.step < self.end_step:
                 epoch_end = min((self.step // self.steps_per_epoch + 1) * self.steps_per_epoch, self.end_step)
@@ -661,14 +680,14 @@ class Trainer:
                 if status == "interrupted":
                     break
             if status == "interrupted":
-                self.save()
+                self.save(row=False)
             elif self.step % self.steps_per_epoch != 0 and self.step > start_step:  # max_steps inside an epoch
                 self._report_val(self.validate(), bar)
                 self.save()
             if any_rank(self._stop_signal is not None, self.env):  # during a validation or the last step: not "done"
                 status = "interrupted"
                 if self._val_pending:
-                    self.save()
+                    self.save(row=False)
         finally:
             bar.close()
             for sig, handler in handlers.items():

@@ -325,3 +325,30 @@ def test_a_signal_during_validation_stops_it_and_the_resumed_run_does_it(tmp_pat
     want = [r for r in _rows(tmp_path / "full" / "metrics.csv") if r["kind"] == "val"]
     assert len(val) == len(want) == 1 and val[0]["loss"] == want[0]["loss"] and val[0]["step"] == "2"
     assert not ckpt_io.load_checkpoint(tmp_path / "split" / "last.pt")["val_pending"]
+
+
+def test_a_run_stopped_by_a_signal_resumes_to_the_same_metrics_rows(tmp_path):
+    """A signal between two log rows: the checkpoint carries the training metrics since the last row instead of
+    writing a row of its own, so the resumed run's metrics.csv has the rows (and values) of an uninterrupted run
+    (an extra row at the signal's step before, and a next row averaging fewer steps)."""
+    import signal
+
+    common = dict(data__sounds_per_epoch=44, data__val_fraction=8 / 44, optim__epochs=1, run__log_every=3)
+    full = Trainer(tiny_config(tmp_path / "full", **common), log=_quiet)
+    full.fit()
+    first = Trainer(tiny_config(tmp_path / "split", **common), log=_quiet)
+    real_step = first.train_step
+
+    def step(*args):
+        out = real_step(*args)
+        if first.step == 4:  # between the rows of steps 3 and 6
+            first._stop_signal = signal.SIGTERM
+        return out
+
+    first.train_step = step
+    assert first.fit()["status"] == "interrupted" and first.step == 4
+    assert ckpt_io.load_checkpoint(tmp_path / "split" / "last.pt")["train_metrics"]["steps"] == 1
+    Trainer(tiny_config(tmp_path / "split", run__resume=str(tmp_path / "split"), **common), log=_quiet).fit()
+    keys = ("kind", "step", "loss", "align", "uniform")
+    rows = [tuple(r[k] for k in keys) for r in _rows(tmp_path / "split" / "metrics.csv")]
+    assert rows == [tuple(r[k] for k in keys) for r in _rows(tmp_path / "full" / "metrics.csv")]
