@@ -262,6 +262,9 @@ class AugmentChain(nn.Module):
         """Augment (B, N) audio; `indices` (B,) are the sounds' global indices (default arange(B))."""
         if audio.ndim != 2:
             raise ValueError(f"audio must be (batch, samples), got shape {tuple(audio.shape)}")
+        if not audio.is_floating_point():
+            raise ValueError(f"audio must be floating point in [-1, 1], got {audio.dtype} (16-bit PCM: divide by "
+                             "32768)")
         if audio.requires_grad and torch.is_grad_enabled():
             raise ValueError("AugmentChain is not differentiable (its pitch shift and reverb write in place): pass "
                              "audio.detach(), or augment under torch.no_grad()")

@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import click
 import torch
@@ -161,10 +161,16 @@ def _native(spectrum: torch.Tensor) -> bool:
 
 def _sizes(fft_sizes: Sequence[int], n_samples: int) -> list[int]:
     """The FFT sizes that fit n_samples (the smallest alone if none does); ValueError in one line for a bad list."""
-    if isinstance(fft_sizes, (str, bytes)) or not isinstance(fft_sizes, Sequence) or not fft_sizes or any(
-            isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 4 for n in fft_sizes):
+    given = fft_sizes
+    if isinstance(fft_sizes, torch.Tensor) or hasattr(fft_sizes, "tolist"):  # a tensor or numpy array of sizes
+        fft_sizes = fft_sizes.tolist()
+    if isinstance(fft_sizes, (str, bytes)) or not isinstance(fft_sizes, Iterable):
+        fft_sizes = None
+    else:
+        fft_sizes = list(fft_sizes)
+    if not fft_sizes or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 4 for n in fft_sizes):
         raise ValueError(f"fft_sizes must be a non-empty sequence of integers >= 4 (window lengths in samples, e.g. "
-                         f"{tuple(FFT_SIZES)}), got {fft_sizes!r}")
+                         f"{tuple(FFT_SIZES)}), got {given!r}")
     fft_sizes = [int(n) for n in fft_sizes]
     return [n for n in fft_sizes if n <= n_samples] or [min(fft_sizes)]
 
@@ -572,8 +578,12 @@ def write_theta_json(path: Path, synth, theta: torch.Tensor, loss: float, steps:
         "theta": [float(v) for v in theta],
     }
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_theta_json(path: Path, synth) -> torch.Tensor:
@@ -608,21 +618,22 @@ def read_theta_json(path: Path, synth) -> torch.Tensor:
     if bad is not None:
         raise ValueError(f"{path}: theta must lie in [0, 1] (normalised values); entry {bad} "
                          f"({synth.param_names[bad]}) is {theta[bad]!r}")
-    edited = next((p for p, v in zip(params, theta) if isinstance(p, dict) and p.get("value") != v), None)
-    if edited is not None:  # the match writes both from one tensor: one of them was edited by hand
-        raise ValueError(f"{path}: {edited.get('name')}'s \"value\" differs from its entry in \"theta\" (the list "
-                         "--init reads): edit \"theta\", or both alike")
+    # The match writes "theta" and each parameter's "value" and "human" from one tensor: a field that disagrees was
+    # edited by hand. --init reads "theta" alone, so an edit elsewhere would be ignored without a word.
+    remedy = ("--init reads \"theta\", the normalised values: edit it (synth.to_unit maps human values to it) and "
+              "drop that parameter's \"value\" and \"human\" fields, or make them agree")
+    edited = next((p.get("name") for p, v in zip(params, theta)
+                   if isinstance(p, dict) and "value" in p and p["value"] != v), None)
+    if edited is not None:
+        raise ValueError(f"{path}: {edited}'s \"value\" differs from its entry in \"theta\"; {remedy}")
     theta = torch.tensor(theta, dtype=torch.float32)
-    if len(params) == len(theta) and all(isinstance(p, dict) and "human" in p for p in params):
-        written = [p["human"] for p in params]
-        human = describe_theta(synth, theta)
-        moved = next((h["name"] for h, w in zip(human, written) if not (
-            isinstance(w, (int, float)) and not isinstance(w, bool)
-            and math.isclose(w, h["human"], rel_tol=1e-5, abs_tol=1e-9))), None)
-        if moved is not None:  # --init reads theta only: an edited human value would be ignored without a word
-            raise ValueError(f"{path}: {moved}'s \"human\" value is not what its \"theta\" entry maps to (--init "
-                             "reads theta, the normalised values): edit \"theta\" (synth.to_unit maps human values "
-                             "to it), or drop the \"human\" fields")
+    if len(params) == len(theta):
+        for p, h in zip(params, describe_theta(synth, theta)):
+            w = p.get("human") if isinstance(p, dict) else None
+            if w is not None and not (isinstance(w, (int, float)) and not isinstance(w, bool)
+                                      and math.isclose(w, h["human"], rel_tol=1e-5, abs_tol=1e-9)):
+                raise ValueError(f"{path}: {h['name']}'s \"human\" value is not what its \"theta\" entry maps to; "
+                                 f"{remedy}")
     return theta
 
 

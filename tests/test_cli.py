@@ -313,6 +313,11 @@ def test_bad_outputs_devices_and_files_are_one_line_before_any_work(tmp_path):
         (["eval", str(text_ckpt), *fsdd, "--out", str(tmp_path / "e")], "could not be loaded as a checkpoint"),
         (["train", "--resume", str(text_ckpt)], "could not be loaded as a checkpoint"),
         (["delta-profile", "--patch", str(text_wav), "--out", str(tmp_path / "d")], "is not a .py file"),
+        (["delta-profile", "--seed", str(2**70), "--out", str(tmp_path / "d")], "Invalid value for --seed"),
+        (["sample", "--start", str(2**63), "--out", str(tmp_path / "s")], "Invalid value for '--start'"),
+        (["train", "--preset", "cpu-smoke", "--seed", str(2**70)], "must lie in [-2^63, 2^64)"),
+        (["train", "--preset", "cpu-smoke", "--out", ""], "must name a folder"),
+        (["train", "--preset", "cpu-smoke", "--ir-dir", str(irs)], "add --augment"),
         (["train", "--preset", "cpu-smoke", "--augment", "--ir-dir", str(irs), "--max-steps", "1", "--no-progress",
           "--no-tensorboard", "--out", str(tmp_path / "t")], "impulse response"),
     ]

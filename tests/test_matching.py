@@ -469,6 +469,13 @@ def test_match_command_continues_from_its_theta_json(tmp_path, synth):
     edited.write_text(json.dumps({**before, "params": [{**before["params"][0], "value": 0.5}, *before["params"][1:]]}))
     short = tmp_path / "short.json"
     short.write_text(json.dumps({**before, "theta": before["theta"][:-1]}))
+    alike = tmp_path / "alike.json"  # theta and value edited alike, as the first message said: human still differs
+    alike.write_text(json.dumps({**before, "theta": [0.5, *before["theta"][1:]],
+                                 "params": [{**before["params"][0], "value": 0.5}, *before["params"][1:]]}))
+    dropped = tmp_path / "dropped.json"  # ... and with that entry's value and human dropped, as it says: accepted
+    dropped.write_text(json.dumps({**before, "theta": [0.5, *before["theta"][1:]],
+                                   "params": [{"name": before["params"][0]["name"]}, *before["params"][1:]]}))
+    assert float(read_theta_json(dropped, synth)[0]) == 0.5
     human = tmp_path / "human.json"  # a value edited in human units, which --init would have ignored
     human.write_text(json.dumps({**before, "params": [{**before["params"][5], "human": 99.0}
                                                       if i == 5 else p for i, p in enumerate(before["params"])]}))
@@ -480,6 +487,7 @@ def test_match_command_continues_from_its_theta_json(tmp_path, synth):
                            (nulled, '"params" must be the list'), (renamed, "parameter names are not voice's"),
                            (edited, f"{before['params'][0]['name']}'s \"value\" differs"), (short, "its theta has 77 values"),
                            (human, f"{before['params'][5]['name']}'s \"human\" value is not what"),
+                           (alike, "drop that parameter's \"value\" and \"human\" fields"),
                            (nan, "theta must lie in [0, 1] (normalised values); entry 0")):
         bad = CliRunner().invoke(main, _match_args(path, tmp_path / "c", "--steps", "1", "--init", str(init)))
         assert bad.exit_code == 2 and expected in bad.output and "Traceback" not in bad.output, bad.output
@@ -696,7 +704,8 @@ def test_bad_fft_sizes_and_init_are_one_line_errors(synth):
     for sizes in ((), (0,), (3,), (-64,), (64.0,), ("64",), 64, "64"):
         with pytest.raises(ValueError, match="fft_sizes must be a non-empty sequence of integers >= 4"):
             spectral_loss(audio, target, fft_sizes=sizes)
-    assert torch.isfinite(spectral_loss(audio, target, fft_sizes=[np.int64(64), 128])).all()
+    for sizes in ([np.int64(64), 128], np.array([64, 128]), torch.tensor([64, 128])):  # arrays of sizes too
+        assert torch.isfinite(spectral_loss(audio, target, fft_sizes=sizes)).all()
     target = synth(synth.random_params(1, seed=3))[0]
     with pytest.raises(ValueError, match=r"init must lie in \[0, 1\]"):
         match(synth, target, restarts=2, steps=1, fit=["mixer"], init=torch.full((2, synth.num_params), 2.0),
@@ -743,3 +752,8 @@ def test_a_wav_that_cannot_be_written_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="is the disk full"):
         viz.write_wav(tmp_path / "x.wav", torch.zeros(100), 16000)
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "theta.json").mkdir()  # theta.json's own temporary goes too (12 kB of it stayed)
+    synth = VoiceSynth(duration=DURATION, backend="torch")
+    with pytest.raises(OSError):
+        matching.write_theta_json(tmp_path / "theta.json", synth, synth.random_params(1)[0], 1.0, 1)
+    assert [p.name for p in tmp_path.iterdir()] == ["theta.json"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from doppel_torch import rng
 from doppel_torch.delta.profile import PROFILE_GRID
 from doppel_torch.delta.spec import MAX_DELTA
 from doppel_torch.progress import progress_bar
@@ -57,6 +58,10 @@ def delta_profile_command(synth_name, patch_spec, delta, n_theta, seed, backend,
     if grid_values and not min(grid_values) <= delta <= max(grid_values):
         raise click.BadParameter(f"the grid {grid} must reach --delta {delta:g} on both sides (its equal-effect "
                                  "column interpolates there): add deltas around it", param_hint="--grid")
+    try:
+        rng.check_seed(seed)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--seed") from None
     try:
         synth = synth_from_options(synth_name, patch_spec, default="voicefm", backend=backend, duration=duration)
     except (RuntimeError, ValueError) as err:

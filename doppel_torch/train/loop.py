@@ -152,6 +152,7 @@ class Trainer:
         self._val_pending = False  # a validation stopped by a signal: the resumed run does it first
         self._val_seconds = 0.0  # time spent validating in this process (not in the pairs/s figures)
         self._carried: dict | None = None  # training metrics a save at a signal puts in the checkpoint
+        self._start_time = time.perf_counter()  # fit() restarts it; a validate() before fit() reads it too
         self._csv = None
         self._tb = None
         self._resumed_step = 0  # the checkpoint's own step number (before a world-size conversion)
@@ -280,6 +281,12 @@ class Trainer:
             self._interval_start += spent
 
     def _validate(self) -> dict[str, float] | None:
+        if self.env.distributed:
+            # every rank validates rank 0's model: BatchNorm's running statistics differ by rank after a step (DDP
+            # broadcasts rank 0's at the next training forward, not here), and a resumed run has only rank 0's,
+            # so a validation resumed after a signal read other values on the other ranks (found from outside)
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
         self.model.eval()
         n_val = self.config.data.n_val
         n_batches = val_batches(n_val, self.env.world_size, self.batch_size)

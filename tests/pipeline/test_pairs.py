@@ -201,6 +201,8 @@ def test_augment_refuses_audio_that_requires_grad_and_pairs_check_their_seed():
     with pytest.raises(ValueError, match=r"AugmentChain is not differentiable.*audio\.detach\(\)"):
         AugmentChain(16000)(audio, torch.arange(2))
     assert AugmentChain(16000)(audio.detach(), torch.arange(2)).shape == audio.shape
+    with pytest.raises(ValueError, match="floating point"):
+        AugmentChain(16000)(torch.zeros(2, 800, dtype=torch.int16), torch.arange(2))
     for seed in (1.5, "3", 2**64):
         with pytest.raises(ValueError, match="seed must"):
             DoppelgangerPairs(synth, seed=seed)

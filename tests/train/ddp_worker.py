@@ -1,7 +1,7 @@
 """One rank of the DDP equivalence test (launched by test_ddp.py with RANK / WORLD_SIZE set, like torchrun).
 
 argv: out_dir data_source ("real" or a synth name). Writes rank<R>.pt with the rank's loss terms, the
-encoder's gradients after one step and its weights after the SGD step.
+encoder's gradients after one step, its weights after the SGD step and its buffers after a validation.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ if __name__ == "__main__":
             "indices": indices,
             "lr": trainer.optimizer.param_groups[0]["lr"],
         }
+        trainer.validate()  # on rank 0's model: its BatchNorm statistics on every rank
+        result["validated_buffers"] = {k: v.clone() for k, v in trainer.model.named_buffers()}
         torch.save(result, os.path.join(out_dir, f"rank{env.rank}.pt"))
     finally:
         cleanup()

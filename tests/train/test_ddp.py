@@ -91,3 +91,9 @@ def test_two_gloo_ranks_equal_one_process_on_the_global_batch(tmp_path, audio_di
         if name.endswith("running_mean") or name.endswith("running_var") or name.endswith("num_batches_tracked"):
             continue  # BatchNorm running statistics are per rank under DDP (buffers broadcast from rank 0)
         assert rel_err(ranks[1]["weights"][name], w) < 1e-5, name
+    # ... until a validation, which every rank runs on rank 0's (a resumed run has only those: a validation resumed
+    # after a signal read other values on rank 1 than the uninterrupted run's, found from outside)
+    assert any(not torch.equal(ranks[0]["weights"][k], ranks[1]["weights"][k]) for k in ranks[0]["weights"]
+               if k.endswith("running_mean"))
+    for name, buffer in ranks[0]["validated_buffers"].items():
+        assert torch.equal(ranks[1]["validated_buffers"][name], buffer), name
