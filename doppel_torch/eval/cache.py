@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ class EmbeddingCache:
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser()
+        self.write_failed = False  # a put that could not write: no more tries (each would fail the same way)
 
     def path(self, key: str, file_hash: str) -> Path:
         return self.root / key / file_hash[:2] / f"{file_hash}.npy"
@@ -43,15 +45,23 @@ class EmbeddingCache:
         return torch.from_numpy(vec.astype(np.float32, copy=False))
 
     def put(self, key: str, file_hash: str, embedding: torch.Tensor) -> None:
-        """Write atomically (temporary file, then rename), so readers never see half a vector."""
+        """Write atomically (temporary file, then rename), so readers never see half a vector. A cache that cannot
+        be written (a full disk) is warned about once and left alone: the evaluation goes on without it."""
+        if self.write_failed:
+            return
         p = self.path(key, file_hash)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
+        tmp = None
         try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 np.save(f, embedding.detach().cpu().float().numpy(), allow_pickle=False)
             os.replace(tmp, p)
-        except BaseException:
-            if os.path.exists(tmp):
+        except BaseException as err:
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
-            raise
+            if not isinstance(err, OSError):
+                raise
+            self.write_failed = True
+            warnings.warn(f"cannot write the embedding cache in {self.root} ({err.strerror or err}): going on "
+                          "without caching (free some space, or pass --no-cache)", stacklevel=2)

@@ -181,9 +181,13 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
                        f"{entry['unreadable'][0]['path']}: {entry['unreadable'][0]['error']}", err=True)
     if suite:
         report["suite"] = suite_summary(suite, data_root, found, missing)
-    json_path, md_path = write_report(report, out_dir)
-    if suite:
-        with open(md_path, "a") as f:
-            f.write("\n" + suite_markdown(report) + "\n")
-    click.echo(suite_table(report) if suite else markdown_table(report))
+    click.echo(suite_table(report) if suite else markdown_table(report))  # first: a report that cannot be
+    try:                                                                    # written is not lost
+        json_path, md_path = write_report(report, out_dir)
+        if suite:
+            with open(md_path, "a") as f:
+                f.write("\n" + suite_markdown(report) + "\n")
+    except OSError as err:
+        raise click.ClickException(f"cannot write the report in {out_dir}: {err.strerror or err} (free some space or "
+                                   "choose another --out; the table above is the result)") from None
     click.echo(f"wrote {json_path} and {md_path}")

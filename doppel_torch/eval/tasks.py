@@ -401,15 +401,17 @@ def _hear_subsample(stems: list[str], split: str, max_files: int) -> set[str]:
     return {ordered[i] for i in order[:max_files]}
 
 
-def _hidden(path: Path) -> bool:
+def _hidden(path: Path, root: Path | None = None) -> bool:
     """A hidden file, as macOS's AppleDouble "._name.wav" beside each file copied from a Mac: not a recording (one
-    stopped FSDD with "has no label"; found from outside)."""
-    return path.name.startswith(".")
+    stopped FSDD with "has no label"; found from outside); with `root`, also one in a hidden folder below it (a
+    Jupyter ".ipynb_checkpoints" copy of a recording landed in another fold than the recording)."""
+    parts = path.relative_to(root).parts if root is not None else (path.name,)
+    return any(part.startswith(".") for part in parts)
 
 
 def _audio_files(folder: Path) -> list[Path]:
     return sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
-                   and not _hidden(p)),
+                   and not _hidden(p, folder)),
                   key=lambda p: _natural_key(p.name))
 
 
@@ -656,7 +658,7 @@ def label_folder(root: Path | str, n_folds: int = 5, seed: int = 0) -> Task:
     files, labels = [], []
     for c in classes:
         found = sorted(p for p in (root / c).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
-                       and not _hidden(p))
+                       and not _hidden(p, root / c))
         if not found:
             raise ValueError(f"{root}: class {c!r} has no examples (no audio file in {root / c})")
         files += found
@@ -676,9 +678,10 @@ def csv_manifest(path: Path | str, n_folds: int = 5, seed: int = 0) -> Task:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"CSV manifest {path} does not exist")
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         reader = csv.DictReader(f)
-        columns = set(reader.fieldnames or [])
+        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]  # "path, label" too
+        columns = set(reader.fieldnames)
         if not {"path", "label"} <= columns:
             raise ValueError(f"{path}: a manifest needs columns 'path' and 'label', found {sorted(columns)}")
         rows = list(reader)

@@ -183,3 +183,43 @@ def test_free_cpu_threads_follows_the_load_average(monkeypatch):
     with cpu_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_a_cache_that_cannot_be_written_warns_once_and_the_features_come(fsdd_root, tmp_path, small_embedder,
+                                                                         monkeypatch):
+    """A full disk under the embedding cache: one warning, the evaluation goes on without caching, and no temporary
+    is left behind (it stopped the whole eval with a traceback)."""
+    import numpy as np
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    files = [fsdd_root / "recordings" / n for n in ("0_theo_0.wav", "1_theo_0.wav")]
+    cache = EmbeddingCache(tmp_path / "cache")
+    with pytest.warns(UserWarning, match="going on without caching") as caught:
+        feats, kept, _ = extract_features({"small": small_embedder}, files, cache, progress=False)
+    assert kept.tolist() == [0, 1] and feats["small"].shape == (2, 32) and len(caught) == 1
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+def test_a_report_that_cannot_be_written_leaves_the_earlier_one(tmp_path, monkeypatch):
+    """eval.json / eval.md whole or not at all: a full disk mid-write left an empty eval.json in place of an earlier
+    run's."""
+    from pathlib import Path
+
+    from doppel_torch.eval import report as report_io
+
+    (tmp_path / "eval.json").write_text("earlier\n")
+    real = Path.write_text
+
+    def full(self, text, *args, **kwargs):
+        real(self, text[:3], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError):
+        report_io.write_report({"tasks": {}}, tmp_path)
+    monkeypatch.setattr(Path, "write_text", real)
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]
+    assert (tmp_path / "eval.json").read_text() == "earlier\n"

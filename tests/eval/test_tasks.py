@@ -198,3 +198,25 @@ def test_task_validation_and_specs(fsdd_root):
     with pytest.raises(ValueError, match="needs a path"):
         parse_task_spec("esc50")
     assert [t.name for t in parse_task_spec(f"fsdd:{fsdd_root}")] == ["fsdd-digit", "fsdd-speaker"]
+
+
+def test_an_excel_manifest_and_a_hidden_folder_of_copies(fsdd_root, tmp_path):
+    """A manifest saved by Excel as "CSV UTF-8" (a BOM before 'path') or with "path, label" headers is read (it was
+    refused, naming a '\\ufeffpath' column); audio in a hidden folder below a class (Jupyter's .ipynb_checkpoints
+    copies) is not an example (a copy landed in another fold than its recording)."""
+    rec = fsdd_root / "recordings"
+    for header, name in ((["path", "label"], "bom.csv"), (["path", " label"], "spaced.csv")):
+        path = tmp_path / name
+        with open(path, "w", newline="", encoding="utf-8-sig" if name == "bom.csv" else "utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows((str(rec / f"{d}_jackson_{t}.wav"), str(d)) for d in range(3) for t in range(3))
+        assert len(csv_manifest(path, n_folds=3)) == 9
+    root = tmp_path / "task"
+    for label in ("0", "1"):
+        (root / label / ".ipynb_checkpoints").mkdir(parents=True)
+        for t in range(3):
+            shutil.copy(rec / f"{label}_jackson_{t}.wav", root / label)
+        shutil.copy(rec / f"{label}_jackson_0.wav", root / label / ".ipynb_checkpoints")
+    task = label_folder(root, n_folds=3)
+    assert len(task) == 6 and not any(".ipynb_checkpoints" in str(p) for p in task.files)
