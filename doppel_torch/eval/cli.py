@@ -136,6 +136,10 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
         if max_files is not None:
             if max_files < 1:
                 raise ValueError("--max-files must be >= 1")
+            for t in tasks:  # a file a fold: cross-validation needs 3 folds (test, valid, train)
+                if t.split_mode == "folds" and max_files < 3 < len(t):
+                    raise ValueError(f"--max-files {max_files} leaves task {t.name} fewer than the 3 folds "
+                                     "cross-validation needs (test, valid, train): give --max-files 3 or more")
             whole, tasks = tasks, [t.sample(max_files, seed=0) for t in tasks]
             for before, task in zip(whole, tasks):
                 if len(task) == len(before):

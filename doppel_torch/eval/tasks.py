@@ -677,6 +677,9 @@ def csv_manifest(path: Path | str, n_folds: int = 5, seed: int = 0) -> Task:
     """
     path = Path(path).expanduser()
     if not path.is_file():
+        if path.is_dir():
+            raise ValueError(f"CSV manifest {path} is a folder: give the .csv file (or folder:{path} for a folder "
+                             "of class subfolders)")
         raise FileNotFoundError(f"CSV manifest {path} does not exist")
     with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         reader = csv.DictReader(f)

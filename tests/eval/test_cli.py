@@ -148,6 +148,10 @@ def test_max_files_too_small_for_two_classes_is_refused(tiny_checkpoint, fsdd_ro
     result = CliRunner().invoke(eval_command, [*args, "--max-files", "5"])
     assert result.exit_code != 0 and "leaves task fsdd-digit with 1 of its 10 classes" in result.output, result.output
     assert "Traceback" not in result.output and not (tmp_path / "o" / "eval.json").exists()
+    result = CliRunner().invoke(eval_command, [*args, "--max-files", "2"])  # fewer files than 3 folds: says so
+    assert result.exit_code != 0 and "give --max-files 3 or more" in result.output, result.output
+    result = CliRunner().invoke(eval_command, [*args[:2], f"csv:{fsdd_root}", *args[3:]])  # a folder as csv:
+    assert result.exit_code != 0 and "is a folder: give the .csv file" in result.output, result.output
     result = CliRunner().invoke(eval_command, [*args, "--max-files", "30", "--seeds", "0", "--max-epochs", "2"])
     assert result.exit_code == 0, result.output
     assert "task fsdd-digit: 30 of 3000 files (--max-files), 5 of 10 classes" in result.output
