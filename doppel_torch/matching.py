@@ -37,6 +37,7 @@ import torch
 from doppel_torch import backends, rng, runlock
 from doppel_torch.backends.cpu import spectral as native_spectral
 from doppel_torch.delta.spec import param_groups
+from doppel_torch.files import write_text_whole
 from doppel_torch.synths.base import BACKENDS, SYNTHS
 
 COSINE_FLOOR = 0.01  # the learning rate decays from lr to lr * COSINE_FLOOR over the steps (cosine)
@@ -577,13 +578,7 @@ def write_theta_json(path: Path, synth, theta: torch.Tensor, loss: float, steps:
         "params": describe_theta(synth, theta),
         "theta": [float(v) for v in theta],
     }
-    tmp = path.with_suffix(".json.tmp")
-    try:
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        tmp.replace(path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_whole(path, json.dumps(doc, indent=1) + "\n")
 
 
 def read_theta_json(path: Path, synth) -> torch.Tensor:

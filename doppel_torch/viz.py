@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import errno
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from doppel_torch.files import written_whole
 
 
 def write_wav(path: str | Path, audio: torch.Tensor, sample_rate: int, subtype: str = "PCM_16") -> Path:
@@ -22,14 +23,10 @@ def write_wav(path: str | Path, audio: torch.Tensor, sample_rate: int, subtype: 
     data = audio.detach().to("cpu", torch.float32)
     if subtype != "FLOAT":
         data = data.clamp(-1.0, 1.0)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        sf.write(str(tmp), data.numpy(), int(sample_rate), subtype=subtype, format="WAV")
-        os.replace(tmp, path)
-    except (OSError, sf.SoundFileError) as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise
+        with written_whole(path) as tmp:
+            sf.write(str(tmp), data.numpy(), int(sample_rate), subtype=subtype, format="WAV")
+    except sf.SoundFileError as err:
         raise OSError(errno.EIO, f"{str(err).rstrip('.')} writing {path.name} (is the disk full?)") from None
     return path
 

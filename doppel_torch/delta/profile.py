@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 
 from doppel_torch import rng
 from doppel_torch.delta.spec import MAX_DELTA, param_groups
+from doppel_torch.files import written_whole
 from doppel_torch.frontend import LogMelFrontend
 
 # Deltas of the profile; 0.25 (the paper's) is on it. Six points x 130 voicefm parameters x 128 patches = 100 k
@@ -189,13 +189,8 @@ def save_profile(profile: Profile, path: str | Path, synth, *, delta: float = 0.
     path.parent.mkdir(parents=True, exist_ok=True)
     equal = equal_effect_deltas(profile, delta)
     groups = _group_labels(synth)
-    tmp = path.with_name(f".{path.name}.tmp")  # written whole or not at all: a cut CSV would read as a profile
-    try:
+    with written_whole(path) as tmp:  # a cut CSV would read as a profile
         _write_profile_csv(tmp, profile, groups, equal, delta)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from doppel_torch.files import write_text_whole
 
 
 def markdown_table(report: dict) -> str:
@@ -89,18 +90,7 @@ def write_report(report: dict, out_dir: str | Path, stem: str = "eval") -> tuple
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     # NaN (the chance level of an mAP task, ...) as null: strict JSON readers refuse NaN
-    _write_whole(json_path, json.dumps(_nan_to_none(report), indent=2, allow_nan=False) + "\n")
-    _write_whole(md_path, markdown_report(report) + "\n")
+    # each whole or not at all: a full disk or a Ctrl-C mid-write left an empty eval.json over an earlier run's
+    write_text_whole(json_path, json.dumps(_nan_to_none(report), indent=2, allow_nan=False) + "\n")
+    write_text_whole(md_path, markdown_report(report) + "\n")
     return json_path, md_path
-
-
-def _write_whole(path: Path, text: str) -> None:
-    """`path` whole or not at all (a temporary file renamed over it): a full disk or a Ctrl-C mid-write left an
-    empty eval.json in place of an earlier run's."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
