@@ -163,7 +163,7 @@ def _native(spectrum: torch.Tensor) -> bool:
 def _sizes(fft_sizes: Sequence[int], n_samples: int) -> list[int]:
     """The FFT sizes that fit n_samples (the smallest alone if none does); ValueError in one line for a bad list."""
     given = fft_sizes
-    if isinstance(fft_sizes, torch.Tensor) or hasattr(fft_sizes, "tolist"):  # a tensor or numpy array of sizes
+    if hasattr(fft_sizes, "tolist"):  # a tensor or numpy array of sizes
         fft_sizes = fft_sizes.tolist()
     if isinstance(fft_sizes, (str, bytes)) or not isinstance(fft_sizes, Iterable):
         fft_sizes = None
