@@ -5,6 +5,7 @@
     python bench/match_bench.py recovery --targets 20 --restarts 16 --steps 200 --duration 0.25
     python bench/match_bench.py recovery --targets 16 --delta 0.01 0.05 --pitch-semis 0.1 --pitch-step 0.05
     python bench/match_bench.py recovery --targets 8 --no-random --fit mixer adsr_1,adsr_2 mod_matrix 'lfo_*'
+    python bench/match_bench.py recovery --backend cpu --targets 20 --pitch-scans 0 2   # random starts, scans or not
 
 `speed` times `doppel_torch.match` end to end as the command runs it (defaults: no candidate pass), after a warm-up
 call of one step. `recovery` renders
@@ -60,16 +61,18 @@ def speed(args) -> None:
     device = torch.device(args.device)
     synth = get_synth(args.synth, backend=args.backend, duration=args.duration)
     target = synth(synth.random_params(1, seed=12345, device=device))[0].detach()
-    match(synth, target, restarts=args.restarts, steps=1, seed=args.seed)  # warm-up (allocator, kernel build)
+    match(synth, target, restarts=args.restarts, steps=1, seed=args.seed, pitch_scans=0)  # warm-up (kernel build)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    result = match(synth, target, restarts=args.restarts, steps=args.steps, seed=args.seed)
+    result = match(synth, target, restarts=args.restarts, steps=args.steps, seed=args.seed,
+                   pitch_scans=args.pitch_scans)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
     doc = {**_meta(device), "what": "match wall time", "synth": args.synth, "backend": args.backend,
            "duration_s": args.duration, "restarts": args.restarts, "steps": args.steps, "candidates": 0,
+           "pitch_scans": args.pitch_scans,
            "wall_s": round(wall, 3),
            "ms_per_step": round(1000 * wall / max(args.steps, 1), 2),
            "sounds_per_s_fwd_bwd": round(args.restarts * args.steps / wall, 1), "best_loss": result.loss}
@@ -82,7 +85,8 @@ def recovery(args) -> None:
     synth = get_synth(args.synth, backend=args.backend, duration=args.duration)
     thetas = synth.random_params(args.targets, seed=args.target_seed, device=device)
     # each run's starts: (kind, value): random, around the target's theta (delta), or fitting some columns
-    runs = {**({} if args.no_random else {"random": ("random", None)}),
+    runs = {**({} if args.no_random else {("random" if k is None else f"random, {k} pitch scans"): ("random", k)
+                                         for k in args.pitch_scans}),
             **{f"delta {d:g}": ("delta", d) for d in args.delta},
             **{f"fit {g}": ("fit", g.split(",")) for g in args.fit}}
     pitch = pitch_columns(synth)
@@ -106,8 +110,10 @@ def recovery(args) -> None:
             noise_floor = float(spectral_loss(synth(thetas[i : i + 1], noise=other), target))
         row = {"target": i, "noise_floor": noise_floor}
         for name, (kind, value) in runs.items():
-            init, fit = None, None
-            if kind == "fit":  # those columns random (keyed by --seed), the others the target's
+            init, fit, scans = None, None, None
+            if kind == "random":
+                scans = value
+            elif kind == "fit":  # those columns random (keyed by --seed), the others the target's
                 fit, columns = value, fit_columns(synth, value)
                 init = thetas[i].repeat(args.restarts, 1)
                 fresh = starting_points(synth.num_params, args.restarts, args.seed, device=device)
@@ -117,9 +123,9 @@ def recovery(args) -> None:
                 init = (thetas[i] + spread(value) * z.to(device)).clamp(0.0, 1.0)
             r = match(synth, target, restarts=args.restarts, steps=args.steps, lr=args.lr, seed=args.seed,
                       candidates=(args.candidates or None) if init is None else None, init=init,
-                      pitch_step=args.pitch_step, fit=fit)
+                      pitch_step=args.pitch_step, pitch_scans=scans, fit=fit)
             row[name] = {"best": r.loss, "restart_losses": [round(float(v), 5) for v in r.restart_losses],
-                         "initial_median": float(r.initial_losses.median())}
+                         "initial_median": float(r.initial_losses.median()), "seconds": round(r.seconds, 2)}
         rows.append(row)
         print(f"target {i}: noise floor {noise_floor:.3f}; " + "; ".join(
             f"{name}: best {row[name]['best']:.4f}, start median {row[name]['initial_median']:.3f}, "
@@ -134,11 +140,12 @@ def recovery(args) -> None:
             "targets_found_under": {f"{t:g}": f"{int((best < t).sum())}/{len(rows)}" for t in THRESHOLDS},
             "best_loss_median": float(best.median()),
             "start_loss_median": float(torch.tensor([row[name]["initial_median"] for row in rows]).median()),
+            "match_seconds": round(sum(row[name]["seconds"] for row in rows), 1),
         }
     doc = {**_meta(device), "what": "match recovery of synth-rendered targets", "synth": args.synth,
            "backend": args.backend, "duration_s": args.duration, "targets": args.targets, "restarts": args.restarts,
            "steps": args.steps, "lr": args.lr, "candidates": args.candidates, "pitch_step": args.pitch_step,
-           "delta_pitch_semitones": args.pitch_semis, "fit": args.fit, "seed": args.seed,
+           "delta_pitch_semitones": args.pitch_semis, "fit": args.fit, "pitch_scans": args.pitch_scans, "seed": args.seed,
            "target_seed": args.target_seed, "wall_s": round(time.perf_counter() - start, 1),
            "noise_floor_median": float(torch.tensor([r["noise_floor"] for r in rows]).median()),
            "summary": summary, "rows": rows}
@@ -160,6 +167,8 @@ def main() -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", type=Path, default=None)
         p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+        if name == "speed":
+            p.add_argument("--pitch-scans", type=int, default=None, help="match(pitch_scans=) (default: match's)")
         if name == "recovery":
             p.add_argument("--targets", type=int, default=20)
             p.add_argument("--target-seed", type=int, default=1000)
@@ -174,6 +183,9 @@ def main() -> None:
                            help="also fit only these parameters (one run per argument; commas join patterns), the "
                                 "others held at the target's theta")
             p.add_argument("--no-random", action="store_true", help="skip the run from random restarts")
+            p.add_argument("--pitch-scans", type=int, nargs="+", default=[None],
+                           help="match(pitch_scans=) of the runs from random restarts, one run per value (default: "
+                                "match's own)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

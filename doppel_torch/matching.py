@@ -48,6 +48,11 @@ AROUND_SPREAD = 0.01  # starts_around: the restarts' spread around a given theta
 SNAPSHOT_SECONDS = 10.0  # `doppel-torch match` rewrites theta.json with the best so far at most this often
 INIT_MARGIN = 1e-6  # given starts are kept this far inside the cube (finite logits; float32 holds 1 - 1e-6)
 LOG_EPS = 1e-5  # magnitude floor of the log term: -100 dB re a full-scale bin, below 16-bit quantisation
+PITCH_SCANS = 2  # match: grid scans of the pitch columns, each opening an equal share of the steps (see match)
+SCAN_GRID, SCAN_FINE = 64, 16  # a scan's coarse grid over a column's [0, 1], then its fine grid of +-1 coarse step
+SCAN_FFT_SIZES = (2048, 256)  # a scan scores its candidates with these resolutions only (a third of the cost)
+SCANNED_PITCH_STEP = 0.05  # the pitch columns' step after a later scan (at most match's pitch_step)
+SCAN_CHUNK = 256  # sounds rendered and scored at once in a scan
 
 
 def default_backend(device: torch.device | str = "cpu") -> str:
@@ -271,6 +276,54 @@ def pitch_columns(synth) -> list[int]:
     return sorted(set(param_groups(synth)["pitch"]) | {j for j, n in enumerate(synth.param_names) if n in depths})
 
 
+def scan_columns(synth) -> list[int]:
+    """The pitch columns in the order a scan visits them: the pitch modulation depths first (a wrong depth sweeps
+    the pitch, so no note fits until it is right), then the notes and tunings in theta's order."""
+    names = synth.param_names
+    columns = pitch_columns(synth)
+    return sorted(columns, key=lambda j: (not names[j].endswith("/mod_depth"), j))
+
+
+def scan_pitch(losses_of: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, columns: Sequence[int],
+               bar=None) -> torch.Tensor:
+    """Each row of theta (R, m) with its `columns` set one at a time, in order, to the value of a grid that scores
+    lowest under `losses_of` (a batch of thetas -> (batch,) losses; gradients off): SCAN_GRID values evenly over
+    [0.001, 0.999], then SCAN_FINE over +-1 step around the best of them. A row keeps its value where no grid value
+    scores lower. Returns the new thetas (R, m); `bar` (tqdm-like) is advanced by the thetas scored.
+
+    Gradient descent does not find a pitch: its valleys are hundredths of a semitone wide (README, Sound matching),
+    so a start outside one sees no slope towards it; a grid of 64 values over a column's range lands in it or
+    beside it, where the descent finishes the job."""
+    theta = theta.detach().clone()
+    rows = theta.shape[0]
+    grid = torch.linspace(1e-3, 1.0 - 1e-3, SCAN_GRID, dtype=theta.dtype, device=theta.device)
+    width = float(grid[1] - grid[0])
+    offsets = torch.linspace(-width, width, SCAN_FINE, dtype=theta.dtype, device=theta.device)
+    index = torch.arange(rows, device=theta.device)
+
+    def score(values: torch.Tensor, column: int) -> torch.Tensor:  # values (R, K) -> losses (R, K)
+        candidates = theta.repeat_interleave(values.shape[1], 0)
+        candidates[:, column] = values.flatten()
+        losses = torch.cat([losses_of(chunk) for chunk in candidates.split(SCAN_CHUNK)])
+        if bar is not None:
+            bar.update(candidates.shape[0])
+        return torch.nan_to_num(losses, nan=math.inf).view(values.shape)
+
+    with torch.no_grad():
+        current = torch.nan_to_num(torch.cat([losses_of(chunk) for chunk in theta.split(SCAN_CHUNK)]), nan=math.inf)
+        for column in columns:
+            coarse = grid.expand(rows, -1)
+            best, at = score(coarse, column).min(dim=1)
+            fine = (grid[at][:, None] + offsets).clamp(1e-3, 1.0 - 1e-3)
+            fine_best, fine_at = score(fine, column).min(dim=1)
+            value = torch.where(fine_best < best, fine[index, fine_at], grid[at])
+            best = torch.minimum(best, fine_best)
+            better = best < current
+            theta[:, column] = torch.where(better, value, theta[:, column])
+            current = torch.where(better, best, current)
+    return theta
+
+
 def fit_columns(synth, patterns: Sequence[str]) -> list[int]:
     """The columns of theta that `patterns` name, in theta's order: a parameter's full name as written
     ("mixer/level[0]"), a module ("adsr_1": all its parameters) or a shell pattern of either ("adsr_*", "lfo_1/*";
@@ -354,6 +407,7 @@ def match(
     candidates: int | None = None,
     init: torch.Tensor | None = None,
     pitch_step: float = 1.0,
+    pitch_scans: int | None = None,
     fit: Sequence[str] | None = None,
     progress: bool | Callable[[int, float], None] = False,
     snapshot: Callable[[int, torch.Tensor, float], None] | None = None,
@@ -375,6 +429,17 @@ def match(
         0.05 z, the pitch columns + 0.1 semitone z) 0.05 brings 5 of 16 targets under 0.1 and 11 under 0.5 (1.0: 1
         and 5); from random starts the best restart ends at a median 1.04 (1.0: 0.95), so 1.0 is the default and
         0.05 the choice for refining a start you trust (`init`).
+    pitch_scans: how many times the pitch columns (`scan_columns`; the fitted ones with `fit`) are set by a grid
+        search (`scan_pitch`), each scan opening an equal share of the steps with a fresh Adam and cosine schedule;
+        a restart takes a scan's values only where they lower its loss, and after the first scan the pitch columns
+        step SCANNED_PITCH_STEP (at most pitch_step) to refine what it found. 0: no scan, one schedule over all
+        steps. None (default): PITCH_SCANS from random starts, 0 from starts you give (`init`: a scan's greedy
+        moves took starts near a target out of its valleys: 1000 steps ended at 0.05-0.16 instead of 0.008). A
+        scan scores 80 values per pitch column and restart (voice: 5 columns, 6,400 sounds for 16 restarts) on
+        SCAN_FFT_SIZES; two scans take about half again a 200-step match's time. Measured (voice, 0.25 s, 12
+        targets x 16 restarts x 200 steps): the best restart ends at a median 0.71 with 2 scans, 0.82 with none,
+        and 0.82 with none and 40 restarts (more time than 2 scans); the README's Sound matching has the
+        20-target run (bench/match_bench.py recovery --pitch-scans 0 2).
     fit: fit only these parameters (names, modules or shell patterns: `fit_columns`); every other column keeps its
         starting value exactly, so give the values to keep in `init`: `starts_refitting(theta, fit_columns(synth,
         fit), restarts, seed)` keeps one theta and draws the fitted columns at random. For a patch you know but for,
@@ -414,6 +479,10 @@ def match(
     if isinstance(pitch_step, bool) or not (isinstance(pitch_step, (int, float)) and math.isfinite(pitch_step)
                                             and 0 < pitch_step <= 1):
         raise ValueError(f"pitch_step must be in (0, 1], got {pitch_step!r}")
+    if pitch_scans is None:
+        pitch_scans = PITCH_SCANS if init is None else 0
+    if isinstance(pitch_scans, bool) or not isinstance(pitch_scans, int) or pitch_scans < 0:
+        raise ValueError(f"pitch_scans must be an integer >= 0 (or None), got {pitch_scans!r}")
     held = None
     if fit is not None:
         held = torch.ones(synth.num_params, dtype=torch.bool)
@@ -432,6 +501,16 @@ def match(
 
     def losses_of(theta: torch.Tensor) -> torch.Tensor:
         return scorer.loss(synth(theta, noise=noise, validate=False))
+
+    scanned = [j for j in scan_columns(synth) if held is None or not held[j]] if steps and pitch_scans else []
+    if scanned:
+        scan_scorer = SpectralTarget(target.detach(), SCAN_FFT_SIZES)
+
+        def scan_losses(theta: torch.Tensor) -> torch.Tensor:
+            return scan_scorer.loss(synth(theta, noise=noise, validate=False))
+    # the steps at which a schedule (Adam, cosine) starts: after each scan, or once
+    phase_starts = sorted({min(round(k * steps / pitch_scans), steps - 1) for k in range(pitch_scans)}
+                          if scanned else {0})
 
     if init is None:
         theta0 = starting_points(synth.num_params, max(restarts, candidates or 0), seed, dtype=dtype, device=device)
@@ -460,8 +539,6 @@ def match(
     if held is not None:  # the held columns exactly as given, not clamped (they need no logit)
         held = held.to(device)
         theta0 = torch.where(held, given, theta0)
-    optimizer = torch.optim.Adam([z], lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1), eta_min=lr * COSINE_FLOOR)
     best_loss = torch.full((restarts,), math.inf, dtype=dtype, device=device)
     best_theta = theta0.clone()
     history: list[float] = []
@@ -475,13 +552,32 @@ def match(
             theta = torch.sigmoid(z * column_step)
             if held is not None:  # the held columns exactly as given (sigmoid(logit(x)) is x only to rounding)
                 theta = torch.where(held, theta0, theta)
+            if step in phase_starts:
+                if scanned:
+                    if initial is None:  # the starting points' own losses, before the first scan moves them
+                        with torch.no_grad():
+                            initial = losses_of(theta).detach().clone()
+                            best_loss, best_theta = _better(initial, theta, best_loss, best_theta)
+                    with _scan_bar(progress, len(scanned) * (SCAN_GRID + SCAN_FINE) * restarts) as scan_bar:
+                        proposed = scan_pitch(scan_losses, theta, scanned, scan_bar)
+                    with torch.no_grad():  # a restart takes the scan's values where the match's own loss agrees
+                        keep = losses_of(proposed) < losses_of(theta)
+                    theta = torch.where(keep[:, None], proposed, theta.detach())
+                    if step > 0:  # later scans: refine the pitch they found
+                        column_step[pitch_columns(synth)] = min(pitch_step, SCANNED_PITCH_STEP)
+                    z = (torch.logit(theta.clamp(INIT_MARGIN, 1.0 - INIT_MARGIN)) / column_step).requires_grad_(True)
+                    theta = torch.sigmoid(z * column_step)
+                    if held is not None:
+                        theta = torch.where(held, theta0, theta)
+                length = min([s for s in phase_starts if s > step] + [steps]) - step
+                optimizer = torch.optim.Adam([z], lr=lr)
+                schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(length, 1),
+                                                                      eta_min=lr * COSINE_FLOOR)
             losses = losses_of(theta)
             with torch.no_grad():
                 if initial is None:
                     initial = losses.detach().clone()
-                better = losses < best_loss  # NaN never counts as better
-                best_loss = torch.where(better, losses, best_loss)
-                best_theta = torch.where(better[:, None], theta, best_theta)
+                best_loss, best_theta = _better(losses, theta, best_loss, best_theta)
             if step == steps:
                 if bar is not None:  # the final update's score, so the bar ends on the loss the run reports
                     bar.set_postfix(loss=f"{float(best_loss.min()):.4f}")
@@ -518,6 +614,20 @@ def match(
     return MatchResult(theta=theta, loss=float(best_loss[k]), audio=audio, restart_losses=best_loss.detach(),
                        initial_losses=initial, restart_thetas=best_theta.detach(), best_restart=k, history=history,
                        steps=taken, interrupted=interrupted, seconds=time.perf_counter() - start)
+
+
+def _better(losses, theta, best_loss, best_theta):
+    """The best loss and theta of each restart so far, with this step's (NaN never counts as better)."""
+    better = losses < best_loss
+    return torch.where(better, losses, best_loss), torch.where(better[:, None], theta.detach(), best_theta)
+
+
+def _scan_bar(progress, total: int):
+    """A pitch scan's bar below match's (cleared when done) where `progress` is True."""
+    from doppel_torch.progress import progress_bar
+
+    return progress_bar(total=total, desc="pitch scan", unit="theta", dynamic_ncols=True, leave=False,
+                        disable=progress is not True)
 
 
 def _bar(progress, total: int, desc: str, unit: str):
@@ -776,6 +886,9 @@ def _a_number(ctx, param, value):
 @click.option("--pitch-step", type=click.FloatRange(min=0.0, min_open=True, max=1.0), default=1.0, show_default=True,
               callback=_a_number,
               help="The pitch parameters' step as a fraction of the others' (0.05 refines a start near the answer).")
+@click.option("--pitch-scans", type=click.IntRange(0, 100), default=None,
+              help=f"Grid searches of the pitch parameters, each opening an equal share of the steps (0: none). "
+                   f"Default: {PITCH_SCANS} from random starts, 0 with --init.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Keys the starting points and the noise.")
 @click.option("--duration", type=click.FloatRange(min=MIN_DURATION, max=30.0), default=None, callback=_a_number,
               help=f"Seconds matched: a longer target is cut, a shorter one padded with silence. Default: the "
@@ -785,7 +898,7 @@ def _a_number(ctx, param, value):
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="A progress bar with the best loss, the rate and the time left.")
 def match_command(target, synth_name, patch_spec, backend, device, restarts, steps, lr, candidates, init_path, fit,
-                  pitch_step, seed, duration, out_dir, progress) -> None:
+                  pitch_step, pitch_scans, seed, duration, out_dir, progress) -> None:
     """Fit a synth's parameters to TARGET (an audio file) by gradient descent on a multi-resolution spectral loss.
 
     All restarts run in one batch; the best one is written: theta.json (every parameter by name, normalised
@@ -858,7 +971,7 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
     try:
         _replacing_note(out_dir / "theta.json", target, init_path)
         _run_match(synth, audio.to(device), target, out_dir, init, fit, patch_spec, meta, restarts, steps, lr, seed,
-                   candidates, pitch_step, progress)
+                   candidates, pitch_step, pitch_scans, progress)
     finally:
         lock.release()
 
@@ -886,7 +999,7 @@ def _given(*names: str) -> list[str]:
 
 
 def _run_match(synth, audio, target, out_dir, init, fit, patch_spec, meta, restarts, steps, lr, seed, candidates,
-               pitch_step, progress) -> None:
+               pitch_step, pitch_scans, progress) -> None:
     """The descent, the result's files and the exit status of `match_command` (its --out held); audio: the target
     on the device."""
     from doppel_torch.options import out_of_memory
@@ -906,7 +1019,7 @@ def _run_match(synth, audio, target, out_dir, init, fit, patch_spec, meta, resta
         try:
             result = match(synth, audio, restarts=restarts, steps=steps, lr=lr, seed=seed,
                            candidates=candidates or None, init=init, fit=list(fit) or None,
-                           pitch_step=pitch_step, progress=progress, snapshot=snapshot,
+                           pitch_step=pitch_step, pitch_scans=pitch_scans, progress=progress, snapshot=snapshot,
                            snapshot_seconds=SNAPSHOT_SECONDS)
         except ValueError as err:
             raise click.ClickException(str(err)) from None
@@ -934,7 +1047,8 @@ def _run_match(synth, audio, target, out_dir, init, fit, patch_spec, meta, resta
         if result.interrupted:  # the whole command that goes on from here
             which = f"--patch {shlex.quote(patch_spec)}" if patch_spec else f"--synth {synth.patch.name}"
             again = "".join(f" --fit {shlex.quote(f)}" for f in fit)
-            kept = "".join(f" {w}" for w in _given("restarts", "lr", "pitch_step", "seed", "backend", "device"))
+            kept = "".join(f" {w}" for w in _given("restarts", "lr", "pitch_step", "pitch_scans", "seed", "backend",
+                                                       "device"))
             left = steps - result.steps
             click.echo(f"continue with: doppel-torch match {shlex.quote(str(target))} {which} --duration "
                        f"{synth.duration:g}{kept} --steps {left} --init "

@@ -296,6 +296,58 @@ def test_pitch_step_scales_the_pitch_columns_steps():
         match(synth, target, restarts=2, steps=1, pitch_step=True)
 
 
+def test_scan_pitch_finds_a_detuned_note():
+    """A target's theta with its note moved 40 semitones: the grid search over keyboard/midi_f0 puts it back within
+    a fine step (4 / 15 of 1/63 of 127 semitones: 0.5 semitone), where the loss falls by more than half; a column
+    whose every grid value scores worse keeps its value."""
+    synth = VoiceSynth(duration=DURATION, backend="cpu" if get_backend("cpu").differentiable else "torch")
+    theta = synth.random_params(16, seed=1000)[9]
+    target = _target(synth, theta)
+    scorer = matching.SpectralTarget(target, matching.SCAN_FFT_SIZES)
+    noise = rng.noise(0, torch.zeros(1, dtype=torch.int64), synth.n_samples)
+
+    def losses_of(batch):
+        return scorer.loss(synth(batch, noise=noise, validate=False))
+
+    f0 = synth.param_names.index("keyboard/midi_f0")
+    start = theta.repeat(2, 1)
+    start[0, f0] = theta[f0] + (40 / 127 if theta[f0] < 0.5 else -40 / 127)  # detuned
+    found = matching.scan_pitch(losses_of, start, [f0])
+    assert abs(float(found[0, f0] - theta[f0])) * 127 < 0.5, float(found[0, f0] - theta[f0]) * 127
+    with torch.no_grad():
+        before, after = losses_of(start), losses_of(found)
+    assert float(after[0]) < 0.5 * float(before[0]), (before, after)
+    assert float(found[1, f0]) == float(theta[f0])  # the target's own note: no grid value beats it
+    others = [j for j in range(synth.num_params) if j != f0]
+    assert torch.equal(found[:, others], start[:, others])
+    assert [synth.param_names[j] for j in matching.scan_columns(synth)] == [
+        "vco_1/mod_depth", "vco_2/mod_depth", "keyboard/midi_f0", "vco_1/tuning", "vco_2/tuning"]
+
+
+def test_match_pitch_scans_move_only_pitch_columns_and_never_raise_a_loss():
+    """From random starts match scans the pitch columns first (by default): with a learning rate too small to move
+    anything, the thetas it ends with are the starts but for the pitch columns, and each restart's loss is at most
+    its start's. From given starts (init) it does not scan unless asked."""
+    synth = VoiceSynth(duration=0.1, backend="cpu" if get_backend("cpu").differentiable else "torch")
+    target = _target(synth, synth.random_params(1, seed=7)[0])
+    result = match(synth, target, restarts=4, steps=1, lr=1e-9, seed=0)
+    start = starting_points(synth.num_params, 4, 0)
+    pitch = pitch_columns(synth)
+    others = [j for j in range(synth.num_params) if j not in pitch]
+    assert torch.allclose(result.restart_thetas[:, others], start[:, others], atol=1e-5)
+    assert not torch.allclose(result.restart_thetas[:, pitch], start[:, pitch], atol=1e-3)
+    assert bool((result.restart_losses <= result.initial_losses).all())
+    assert float(result.restart_losses.median()) < float(result.initial_losses.median())
+    unscanned = match(synth, target, restarts=4, steps=1, lr=1e-9, seed=0, pitch_scans=0)
+    assert torch.allclose(unscanned.restart_thetas, start, atol=1e-5)
+    given = match(synth, target, restarts=4, steps=3, seed=0, init=start)
+    assert torch.equal(given.restart_thetas, match(synth, target, restarts=4, steps=3, seed=0, init=start,
+                                                   pitch_scans=0).restart_thetas)
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="pitch_scans"):
+            match(synth, target, restarts=2, steps=1, pitch_scans=bad)
+
+
 def test_snapshots_hold_the_best_so_far(synth):
     """match(snapshot=...) with snapshot_seconds=0: called after every step with the steps taken, the best theta and
     its loss, never worse than the previous call; the last one is the result."""
