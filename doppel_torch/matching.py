@@ -50,9 +50,12 @@ INIT_MARGIN = 1e-6  # given starts are kept this far inside the cube (finite log
 LOG_EPS = 1e-5  # magnitude floor of the log term: -100 dB re a full-scale bin, below 16-bit quantisation
 PITCH_SCANS = 2  # match: grid scans of the pitch columns, each opening an equal share of the steps (see match)
 SCAN_GRID, SCAN_FINE = 64, 16  # a scan's coarse grid over a column's [0, 1], then its fine grid of +-1 coarse step
-SCAN_FFT_SIZES = (2048, 256)  # a scan scores its candidates with these resolutions only (a third of the cost)
+SCAN_FFT_SIZES = (2048, 256)  # a scan scores its candidates with these resolutions only (_ScanTarget)
 SCANNED_PITCH_STEP = 0.05  # the pitch columns' step after a later scan (at most match's pitch_step)
-SCAN_CHUNK = 256  # sounds rendered and scored at once in a scan
+SCAN_CHUNK = 256
+# a scan's frames overlap by half, not three quarters: forward only, that took 2 scans of a 1 s match from 8.4 s to
+# 2.6 s with the same results (voice, 0.25 s, 20 targets: mean best 0.650 vs 0.664; frames without overlap 0.643)
+SCAN_HOP_DIVISOR = 2  # sounds rendered and scored at once in a scan
 
 
 def default_backend(device: torch.device | str = "cpu") -> str:
@@ -67,12 +70,12 @@ def _window(n_fft: int, dtype: torch.dtype, device: torch.device) -> torch.Tenso
     return torch.hann_window(n_fft, dtype=dtype, device=device)
 
 
-def _frames_spectrum(audio: torch.Tensor, n_fft: int) -> torch.Tensor:
+def _frames_spectrum(audio: torch.Tensor, n_fft: int, hop: int | None = None) -> torch.Tensor:
     """The one-sided STFT (B, frames, n_fft // 2 + 1) of torch.stft(center=True, pad_mode="constant", Hann window,
-    hop n_fft / 4), frames first."""
+    hop n_fft / 4 unless given), frames first."""
     window = _window(n_fft, audio.dtype, audio.device)
     padded = torch.nn.functional.pad(audio, (n_fft // 2, n_fft // 2))
-    return torch.fft.rfft(padded.unfold(-1, n_fft, n_fft // 4) * window, dim=-1)
+    return torch.fft.rfft(padded.unfold(-1, n_fft, hop or n_fft // 4) * window, dim=-1)
 
 
 def _abs(spectrum: torch.Tensor) -> torch.Tensor:
@@ -213,6 +216,26 @@ class SpectralTarget:
             else:  # a target with a gradient, or a size the overlap-add does not cover: autograd of the same formula
                 convergence, log_l1 = _terms(_magnitudes(audio, n_fft), t, t_norm, log_t)[:2]
             total = total + convergence + log_l1
+        return total / len(self.sizes)
+
+
+class _ScanTarget:
+    """`SpectralTarget`'s loss, forward only, on SCAN_FFT_SIZES with frames every n_fft / SCAN_HOP_DIVISOR: what a
+    pitch scan scores its candidates with (measured: see SCAN_HOP_DIVISOR)."""
+
+    def __init__(self, target: torch.Tensor):
+        self.sizes = _sizes(SCAN_FFT_SIZES, target.shape[-1])
+        self.spectra = []
+        for n_fft in self.sizes:
+            t = _abs(_frames_spectrum(target[None], n_fft, n_fft // SCAN_HOP_DIVISOR))
+            self.spectra.append((t, t.flatten(1).norm(dim=1).clamp_min(1e-8), torch.log(t + LOG_EPS)))
+
+    def loss(self, audio: torch.Tensor) -> torch.Tensor:
+        total = audio.new_zeros(audio.shape[0])
+        for n_fft, (t, t_norm, log_t) in zip(self.sizes, self.spectra):
+            magnitude = _abs(_frames_spectrum(audio, n_fft, n_fft // SCAN_HOP_DIVISOR))
+            convergence, log_l1 = _terms(magnitude, t, t_norm, log_t)[:2]
+            total += convergence + log_l1
         return total / len(self.sizes)
 
 
@@ -504,7 +527,7 @@ def match(
 
     scanned = [j for j in scan_columns(synth) if held is None or not held[j]] if steps and pitch_scans else []
     if scanned:
-        scan_scorer = SpectralTarget(target.detach(), SCAN_FFT_SIZES)
+        scan_scorer = _ScanTarget(target.detach())
 
         def scan_losses(theta: torch.Tensor) -> torch.Tensor:
             return scan_scorer.loss(synth(theta, noise=noise, validate=False))

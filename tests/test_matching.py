@@ -303,7 +303,7 @@ def test_scan_pitch_finds_a_detuned_note():
     synth = VoiceSynth(duration=DURATION, backend="cpu" if get_backend("cpu").differentiable else "torch")
     theta = synth.random_params(16, seed=1000)[9]
     target = _target(synth, theta)
-    scorer = matching.SpectralTarget(target, matching.SCAN_FFT_SIZES)
+    scorer = matching._ScanTarget(target)
     noise = rng.noise(0, torch.zeros(1, dtype=torch.int64), synth.n_samples)
 
     def losses_of(batch):
