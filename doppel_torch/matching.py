@@ -52,10 +52,10 @@ PITCH_SCANS = 2  # match: grid scans of the pitch columns, each opening an equal
 SCAN_GRID, SCAN_FINE = 64, 16  # a scan's coarse grid over a column's [0, 1], then its fine grid of +-1 coarse step
 SCAN_FFT_SIZES = (2048, 256)  # a scan scores its candidates with these resolutions only (_ScanTarget)
 SCANNED_PITCH_STEP = 0.05  # the pitch columns' step after a later scan (at most match's pitch_step)
-SCAN_CHUNK = 256
+SCAN_CHUNK = 256  # sounds rendered and scored at once in a scan
 # a scan's frames overlap by half, not three quarters: forward only, that took 2 scans of a 1 s match from 8.4 s to
 # 2.6 s with the same results (voice, 0.25 s, 20 targets: mean best 0.650 vs 0.664; frames without overlap 0.643)
-SCAN_HOP_DIVISOR = 2  # sounds rendered and scored at once in a scan
+SCAN_HOP_DIVISOR = 2
 
 
 def default_backend(device: torch.device | str = "cpu") -> str:
@@ -264,6 +264,7 @@ class MatchResult:
     best_restart: int
     history: list[float] = field(default_factory=list)  # best loss over all restarts after each step
     steps: int = 0  # steps taken (fewer than asked when interrupted)
+    pitch_scans: int = 0  # pitch scans finished (fewer than asked when interrupted)
     interrupted: bool = False
     seconds: float = 0.0
 
@@ -303,20 +304,32 @@ def scan_columns(synth) -> list[int]:
     """The pitch columns in the order a scan visits them: the pitch modulation depths first (a wrong depth sweeps
     the pitch, so no note fits until it is right), then the notes and tunings in theta's order."""
     names = synth.param_names
+    if not synth.patch.oscillators:  # a keyboard note without an oscillator changes no sound
+        return []
     columns = pitch_columns(synth)
     return sorted(columns, key=lambda j: (not names[j].endswith("/mod_depth"), j))
 
 
 def scan_pitch(losses_of: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, columns: Sequence[int],
-               bar=None) -> torch.Tensor:
+               bar=None, on_column: Callable[[int], None] | None = None) -> torch.Tensor:
     """Each row of theta (R, m) with its `columns` set one at a time, in order, to the value of a grid that scores
     lowest under `losses_of` (a batch of thetas -> (batch,) losses; gradients off): SCAN_GRID values evenly over
     [0.001, 0.999], then SCAN_FINE over +-1 step around the best of them. A row keeps its value where no grid value
-    scores lower. Returns the new thetas (R, m); `bar` (tqdm-like) is advanced by the thetas scored.
+    scores lower. Returns the new thetas (R, m); `bar` (tqdm-like) is advanced by the thetas scored, `on_column`
+    gets the number of columns done after each.
 
     Gradient descent does not find a pitch: its valleys are hundredths of a semitone wide (README, Sound matching),
     so a start outside one sees no slope towards it; a grid of 64 values over a column's range lands in it or
     beside it, where the descent finishes the job."""
+    if not isinstance(theta, torch.Tensor) or theta.dim() != 2 or not theta.is_floating_point():
+        shape = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
+        raise ValueError(f"theta must be a floating-point (restarts, m) tensor of normalised parameters, got {shape}"
+                         + (f" {theta.dtype}" if isinstance(theta, torch.Tensor) else ""))
+    columns = list(columns)
+    m = theta.shape[1]
+    if not all(isinstance(j, int) and not isinstance(j, bool) and 0 <= j < m for j in columns):
+        raise ValueError(f"columns must be column indices in [0, {m}) (scan_columns(synth) gives the pitch ones), "
+                         f"got {columns!r}")
     theta = theta.detach().clone()
     rows = theta.shape[0]
     grid = torch.linspace(1e-3, 1.0 - 1e-3, SCAN_GRID, dtype=theta.dtype, device=theta.device)
@@ -334,7 +347,7 @@ def scan_pitch(losses_of: Callable[[torch.Tensor], torch.Tensor], theta: torch.T
 
     with torch.no_grad():
         current = torch.nan_to_num(torch.cat([losses_of(chunk) for chunk in theta.split(SCAN_CHUNK)]), nan=math.inf)
-        for column in columns:
+        for done, column in enumerate(columns):
             coarse = grid.expand(rows, -1)
             best, at = score(coarse, column).min(dim=1)
             fine = (grid[at][:, None] + offsets).clamp(1e-3, 1.0 - 1e-3)
@@ -344,6 +357,8 @@ def scan_pitch(losses_of: Callable[[torch.Tensor], torch.Tensor], theta: torch.T
             better = best < current
             theta[:, column] = torch.where(better, value, theta[:, column])
             current = torch.where(better, best, current)
+            if on_column is not None:
+                on_column(done + 1)
     return theta
 
 
@@ -532,8 +547,10 @@ def match(
         def scan_losses(theta: torch.Tensor) -> torch.Tensor:
             return scan_scorer.loss(synth(theta, noise=noise, validate=False))
     # the steps at which a schedule (Adam, cosine) starts: after each scan, or once
+    pitch_scans = min(pitch_scans, steps)  # at most one a step
     phase_starts = sorted({min(round(k * steps / pitch_scans), steps - 1) for k in range(pitch_scans)}
                           if scanned else {0})
+    scans_done = 0
 
     if init is None:
         theta0 = starting_points(synth.num_params, max(restarts, candidates or 0), seed, dtype=dtype, device=device)
@@ -581,11 +598,22 @@ def match(
                         with torch.no_grad():
                             initial = losses_of(theta).detach().clone()
                             best_loss, best_theta = _better(initial, theta, best_loss, best_theta)
-                    with _scan_bar(progress, len(scanned) * (SCAN_GRID + SCAN_FINE) * restarts) as scan_bar:
-                        proposed = scan_pitch(scan_losses, theta, scanned, scan_bar)
+                    def on_column(done: int, scan: int = len([s for s in phase_starts if s <= step])) -> None:
+                        nonlocal last_snapshot
+                        if bar is not None:  # the scan in the match's bar (a bar of its own garbles a pipe)
+                            bar.set_postfix_str(f"pitch scan {scan}, {done}/{len(scanned)} parameters")
+                        if snapshot is not None and time.perf_counter() - last_snapshot >= snapshot_seconds:
+                            k = int(torch.argmin(torch.nan_to_num(best_loss, nan=math.inf)))
+                            snapshot(taken, best_theta[k].detach().clone(), float(best_loss[k]))
+                            last_snapshot = time.perf_counter()
+
+                    proposed = scan_pitch(scan_losses, theta, scanned, on_column=on_column)
+                    if bar is not None:  # the bar's rate and time left count steps, not the scan
+                        bar.unpause()
                     with torch.no_grad():  # a restart takes the scan's values where the match's own loss agrees
                         keep = losses_of(proposed) < losses_of(theta)
                     theta = torch.where(keep[:, None], proposed, theta.detach())
+                    scans_done += 1
                     if step > 0:  # later scans: refine the pitch they found
                         column_step[pitch_columns(synth)] = min(pitch_step, SCANNED_PITCH_STEP)
                     z = (torch.logit(theta.clamp(INIT_MARGIN, 1.0 - INIT_MARGIN)) / column_step).requires_grad_(True)
@@ -636,21 +664,14 @@ def match(
         audio = synth(theta[None], noise=noise)[0]
     return MatchResult(theta=theta, loss=float(best_loss[k]), audio=audio, restart_losses=best_loss.detach(),
                        initial_losses=initial, restart_thetas=best_theta.detach(), best_restart=k, history=history,
-                       steps=taken, interrupted=interrupted, seconds=time.perf_counter() - start)
+                       steps=taken, pitch_scans=scans_done, interrupted=interrupted,
+                       seconds=time.perf_counter() - start)
 
 
 def _better(losses, theta, best_loss, best_theta):
     """The best loss and theta of each restart so far, with this step's (NaN never counts as better)."""
     better = losses < best_loss
     return torch.where(better, losses, best_loss), torch.where(better[:, None], theta.detach(), best_theta)
-
-
-def _scan_bar(progress, total: int):
-    """A pitch scan's bar below match's (cleared when done) where `progress` is True."""
-    from doppel_torch.progress import progress_bar
-
-    return progress_bar(total=total, desc="pitch scan", unit="theta", dynamic_ncols=True, leave=False,
-                        disable=progress is not True)
 
 
 def _bar(progress, total: int, desc: str, unit: str):
@@ -983,7 +1004,10 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         starts = f"around {init_path}" if init is not None else f"seed {seed}"
     click.echo(f"matching {synth.duration:g} s of {target} with {synth.patch.name} ({synth.num_params} parameters, "
                f"backend={backend}, {device}): {restarts} restarts x {steps} steps, {starts}")
-    meta = {"target": str(target), "seed": seed, "lr": lr, "pitch_step": pitch_step,
+    if pitch_scans is None:  # match's default, written down (theta.json) and carried on (the continue line)
+        pitch_scans = PITCH_SCANS if init is None else 0
+    pitch_scans = min(pitch_scans, steps)
+    meta = {"target": str(target), "seed": seed, "lr": lr, "pitch_step": pitch_step, "pitch_scans": pitch_scans,
             **({"init": str(init_path)} if init is not None else {}), **({"fit": list(fit)} if fit else {}),
             "notes": notes}
     out_folder(out_dir)
@@ -1070,8 +1094,13 @@ def _run_match(synth, audio, target, out_dir, init, fit, patch_spec, meta, resta
         if result.interrupted:  # the whole command that goes on from here
             which = f"--patch {shlex.quote(patch_spec)}" if patch_spec else f"--synth {synth.patch.name}"
             again = "".join(f" --fit {shlex.quote(f)}" for f in fit)
-            kept = "".join(f" {w}" for w in _given("restarts", "lr", "pitch_step", "pitch_scans", "seed", "backend",
-                                                       "device"))
+            kept = "".join(f" {w}" for w in _given("restarts", "lr", "seed", "backend", "device"))
+            # the scans not finished, and the pitch step the descent had reached (finer after a later scan)
+            if pitch_scans > result.pitch_scans:
+                kept += f" --pitch-scans {pitch_scans - result.pitch_scans}"
+            step_now = min(pitch_step, SCANNED_PITCH_STEP) if result.pitch_scans >= 2 else pitch_step
+            if step_now != 1.0:
+                kept += f" --pitch-step {step_now:g}"
             left = steps - result.steps
             click.echo(f"continue with: doppel-torch match {shlex.quote(str(target))} {which} --duration "
                        f"{synth.duration:g}{kept} --steps {left} --init "
@@ -1081,5 +1110,6 @@ def _run_match(synth, audio, target, out_dir, init, fit, patch_spec, meta, resta
 
 
 __all__ = ["FFT_SIZES", "MatchResult", "SpectralTarget", "default_backend", "describe_columns", "describe_theta",
-           "fit_columns", "match", "pitch_columns", "prepare_target", "read_theta_json", "spectral_loss",
-           "starting_points", "starts_around", "starts_refitting", "write_result", "write_theta_json", "match_command"]
+           "fit_columns", "match", "pitch_columns", "prepare_target", "read_theta_json", "scan_columns", "scan_pitch",
+           "spectral_loss", "starting_points", "starts_around", "starts_refitting", "write_result", "write_theta_json",
+           "match_command"]

@@ -348,14 +348,37 @@ def test_match_pitch_scans_move_only_pitch_columns_and_never_raise_a_loss():
             match(synth, target, restarts=2, steps=1, pitch_scans=bad)
 
 
+def test_pitch_scans_are_capped_at_the_steps_and_skip_a_patch_without_pitch(synth):
+    """At most one scan a step (a billion scans asked for is 2 on 2 steps, not a loop over a billion); a patch
+    without an oscillator has a keyboard note that changes nothing: no column to scan. scan_pitch refuses what is
+    not a (restarts, m) float theta or a column index, in one line."""
+    from doppel_torch.synths.base import Synth
+    from tests.backends.patches import noise_only
+
+    target = _target(synth, synth.random_params(1, seed=7)[0])
+    assert match(synth, target, restarts=2, steps=2, seed=0, pitch_scans=10**9).pitch_scans == 2
+    assert match(synth, target, restarts=2, steps=0, seed=0).pitch_scans == 0
+    noisy = Synth(noise_only(), duration=DURATION, backend="torch")
+    assert matching.scan_columns(noisy) == [] and pitch_columns(noisy)
+    assert match(noisy, _target(noisy, noisy.random_params(1, seed=1)[0]), restarts=2, steps=2).pitch_scans == 0
+    losses = lambda theta: theta.sum(dim=1)  # noqa: E731
+    for theta, columns, message in ((torch.zeros(2, 4, dtype=torch.int64), [0], "floating-point"),
+                                    (torch.zeros(4), [0], "restarts, m"), (torch.zeros(2, 4), [4], "column indices"),
+                                    (torch.zeros(2, 4), [1.0], "column indices")):
+        with pytest.raises(ValueError, match=message):
+            matching.scan_pitch(losses, theta, columns)
+
+
 def test_snapshots_hold_the_best_so_far(synth):
-    """match(snapshot=...) with snapshot_seconds=0: called after every step with the steps taken, the best theta and
-    its loss, never worse than the previous call; the last one is the result."""
+    """match(snapshot=...) with snapshot_seconds=0: called after every step and every parameter a pitch scan sets
+    (a long scan loses no more than a step) with the steps taken, the best theta and its loss, never worse than the
+    previous call; the last one is the result."""
     theta = synth.random_params(1, seed=1000)[0]
     calls = []
     result = match(synth, _target(synth, theta), restarts=3, steps=5, seed=0, snapshot_seconds=0.0,
                    snapshot=lambda step, best, loss: calls.append((step, best, loss)))
-    assert [c[0] for c in calls] == [1, 2, 3, 4, 5]
+    assert [c[0] for c in calls] == [0] * 5 + [1, 2] + [2] * 5 + [3, 4, 5]  # scans at steps 0 and 2: 5 pitch columns
+    assert result.pitch_scans == 2
     assert all(b[2] <= a[2] for a, b in zip(calls, calls[1:]))
     # the snapshot after the last update precedes the final scoring pass, which can only improve on it
     assert calls[-1][2] >= result.loss and calls[-1][1].shape == (synth.num_params,)
@@ -565,7 +588,7 @@ def test_match_command_writes_the_best_so_far_when_terminated(tmp_path, synth):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else ""
             time.sleep(0.1)
         snapshot = json.loads((out / "theta.json").read_text())
-        assert snapshot["partial"] and snapshot["steps"] >= 1 and len(snapshot["theta"]) == synth.num_params
+        assert snapshot["partial"] and snapshot["steps"] >= 0 and len(snapshot["theta"]) == synth.num_params
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
     finally:
@@ -574,9 +597,11 @@ def test_match_command_writes_the_best_so_far_when_terminated(tmp_path, synth):
     assert "interrupted after" in output and "Traceback" not in output, output
     doc = json.loads((out / "theta.json").read_text())
     assert doc["interrupted"] and "partial" not in doc and doc["loss"] <= snapshot["loss"]
-    # the whole command: the options given (here --restarts 3) and the steps left (a run as printed lost them before)
-    assert (f"continue with: doppel-torch match {path} --synth voice --duration {DURATION:g} --restarts 3 --steps "
-            f"{100000 - doc['steps']} --init {out / 'theta.json'} --out {out}") in output, output
+    # the whole command: the options given (here --restarts 3), the pitch scans not done (the second one, at step
+    # 50000: --init alone turns them off) and the steps left (a run as printed lost them before)
+    assert doc["pitch_scans"] == 2 and doc["steps"] < 50000, doc
+    assert (f"continue with: doppel-torch match {path} --synth voice --duration {DURATION:g} --restarts 3 "
+            f"--pitch-scans 1 --steps {100000 - doc['steps']} --init {out / 'theta.json'} --out {out}") in output, output
     assert (out / "match.wav").exists() and (out / "match.png").exists()
 
 
