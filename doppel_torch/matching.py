@@ -471,13 +471,13 @@ def match(
         search (`scan_pitch`), each scan opening an equal share of the steps with a fresh Adam and cosine schedule;
         a restart takes a scan's values only where they lower its loss, and after the first scan the pitch columns
         step SCANNED_PITCH_STEP (at most pitch_step) to refine what it found. 0: no scan, one schedule over all
-        steps. None (default): PITCH_SCANS from random starts, 0 from starts you give (`init`: a scan's greedy
+        steps; at most one scan a step. None (default): PITCH_SCANS from random starts, 0 from starts you give (`init`: a scan's greedy
         moves took starts near a target out of its valleys: 1000 steps ended at 0.05-0.16 instead of 0.008). A
         scan scores 80 values per pitch column and restart (voice: 5 columns, 6,400 sounds for 16 restarts) on
-        SCAN_FFT_SIZES; two scans take about half again a 200-step match's time. Measured (voice, 0.25 s, 12
-        targets x 16 restarts x 200 steps): the best restart ends at a median 0.71 with 2 scans, 0.82 with none,
-        and 0.82 with none and 40 restarts (more time than 2 scans); the README's Sound matching has the
-        20-target run (bench/match_bench.py recovery --pitch-scans 0 2).
+        frames of SCAN_FFT_SIZES (`_ScanTarget`); two scans took a 1 s, 200-step match from 5.8 s to 8.9 s. Measured
+        (voice, 16 restarts x 200 steps, bench/match_bench.py recovery --pitch-scans 0 2): at 0.25 s, 2 scans end
+        the best restart lower on all 20 targets (median 0.63, none: 0.82; 40 restarts without a scan, which take
+        1.7x as long: 0.69, and 2 scans are lower on 19 of 20); at 1 s lower on all 10 (mean 0.81 vs 1.00).
     fit: fit only these parameters (names, modules or shell patterns: `fit_columns`); every other column keeps its
         starting value exactly, so give the values to keep in `init`: `starts_refitting(theta, fit_columns(synth,
         fit), restarts, seed)` keeps one theta and draws the fitted columns at random. For a patch you know but for,
