@@ -145,7 +145,8 @@ def recovery(args) -> None:
     doc = {**_meta(device), "what": "match recovery of synth-rendered targets", "synth": args.synth,
            "backend": args.backend, "duration_s": args.duration, "targets": args.targets, "restarts": args.restarts,
            "steps": args.steps, "lr": args.lr, "candidates": args.candidates, "pitch_step": args.pitch_step,
-           "delta_pitch_semitones": args.pitch_semis, "fit": args.fit, "pitch_scans": args.pitch_scans, "seed": args.seed,
+           "delta_pitch_semitones": args.pitch_semis, "fit": args.fit, "pitch_scans": args.pitch_scans,
+           "seed": args.seed,
            "target_seed": args.target_seed, "wall_s": round(time.perf_counter() - start, 1),
            "noise_floor_median": float(torch.tensor([r["noise_floor"] for r in rows]).median()),
            "summary": summary, "rows": rows}

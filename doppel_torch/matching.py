@@ -22,6 +22,7 @@ import functools
 import json
 import math
 import numbers
+import operator
 import shlex
 import signal
 import sys
@@ -311,25 +312,29 @@ def scan_columns(synth) -> list[int]:
 
 
 def scan_pitch(losses_of: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, columns: Sequence[int],
-               bar=None, on_column: Callable[[int], None] | None = None) -> torch.Tensor:
+               bar=None, tick: Callable[[int], None] | None = None) -> torch.Tensor:
     """Each row of theta (R, m) with its `columns` set one at a time, in order, to the value of a grid that scores
     lowest under `losses_of` (a batch of thetas -> (batch,) losses; gradients off): SCAN_GRID values evenly over
     [0.001, 0.999], then SCAN_FINE over +-1 step around the best of them. A row keeps its value where no grid value
-    scores lower. Returns the new thetas (R, m); `bar` (tqdm-like) is advanced by the thetas scored, `on_column`
-    gets the number of columns done after each.
+    scores lower. Returns the new thetas (R, m); `bar` (tqdm-like) is advanced by the thetas scored, `tick` gets
+    the number of columns done after each chunk of SCAN_CHUNK thetas scored.
 
     Gradient descent does not find a pitch: its valleys are hundredths of a semitone wide (README, Sound matching),
-    so a start outside one sees no slope towards it; a grid of 64 values over a column's range lands in it or
-    beside it, where the descent finishes the job."""
+    so a start outside one sees no slope towards it; a grid over the column's whole range lands nearer than the
+    descent gets (what that is worth: `match`'s pitch_scans)."""
     if not isinstance(theta, torch.Tensor) or theta.dim() != 2 or not theta.is_floating_point():
         shape = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
         raise ValueError(f"theta must be a floating-point (restarts, m) tensor of normalised parameters, got {shape}"
                          + (f" {theta.dtype}" if isinstance(theta, torch.Tensor) else ""))
-    columns = list(columns)
     m = theta.shape[1]
-    if not all(isinstance(j, int) and not isinstance(j, bool) and 0 <= j < m for j in columns):
-        raise ValueError(f"columns must be column indices in [0, {m}) (scan_columns(synth) gives the pitch ones), "
-                         f"got {columns!r}")
+    try:
+        columns = [_column(j) for j in columns]
+    except TypeError:
+        columns = None
+    if columns is None or not all(0 <= j < m for j in columns):
+        raise ValueError(f"columns must be column indices in [0, {m}) (scan_columns(synth) gives the pitch ones)")
+    if not bool(((theta >= 0) & (theta <= 1)).all()):
+        raise ValueError("theta must lie in [0, 1] (normalised parameters, as synth.random_params gives), with no NaN")
     theta = theta.detach().clone()
     rows = theta.shape[0]
     grid = torch.linspace(1e-3, 1.0 - 1e-3, SCAN_GRID, dtype=theta.dtype, device=theta.device)
@@ -337,17 +342,23 @@ def scan_pitch(losses_of: Callable[[torch.Tensor], torch.Tensor], theta: torch.T
     offsets = torch.linspace(-width, width, SCAN_FINE, dtype=theta.dtype, device=theta.device)
     index = torch.arange(rows, device=theta.device)
 
+    done = 0
+
     def score(values: torch.Tensor, column: int) -> torch.Tensor:  # values (R, K) -> losses (R, K)
         candidates = theta.repeat_interleave(values.shape[1], 0)
         candidates[:, column] = values.flatten()
-        losses = torch.cat([losses_of(chunk) for chunk in candidates.split(SCAN_CHUNK)])
-        if bar is not None:
-            bar.update(candidates.shape[0])
-        return torch.nan_to_num(losses, nan=math.inf).view(values.shape)
+        losses = []
+        for chunk in candidates.split(SCAN_CHUNK):
+            losses.append(losses_of(chunk))
+            if bar is not None:
+                bar.update(chunk.shape[0])
+            if tick is not None:
+                tick(done)
+        return torch.nan_to_num(torch.cat(losses), nan=math.inf).view(values.shape)
 
     with torch.no_grad():
         current = torch.nan_to_num(torch.cat([losses_of(chunk) for chunk in theta.split(SCAN_CHUNK)]), nan=math.inf)
-        for done, column in enumerate(columns):
+        for column in columns:
             coarse = grid.expand(rows, -1)
             best, at = score(coarse, column).min(dim=1)
             fine = (grid[at][:, None] + offsets).clamp(1e-3, 1.0 - 1e-3)
@@ -357,8 +368,7 @@ def scan_pitch(losses_of: Callable[[torch.Tensor], torch.Tensor], theta: torch.T
             better = best < current
             theta[:, column] = torch.where(better, value, theta[:, column])
             current = torch.where(better, best, current)
-            if on_column is not None:
-                on_column(done + 1)
+            done += 1
     return theta
 
 
@@ -471,13 +481,14 @@ def match(
         search (`scan_pitch`), each scan opening an equal share of the steps with a fresh Adam and cosine schedule;
         a restart takes a scan's values only where they lower its loss, and after the first scan the pitch columns
         step SCANNED_PITCH_STEP (at most pitch_step) to refine what it found. 0: no scan, one schedule over all
-        steps; at most one scan a step. None (default): PITCH_SCANS from random starts, 0 from starts you give (`init`: a scan's greedy
-        moves took starts near a target out of its valleys: 1000 steps ended at 0.05-0.16 instead of 0.008). A
-        scan scores 80 values per pitch column and restart (voice: 5 columns, 6,400 sounds for 16 restarts) on
-        frames of SCAN_FFT_SIZES (`_ScanTarget`); two scans took a 1 s, 200-step match from 5.8 s to 8.9 s. Measured
-        (voice, 16 restarts x 200 steps, bench/match_bench.py recovery --pitch-scans 0 2): at 0.25 s, 2 scans end
-        the best restart lower on all 20 targets (median 0.63, none: 0.82; 40 restarts without a scan, which take
-        1.7x as long: 0.69, and 2 scans are lower on 19 of 20); at 1 s lower on all 10 (mean 0.81 vs 1.00).
+        steps; at most one scan a step. None (default): PITCH_SCANS from random starts, 0 from starts you give
+        (`init`: a scan's greedy moves took starts near a target out of its valleys: 1000 steps ended at 0.05-0.16
+        instead of 0.008). A scan scores 80 values per pitch column and restart (voice: 5 columns, 6,400 sounds for
+        16 restarts) forward only on frames of SCAN_FFT_SIZES (`_ScanTarget`); two scans took a 1 s, 200-step
+        match from 5.8 s to 8.9 s. Measured (voice, 16 restarts x 200 steps, bench/match_bench.py recovery
+        --pitch-scans 0 2): at 0.25 s, 2 scans end the best restart lower on all 20 targets (median 0.63, none:
+        0.82; 40 restarts without a scan, which take 1.7x as long: 0.69, and 2 scans are lower on 19 of 20); at 1 s
+        lower on all 10 (mean 0.81 vs 1.00).
     fit: fit only these parameters (names, modules or shell patterns: `fit_columns`); every other column keeps its
         starting value exactly, so give the values to keep in `init`: `starts_refitting(theta, fit_columns(synth,
         fit), restarts, seed)` keeps one theta and draws the fitted columns at random. For a patch you know but for,
@@ -587,6 +598,15 @@ def match(
     last_snapshot = start
     initial = None
     taken, interrupted = 0, False
+
+    def keep_snapshot() -> None:
+        """The best theta so far to `snapshot`, once snapshot_seconds have passed since the last one."""
+        nonlocal last_snapshot
+        if snapshot is not None and time.perf_counter() - last_snapshot >= snapshot_seconds:
+            k = int(torch.argmin(torch.nan_to_num(best_loss, nan=math.inf)))
+            snapshot(taken, best_theta[k].detach().clone(), float(best_loss[k]))
+            last_snapshot = time.perf_counter()
+
     try:
         for step in range(steps + 1):  # the last pass only scores the final update
             theta = torch.sigmoid(z * column_step)
@@ -598,21 +618,19 @@ def match(
                         with torch.no_grad():
                             initial = losses_of(theta).detach().clone()
                             best_loss, best_theta = _better(initial, theta, best_loss, best_theta)
-                    def on_column(done: int, scan: int = len([s for s in phase_starts if s <= step])) -> None:
-                        nonlocal last_snapshot
+                    def tick(done: int, scan: int = scans_done + 1) -> None:
                         if bar is not None:  # the scan in the match's bar (a bar of its own garbles a pipe)
                             bar.set_postfix_str(f"pitch scan {scan}, {done}/{len(scanned)} parameters")
-                        if snapshot is not None and time.perf_counter() - last_snapshot >= snapshot_seconds:
-                            k = int(torch.argmin(torch.nan_to_num(best_loss, nan=math.inf)))
-                            snapshot(taken, best_theta[k].detach().clone(), float(best_loss[k]))
-                            last_snapshot = time.perf_counter()
+                        keep_snapshot()  # the best before the scan: a killed scan loses at most its own time
 
-                    proposed = scan_pitch(scan_losses, theta, scanned, on_column=on_column)
-                    if bar is not None:  # the bar's rate and time left count steps, not the scan
-                        bar.unpause()
+                    proposed = scan_pitch(scan_losses, theta, scanned, tick=tick)
                     with torch.no_grad():  # a restart takes the scan's values where the match's own loss agrees
-                        keep = losses_of(proposed) < losses_of(theta)
-                    theta = torch.where(keep[:, None], proposed, theta.detach())
+                        after, before = losses_of(proposed), losses_of(theta)
+                        keep = after < before
+                        theta = torch.where(keep[:, None], proposed, theta.detach())
+                        # counted as done only once its thetas are among the best (an interrupt may come next)
+                        best_loss, best_theta = _better(torch.where(keep, after, before), theta, best_loss,
+                                                        best_theta)
                     scans_done += 1
                     if step > 0:  # later scans: refine the pitch they found
                         column_step[pitch_columns(synth)] = min(pitch_step, SCANNED_PITCH_STEP)
@@ -647,10 +665,7 @@ def match(
                 bar.set_postfix(loss=f"{best:.4f}")
             elif callable(progress):
                 progress(taken, best)
-            if snapshot is not None and time.perf_counter() - last_snapshot >= snapshot_seconds:
-                k = int(torch.argmin(torch.nan_to_num(best_loss, nan=math.inf)))
-                snapshot(taken, best_theta[k].detach().clone(), float(best_loss[k]))
-                last_snapshot = time.perf_counter()
+            keep_snapshot()
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -666,6 +681,13 @@ def match(
                        initial_losses=initial, restart_thetas=best_theta.detach(), best_restart=k, history=history,
                        steps=taken, pitch_scans=scans_done, interrupted=interrupted,
                        seconds=time.perf_counter() - start)
+
+
+def _column(value) -> int:
+    """A column index from an int, a numpy integer or a one-element integer tensor (TypeError for a bool too)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{value!r} is not a column index")
+    return operator.index(value)
 
 
 def _better(losses, theta, best_loss, best_theta):
@@ -1006,6 +1028,8 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
                f"backend={backend}, {device}): {restarts} restarts x {steps} steps, {starts}")
     if pitch_scans is None:  # match's default, written down (theta.json) and carried on (the continue line)
         pitch_scans = PITCH_SCANS if init is None else 0
+    if not [j for j in scan_columns(synth) if not fit or j in columns]:  # as match: nothing to scan
+        pitch_scans = 0
     pitch_scans = min(pitch_scans, steps)
     meta = {"target": str(target), "seed": seed, "lr": lr, "pitch_step": pitch_step, "pitch_scans": pitch_scans,
             **({"init": str(init_path)} if init is not None else {}), **({"fit": list(fit)} if fit else {}),
@@ -1031,6 +1055,16 @@ def _replacing_note(previous: Path, target: Path, init_path: Path | None) -> Non
         return
     if was is not None and was != str(target) and (init_path is None or init_path.resolve() != previous.resolve()):
         click.echo(f"note: replacing the match of {was} in {previous.parent}")
+
+
+def _pitch_options(asked: int, done: int, pitch_step: float) -> str:
+    """The continue line's pitch options after `done` of `asked` scans: the scans left (an --init run does none
+    unless told), and the pitch step the descent goes on with: finer after a later scan, and after the first where
+    one is left (the continued run does that one at its start, as a later scan)."""
+    words = f" --pitch-scans {asked - done}" if asked > done else ""
+    finer = done >= 2 or (done == 1 and asked > done)
+    step = min(pitch_step, SCANNED_PITCH_STEP) if finer else pitch_step
+    return words + (f" --pitch-step {step:g}" if step != 1.0 else "")
 
 
 def _given(*names: str) -> list[str]:
@@ -1080,7 +1114,7 @@ def _run_match(synth, audio, target, out_dir, init, fit, patch_spec, meta, resta
             sys.exit(128 + (signals.received[0] if signals.received else signal.SIGINT))
         signals.hold()
         try:
-            paths = write_result(result, synth, audio, out_dir, meta=meta)
+            paths = write_result(result, synth, audio, out_dir, meta={**meta, "pitch_scans_done": result.pitch_scans})
         except OSError as err:
             best = ", ".join(f"{v:.6g}" for v in result.theta.tolist())
             raise click.ClickException(f"cannot write the result in {out_dir} ({err.strerror or err}); the best "
@@ -1095,12 +1129,7 @@ def _run_match(synth, audio, target, out_dir, init, fit, patch_spec, meta, resta
             which = f"--patch {shlex.quote(patch_spec)}" if patch_spec else f"--synth {synth.patch.name}"
             again = "".join(f" --fit {shlex.quote(f)}" for f in fit)
             kept = "".join(f" {w}" for w in _given("restarts", "lr", "seed", "backend", "device"))
-            # the scans not finished, and the pitch step the descent had reached (finer after a later scan)
-            if pitch_scans > result.pitch_scans:
-                kept += f" --pitch-scans {pitch_scans - result.pitch_scans}"
-            step_now = min(pitch_step, SCANNED_PITCH_STEP) if result.pitch_scans >= 2 else pitch_step
-            if step_now != 1.0:
-                kept += f" --pitch-step {step_now:g}"
+            kept += _pitch_options(pitch_scans, result.pitch_scans, pitch_step)
             left = steps - result.steps
             click.echo(f"continue with: doppel-torch match {shlex.quote(str(target))} {which} --duration "
                        f"{synth.duration:g}{kept} --steps {left} --init "

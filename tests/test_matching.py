@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -364,9 +365,35 @@ def test_pitch_scans_are_capped_at_the_steps_and_skip_a_patch_without_pitch(synt
     losses = lambda theta: theta.sum(dim=1)  # noqa: E731
     for theta, columns, message in ((torch.zeros(2, 4, dtype=torch.int64), [0], "floating-point"),
                                     (torch.zeros(4), [0], "restarts, m"), (torch.zeros(2, 4), [4], "column indices"),
-                                    (torch.zeros(2, 4), [1.0], "column indices")):
+                                    (torch.zeros(2, 4), [1.0], "column indices"), (torch.zeros(2, 4), [True], "column"),
+                                    (torch.full((2, 4), math.nan), [0], "no NaN"),
+                                    (torch.ones(2, 4) + 5, [0], "[0, 1]")):
         with pytest.raises(ValueError, match=message):
             matching.scan_pitch(losses, theta, columns)
+    assert matching.scan_pitch(losses, torch.full((2, 4), 0.5), [np.int64(1), torch.tensor(2)]).shape == (2, 4)
+
+
+def test_a_scan_counts_once_its_thetas_are_kept():
+    """Interrupted right after a scan (the first render with gradients), the result holds what the scan found and
+    counts the scan; the continue line asks for the scans left and the pitch step the run goes on with."""
+    calls = []
+
+    class Interrupting(VoiceSynth):
+        def __call__(self, theta, **kwargs):
+            if theta.requires_grad and torch.is_grad_enabled():
+                calls.append(theta)
+                raise KeyboardInterrupt
+            return super().__call__(theta, **kwargs)
+
+    synth = Interrupting(duration=0.1, backend="cpu" if get_backend("cpu").differentiable else "torch")
+    target = _target(synth, synth.random_params(1, seed=7)[0])
+    result = match(synth, target, restarts=4, steps=10, seed=0)
+    assert result.interrupted and result.steps == 0 and result.pitch_scans == 1 and len(calls) == 1
+    assert result.loss < float(result.initial_losses.min())  # the scan's, not the best start's
+    assert matching._pitch_options(2, 0, 1.0) == " --pitch-scans 2"  # the first scan still to do: as asked
+    assert matching._pitch_options(2, 1, 1.0) == " --pitch-scans 1 --pitch-step 0.05"
+    assert matching._pitch_options(2, 2, 0.5) == " --pitch-step 0.05"
+    assert matching._pitch_options(1, 1, 0.5) == " --pitch-step 0.5" and matching._pitch_options(0, 0, 1.0) == ""
 
 
 def test_snapshots_hold_the_best_so_far(synth):
@@ -377,7 +404,8 @@ def test_snapshots_hold_the_best_so_far(synth):
     calls = []
     result = match(synth, _target(synth, theta), restarts=3, steps=5, seed=0, snapshot_seconds=0.0,
                    snapshot=lambda step, best, loss: calls.append((step, best, loss)))
-    assert [c[0] for c in calls] == [0] * 5 + [1, 2] + [2] * 5 + [3, 4, 5]  # scans at steps 0 and 2: 5 pitch columns
+    # scans at steps 0 and 2: 5 pitch columns, each 3 x 64 and 3 x 16 thetas (a chunk each)
+    assert [c[0] for c in calls] == [0] * 10 + [1, 2] + [2] * 10 + [3, 4, 5]
     assert result.pitch_scans == 2
     assert all(b[2] <= a[2] for a, b in zip(calls, calls[1:]))
     # the snapshot after the last update precedes the final scoring pass, which can only improve on it
@@ -598,10 +626,12 @@ def test_match_command_writes_the_best_so_far_when_terminated(tmp_path, synth):
     doc = json.loads((out / "theta.json").read_text())
     assert doc["interrupted"] and "partial" not in doc and doc["loss"] <= snapshot["loss"]
     # the whole command: the options given (here --restarts 3), the pitch scans not done (the second one, at step
-    # 50000: --init alone turns them off) and the steps left (a run as printed lost them before)
-    assert doc["pitch_scans"] == 2 and doc["steps"] < 50000, doc
+    # 50000: --init alone turns them off) with the finer pitch step that follows it, and the steps left (a run as
+    # printed lost them before)
+    assert doc["pitch_scans"] == 2 and doc["pitch_scans_done"] == 1 and doc["steps"] < 50000, doc
     assert (f"continue with: doppel-torch match {path} --synth voice --duration {DURATION:g} --restarts 3 "
-            f"--pitch-scans 1 --steps {100000 - doc['steps']} --init {out / 'theta.json'} --out {out}") in output, output
+            f"--pitch-scans 1 --pitch-step 0.05 --steps {100000 - doc['steps']} --init {out / 'theta.json'} "
+            f"--out {out}") in output, output
     assert (out / "match.wav").exists() and (out / "match.png").exists()
 
 
