@@ -24,6 +24,17 @@ class EmbeddingCache:
         self.root = Path(root).expanduser()
         self.write_failed = False  # a put that could not write: no more tries (each would fail the same way)
 
+    def unwritable(self) -> str | None:
+        """None where entries can be written under root (created if missing), else why not: a read-only folder, one
+        that cannot be created, a file in its place."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root):
+                pass
+        except OSError as err:
+            return err.strerror or str(err)
+        return None
+
     def path(self, key: str, file_hash: str) -> Path:
         return self.root / key / file_hash[:2] / f"{file_hash}.npy"
 

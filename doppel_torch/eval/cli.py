@@ -53,6 +53,23 @@ def _checkpoint_names(paths: tuple[str, ...]) -> list[str]:
     return names
 
 
+def _open_cache(cache_dir: str) -> EmbeddingCache | None:
+    """The embedding cache at --cache-dir. One it cannot write (a shared, read-only one) is read and not added to; one
+    it cannot create goes unused: each said in one line, as the cache only saves time."""
+    cache = EmbeddingCache(cache_dir)
+    why = cache.unwritable()
+    if why is None:
+        return cache
+    if cache.root.is_dir():
+        click.echo(f"warning: cannot write in --cache-dir {cache.root} ({why}): reading the embeddings cached there, "
+                   "adding none", err=True)
+        cache.write_failed = True
+        return cache
+    click.echo(f"warning: cannot create --cache-dir {cache.root} ({why}): going on without the embedding cache "
+               "(--cache-dir FOLDER keeps one elsewhere)", err=True)
+    return None
+
+
 @click.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoints", nargs=-1, type=click.Path(exists=True))
 @click.option("--task", "-t", "task_specs", multiple=True, metavar="KIND[:PATH]",
@@ -116,8 +133,7 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
     device = str(device_option(device))
     checkpoint_paths = {name: str(Path(p).resolve()) for name, p in zip(_checkpoint_names(checkpoints), checkpoints)}
     out_folder(out_dir)  # before any probe is fit: a folder that cannot take the report costs nothing
-    if not no_cache:
-        out_folder(Path(cache_dir).expanduser(), "--cache-dir")
+    cache = None if no_cache else _open_cache(cache_dir)
     try:
         config = ProbeConfig(protocol=probe_kind, lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
                              standardize=standardize)
@@ -159,7 +175,6 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
                 device=device,
             )
             embedders["log-mel"] = Embedder.log_mel(device=device)
-        cache = None if no_cache else EmbeddingCache(cache_dir)
         report = evaluate(embedders, tasks, config, seeds_list, cache, progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from e
@@ -183,6 +198,13 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
         if entry["unreadable"]:
             click.echo(f"warning: {name}: {len(entry['unreadable'])} unreadable file(s) left out, e.g. "
                        f"{entry['unreadable'][0]['path']}: {entry['unreadable'][0]['error']}", err=True)
+        if entry.get("unseen_in_training"):
+            split, classes = next(iter(entry["unseen_in_training"].items()))
+            shown = ", ".join(map(str, classes[:5])) + (", ..." if len(classes) > 5 else "")
+            click.echo(f"warning: {name}: in {len(entry['unseen_in_training'])} of its {len(entry['splits'])} "
+                       f"split(s) the test side has classes the training side lacks (split {split}: {shown}): no "
+                       "probe gets those right (more files per class, or each class in several folds, avoids it)",
+                       err=True)
     if suite:
         report["suite"] = suite_summary(suite, data_root, found, missing)
     click.echo(suite_table(report) if suite else markdown_table(report))  # first: a report that cannot be

@@ -91,6 +91,57 @@ def test_bad_inputs_give_clear_errors(tiny_checkpoint, tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
+def test_a_cache_it_cannot_write_is_read_and_one_it_cannot_create_goes_unused(tiny_checkpoint, fsdd_root, tmp_path,
+                                                                              monkeypatch):
+    """A shared, read-only cache (simulated: root writes through any mode) is read and not added to; a --cache-dir
+    that cannot be created (a file in the way) is skipped; each in one warning line, and the evaluation runs (both
+    were refused before any work)."""
+    from doppel_torch.eval.cache import EmbeddingCache
+
+    cache = tmp_path / "cache"
+    args = [str(tiny_checkpoint), "--task", f"fsdd-digit:{fsdd_root}", "--no-baselines", "--max-files", "30",
+            "--seeds", "0", "--max-epochs", "3", "-q"]
+    first = CliRunner().invoke(eval_command, args + ["--cache-dir", str(cache), "--out", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    entries = sorted(cache.rglob("*.npy"))
+    assert len(entries) == 30
+    entries[0].unlink()  # one embedding to compute again: not written back
+    hits = []
+    real_get = EmbeddingCache.get
+    monkeypatch.setattr(EmbeddingCache, "unwritable", lambda self: "Read-only file system")
+    monkeypatch.setattr(EmbeddingCache, "get", lambda self, *a, **k: hits.append(1) or real_get(self, *a, **k))
+    shared = CliRunner().invoke(eval_command, args + ["--cache-dir", str(cache), "--out", str(tmp_path / "b")])
+    assert shared.exit_code == 0, shared.output
+    assert f"warning: cannot write in --cache-dir {cache} (Read-only file system): reading" in shared.output
+    assert len(hits) == 30 and len(list(cache.rglob("*.npy"))) == 29 and "Traceback" not in shared.output
+    monkeypatch.undo()
+    (tmp_path / "afile").write_text("x")
+    blocked = CliRunner().invoke(eval_command, args + ["--cache-dir", str(tmp_path / "afile" / "c"), "--out",
+                                                       str(tmp_path / "c")])
+    assert blocked.exit_code == 0, blocked.output
+    assert "warning: cannot create --cache-dir" in blocked.output and "without the embedding cache" in blocked.output
+    assert json.loads((tmp_path / "c" / "eval.json").read_text())["tasks"]["fsdd-digit"]["n_used"] == 30
+
+
+def test_a_test_class_the_training_side_lacks_is_warned_about(tiny_checkpoint, fsdd_root, tmp_path):
+    """A manifest whose digit 2 lives in fold 1 only: the split testing on fold 1 trains on fold 3, which never shows
+    a 2; the report lists it per split and the command says so in one line."""
+    rows = ["path,label,fold"]
+    for d, folds in ((0, (1, 2, 3)), (1, (1, 2, 3)), (2, (1, 1))):
+        for k, fold in enumerate(folds):
+            rows.append(f"{fsdd_root / 'recordings' / f'{d}_george_{k}.wav'},{d},{fold}")
+    manifest = tmp_path / "digits.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    args = [str(tiny_checkpoint), "--task", f"csv:{manifest}", "--out", str(tmp_path / "out"), "--no-cache",
+            "--no-baselines", "--seeds", "0", "--max-epochs", "3", "-q"]
+    result = CliRunner().invoke(eval_command, args)
+    assert result.exit_code == 0, result.output
+    entry = json.loads((tmp_path / "out" / "eval.json").read_text())["tasks"]["digits"]
+    assert entry["unseen_in_training"] == {"1": ["2"]}, entry["unseen_in_training"]
+    assert ("warning: digits: in 1 of its 3 split(s) the test side has classes the training side lacks (split 1: 2)"
+            in result.output), result.output
+
+
 def test_nothing_to_evaluate_is_a_usage_error():
     result = CliRunner().invoke(eval_command, ["--task", "fsdd", "--no-baselines"])
     assert result.exit_code == 2 and "nothing to evaluate" in result.output
