@@ -62,10 +62,13 @@ def _check(audio: torch.Tensor, model: HearModel) -> None:
 
 @torch.no_grad()
 def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
-    """(n_sounds, n_samples) at 16 kHz -> (n_sounds, scene_embedding_size)."""
+    """(n_sounds, n_samples) at 16 kHz -> (n_sounds, scene_embedding_size). Clips of no samples are embedded as
+    silence, as get_timestamp_embeddings pads them (it refused them)."""
     _check(audio, model)
     if audio.shape[0] == 0:
         return audio.new_zeros(0, model.scene_embedding_size)
+    if audio.shape[1] == 0:
+        audio = audio.new_zeros(audio.shape[0], 1)
     return model.embedder.embed(audio, SAMPLE_RATE).to(audio.device)
 
 

@@ -89,6 +89,10 @@ def test_hear_api(tiny_checkpoint, clip):
     emb0, ts0 = hear.get_timestamp_embeddings(batch[:0], model)
     assert emb0.shape == (0, n_ts, 64) and ts0.shape == (0, n_ts) and emb0.dtype == ts0.dtype == torch.float32
     assert hear.get_scene_embeddings(batch[:0], model).shape == (0, 64)
+    # clips of no samples: silence in both (the scene embedding refused them while the timestamps padded them)
+    torch.testing.assert_close(hear.get_scene_embeddings(batch[:, :0], model),
+                               hear.get_scene_embeddings(torch.zeros(2, 1), model))
+    assert hear.get_timestamp_embeddings(batch[:, :0], model)[0].shape == (2, 1, 64)
     with pytest.raises(ValueError, match="checkpoint path"):
         hear.load_model("")
     # windows embedded in chunks (bounded memory on long audio): the same embeddings as all at once
