@@ -311,6 +311,11 @@ def scan_columns(synth) -> list[int]:
     return sorted(columns, key=lambda j: (not names[j].endswith("/mod_depth"), j))
 
 
+def _scannable(synth, fitted: Sequence[int] | None) -> list[int]:
+    """The columns match's pitch scans set: `scan_columns`, those among `fitted` where only some are fitted."""
+    return [j for j in scan_columns(synth) if fitted is None or j in fitted]
+
+
 def scan_pitch(losses_of: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, columns: Sequence[int],
                bar=None, tick: Callable[[int], None] | None = None) -> torch.Tensor:
     """Each row of theta (R, m) with its `columns` set one at a time, in order, to the value of a grid that scores
@@ -551,7 +556,8 @@ def match(
     def losses_of(theta: torch.Tensor) -> torch.Tensor:
         return scorer.loss(synth(theta, noise=noise, validate=False))
 
-    scanned = [j for j in scan_columns(synth) if held is None or not held[j]] if steps and pitch_scans else []
+    fitted = None if held is None else (~held).nonzero().flatten().tolist()
+    scanned = _scannable(synth, fitted) if steps and pitch_scans else []
     if scanned:
         scan_scorer = _ScanTarget(target.detach())
 
@@ -599,6 +605,30 @@ def match(
     initial = None
     taken, interrupted = 0, False
 
+    def theta_of(z: torch.Tensor) -> torch.Tensor:
+        theta = torch.sigmoid(z * column_step)
+        # the held columns exactly as given (sigmoid(logit(x)) is x only to rounding)
+        return theta if held is None else torch.where(held, theta0, theta)
+
+    def scanned_theta(theta: torch.Tensor) -> torch.Tensor:
+        """theta with a pitch scan's values where the match's own loss agrees, counted among the best (and as
+        done) before anything else can interrupt."""
+        nonlocal best_loss, best_theta, scans_done
+
+        def tick(done: int, scan: int = scans_done + 1) -> None:
+            if bar is not None:  # the scan in the match's bar (a bar of its own garbles a pipe)
+                bar.set_postfix_str(f"pitch scan {scan}, {done}/{len(scanned)} parameters")
+            keep_snapshot()  # the best before the scan: a killed scan loses at most its own time
+
+        proposed = scan_pitch(scan_losses, theta, scanned, tick=tick)
+        with torch.no_grad():
+            after, before = losses_of(proposed), losses_of(theta)
+            keep = after < before
+            theta = torch.where(keep[:, None], proposed, theta.detach())
+            best_loss, best_theta = _better(torch.where(keep, after, before), theta, best_loss, best_theta)
+        scans_done += 1
+        return theta
+
     def keep_snapshot() -> None:
         """The best theta so far to `snapshot`, once snapshot_seconds have passed since the last one."""
         nonlocal last_snapshot
@@ -609,35 +639,18 @@ def match(
 
     try:
         for step in range(steps + 1):  # the last pass only scores the final update
-            theta = torch.sigmoid(z * column_step)
-            if held is not None:  # the held columns exactly as given (sigmoid(logit(x)) is x only to rounding)
-                theta = torch.where(held, theta0, theta)
+            theta = theta_of(z)
             if step in phase_starts:
                 if scanned:
                     if initial is None:  # the starting points' own losses, before the first scan moves them
                         with torch.no_grad():
                             initial = losses_of(theta).detach().clone()
                             best_loss, best_theta = _better(initial, theta, best_loss, best_theta)
-                    def tick(done: int, scan: int = scans_done + 1) -> None:
-                        if bar is not None:  # the scan in the match's bar (a bar of its own garbles a pipe)
-                            bar.set_postfix_str(f"pitch scan {scan}, {done}/{len(scanned)} parameters")
-                        keep_snapshot()  # the best before the scan: a killed scan loses at most its own time
-
-                    proposed = scan_pitch(scan_losses, theta, scanned, tick=tick)
-                    with torch.no_grad():  # a restart takes the scan's values where the match's own loss agrees
-                        after, before = losses_of(proposed), losses_of(theta)
-                        keep = after < before
-                        theta = torch.where(keep[:, None], proposed, theta.detach())
-                        # counted as done only once its thetas are among the best (an interrupt may come next)
-                        best_loss, best_theta = _better(torch.where(keep, after, before), theta, best_loss,
-                                                        best_theta)
-                    scans_done += 1
+                    theta = scanned_theta(theta)
                     if step > 0:  # later scans: refine the pitch they found
                         column_step[pitch_columns(synth)] = min(pitch_step, SCANNED_PITCH_STEP)
                     z = (torch.logit(theta.clamp(INIT_MARGIN, 1.0 - INIT_MARGIN)) / column_step).requires_grad_(True)
-                    theta = torch.sigmoid(z * column_step)
-                    if held is not None:
-                        theta = torch.where(held, theta0, theta)
+                    theta = theta_of(z)
                 length = min([s for s in phase_starts if s > step] + [steps]) - step
                 optimizer = torch.optim.Adam([z], lr=lr)
                 schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(length, 1),
@@ -1028,7 +1041,7 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
                f"backend={backend}, {device}): {restarts} restarts x {steps} steps, {starts}")
     if pitch_scans is None:  # match's default, written down (theta.json) and carried on (the continue line)
         pitch_scans = PITCH_SCANS if init is None else 0
-    if not [j for j in scan_columns(synth) if not fit or j in columns]:  # as match: nothing to scan
+    if not _scannable(synth, columns if fit else None):  # as match: nothing to scan
         pitch_scans = 0
     pitch_scans = min(pitch_scans, steps)
     meta = {"target": str(target), "seed": seed, "lr": lr, "pitch_step": pitch_step, "pitch_scans": pitch_scans,
