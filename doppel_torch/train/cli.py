@@ -358,7 +358,7 @@ def _default(name: str, shown: str | None = None) -> str:
 @click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE", help="Override any config field.")
 def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **options: Any) -> None:
     from doppel_torch.train.data import NoAudioLeft
-    from doppel_torch.train.distributed import cleanup
+    from doppel_torch.train.distributed import cleanup, peer_gone
     from doppel_torch.train.loop import NonFiniteLoss, Trainer
 
     parsed: dict[str, Any] = {}
@@ -390,6 +390,16 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
         raise click.ClickException(f"could not write {exc.filename or config.run.out_dir}: {exc.strerror}; the run "
                                    f"stopped ({kept})") from None
     except (MemoryError, RuntimeError) as exc:
+        if trainer is not None and trainer.env.distributed and peer_gone(exc):
+            # torchrun stops the others when one process dies: their step cannot finish, nor its checkpoint
+            last = Path(config.run.out_dir) / "last.pt"
+            kept = (f"{last} holds the last checkpoint written (--resume {config.run.out_dir} continues from it)"
+                    if last.is_file() else "no checkpoint was written")
+            reason = str(exc).strip().splitlines()[-1].split("] ")[-1][:120]
+            click.echo(f"rank {trainer.env.rank}: another process of this run is gone ({reason}), so this step cannot "
+                       f"finish and is not saved; {kept}", err=True)
+            signum = trainer._stop_signal
+            sys.exit(128 + signum if signum else 1)
         if not out_of_memory(exc):
             raise
         raise click.ClickException(f"out of memory ({config.optim.batch_size} sounds of {config.data.duration:g} s a "

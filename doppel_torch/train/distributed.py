@@ -55,6 +55,18 @@ def init_distributed(device_name: str = "auto") -> DistEnv:
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device, control_group=control)
 
 
+PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "gloo/transport",
+             "NCCL communicator", "ncclRemoteError")
+
+
+def peer_gone(err: BaseException) -> bool:
+    """Whether `err` is a collective that failed because another process of the run is gone (killed, crashed):
+    torch's DistBackendError, or gloo's / NCCL's transport errors as RuntimeError."""
+    backend_error = getattr(torch.distributed, "DistBackendError", None)
+    return (backend_error is not None and isinstance(err, backend_error)) or (
+        isinstance(err, RuntimeError) and any(text in str(err) for text in PEER_GONE))
+
+
 def any_rank(flag: bool, env: DistEnv) -> bool:
     """True if `flag` is true on any rank (a tiny CPU all-reduce; no communication on one process)."""
     if not env.distributed:

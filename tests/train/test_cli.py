@@ -425,6 +425,29 @@ def test_a_full_disk_is_one_line(tmp_path, audio_dir, monkeypatch):
     assert not list(out.glob(".last.pt.*")) and not (out / ".run.lock").exists()
 
 
+def test_a_peer_process_gone_is_one_line(tmp_path, audio_dir, monkeypatch):
+    """When torchrun's other process dies (killed, crashed), the survivors' next collective raises gloo's transport
+    error: each says in one line that its step cannot finish and what is kept (it printed a raw traceback after
+    "saving a checkpoint"). The error text is the one a real run raised (2 gloo ranks, one killed with SIGKILL)."""
+    from doppel_torch.train import distributed
+    from doppel_torch.train.loop import Trainer
+
+    gone = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:538] Read error [127.0.0.1]:9605: "
+                        "Connection reset by peer")
+    assert distributed.peer_gone(gone) and not distributed.peer_gone(RuntimeError("out of memory"))
+
+    def fit(self):  # a run of 2 processes as the collective fails (the process group is set up as one)
+        monkeypatch.setattr(distributed.DistEnv, "distributed", property(lambda env: True))
+        raise gone
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(train, ["--data", str(audio_dir), *REAL, *TINY_ARGS, "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert ("rank 0: another process of this run is gone (Read error [127.0.0.1]:9605: Connection reset by peer), "
+            "so this step cannot finish and is not saved; no checkpoint was written") in result.output, result.output
+
+
 def test_fewer_sounds_than_a_batch_is_refused(tmp_path):
     result = CliRunner().invoke(train, [*TINY_ARGS, "--sounds-per-epoch", "4", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--sounds-per-epoch (data.sounds_per_epoch) 4 leaves 2 training sounds" in \
