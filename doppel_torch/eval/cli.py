@@ -53,6 +53,20 @@ def _checkpoint_names(paths: tuple[str, ...]) -> list[str]:
     return names
 
 
+def _run_facts(task_specs, suite, data_root, max_files, device) -> dict:
+    """What eval.json needs besides its results to be read, or run, again: the tasks as given, --max-files, the
+    device and the versions."""
+    import platform
+
+    import torch
+
+    import doppel_torch
+
+    return dict(tasks=list(task_specs), suite=suite, data_root=data_root, max_files=max_files, device=device,
+                versions=dict(doppel_torch=doppel_torch.__version__, torch=torch.__version__,
+                              python=platform.python_version()))
+
+
 def _open_cache(cache_dir: str) -> EmbeddingCache | None:
     """The embedding cache at --cache-dir. One it cannot write (a shared, read-only one) is read and not added to; one
     it cannot create goes unused: each said in one line, as the cache only saves time."""
@@ -133,6 +147,7 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
     device = str(device_option(device))
     checkpoint_paths = {name: str(Path(p).resolve()) for name, p in zip(_checkpoint_names(checkpoints), checkpoints)}
     out_folder(out_dir)  # before any probe is fit: a folder that cannot take the report costs nothing
+    run_facts = _run_facts(task_specs, suite, data_root, max_files, device)
     cache = None if no_cache else _open_cache(cache_dir)
     try:
         config = ProbeConfig(protocol=probe_kind, lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
@@ -183,6 +198,7 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
         cut = report["interrupted"]["task"]
         if report["tasks"]:
             report["checkpoints"] = checkpoint_paths
+            report["run"] = run_facts
             json_path, md_path = write_report(report, out_dir)
             click.echo(f"\ninterrupted during task {cut}: wrote the {len(report['tasks'])} finished task(s) to "
                        f"{json_path} and {md_path}" + ("" if no_cache else " (their embeddings are cached: a rerun "
@@ -194,6 +210,7 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
                        f"{out_dir}{earlier}", err=True)
         raise KeyboardInterrupt from None
     report["checkpoints"] = checkpoint_paths
+    report["run"] = run_facts
     for name, entry in report["tasks"].items():
         if entry["unreadable"]:
             click.echo(f"warning: {name}: {len(entry['unreadable'])} unreadable file(s) left out, e.g. "

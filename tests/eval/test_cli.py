@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import torch
 from click.testing import CliRunner
 
 from doppel_torch.eval.cli import eval_command
@@ -20,6 +21,8 @@ def test_eval_fsdd_end_to_end(tiny_checkpoint, fsdd_root, tmp_path):
     report = json.loads((out / "eval.json").read_text())
     run_name = tiny_checkpoint.parent.name
     assert list(report["extractors"]) == [run_name, "random-init", "log-mel"]
+    assert report["run"]["tasks"] == [f"fsdd:{fsdd_root}"] and report["run"]["max_files"] == 60  # to run it again
+    assert report["run"]["versions"]["torch"] == torch.__version__ and report["run"]["device"] == "cpu"
     assert report["extractors"]["random-init"]["key"] == "random-init-seed0-d64-w8"  # same architecture
     assert set(report["tasks"]) == {"fsdd-digit", "fsdd-speaker"}
     for name, n_splits in (("fsdd-digit", 6), ("fsdd-speaker", 5)):
