@@ -152,14 +152,7 @@ def cross_validate(
         raise ValueError(f"{features.shape[0]} feature rows for {len(task)} files of task {task.name!r}")
     x = features.float()
     y = task.targets()
-    splits = protocol_splits(task, config.protocol)
-    for split in splits:
-        if len(split.train) == 0 or len(split.valid) == 0 or len(split.test) == 0:
-            raise ValueError(
-                f"task {task.name!r}, split {split.name}: empty train, valid or test set "
-                f"({len(split.train)}, {len(split.valid)}, {len(split.test)} files); a fixed split needs train, "
-                "valid and test files, and every fold needs readable files"
-            )
+    splits = _checked_splits(task, config.protocol)
     n_classes = len(task.classes)
     bar = progress_bar(total=len(splits) * len(seeds), desc=desc or f"{task.name} probes", disable=not progress, leave=False)
     fits: dict[tuple[int, int], object] = {}
@@ -235,6 +228,8 @@ def evaluate(
         extractors={n: dict(key=e.key, embedding_size=e.embedding_size) for n, e in embedders.items()},
         tasks={},
     )
+    for task in tasks:  # a split that cannot be probed is refused before any audio is embedded
+        _checked_splits(task, config.protocol)
     memo: dict = {}
     for task in tasks:
         try:
@@ -293,6 +288,19 @@ def _unseen_in_training(task: Task) -> dict[str, list]:
         if missing:
             unseen[split.name] = missing
     return unseen
+
+
+def _checked_splits(task: Task, protocol: str) -> list:
+    """The protocol's splits of `task`; ValueError in one line for a split with an empty side."""
+    splits = protocol_splits(task, protocol)
+    for split in splits:
+        if len(split.train) == 0 or len(split.valid) == 0 or len(split.test) == 0:
+            raise ValueError(
+                f"task {task.name!r}, split {split.name}: empty train, valid or test set "
+                f"({len(split.train)}, {len(split.valid)}, {len(split.test)} files); a fixed split needs train, "
+                "valid and test files, and every fold needs readable files"
+            )
+    return splits
 
 
 def chance_level(task: Task) -> float:

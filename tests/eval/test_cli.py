@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -143,6 +144,23 @@ def test_a_test_class_the_training_side_lacks_is_warned_about(tiny_checkpoint, f
     assert entry["unseen_in_training"] == {"1": ["2"]}, entry["unseen_in_training"]
     assert ("warning: digits: in 1 of its 3 split(s) the test side has classes the training side lacks (split 1: 2)"
             in result.output), result.output
+
+
+def test_a_fixed_split_without_valid_is_refused_before_embedding(tiny_checkpoint, fsdd_root, tmp_path, monkeypatch):
+    """A manifest of train / test folds only (the paper probe stops early on "valid"): one line, before any audio is
+    embedded (it was refused after every file of the task had been embedded)."""
+    import importlib
+
+    evaluation = importlib.import_module("doppel_torch.eval.evaluate")
+    monkeypatch.setattr(evaluation, "extract_features", lambda *a, **k: pytest.fail("embedded before refusing"))
+    rows = ["path,label,fold"] + [f"{fsdd_root / 'recordings' / f'{d}_george_{k}.wav'},{d},{'train' if k else 'test'}"
+                                  for d in range(2) for k in range(3)]
+    manifest = tmp_path / "fixed.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    result = CliRunner().invoke(eval_command, [str(tiny_checkpoint), "--task", f"csv:{manifest}", "--no-cache",
+                                               "--no-baselines", "--out", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "split test: empty train, valid or test set (4, 0, 2 files)" in result.output, result.output
 
 
 def test_nothing_to_evaluate_is_a_usage_error():
