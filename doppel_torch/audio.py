@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +51,44 @@ def load_audio(source, name: str | None = None) -> tuple[torch.Tensor, int]:
     if not bool(torch.isfinite(data).all()):
         raise AudioReadError(f"{name if name is not None else source}: NaN or infinite samples")
     return data.mean(dim=0), sr
+
+
+def walk_audio(folder: Path, suffixes: tuple[str, ...]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Regular files with one of `suffixes` (lower case) under `folder` (sorted), following symbolic links to
+    folders, and the (path, reason) of what cannot be used: an audio-named link whose target is missing or that
+    loops, a linked folder that leads back to a folder already scanned (a link loop), an unreadable folder. Used by
+    `train --data` and eval's class folders."""
+    found: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        here = stack.pop()
+        try:
+            st = here.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                skipped.append((here, "symbolic link loop: leads to a folder already scanned"))
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(here), key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append((here, f"unreadable folder: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                st = os.stat(path)  # follows links
+            except OSError as exc:  # a dangling or looping link (or a file removed meanwhile)
+                if path.suffix.lower() in suffixes:
+                    loop = exc.errno == errno.ELOOP
+                    skipped.append((path, "symbolic link loop" if loop else "dangling symbolic link (no target)"))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(path)
+            elif path.suffix.lower() not in suffixes:
+                continue
+            elif stat.S_ISREG(st.st_mode):
+                found.append(path)
+            else:
+                skipped.append((path, "not a regular file"))
+    return sorted(found), skipped

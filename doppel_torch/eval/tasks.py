@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from doppel_torch.audio import walk_audio
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 FIXED_SPLITS = ("train", "valid", "test")
@@ -657,8 +659,11 @@ def label_folder(root: Path | str, n_folds: int = 5, seed: int = 0) -> Task:
         raise ValueError(f"{root}: no class subfolders; expected root/<label>/<audio file>")
     files, labels = [], []
     for c in classes:
-        found = sorted(p for p in (root / c).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
-                       and not _hidden(p, root / c))
+        # symbolic links to folders followed (rglob does not); an audio-named link to nothing is kept, so that the
+        # evaluation reports it unreadable rather than dropping it unseen
+        walked, broken = walk_audio(root / c, AUDIO_EXTENSIONS)
+        found = sorted(p for p in walked + [p for p, _ in broken if p.suffix.lower() in AUDIO_EXTENSIONS]
+                       if not _hidden(p, root / c))
         if not found:
             raise ValueError(f"{root}: class {c!r} has no examples (no audio file in {root / c})")
         files += found

@@ -19,10 +19,7 @@ open are skipped with a warning and counted; a clip shorter than a segment is pl
 
 from __future__ import annotations
 
-import errno
 import math
-import os
-import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +29,7 @@ import soundfile as sf
 import torch
 
 from doppel_torch import rng
+from doppel_torch.audio import walk_audio
 from doppel_torch.functional import resample
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -78,7 +76,7 @@ def scan_audio_folder(folder: str | Path) -> tuple[list[AudioFile], list[tuple[P
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"--data {folder}: not a folder; pass a folder of {'/'.join(AUDIO_SUFFIXES)} files")
-    paths, skipped = _walk_audio(folder)
+    paths, skipped = walk_audio(folder, AUDIO_SUFFIXES)
     for path, reason in skipped:
         warnings.warn(f"skipping {path}: {reason}", stacklevel=2)
     files = []
@@ -97,46 +95,6 @@ def scan_audio_folder(folder: str | Path) -> tuple[list[AudioFile], list[tuple[P
             f"need at least 2 (one for training, one for validation)"
         )
     return files, skipped
-
-
-def _walk_audio(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Audio-suffixed regular files under `folder` (sorted), following symbolic links to folders, and the (path,
-    reason) of what cannot be used: an audio-named link whose target is missing or that loops, a linked folder that
-    leads back to a folder already scanned (a link loop), an unreadable folder."""
-    found: list[Path] = []
-    skipped: list[tuple[Path, str]] = []
-    seen: set[tuple[int, int]] = set()
-    stack = [folder]
-    while stack:
-        here = stack.pop()
-        try:
-            st = here.stat()
-            if (st.st_dev, st.st_ino) in seen:
-                skipped.append((here, "symbolic link loop: leads to a folder already scanned"))
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            entries = sorted(os.scandir(here), key=lambda e: e.name)
-        except OSError as exc:
-            skipped.append((here, f"unreadable folder: {exc.strerror or exc}"))
-            continue
-        for entry in entries:
-            path = Path(entry.path)
-            try:
-                st = os.stat(path)  # follows links
-            except OSError as exc:  # a dangling or looping link (or a file removed meanwhile)
-                if path.suffix.lower() in AUDIO_SUFFIXES:
-                    loop = exc.errno == errno.ELOOP
-                    skipped.append((path, "symbolic link loop" if loop else "dangling symbolic link (no target)"))
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(path)
-            elif path.suffix.lower() not in AUDIO_SUFFIXES:
-                continue
-            elif stat.S_ISREG(st.st_mode):
-                found.append(path)
-            else:
-                skipped.append((path, "not a regular file"))
-    return sorted(found), skipped
 
 
 class NoAudioLeft(RuntimeError):

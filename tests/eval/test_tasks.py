@@ -200,6 +200,28 @@ def test_task_validation_and_specs(fsdd_root):
     assert [t.name for t in parse_task_spec(f"fsdd:{fsdd_root}")] == ["fsdd-digit", "fsdd-speaker"]
 
 
+def test_class_folders_follow_linked_folders_and_keep_broken_links(fsdd_root, tmp_path):
+    """A class folder may hold symbolic links to folders of recordings (a dataset assembled from links): they are
+    followed (rglob did not, and those recordings were silently missing), a link back up is not a loop forever, and
+    an audio-named link to nothing stays a file of the task, so the evaluation reports it unreadable."""
+    rec = fsdd_root / "recordings"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for k in range(3):
+        shutil.copy(rec / f"1_theo_{k}.wav", elsewhere)
+    root = tmp_path / "digits"
+    for label in ("0", "1"):
+        (root / label).mkdir(parents=True)
+        shutil.copy(rec / f"{label}_george_0.wav", root / label)
+    (root / "1" / "theo").symlink_to(elsewhere, target_is_directory=True)
+    (root / "1" / "up").symlink_to(root / "1", target_is_directory=True)
+    (root / "0" / "gone.wav").symlink_to(tmp_path / "nothing.wav")
+    task = label_folder(root)
+    names = sorted(str(p.relative_to(root)) for p in task.files)
+    assert names == ["0/0_george_0.wav", "0/gone.wav", "1/1_george_0.wav", "1/theo/1_theo_0.wav",
+                     "1/theo/1_theo_1.wav", "1/theo/1_theo_2.wav"], names
+
+
 def test_an_excel_manifest_and_a_hidden_folder_of_copies(fsdd_root, tmp_path):
     """A manifest saved by Excel as "CSV UTF-8" (a BOM before 'path') or with "path, label" headers is read (it was
     refused, naming a '\\ufeffpath' column); audio in a hidden folder below a class (Jupyter's .ipynb_checkpoints
