@@ -412,8 +412,8 @@ def _hidden(path: Path, root: Path | None = None) -> bool:
 
 
 def _audio_files(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
-                   and not _hidden(p, folder)),
+    """The recordings under `folder`, linked folders followed (as a class folder's), in natural order."""
+    return sorted((p for p in walk_audio(folder, AUDIO_EXTENSIONS)[0] if not _hidden(p, folder)),
                   key=lambda p: _natural_key(p.name))
 
 
