@@ -53,13 +53,15 @@ def load_audio(source, name: str | None = None) -> tuple[torch.Tensor, int]:
     return data.mean(dim=0), sr
 
 
-def walk_audio(folder: Path, suffixes: tuple[str, ...]) -> tuple[list[Path], list[tuple[Path, str]]]:
+def walk_audio(folder: Path, suffixes: tuple[str, ...]
+               ) -> tuple[list[Path], list[tuple[Path, str]], list[tuple[Path, str]]]:
     """Regular files with one of `suffixes` (lower case) under `folder` (sorted), following symbolic links to
-    folders, and the (path, reason) of what cannot be used: an audio-named link whose target is missing or that
-    loops, a linked folder that leads back to a folder already scanned (a link loop), an unreadable folder. Used by
-    `train --data` and eval's class folders."""
+    folders; the (path, reason) of the files named so that cannot be used (a link whose target is missing or that
+    loops, not a regular file); and of the folders not read (unreadable; a link to a folder already read, a second
+    link to it or a loop, read once). Used by `train --data` and eval's class folders."""
     found: list[Path] = []
     skipped: list[tuple[Path, str]] = []
+    folders: list[tuple[Path, str]] = []
     seen: set[tuple[int, int]] = set()
     stack = [folder]
     while stack:
@@ -67,12 +69,12 @@ def walk_audio(folder: Path, suffixes: tuple[str, ...]) -> tuple[list[Path], lis
         try:
             st = here.stat()
             if (st.st_dev, st.st_ino) in seen:
-                skipped.append((here, "symbolic link loop: leads to a folder already scanned"))
+                folders.append((here, "a link to a folder already read (a second link to it, or a loop): read once"))
                 continue
             seen.add((st.st_dev, st.st_ino))
             entries = sorted(os.scandir(here), key=lambda e: e.name)
         except OSError as exc:
-            skipped.append((here, f"unreadable folder: {exc.strerror or exc}"))
+            folders.append((here, f"unreadable folder: {exc.strerror or exc}"))
             continue
         for entry in entries:
             path = Path(entry.path)
@@ -91,4 +93,4 @@ def walk_audio(folder: Path, suffixes: tuple[str, ...]) -> tuple[list[Path], lis
                 found.append(path)
             else:
                 skipped.append((path, "not a regular file"))
-    return sorted(found), skipped
+    return sorted(found), skipped, folders

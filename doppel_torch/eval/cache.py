@@ -8,6 +8,7 @@ its cache entries while editing it does not.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import warnings
@@ -74,5 +75,7 @@ class EmbeddingCache:
             if not isinstance(err, OSError):
                 raise
             self.write_failed = True
+            remedy = ("free some space, or pass --no-cache" if err.errno in (errno.ENOSPC, errno.EDQUOT)
+                      else "give a --cache-dir you can write, or pass --no-cache")
             warnings.warn(f"cannot write the embedding cache in {self.root} ({err.strerror or err}): going on "
-                          "without caching (free some space, or pass --no-cache)", stacklevel=2)
+                          f"without caching ({remedy})", stacklevel=2)

@@ -13,6 +13,7 @@ checkpoint content and audio file content (--cache-dir), so a rerun only fits th
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -54,15 +55,16 @@ def _checkpoint_names(paths: tuple[str, ...]) -> list[str]:
 
 
 def _run_facts(task_specs, suite, data_root, max_files, device) -> dict:
-    """What eval.json needs besides its results to be read, or run, again: the tasks as given, --max-files, the
-    device and the versions."""
+    """What eval.json needs besides its results to be read, or run, again: the tasks as given and the folder they
+    were given in ($DOPPEL_SHARED too: `--task fsdd` reads it), --max-files, the device and the versions."""
     import platform
 
     import torch
 
     import doppel_torch
 
-    return dict(tasks=list(task_specs), suite=suite, data_root=data_root, max_files=max_files, device=device,
+    return dict(tasks=list(task_specs), suite=suite, data_root=data_root, cwd=os.getcwd(),  # paths as typed
+                doppel_shared=os.environ.get("DOPPEL_SHARED"), max_files=max_files, device=device,
                 versions=dict(doppel_torch=doppel_torch.__version__, torch=torch.__version__,
                               python=platform.python_version()))
 

@@ -270,7 +270,7 @@ def _evaluate_task(task, embedders, config, seeds, cache, memo, progress) -> dic
         chance=chance_level(used),
         dropped_classes=[c for c in task.classes if c not in used.classes],
         splits=[s.name for s in used.splits()], unreadable=[dict(path=p, error=e) for p, e in unreadable],
-        unseen_in_training=_unseen_in_training(used), results={},
+        unseen_in_training=_unseen_in_training(used, config.protocol), results={},
     )
     for name in embedders:
         runs = cross_validate(feats[name], used, config, seeds, progress, desc=f"{task.name}: {name} probes")
@@ -278,11 +278,12 @@ def _evaluate_task(task, embedders, config, seeds, cache, memo, progress) -> dic
     return entry
 
 
-def _unseen_in_training(task: Task) -> dict[str, list]:
-    """Per split, the classes of its test side that its training side never shows (no probe can predict them: a
-    fold-wise task whose classes live in one fold, say); only the splits that have some."""
+def _unseen_in_training(task: Task, protocol: str) -> dict[str, list]:
+    """Per split of the protocol (`protocol_splits`), the classes of its test side that its training side never
+    shows (no probe can predict them: a fold-wise task whose classes live in one fold, say); only the splits that
+    have some."""
     unseen = {}
-    for split in task.splits():
+    for split in protocol_splits(task, protocol):
         seen = {c for i in split.train for c in task.labels[i]}
         missing = sorted({c for i in split.test for c in task.labels[i]} - seen, key=task.classes.index)
         if missing:

@@ -657,18 +657,28 @@ def label_folder(root: Path | str, n_folds: int = 5, seed: int = 0) -> Task:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise ValueError(f"{root}: no class subfolders; expected root/<label>/<audio file>")
-    files, labels = [], []
+    files, labels, groups = [], [], []
+    first: dict[str, tuple[Path, str]] = {}  # a recording's real path -> where it was met first, and its class
     for c in classes:
         # symbolic links to folders followed (rglob does not); an audio-named link to nothing is kept, so that the
         # evaluation reports it unreadable rather than dropping it unseen
-        walked, broken = walk_audio(root / c, AUDIO_EXTENSIONS)
-        found = sorted(p for p in walked + [p for p, _ in broken if p.suffix.lower() in AUDIO_EXTENSIONS]
-                       if not _hidden(p, root / c))
+        walked, broken, _ = walk_audio(root / c, AUDIO_EXTENSIONS)
+        found = sorted(p for p in walked + [p for p, _ in broken] if not _hidden(p, root / c))
         if not found:
             raise ValueError(f"{root}: class {c!r} has no examples (no audio file in {root / c})")
-        files += found
-        labels += [(c,)] * len(found)
-    groups = [str(p) for p in files]
+        for path in found:  # one recording reached twice through links: once in its class, refused across two
+            real = os.path.realpath(path)
+            if real in first:
+                seen, label = first[real]
+                if label != c:
+                    raise ValueError(f"{root}: {seen} (class {label!r}) and {path} (class {c!r}) are the same "
+                                     "recording, reached through a symbolic link: a recording belongs to one class "
+                                     "(remove the link)")
+                continue
+            first[real] = (path, c)
+            files.append(path)
+            labels.append((c,))
+            groups.append(real)  # its real path: a recording never on both sides of a split
     return Task(root.name, files, labels, classes, False, grouped_folds(groups, n_folds, seed), "folds", groups)
 
 
@@ -707,7 +717,15 @@ def csv_manifest(path: Path | str, n_folds: int = 5, seed: int = 0) -> Task:
         raise ValueError(f"{path}: the 'fold' column is empty on some rows; fill it or drop the column")
     if not has_folds:
         folds = grouped_folds(groups, n_folds, seed)
+    if has_folds and {f.lower() for f in folds} <= set(FIXED_SPLITS):  # "Train", "VALID": the same fixed split
+        folds = [f.lower() for f in folds]
     split_mode = "fixed" if has_folds and set(folds) <= set(FIXED_SPLITS) else "folds"
+    named = sorted(set(folds) & set(FIXED_SPLITS)) if has_folds else []
+    if split_mode == "folds" and named:  # a fixed split with one misspelt name would be read as folds
+        others = sorted(set(folds) - set(FIXED_SPLITS))
+        raise ValueError(f"{path}: the 'fold' column mixes split names ({', '.join(named)}) with "
+                         f"{', '.join(others[:5])}: a fixed split uses exactly train, valid and test (any case); "
+                         "cross-validation folds use other names (1, 2, 3, ...)")
     multilabel = any(len(ls) > 1 for ls in labels)
     classes = sorted({c for ls in labels for c in ls})
     task = Task(path.stem, files, labels, classes, multilabel, folds, split_mode, groups)

@@ -396,8 +396,8 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
             kept = (f"{last} holds the last checkpoint written (--resume {config.run.out_dir} continues from it)"
                     if last.is_file() else "no checkpoint was written")
             reason = str(exc).strip().splitlines()[-1].split("] ")[-1][:120]
-            click.echo(f"rank {trainer.env.rank}: another process of this run is gone ({reason}), so this step cannot "
-                       f"finish and is not saved; {kept}", err=True)
+            click.echo(f"rank {trainer.env.rank}: another process of this run is gone ({reason}), so this process "
+                       f"stops where it is and saves nothing; {kept}", err=True)
             signum = trainer._stop_signal
             sys.exit(128 + signum if signum else 1)
         if not out_of_memory(exc):

@@ -76,8 +76,8 @@ def scan_audio_folder(folder: str | Path) -> tuple[list[AudioFile], list[tuple[P
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"--data {folder}: not a folder; pass a folder of {'/'.join(AUDIO_SUFFIXES)} files")
-    paths, skipped = walk_audio(folder, AUDIO_SUFFIXES)
-    for path, reason in skipped:
+    paths, skipped, folders = walk_audio(folder, AUDIO_SUFFIXES)
+    for path, reason in skipped + folders:  # only files count as skipped files
         warnings.warn(f"skipping {path}: {reason}", stacklevel=2)
     files = []
     for path in paths:

@@ -220,6 +220,29 @@ def test_class_folders_follow_linked_folders_and_keep_broken_links(fsdd_root, tm
     names = sorted(str(p.relative_to(root)) for p in task.files)
     assert names == ["0/0_george_0.wav", "0/gone.wav", "1/1_george_0.wav", "1/theo/1_theo_0.wav",
                      "1/theo/1_theo_1.wav", "1/theo/1_theo_2.wav"], names
+    (root / "1" / "theo_again").symlink_to(elsewhere, target_is_directory=True)  # the same recordings twice: once
+    assert len(label_folder(root)) == 6
+    (root / "0" / "ones").symlink_to(elsewhere, target_is_directory=True)  # ...and in another class: refused
+    with pytest.raises(ValueError, match="are the same recording, reached through a symbolic link"):
+        label_folder(root)
+
+
+def test_a_manifest_fixed_split_in_any_case_and_a_misspelt_one(fsdd_root, tmp_path):
+    """fold names Train / VALID / test are the fixed split (they were read as 3 cross-validation folds); a misspelt
+    one (tset) beside train / valid / test is refused in one line (it was read as 4 folds)."""
+    rec = fsdd_root / "recordings"
+
+    def manifest(folds):
+        path = tmp_path / "m.csv"
+        path.write_text("path,label,fold\n" + "".join(f"{rec / f'{k % 2}_george_{k}.wav'},{k % 2},{fold}\n"
+                                                       for k, fold in enumerate(folds)))
+        return path
+
+    task = csv_manifest(manifest(["Train", "VALID", "test", "train", "Valid", "TEST"]))
+    assert task.split_mode == "fixed" and sorted(set(task.folds)) == ["test", "train", "valid"]
+    with pytest.raises(ValueError, match="mixes split names \\(test, train, valid\\) with tset"):
+        csv_manifest(manifest(["train", "valid", "tset", "train", "valid", "test"]))
+    assert csv_manifest(manifest(["1", "2", "3", "1", "2", "3"])).split_mode == "folds"
 
 
 def test_an_excel_manifest_and_a_hidden_folder_of_copies(fsdd_root, tmp_path):
