@@ -115,8 +115,9 @@ def locate(entry: SuiteTask, root: Path) -> tuple[Path, str] | None:
 def find_suite(suite: str, data_root: Path | str) -> tuple[list[tuple[SuiteTask, Task, Path, str]], list[str]]:
     """The tasks of `suite` present under `data_root`, in the suite's column order.
 
-    Returns (found: (entry, task, folder, format) per task present, missing: one line per absent task that
-    says where it looked). A task whose layout is present but broken raises its loader's error.
+    Returns (found: (entry, task, folder, format) per task present, missing: one line per task not run: an absent
+    one says where it looked, one whose layout is present but cannot be read (an empty audio folder, a bad metadata
+    file) says why, so that one broken dataset does not stop the other seven.
     """
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; use one of {', '.join(SUITES)}")
@@ -132,9 +133,14 @@ def find_suite(suite: str, data_root: Path | str) -> tuple[list[tuple[SuiteTask,
                            f"{', '.join(looked[:-1])} or {looked[-1]})")
             continue
         folder, fmt = where
-        task = hear_task(folder) if fmt == "HEAR" else entry.loader(folder)
-        if task.multilabel and entry.metric != "mAP":
-            raise ValueError(f"{folder}: task {entry.name} is multi-label, the suite scores it by {entry.metric}")
+        try:
+            task = hear_task(folder) if fmt == "HEAR" else entry.loader(folder)
+            if task.multilabel and entry.metric != "mAP":
+                raise ValueError(f"{folder}: task {entry.name} is multi-label, the suite scores it by {entry.metric}")
+        except (ValueError, OSError) as err:
+            missing.append(f"task {entry.column} ({entry.name}): {folder} is there but cannot be used, so it is "
+                           f"left out: {err}")
+            continue
         found.append((entry, dataclasses.replace(task, name=entry.name, metric=entry.metric), folder, fmt))
     return found, missing
 

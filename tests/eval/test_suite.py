@@ -237,6 +237,14 @@ def test_find_suite_reports_where_it_looked(tmp_path):
         f"{tmp_path}/tasks/esc50-v2.0.0-full/task_metadata.json, {tmp_path}/ESC-50-master/meta/esc50.csv, "
         f"{tmp_path}/ESC-50/meta/esc50.csv or {tmp_path}/esc50/meta/esc50.csv)")
     assert [e.column for e in PAPER_SUITE] == ["ESC", "US8K", "VIV", "NSyn", "C-D", "FSD", "VI", "LCount"]
+    # a dataset that is there but cannot be used is left out with its reason; the others still run (an empty
+    # VIVAE folder stopped the whole suite)
+    make_crema_d(tmp_path)
+    for wav in (tmp_path / "VIVAE" / "full_set").glob("*.wav"):
+        wav.unlink()
+    found, missing = find_suite("paper", tmp_path)
+    assert [e.name for e, *_ in found] == ["crema-d"], [e.name for e, *_ in found]
+    assert any(line.startswith(f"task VIV (vivae): {tmp_path / 'VIVAE'} is there but cannot be used") for line in missing)
 
 
 def test_eval_suite_paper_end_to_end(tiny_checkpoint, fsdd_root, tmp_path):
