@@ -24,6 +24,7 @@ import json
 import os
 import random
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -649,6 +650,10 @@ def label_folder(root: Path | str, n_folds: int = 5, seed: int = 0) -> Task:
     and files are spread over `n_folds` folds with `seed`; prefer a CSV manifest with groups where one source
     recording yields several files."""
     root = _require_dir(Path(root), "label")
+    dangling = sorted(p.name for p in root.iterdir() if p.is_symlink() and not p.exists())
+    if dangling:  # neither a class folder nor a file: said, not silently dropped
+        warnings.warn(f"{root}: {', '.join(dangling[:3])}{' ...' if len(dangling) > 3 else ''}: symbolic link(s) to "
+                      "nothing, left out", stacklevel=2)
     loose = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
     if loose:
         raise ValueError(

@@ -220,6 +220,10 @@ def test_class_folders_follow_linked_folders_and_keep_broken_links(fsdd_root, tm
     names = sorted(str(p.relative_to(root)) for p in task.files)
     assert names == ["0/0_george_0.wav", "0/gone.wav", "1/1_george_0.wav", "1/theo/1_theo_0.wav",
                      "1/theo/1_theo_1.wav", "1/theo/1_theo_2.wav"], names
+    (root / "2").symlink_to(tmp_path / "no-such-class", target_is_directory=True)  # a class link to nothing: said
+    with pytest.warns(UserWarning, match="2: symbolic link\\(s\\) to nothing, left out"):
+        assert len(label_folder(root)) == 6
+    (root / "2").unlink()
     (root / "1" / "theo_again").symlink_to(elsewhere, target_is_directory=True)  # the same recordings twice: once
     assert len(label_folder(root)) == 6
     (root / "0" / "ones").symlink_to(elsewhere, target_is_directory=True)  # ...and in another class: refused
