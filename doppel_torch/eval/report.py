@@ -65,6 +65,10 @@ def markdown_report(report: dict) -> str:
         )
         if entry["dropped_classes"]:
             out.append(f"Classes without readable files, left out: {entry['dropped_classes']}.")
+        if entry.get("unseen_in_training"):
+            lacking = entry["unseen_in_training"].items()
+            out.append("Test classes the split's training side lacks (no probe gets them right): "
+                       + "; ".join(f"split {split}: {', '.join(map(str, classes))}" for split, classes in lacking) + ".")
         if entry["unreadable"]:
             out.append(f"Unreadable files ({len(entry['unreadable'])}):")
             out += [f"- `{u['path']}`: {u['error']}" for u in entry["unreadable"][:50]]

@@ -142,6 +142,8 @@ def test_a_test_class_the_training_side_lacks_is_warned_about(tiny_checkpoint, f
     assert result.exit_code == 0, result.output
     entry = json.loads((tmp_path / "out" / "eval.json").read_text())["tasks"]["digits"]
     assert entry["unseen_in_training"] == {"1": ["2"]}, entry["unseen_in_training"]
+    assert "Test classes the split's training side lacks (no probe gets them right): split 1: 2." in (
+        tmp_path / "out" / "eval.md").read_text()
     assert ("warning: digits: in 1 of its 3 split(s) the test side has classes the training side lacks (split 1: 2)"
             in result.output), result.output
 
