@@ -58,6 +58,8 @@ def _check(audio: torch.Tensor, model: HearModel) -> None:
                         f"{type(audio).__name__} (torch.as_tensor(audio) makes one)")
     if audio.ndim != 2:
         raise ValueError(f"audio must be (n_sounds, n_samples) at {model.sample_rate} Hz, got {tuple(audio.shape)}")
+    if not bool(torch.isfinite(audio).all()):  # every embedding of such a sound would be NaN, without a word
+        raise ValueError("audio holds NaN or infinite samples: clean or drop those sounds first")
 
 
 @torch.no_grad()

@@ -93,6 +93,9 @@ def test_hear_api(tiny_checkpoint, clip):
     torch.testing.assert_close(hear.get_scene_embeddings(batch[:, :0], model),
                                hear.get_scene_embeddings(torch.zeros(2, 1), model))
     assert hear.get_timestamp_embeddings(batch[:, :0], model)[0].shape == (2, 1, 64)
+    for get in (hear.get_scene_embeddings, hear.get_timestamp_embeddings):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            get(torch.full((2, 1600), float("nan")), model)
     with pytest.raises(ValueError, match="checkpoint path"):
         hear.load_model("")
     # windows embedded in chunks (bounded memory on long audio): the same embeddings as all at once
