@@ -164,7 +164,7 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
             for entry, task, folder, fmt in found:
                 click.echo(f"task {entry.column} ({entry.name}): {len(task)} files, {fmt} at {folder}", err=True)
             if not found and not tasks:
-                raise ValueError(f"no task of suite {suite!r} found under {data_root} (see the lines above)")
+                raise ValueError(f"no usable task of suite {suite!r} under {data_root} (see the lines above)")
             tasks = [task for _, task, _, _ in found] + tasks
         if max_files is not None:
             if max_files < 1:
