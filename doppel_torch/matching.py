@@ -185,6 +185,11 @@ def _sizes(fft_sizes: Sequence[int], n_samples: int) -> list[int]:
     return [n for n in fft_sizes if n <= n_samples] or [min(fft_sizes)]
 
 
+def _target_terms(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A target's magnitudes (1 or B, frames, bins), their norm per sound and their log: what each loss term reads."""
+    return t, t.flatten(1).norm(dim=1).clamp_min(1e-8), torch.log(t + LOG_EPS)
+
+
 class SpectralTarget:
     """The target's magnitude spectra at every resolution, computed once: `loss(audio)` scores a batch against them.
     `match` keeps one per run, so a step computes the STFTs of its restarts only."""
@@ -200,7 +205,7 @@ class SpectralTarget:
             # the native loss's own magnitudes where it runs: a sound then scores exactly 0 against itself
             native = _native(spectrum) and not target.requires_grad
             t = native_spectral.magnitude(spectrum) if native else _abs(spectrum)
-            self.spectra.append((t, t.flatten(1).norm(dim=1).clamp_min(1e-8), torch.log(t + LOG_EPS)))
+            self.spectra.append(_target_terms(t))
 
     def loss(self, audio: torch.Tensor) -> torch.Tensor:
         """audio (B, N) -> (B,) spectral loss against the target (one row, broadcast, or B rows)."""
@@ -229,7 +234,7 @@ class _ScanTarget:
         self.spectra = []
         for n_fft in self.sizes:
             t = _abs(_frames_spectrum(target[None], n_fft, n_fft // SCAN_HOP_DIVISOR))
-            self.spectra.append((t, t.flatten(1).norm(dim=1).clamp_min(1e-8), torch.log(t + LOG_EPS)))
+            self.spectra.append(_target_terms(t))
 
     def loss(self, audio: torch.Tensor) -> torch.Tensor:
         total = audio.new_zeros(audio.shape[0])
@@ -311,9 +316,16 @@ def scan_columns(synth) -> list[int]:
     return sorted(columns, key=lambda j: (not names[j].endswith("/mod_depth"), j))
 
 
-def _scannable(synth, fitted: Sequence[int] | None) -> list[int]:
-    """The columns match's pitch scans set: `scan_columns`, those among `fitted` where only some are fitted."""
-    return [j for j in scan_columns(synth) if fitted is None or j in fitted]
+def _planned_scans(synth, pitch_scans: int | None, init_given: bool, fitted: Sequence[int] | None,
+                   steps: int) -> tuple[int, list[int]]:
+    """The pitch scans a match makes and the columns they set: None is PITCH_SCANS from random starts and 0 from
+    given ones; at most one a step; none where no column can be scanned (`scan_columns`, those among `fitted`
+    where only some are fitted)."""
+    if pitch_scans is None:
+        pitch_scans = PITCH_SCANS if not init_given else 0
+    columns = [j for j in scan_columns(synth) if fitted is None or j in fitted]
+    pitch_scans = min(pitch_scans, steps) if columns else 0
+    return pitch_scans, columns if pitch_scans else []
 
 
 def scan_pitch(losses_of: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, columns: Sequence[int],
@@ -533,9 +545,8 @@ def match(
     if isinstance(pitch_step, bool) or not (isinstance(pitch_step, (int, float)) and math.isfinite(pitch_step)
                                             and 0 < pitch_step <= 1):
         raise ValueError(f"pitch_step must be in (0, 1], got {pitch_step!r}")
-    if pitch_scans is None:
-        pitch_scans = PITCH_SCANS if init is None else 0
-    if isinstance(pitch_scans, bool) or not isinstance(pitch_scans, int) or pitch_scans < 0:
+    if pitch_scans is not None and (isinstance(pitch_scans, bool) or not isinstance(pitch_scans, int)
+                                    or pitch_scans < 0):
         raise ValueError(f"pitch_scans must be an integer >= 0 (or None), got {pitch_scans!r}")
     held = None
     if fit is not None:
@@ -557,14 +568,13 @@ def match(
         return scorer.loss(synth(theta, noise=noise, validate=False))
 
     fitted = None if held is None else (~held).nonzero().flatten().tolist()
-    scanned = _scannable(synth, fitted) if steps and pitch_scans else []
+    pitch_scans, scanned = _planned_scans(synth, pitch_scans, init is not None, fitted, steps)
     if scanned:
         scan_scorer = _ScanTarget(target.detach())
 
         def scan_losses(theta: torch.Tensor) -> torch.Tensor:
             return scan_scorer.loss(synth(theta, noise=noise, validate=False))
     # the steps at which a schedule (Adam, cosine) starts: after each scan, or once
-    pitch_scans = min(pitch_scans, steps)  # at most one a step
     phase_starts = sorted({min(round(k * steps / pitch_scans), steps - 1) for k in range(pitch_scans)}
                           if scanned else {0})
     scans_done = 0
@@ -1039,11 +1049,8 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         starts = f"around {init_path}" if init is not None else f"seed {seed}"
     click.echo(f"matching {synth.duration:g} s of {target} with {synth.patch.name} ({synth.num_params} parameters, "
                f"backend={backend}, {device}): {restarts} restarts x {steps} steps, {starts}")
-    if pitch_scans is None:  # match's default, written down (theta.json) and carried on (the continue line)
-        pitch_scans = PITCH_SCANS if init is None else 0
-    if not _scannable(synth, columns if fit else None):  # as match: nothing to scan
-        pitch_scans = 0
-    pitch_scans = min(pitch_scans, steps)
+    # match's own count, written down (theta.json) and carried on (the continue line)
+    pitch_scans = _planned_scans(synth, pitch_scans, init is not None, columns if fit else None, steps)[0]
     meta = {"target": str(target), "seed": seed, "lr": lr, "pitch_step": pitch_step, "pitch_scans": pitch_scans,
             **({"init": str(init_path)} if init is not None else {}), **({"fit": list(fit)} if fit else {}),
             "notes": notes}
