@@ -9,7 +9,7 @@ import click
 
 from doppel_torch.delta.cli import delta_profile_command
 from doppel_torch.eval.cli import eval_command
-from doppel_torch.matching import match_command
+from doppel_torch.matching.cli import match_command
 from doppel_torch.synths.cli import info, sample
 from doppel_torch.train.cli import train
 

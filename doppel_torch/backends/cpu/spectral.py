@@ -1,4 +1,4 @@
-"""The spectral loss's per-bin passes in the native library, for CPU tensors (doppel_torch/matching.py calls them
+"""The spectral loss's per-bin passes in the native library, for CPU tensors (doppel_torch/matching/loss.py calls them
 where `available()`; the math, and why: csrc/spectral_cpu.inc). Each takes contiguous float32 / float64 tensors of
 one dtype (complex spectra as their real view) and spreads the sounds over torch.get_num_threads() threads."""
 

@@ -1397,5 +1397,5 @@ int doppel_cpu_stage_read(uint64_t* out) {
 // The differentiable path (audio-rate forward with checkpoints, and its adjoint): same translation unit, own file.
 #include "synth_cpu_grad.inc"
 
-// The spectral loss's per-bin passes (doppel_torch/matching.py on CPU tensors): the same translation unit, own file.
+// The spectral loss's per-bin passes (doppel_torch/matching/loss.py on CPU tensors): the same translation unit, own file.
 #include "spectral_cpu.inc"
