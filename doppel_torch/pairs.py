@@ -74,6 +74,8 @@ def delta_vector(delta: DeltaSpec, synth) -> torch.Tensor:
         for key, value in delta.items():
             if key in names:
                 vec[names.index(key)] = float(value)
+    elif isinstance(delta, bool):
+        raise ValueError(f"delta must be a number (the perturbation's standard deviation, e.g. 0.25), got {delta!r}")
     elif isinstance(delta, (int, float)) or (isinstance(delta, torch.Tensor) and delta.ndim == 0):
         vec = torch.full((m,), float(delta), dtype=torch.float64)
     else:

@@ -52,6 +52,13 @@ def test_spectral_loss_is_zero_only_for_the_same_sound(synth):
     assert float(louder) > 0.5
     with pytest.raises(ValueError, match="target must be"):
         spectral_loss(audio, audio[:2])
+    # found from outside: torch's own errors ("Unsupported dtype Half", hann_window's TensorOptions) before
+    for bad, message in ((audio.half(), "audio must be a float32 or float64 tensor, got torch.float16"),
+                         (audio.long(), "audio must be a float32 or float64 tensor, got torch.int64")):
+        with pytest.raises(ValueError, match=message):
+            spectral_loss(bad, audio[1])
+    with pytest.raises(ValueError, match="target must be a float32 or float64 tensor, got torch.int64"):
+        spectral_loss(audio, audio[1].long())
 
 
 def _autograd_spectral_loss(audio, target):

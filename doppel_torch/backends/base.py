@@ -65,7 +65,11 @@ def fastest(device: torch.device | str = "cpu", *, differentiable: bool = False)
     """The fastest backend that loads for `device` (the cpu kernel builds or loads, Triton imports), in the order of
     `FASTEST_FIRST`; with `differentiable`, only one that says it is (`Backend.differentiable`); "torch" where none
     of the others can."""
-    for name in FASTEST_FIRST.get(torch.device(device).type, ("torch",)):
+    try:
+        device_type = torch.device(device).type
+    except (TypeError, RuntimeError):
+        raise ValueError(f"device must be a torch device or its name (cpu, cuda, cuda:1), got {device!r}") from None
+    for name in FASTEST_FIRST.get(device_type, ("torch",)):
         backend = get_backend(name)
         if differentiable and not backend.differentiable:
             continue
@@ -86,6 +90,18 @@ def render(backend: Backend, program: Program, theta: torch.Tensor, *, noise: to
     m, n_samples = program.num_params, program.n_samples
     if not isinstance(theta, torch.Tensor):
         raise ValueError(f"theta must be a torch.Tensor of shape (batch, {m}), got {type(theta).__name__}")
+    if theta.is_nested:
+        raise ValueError(f"theta must be one dense (batch, {m}) tensor, got a nested one: torch.stack its rows")
+    if theta.layout != torch.strided:
+        raise ValueError(f"theta must be a dense (batch, {m}) tensor, got a {str(theta.layout).removeprefix('torch.')}"
+                         " one: pass theta.to_dense()")
+    if not torch.compiler.is_compiling() and any(theta.names):
+        theta = theta.rename(None)  # named dimensions: the render's own are (batch, samples)
+    if noise is not None and not isinstance(noise, torch.Tensor):
+        raise ValueError(f"noise must be a torch.Tensor of shape (batch, {n_samples}) or (1, {n_samples}), got "
+                         f"{type(noise).__name__}")
+    if isinstance(normalize, torch.Tensor) or normalize not in (True, False):
+        raise ValueError(f"normalize must be True or False, got {normalize!r}")
     if theta.dim() != 2 or theta.shape[1] != m:
         raise ValueError(f"theta must have shape (batch, {m}) for {program.patch.name}, got {tuple(theta.shape)}")
     if theta.dtype not in (torch.float32, torch.float64):
@@ -126,8 +142,6 @@ def render(backend: Backend, program: Program, theta: torch.Tensor, *, noise: to
         if validate and batch and not compiling and not _is_batched(indices) and bool((indices < 0).any()):
             raise ValueError("indices must be >= 0 (global sound indices)")
     if noise is not None:
-        if not isinstance(noise, torch.Tensor):
-            raise ValueError(f"noise must be a torch.Tensor of shape ({batch}, {n_samples}) or (1, {n_samples})")
         if noise.device != theta.device:
             raise ValueError(f"noise is on {noise.device} but theta is on {theta.device}: move them to one device")
         if noise.dim() != 2 or noise.shape[1] != n_samples or noise.shape[0] not in (1, batch):
@@ -135,10 +149,11 @@ def render(backend: Backend, program: Program, theta: torch.Tensor, *, noise: to
                              f"got {tuple(noise.shape)}")
         if not noise.dtype.is_floating_point:
             raise ValueError(f"noise must be a floating-point tensor, got {noise.dtype}")
+        noise = noise.to(theta.dtype)  # checked as rendered: 1e300 in float64 is inf in float32
         if validate and noise.numel() and not compiling and not _is_batched(noise) \
                 and not bool(torch.isfinite(noise.detach()).all()):
-            raise ValueError("noise contains NaN or infinite values")
-        noise = noise.to(theta.dtype)
+            raise ValueError(f"noise contains NaN or infinite values (in {theta.dtype}, theta's dtype, which it is "
+                             "rendered in)")
     if out is not None:
         if (not isinstance(out, torch.Tensor) or out.shape != (batch, n_samples) or out.dtype != theta.dtype
                 or out.device != theta.device or not out.is_contiguous()):

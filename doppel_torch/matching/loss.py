@@ -207,6 +207,10 @@ def spectral_loss(audio: torch.Tensor, target: torch.Tensor, fft_sizes: Sequence
     ||S - T||_F / ||T||_F plus the mean absolute difference of log(|S| + 1e-5) and log(|T| + 1e-5) (the DDSP /
     Parallel WaveGAN loss).
     """
+    for name, x in (("audio", audio), ("target", target)):
+        if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.float64):
+            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{name} must be a float32 or float64 tensor, got {got}: pass {name}.float()")
     if audio.dim() != 2:
         raise ValueError(f"audio must be (batch, samples), got {tuple(audio.shape)}")
     return SpectralTarget(target.to(audio.dtype), fft_sizes).loss(audio)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -200,8 +201,12 @@ def _lower_tables(layout: Layout) -> tuple[dict[str, torch.Tensor], int]:
     return out, mix_filter
 
 
+MAX_SAMPLES = 2**31 - 1  # samples per sound (37 hours at 16 kHz): a sound's sample index fits an int32 (Triton's default)
+
+
 def _number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    """A finite real number (Python's or numpy's), not a bool."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 def lower(patch: Patch, *, sample_rate: float = 16000, control_rate: float = 480, duration: float = 1.0,
@@ -226,6 +231,9 @@ def lower(patch: Patch, *, sample_rate: float = 16000, control_rate: float = 480
 def _lower(patch: Patch, sample_rate: float, control_rate: float, duration: float, eps: float,
            apply_mixer_curve: bool) -> Program:
     n_samples, n_control = n_samples_of(duration, sample_rate), n_samples_of(duration, control_rate)
+    if n_samples > MAX_SAMPLES:
+        raise ValueError(f"duration {duration:g} s at {sample_rate:g} Hz is {n_samples:,} samples a sound; at most "
+                         f"{MAX_SAMPLES:,} ({MAX_SAMPLES / sample_rate / 3600:.3g} hours): give a shorter duration")
     if n_control < 2:
         raise ValueError(f"duration {duration:g} s gives fewer than 2 control samples at {control_rate:g} Hz: give "
                          f"more than one control period, {1.0 / control_rate:.6g} s, or a higher control_rate")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import numbers
 import operator
 
 import torch
@@ -17,6 +18,17 @@ from doppel_torch.spec.params import human_unit
 from doppel_torch.spec.patch import Patch
 from doppel_torch.spec.program import lower
 from doppel_torch.spec.patches import parametric_patch, voice_patch, voicefm_patch
+
+
+def _plain_number(value):
+    """A numpy or other real scalar as the Python number it stands for (a float32's shortest decimal: np.float32(0.1)
+    is 0.1 s, not 0.10000000149 s, which would be one sample more); anything else unchanged, for `lower` to refuse."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    dtype = getattr(value, "dtype", None)
+    return float(str(value)) if dtype is not None and dtype.itemsize < 8 else float(value)
 
 
 def _an_int(value):
@@ -71,6 +83,7 @@ class Synth(torch.nn.Module):
             raise ValueError(f"phase_dtype must be None, torch.float32 or torch.float64, got {phase_dtype!r}")
         if phase_dtype is not None and backend != "triton":
             raise ValueError("phase_dtype applies to backend='triton' only")
+        sample_rate, control_rate, duration, eps = map(_plain_number, (sample_rate, control_rate, duration, eps))
         self.program = lower(patch, sample_rate=sample_rate, control_rate=control_rate, duration=duration, eps=eps,
                              apply_mixer_curve=apply_mixer_curve)
         self.patch = patch
@@ -125,6 +138,10 @@ class Synth(torch.nn.Module):
             raise ValueError(f"start must be a non-negative integer (a global sound index), got {start!r}")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64 (what a synth renders), got {dtype}")
+        if start + n > 2**63 - 1:
+            raise ValueError(f"start + n must be below 2**63 (global sound indices are int64), got {start} + {n}")
+        if device is not None and torch.device(device).type == "meta":
+            raise ValueError("device='meta' holds no values: give a real device (cpu, cuda)")
         rng.check_seed(seed)
         index = torch.arange(start, start + n, dtype=torch.int64, device=device)
         return rng.uniform(seed, rng.Stream.THETA, index, self.num_params, dtype=dtype)
@@ -204,8 +221,10 @@ class ParametricSynth(Synth):
     control_rate, duration, backend, eps, phase_dtype)."""
 
     def __init__(self, sine: int = 2, square_saw: int = 2, fm_sine: int = 1, fm_square_saw: int = 1, **kwargs):
-        self.counts = dict(sine=sine, square_saw=square_saw, fm_sine=fm_sine, fm_square_saw=fm_square_saw)
-        super().__init__(parametric_patch(sine, square_saw, fm_sine, fm_square_saw), **kwargs)
+        patch = parametric_patch(sine, square_saw, fm_sine, fm_square_saw)  # checks the counts
+        counts = dict(sine=sine, square_saw=square_saw, fm_sine=fm_sine, fm_square_saw=fm_square_saw)
+        self.counts = {key: operator.index(value) for key, value in counts.items()}  # numpy integers as ints
+        super().__init__(patch, **kwargs)
 
 
 SYNTHS: dict[str, type[Synth]] = {"voice": VoiceSynth, "voicefm": VoiceFMSynth, "parametric": ParametricSynth}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from doppel_torch import get_synth
+from doppel_torch import DoppelgangerPairs, ParametricSynth, VoiceSynth, default_backend, get_synth
 from tests.backends.helpers import BACKENDS, device_of
 
 DURATION = 0.02  # 320 samples: shorter than one Triton chunk and one C++ block
@@ -95,9 +96,60 @@ def test_bad_theta_is_the_same_clear_error(backend, theta, message):
         synth(theta.to(device_of(backend)))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_arguments_are_the_same_clear_error_on_every_backend(backend):
+    """Found from outside: a list as noise reached a fused backend's transform check (a raw TypeError), a sparse
+    theta torch's min (NotImplementedError), 1e300 noise in float64 passed its check and rendered NaN in float32, and
+    normalize="no" rendered as True."""
+    synth, _ = _synths(backend)
+    device = device_of(backend)
+    theta = synth.random_params(2, seed=3).to(device)
+    cases = [
+        (dict(noise=[[0.0] * synth.n_samples] * 2), "noise must be a torch.Tensor of shape"),
+        (dict(noise=torch.full((2, synth.n_samples), 1e300, dtype=torch.float64, device=device)),
+         "noise contains NaN or infinite values"),
+        (dict(normalize="no"), "normalize must be True or False"),
+        (dict(normalize=None), "normalize must be True or False"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            synth(theta, **kwargs)
+    with pytest.raises(ValueError, match=r"got a sparse_coo one: pass theta.to_dense\(\)"):
+        synth(theta.to_sparse())
+    with pytest.raises(ValueError, match="got a nested one"):
+        synth(torch.nested.nested_tensor(list(theta)))
+    # named dimensions are dropped, not refused: the same sounds
+    assert torch.equal(synth(theta.refine_names("batch", "param")), synth(theta))
+
+
 def test_param_units_and_random_params_dtype():
     synth = get_synth("voice", duration=0.05)
     units = dict(zip(synth.param_names, synth.param_units))
     assert units["adsr_1/attack"] == "s" and units["keyboard/midi_f0"] == "MIDI note" and len(units) == 78
     with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
         synth.random_params(2, dtype=torch.float16)
+
+
+def test_numpy_scalars_are_numbers_and_bools_are_not():
+    """Found from outside: np.int64(16000) was refused as "not a positive number" (np.float64 worked: a float
+    subclass), while True passed as a count of 1 and a delta of 1."""
+    synth = VoiceSynth(sample_rate=np.int64(16000), duration=np.float32(0.1))
+    assert (synth.sample_rate, type(synth.sample_rate), synth.duration, synth.n_samples) == (16000, int, 0.1, 1600)
+    parametric = ParametricSynth(sine=np.int64(1), duration=0.05)
+    assert parametric.counts == {"sine": 1, "square_saw": 2, "fm_sine": 1, "fm_square_saw": 1}
+    assert type(parametric.counts["sine"]) is int
+    with pytest.raises(ValueError, match="sine must be a non-negative integer, got True"):
+        ParametricSynth(sine=True)
+    with pytest.raises(ValueError, match="delta must be a number"):
+        DoppelgangerPairs(synth, delta=True)
+
+
+def test_random_params_and_default_backend_refuse_bad_arguments_in_one_line():
+    synth = get_synth("voice", duration=0.05)
+    with pytest.raises(ValueError, match="device='meta' holds no values"):
+        synth.random_params(2, device="meta")
+    with pytest.raises(ValueError, match=r"start \+ n must be below 2\*\*63"):
+        synth.random_params(2, start=2**63 - 1)
+    for device in (None, "nope"):
+        with pytest.raises(ValueError, match="device must be a torch device or its name"):
+            default_backend(device)

@@ -51,6 +51,8 @@ def test_a_layout_mismatch_is_a_clear_error(monkeypatch, tmp_path):
     (dict(control_rate=48000), "must not exceed sample_rate"),
     (dict(duration=0.001), "fewer than 2 control samples"),
     (dict(eps=0.7), "eps must be a number in"),
+    (dict(duration=1e9), "samples a sound; at most 2,147,483,647"),
+    (dict(sample_rate=True), "sample_rate must be a positive number"),
 ])
 def test_bad_rates_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):

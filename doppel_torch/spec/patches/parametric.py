@@ -6,14 +6,22 @@ vco_1..vco_n, then noise). The fm_* voices do not reach the mixer: each modulate
 (vco_{n+1}, ...) played from the modulator's keyboard. The paper's counts (2, 2, 1, 1) give 340 parameters.
 """
 
+import operator
+
 from doppel_torch.spec.patch import Envelope, Lfo, Oscillator, Patch
 
 
 def parametric_patch(sine: int = 2, square_saw: int = 2, fm_sine: int = 1, fm_square_saw: int = 1) -> Patch:
     counts = {"sine": sine, "square_saw": square_saw, "fm_sine": fm_sine, "fm_square_saw": fm_square_saw}
     for key, value in counts.items():
-        if not isinstance(value, int) or value < 0:
+        try:
+            count = None if isinstance(value, bool) else operator.index(value)  # numpy integers too; True is no count
+        except TypeError:
+            count = None
+        if count is None or count < 0:
             raise ValueError(f"ParametricSynth: {key} must be a non-negative integer, got {value!r}")
+        counts[key] = count
+    sine, square_saw, fm_sine, fm_square_saw = counts.values()
     n = sine + square_saw + fm_sine + fm_square_saw
     if n == 0:
         raise ValueError("ParametricSynth needs at least one oscillator (sine + square_saw + fm_sine + fm_square_saw > 0)")
