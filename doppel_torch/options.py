@@ -24,6 +24,38 @@ def _remove_if_left_empty() -> None:
             pass
 
 
+class FolderPath(click.Path):
+    """click.Path for an output folder that refuses an empty name: --out "" (an unset shell variable) would
+    otherwise write into the current folder (found from outside)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(file_okay=False, **kwargs)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("must name a folder ('.' for the current one)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class SeedType(click.ParamType):
+    """--seed: an integer the random keys take whole, [-2^63, 2^64) (rng.check_seed); a larger one is a usage error
+    naming the option, not a failure after the work has started."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        from doppel_torch import rng
+
+        try:
+            return rng.check_seed(int(value) if isinstance(value, str) else value)
+        except ValueError as err:
+            self.fail(str(err) if not isinstance(value, str) or value.strip().lstrip("+-").isdigit()
+                      else f"{value!r} is not an integer", param, ctx)
+
+
+SEED = SeedType()
+
+
 def out_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     """Create `path` (and its parents) and check that a file can be written there (root ignores modes, so try)."""
     folder = Path(path)

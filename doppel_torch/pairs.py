@@ -246,6 +246,16 @@ def delta_sweep(synth, index: int, deltas: Sequence[DeltaSpec], seed: int = 0, n
     return torch.stack(rows) if rows else torch.zeros(0, synth.n_samples)
 
 
+def sample_names(n_pairs: int, sweep_deltas: Sequence[DeltaSpec], augmented: bool) -> list[str]:
+    """The wav names `write_samples` writes, in its order: the clean views (augmented only), then per pair its two
+    views and its sweep."""
+    names = [f"pair_{i:02d}_{v}_clean.wav" for i in range(n_pairs) for v in "ab"] if augmented else []
+    for i in range(n_pairs):
+        names += [f"pair_{i:02d}_a.wav", f"pair_{i:02d}_b.wav"]
+        names += [f"sweep_{i:02d}_delta_{re.sub(r'[^A-Za-z0-9.=-]+', '_', delta_label(d))}.wav" for d in sweep_deltas]
+    return names
+
+
 def write_samples(
     synth,
     out_dir: str | Path,
@@ -274,21 +284,20 @@ def write_samples(
     clean = DoppelgangerPairs(synth, delta=delta, seed=seed, noise=noise)
     audio_a, audio_b = clean(indices)
     sr = synth.sample_rate
+    wavs = [out_dir / name for name in sample_names(n_pairs, sweep_deltas, augment is not None)]
+    paths = iter(wavs)
     if augment is not None:
         for i in range(n_pairs):
-            write_wav(out_dir / f"pair_{i:02d}_a_clean.wav", audio_a[i], sr)
-            write_wav(out_dir / f"pair_{i:02d}_b_clean.wav", audio_b[i], sr)
+            write_wav(next(paths), audio_a[i], sr)
+            write_wav(next(paths), audio_b[i], sr)
         audio_a, audio_b = augment(audio_a, indices, view=0), augment(audio_b, indices, view=1)
     rows = []
-    wavs = [out_dir / f"pair_{i:02d}_{v}_clean.wav" for i in range(n_pairs) for v in "ab"] if augment is not None else []
     for i in range(n_pairs):
-        wavs += [out_dir / f"pair_{i:02d}_a.wav", out_dir / f"pair_{i:02d}_b.wav"]
-        write_wav(out_dir / f"pair_{i:02d}_a.wav", audio_a[i], sr)
-        write_wav(out_dir / f"pair_{i:02d}_b.wav", audio_b[i], sr)
+        write_wav(next(paths), audio_a[i], sr)
+        write_wav(next(paths), audio_b[i], sr)
         sweep = delta_sweep(synth, start + i, sweep_deltas, seed=seed, noise=noise)
-        for d, audio in zip(sweep_deltas, sweep):
-            wavs.append(out_dir / f"sweep_{i:02d}_delta_{re.sub(r'[^A-Za-z0-9.=-]+', '_', delta_label(d))}.wav")
-            write_wav(wavs[-1], audio, sr)
+        for audio in sweep:
+            write_wav(next(paths), audio, sr)
         rows.append([audio_a[i], audio_b[i], *sweep])
     views = ["view a", "view b"] if augment is None else ["view a (aug)", "view b (aug)"]
     png = save_spectrogram_grid(

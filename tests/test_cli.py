@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from pathlib import Path
 
@@ -21,6 +22,8 @@ def test_info_lists_synths_and_parameters():
     result = runner.invoke(main, ["info", "--synth", "voicefm"])
     assert result.exit_code == 0
     assert "mod_matrix/mod[6,5]" in result.output and "vco_4/mod_depth" in result.output
+    # each parameter's unit, the one theta.json and to_human use
+    assert re.search(r"keyboard/midi_f0 +0 +127 +1 +linear +MIDI note\n", result.output), result.output
     # a user's patch: the names `match --fit` takes
     from pathlib import Path
 
@@ -56,6 +59,30 @@ def test_sample_writes_pairs_and_picture(tmp_path):
     assert "removed 21 wav files of an earlier sample" in again.output
     assert sorted(w.name for w in out.glob("*.wav")) == ["mine.wav", "pair_00_a.wav", "pair_00_b.wav",
                                                           "pair_03_my_take.wav", "sweep_00_delta_0.wav"]
+
+
+def test_a_sample_stopped_halfway_leaves_files_the_next_one_removes(tmp_path, monkeypatch):
+    """Its files are listed before they are written: a sample stopped after 5 of its 24 files (Ctrl-C, a full disk)
+    left them unlisted, so no later sample removed them (found from outside)."""
+    import doppel_torch.viz as viz
+
+    out, written = tmp_path / "s", []
+    write_wav = viz.write_wav
+
+    def fills_up(path, *args, **kwargs):
+        if len(written) == 5:
+            raise OSError(28, "No space left on device")
+        written.append(path)
+        return write_wav(path, *args, **kwargs)
+
+    monkeypatch.setattr(viz, "write_wav", fills_up)
+    full = CliRunner().invoke(main, ["sample", "--pairs", "3", "--duration", "0.25", "--out", str(out)])
+    assert full.exit_code == 1 and "No space left on device" in full.output, full.output
+    assert len(list(out.glob("*.wav"))) == 5
+    monkeypatch.undo()
+    again = CliRunner().invoke(main, ["sample", "--pairs", "1", "--sweep", "", "--duration", "0.25", "--out", str(out)])
+    assert again.exit_code == 0 and "removed 3 wav files of an earlier sample" in again.output, again.output
+    assert sorted(w.name for w in out.glob("*.wav")) == ["pair_00_a.wav", "pair_00_b.wav"]
 
 
 def test_sample_noise_modes(tmp_path):
@@ -313,7 +340,12 @@ def test_bad_outputs_devices_and_files_are_one_line_before_any_work(tmp_path):
         (["eval", str(text_ckpt), *fsdd, "--out", str(tmp_path / "e")], "could not be loaded as a checkpoint"),
         (["train", "--resume", str(text_ckpt)], "could not be loaded as a checkpoint"),
         (["delta-profile", "--patch", str(text_wav), "--out", str(tmp_path / "d")], "is not a .py file"),
-        (["delta-profile", "--seed", str(2**70), "--out", str(tmp_path / "d")], "Invalid value for --seed"),
+        (["delta-profile", "--seed", str(2**70), "--out", str(tmp_path / "d")], "Invalid value for '--seed'"),
+        (["sample", "--seed", str(2**70), "--out", str(tmp_path / "s")], "Invalid value for '--seed'"),
+        (["sample", "--seed", "ten", "--out", str(tmp_path / "s")], "'ten' is not an integer"),
+        (["sample", "--out", ""], "must name a folder"),
+        (["delta-profile", "--out", " "], "must name a folder"),
+        (["eval", *fsdd, "--out", ""], "must name a folder"),
         (["sample", "--start", str(2**63), "--out", str(tmp_path / "s")], "Invalid value for '--start'"),
         (["train", "--preset", "cpu-smoke", "--seed", str(2**70)], "must lie in [-2^63, 2^64)"),
         (["train", "--preset", "cpu-smoke", "--out", ""], "must name a folder"),

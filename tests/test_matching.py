@@ -517,7 +517,7 @@ def test_match_command_matches_the_files_length_by_default(tmp_path):
         assert ("matching its first 1 s" in result.output) == (seconds > 1)
 
 
-@pytest.mark.parametrize("case", ["missing", "unreadable", "silent", "quiet", "cancelling", "folder", "cpu"])
+@pytest.mark.parametrize("case", ["missing", "unreadable", "silent", "quiet", "cancelling", "folder", "pipe", "cpu"])
 def test_match_command_bad_input_is_one_clear_line(tmp_path, case, monkeypatch):
     path = tmp_path / "t.wav"
     extra = []
@@ -532,15 +532,17 @@ def test_match_command_bad_input_is_one_clear_line(tmp_path, case, monkeypatch):
         sf.write(path, np.stack([tone, -tone], axis=1), 16000, subtype="FLOAT")
     elif case == "folder":
         path = tmp_path
+    elif case == "pipe":  # a FIFO with no writer: opened twice, it hung (found from outside)
+        os.mkfifo(path)
     elif case == "cpu":
         sf.write(path, np.full(1000, 0.1), 16000)
         extra = ["--backend", "cpu"]
         _without_backward(monkeypatch)  # as backend="cpu" was before its backward
     result = CliRunner().invoke(main, ["match", str(path), "--out", str(tmp_path / "o"), "--steps", "1", *extra])
     assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit), result.exception
-    expected = {"missing": "no such file", "unreadable": "cannot read the target", "silent": "silent",
+    expected = {"missing": "no such file", "unreadable": "cannot read", "silent": "silent",
                 "quiet": "below one 16-bit step", "cancelling": "once its 2 channels are averaged to mono",
-                "folder": "is a folder", "cpu": "not differentiable"}[case]
+                "folder": "is a folder", "pipe": "not a regular file", "cpu": "not differentiable"}[case]
     assert expected in result.output and "Traceback" not in result.output, result.output
 
 
@@ -593,7 +595,16 @@ def test_match_command_continues_from_its_theta_json(tmp_path, synth):
     nan = tmp_path / "nan.json"  # NaN in both lists: reported as out of range, not as an edit
     nan.write_text(json.dumps({**before, "theta": [float("nan"), *before["theta"][1:]],
                                "params": [{**before["params"][0], "value": float("nan")}, *before["params"][1:]]}))
+    huge = tmp_path / "huge.json"  # an integer no float holds raised OverflowError (found from outside)
+    huge.write_text(json.dumps({**before, "theta": [*before["theta"][:3], "HUGE", *before["theta"][4:]]})
+                    .replace('"HUGE"', "1" + "0" * 400))
+    deep = tmp_path / "deep.json"  # ... and nesting past the recursion limit, RecursionError
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    bom = tmp_path / "bom.json"  # an editor's byte-order mark: read as the same theta
+    bom.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "a" / "theta.json").read_bytes())
+    assert torch.equal(read_theta_json(bom, synth), torch.tensor(before["theta"]))
     for init, expected in ((tmp_path / "none.json", "no such file"), (broken, "not a theta.json"),
+                           (huge, 'no "theta" list of numbers'), (deep, "not a theta.json (nested too deeply)"),
                            (other, "holds a theta of voicefm (130 parameters), not of voice (78)"),
                            (nulled, '"params" must be the list'), (renamed, "parameter names are not voice's"),
                            (edited, f"{before['params'][0]['name']}'s \"value\" differs"), (short, "its theta has 77 values"),
@@ -605,6 +616,58 @@ def test_match_command_continues_from_its_theta_json(tmp_path, synth):
     both = CliRunner().invoke(main, _match_args(path, tmp_path / "c", "--init", str(tmp_path / "a" / "theta.json"),
                                                 "--candidates", "8"))
     assert both.exit_code == 2 and "give one" in both.output
+
+
+def test_match_command_keeps_an_earlier_match_unless_told(tmp_path, synth):
+    """--out holding an earlier match: refused before any work (a rerun replaced a better result without a word),
+    replaced with --overwrite (the earlier sounds go with the first snapshot, so a killed run leaves no mixture),
+    continued with --init on its theta.json; --pitch-scans beyond what a run can make is said."""
+    path, other = tmp_path / "t.wav", tmp_path / "u.wav"
+    sf.write(path, synth(synth.random_params(1, seed=11))[0].numpy(), 16000)
+    sf.write(other, synth(synth.random_params(1, seed=12))[0].numpy(), 16000)
+    out = tmp_path / "o"
+    assert CliRunner().invoke(main, _match_args(path, out, "--steps", "2")).exit_code == 0
+    first = (out / "theta.json").read_text()
+    refused = CliRunner().invoke(main, _match_args(other, out, "--steps", "2"))
+    assert refused.exit_code == 2 and f"--out {out} holds an earlier match ({path}, loss" in refused.output
+    assert "--overwrite" in refused.output and "matching" not in refused.output, refused.output
+    assert (out / "theta.json").read_text() == first
+    continued = CliRunner().invoke(main, _match_args(path, out, "--steps", "2", "--init", str(out / "theta.json")))
+    assert continued.exit_code == 0 and "replacing" not in continued.output, continued.output
+    replaced = CliRunner().invoke(main, _match_args(other, out, "--steps", "2", "--overwrite", "--pitch-scans", "5"))
+    assert replaced.exit_code == 0 and f"note: replacing the match of {path} in {out}" in replaced.output
+    assert "note: --pitch-scans 5: at most one a step, so 2 in 2 steps" in replaced.output, replaced.output
+    doc = json.loads((out / "theta.json").read_text())
+    assert doc["target"] == str(other) and doc["pitch_scans"] == doc["pitch_scans_done"] == 2
+    # target.wav is the target as matched, in float: it scores the reported loss against match.wav
+    match_wav, target_wav = (torch.from_numpy(sf.read(out / name, dtype="float32")[0]) for name in
+                             ("match.wav", "target.wav"))
+    assert sf.info(out / "target.wav").subtype == "FLOAT"
+    assert abs(float(spectral_loss(match_wav[None], target_wav)) - doc["loss"]) < 0.02 * doc["loss"] + 1e-3
+    fitted = CliRunner().invoke(main, _match_args(path, out, "--steps", "2", "--init", str(out / "theta.json"),
+                                                  "--fit", "mixer", "--pitch-scans", "1"))
+    assert "note: --pitch-scans 1: none of the --fit parameters sets a pitch, so no scan" in fitted.output
+
+
+def test_match_returns_what_it_found_when_interrupted_at_the_end(synth):
+    """A Ctrl-C while the best theta is rendered, after the last step, returned nothing before (the command said
+    'interrupted before the first step' and lost the whole match; found from outside)."""
+
+    class Once(type(synth)):
+        interrupted = False
+
+        def __call__(self, theta, **kwargs):
+            if theta.shape[0] == 1 and not Once.interrupted:  # the final render of the best restart
+                Once.interrupted = True
+                raise KeyboardInterrupt
+            return super().__call__(theta, **kwargs)
+
+    once = Once(duration=DURATION, backend=synth.backend)
+    target = synth(synth.random_params(1, seed=5))[0]
+    result = match(once, target, restarts=2, steps=2, pitch_scans=0)
+    assert Once.interrupted and result.interrupted and result.steps == 2 and result.audio.shape == target.shape
+    assert torch.equal(result.audio, synth(result.theta[None], noise=rng.noise(0, torch.zeros(1, dtype=torch.int64),
+                                                                               synth.n_samples))[0])
 
 
 def test_match_command_writes_the_best_so_far_when_terminated(tmp_path, synth):
@@ -629,6 +692,10 @@ def test_match_command_writes_the_best_so_far_when_terminated(tmp_path, synth):
             if (out / "theta.json").exists():
                 snapshot = json.loads((out / "theta.json").read_text())
         assert snapshot["partial"] and len(snapshot["theta"]) == synth.num_params
+        # what a killed run's continue line would have said: the first scan done, the second and its steps to go
+        assert snapshot["pitch_scans_done"] == 1 and snapshot["continue"].startswith(
+            f"doppel-torch match {path} --synth voice --duration {DURATION:g} --restarts 3 --pitch-scans 1 "
+            f"--pitch-step 0.05 --steps {100000 - snapshot['steps']} --init {out / 'theta.json'}"), snapshot
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
     finally:
@@ -718,10 +785,18 @@ def test_match_command_refuses_an_unusable_device_or_out_folder(tmp_path, synth,
     bad = CliRunner().invoke(main, _match_args(path, tmp_path / "o", "--steps", "1"))
     assert bad.exit_code == 1 and "cannot write in --out" in bad.output and "best spectral" not in bad.output, bad.output
     monkeypatch.undo()
-    (tmp_path / "p" / "match.png").mkdir(parents=True)  # a folder where the picture goes
+    (tmp_path / "p" / "match.png").mkdir(parents=True)  # a folder where the picture goes: refused before any work
     bad = CliRunner().invoke(main, _match_args(path, tmp_path / "p", "--steps", "1"))
-    assert bad.exit_code == 1 and "cannot write the result" in bad.output and "the best theta" in bad.output
+    assert bad.exit_code == 2 and "match.png there is not a file" in bad.output and "matching" not in bad.output
     assert "Traceback" not in bad.output, bad.output
+
+    def full(*args, **kwargs):  # a disk that fills up while the result is written
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("doppel_torch.viz.write_wav", full)
+    bad = CliRunner().invoke(main, _match_args(path, tmp_path / "q", "--steps", "1"))
+    assert bad.exit_code == 1 and "cannot write the result" in bad.output and "the best theta" in bad.output
+    assert "No space left on device" in bad.output and "Traceback" not in bad.output, bad.output
 
 
 def test_fit_columns_by_name_module_and_pattern():

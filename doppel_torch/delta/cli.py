@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from doppel_torch import rng
 from doppel_torch.delta.profile import PROFILE_GRID
 from doppel_torch.delta.spec import MAX_DELTA
+from doppel_torch.options import SEED, FolderPath
 from doppel_torch.progress import progress_bar
 from doppel_torch.synths.base import BACKENDS, SYNTHS, synth_from_options
 
@@ -23,10 +23,10 @@ from doppel_torch.synths.base import BACKENDS, SYNTHS, synth_from_options
               show_default=True, help="Scalar delta of the bar chart, the printed ranking and the CSV's equal-effect column.")
 @click.option("--n-theta", type=click.IntRange(min=1), default=128, show_default=True,
               help="Random patches per parameter (the effect is the median over them).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of theta, the perturbations and the noise.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of theta, the perturbations and the noise.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="cpu", show_default=True,
               help="Synth backend (finite differences: the fast native one by default).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+@click.option("--out", "out_dir", type=FolderPath(path_type=Path), default=Path("."),
               show_default=True, help="Folder for <synth>.csv and <synth>.png.")
 @click.option("--duration", type=click.FloatRange(min=0.05, max=30.0), default=1.0, show_default=True,
               help="Seconds per sound (the log-mel keeps up to 96 frames); shipped profiles use 1 s.")
@@ -58,10 +58,6 @@ def delta_profile_command(synth_name, patch_spec, delta, n_theta, seed, backend,
     if grid_values and not min(grid_values) <= delta <= max(grid_values):
         raise click.BadParameter(f"the grid {grid} must reach --delta {delta:g} on both sides (its equal-effect "
                                  "column interpolates there): add deltas around it", param_hint="--grid")
-    try:
-        rng.check_seed(seed)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--seed") from None
     try:
         synth = synth_from_options(synth_name, patch_spec, default="voicefm", backend=backend, duration=duration)
     except (RuntimeError, ValueError) as err:

@@ -25,7 +25,7 @@ from doppel_torch.eval.probe import PROBE_CHOICES, RENAMED, ProbeConfig
 from doppel_torch.eval.report import markdown_table, write_report
 from doppel_torch.eval.suite import SUITES, find_suite, suite_markdown, suite_summary, suite_table
 from doppel_torch.eval.tasks import parse_task_spec
-from doppel_torch.options import device_option, out_folder
+from doppel_torch.options import FolderPath, device_option, out_folder
 
 DEFAULT_CACHE = Path("~/.cache/doppel_torch/embeddings")  # beside the cpu kernel's builds
 
@@ -102,7 +102,7 @@ def _open_cache(cache_dir: str) -> EmbeddingCache | None:
                    "DIR/LibriCount10-0dB/); absent tasks are skipped with a line saying where it looked.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Folder holding the datasets of --suite.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="eval-results", show_default=True,
+@click.option("--out", "out_dir", type=FolderPath(), default="eval-results", show_default=True,
               help="Folder for eval.json and eval.md.")
 @click.option("--probe", "probe_kind", type=click.Choice(PROBE_CHOICES + tuple(RENAMED)), default="paper",
               show_default=True, metavar="[paper|hear|arch]",

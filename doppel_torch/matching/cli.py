@@ -15,10 +15,11 @@ import click
 import torch
 
 from doppel_torch import runlock
-from doppel_torch.matching.files import prepare_target, read_theta_json, write_result, write_theta_json
+from doppel_torch.matching.files import RESULT_FILES, prepare_target, read_theta_json, write_result, write_theta_json
 from doppel_torch.matching.search import (AROUND_SPREAD, PITCH_SCANS, SCANNED_PITCH_STEP, SNAPSHOT_SECONDS,
                                           _planned_scans, default_backend, describe_columns, fit_columns, match,
-                                          starts_around, starts_refitting)
+                                          scan_steps, starts_around, starts_refitting)
+from doppel_torch.options import SEED, FolderPath
 from doppel_torch.synths.base import BACKENDS, SYNTHS
 
 DEFAULT_DURATION = 1.0  # `doppel-torch match` matches the target's first seconds, at most this many by default
@@ -33,15 +34,20 @@ def _read_target(path: Path, duration: float | None) -> tuple[torch.Tensor, int,
 
     from doppel_torch.audio import AudioReadError, read_audio
 
+    def refuse(message: str):
+        return click.BadParameter(message, param_hint="TARGET")
+
     if not path.exists():
-        raise click.ClickException(f"{path}: no such file (give the path of a wav, flac or ogg file)")
+        raise refuse(f"{path}: no such file (give the path of a wav, flac or ogg file)")
     if path.is_dir():
-        raise click.ClickException(f"{path} is a folder: give one audio file")
+        raise refuse(f"{path} is a folder: give one audio file")
+    if not path.is_file():  # a pipe (<(...), /dev/stdin) or a device: read twice below, a FIFO hung
+        raise refuse(f"{path} is not a regular file (a pipe or a device): save the audio to a file and give that")
     try:
         channels, rate = read_audio(path, max_seconds=(duration or DEFAULT_DURATION) + TARGET_MARGIN_S)
         info = sf.info(str(path))
     except (AudioReadError, sf.SoundFileError, RuntimeError) as err:
-        raise click.ClickException(f"cannot read the target: {err} (give a wav, flac or ogg file)") from None
+        raise refuse(f"cannot read {path}: {err} (give a wav, flac or ogg file)") from None
     if not torch.isfinite(channels).all():
         raise click.ClickException(f"{path}: the audio contains NaN or infinite samples (fix or re-export the file: "
                                    "there is no sound to match there)")
@@ -143,16 +149,19 @@ def _a_number(ctx, param, value):
 @click.option("--pitch-scans", type=click.IntRange(0, 100), default=None,
               help=f"Grid searches of the pitch parameters, each opening an equal share of the steps (0: none). "
                    f"Default: {PITCH_SCANS} from random starts, 0 with --init.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Keys the starting points and the noise.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Keys the starting points and the noise.")
 @click.option("--duration", type=click.FloatRange(min=MIN_DURATION, max=30.0), default=None, callback=_a_number,
               help=f"Seconds matched: a longer target is cut, a shorter one padded with silence. Default: the "
                    f"target's length, at most {DEFAULT_DURATION:g} s, at least {MIN_DURATION:g} s.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--out", "out_dir", type=FolderPath(path_type=Path), required=True,
               help="Folder for theta.json, match.wav, target.wav and match.png (created if missing).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the earlier match that --out holds (without it that is refused; --init on its theta.json "
+                   "continues it instead).")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="A progress bar with the best loss, the rate and the time left.")
 def match_command(target, synth_name, patch_spec, backend, device, restarts, steps, lr, candidates, init_path, fit,
-                  pitch_step, pitch_scans, seed, duration, out_dir, progress) -> None:
+                  pitch_step, pitch_scans, seed, duration, out_dir, overwrite, progress) -> None:
     """Fit a synth's parameters to TARGET (an audio file) by gradient descent on a multi-resolution spectral loss.
 
     All restarts run in one batch; the best one is written: theta.json (every parameter by name, normalised
@@ -205,8 +214,34 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
             init = starts_refitting(theta, columns, restarts, seed).to(device)
     if channels > 1:
         notes.insert(0, f"averaged its {channels} channels to mono")
-    for note in notes:
-        click.echo(f"note: {note}")
+    # match's own count, written down (theta.json) and carried on (the continue line)
+    asked, pitch_scans = pitch_scans, _planned_scans(synth, pitch_scans, init is not None, columns if fit else None,
+                                                     steps)[0]
+    if asked is not None and asked != pitch_scans:
+        notes.append(_fewer_scans(asked, pitch_scans, steps, fit))
+    out_folder(out_dir)
+    _check_result_names(out_dir)
+    lock = runlock.try_lock(out_dir)
+    if lock is None:
+        raise click.UsageError(f"--out {out_dir} is being written by another run ({runlock.holder(out_dir)}): wait "
+                               "for it to finish, or choose another --out")
+    try:
+        _check_earlier_match(out_dir, target, init_path, overwrite)
+        for note in notes:
+            click.echo(f"note: {note}")
+        _announce(synth, target, backend, device, restarts, steps, init, init_path, fit, columns if fit else None,
+                  seed)
+        meta = {"target": str(target), "seed": seed, "lr": lr, "pitch_step": pitch_step, "pitch_scans": pitch_scans,
+                **({"init": str(init_path)} if init is not None else {}), **({"fit": list(fit)} if fit else {}),
+                "notes": notes}
+        _run_match(synth, audio.to(device), target, out_dir, init, fit, patch_spec, meta, restarts, steps, lr, seed,
+                   candidates, pitch_step, pitch_scans, progress)
+    finally:
+        lock.release()
+
+
+def _announce(synth, target, backend, device, restarts, steps, init, init_path, fit, columns, seed) -> None:
+    """The line that says what is matched, with what and from where."""
     if fit:
         starts = (f"fitting {len(columns)} of the {synth.num_params} parameters ({describe_columns(synth, columns)}), "
                   f"the others kept at {init_path}, seed {seed}")
@@ -214,32 +249,48 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         starts = f"around {init_path}" if init is not None else f"seed {seed}"
     click.echo(f"matching {synth.duration:g} s of {target} with {synth.patch.name} ({synth.num_params} parameters, "
                f"backend={backend}, {device}): {restarts} restarts x {steps} steps, {starts}")
-    # match's own count, written down (theta.json) and carried on (the continue line)
-    pitch_scans = _planned_scans(synth, pitch_scans, init is not None, columns if fit else None, steps)[0]
-    meta = {"target": str(target), "seed": seed, "lr": lr, "pitch_step": pitch_step, "pitch_scans": pitch_scans,
-            **({"init": str(init_path)} if init is not None else {}), **({"fit": list(fit)} if fit else {}),
-            "notes": notes}
-    out_folder(out_dir)
-    lock = runlock.try_lock(out_dir)
-    if lock is None:
-        raise click.UsageError(f"--out {out_dir} is being written by another run ({runlock.holder(out_dir)}): wait "
-                               "for it to finish, or choose another --out")
-    try:
-        _replacing_note(out_dir / "theta.json", target, init_path)
-        _run_match(synth, audio.to(device), target, out_dir, init, fit, patch_spec, meta, restarts, steps, lr, seed,
-                   candidates, pitch_step, pitch_scans, progress)
-    finally:
-        lock.release()
 
 
-def _replacing_note(previous: Path, target: Path, init_path: Path | None) -> None:
-    """Say so where --out holds the match of another target, which this one replaces."""
-    try:
-        was = json.loads(previous.read_text()).get("target")
-    except (OSError, ValueError, AttributeError):
+def _fewer_scans(asked: int, planned: int, steps: int, fit) -> str:
+    """Why a match makes fewer pitch scans than --pitch-scans asked (found from outside: it said nothing)."""
+    if planned == min(asked, steps):
+        return f"--pitch-scans {asked}: at most one a step, so {planned} in {steps} steps"
+    what = "none of the --fit parameters sets a pitch" if fit else "the patch has no oscillator's pitch to scan"
+    return f"--pitch-scans {asked}: {what}, so no scan"
+
+
+def _check_result_names(out_dir: Path) -> None:
+    """Before any work: a result's name in --out taken by something that is not a file (a folder) was found only
+    when the result was written (found from outside)."""
+    for name in RESULT_FILES.values():
+        path = out_dir / name
+        if path.exists() and not path.is_file():
+            raise click.UsageError(f"--out {out_dir}: {name} there is not a file, and the result is written under "
+                                   "that name: move it away, or choose another --out")
+
+
+def _check_earlier_match(out_dir: Path, target: Path, init_path: Path | None, overwrite: bool) -> None:
+    """--out holding an earlier match: refused unless --overwrite (a rerun replaced a better result without a word,
+    found from outside) or --init is its theta.json (continuing it: the continued match starts from its best)."""
+    previous = out_dir / RESULT_FILES["json"]
+    if not previous.is_file() or (init_path is not None and init_path.resolve() == previous.resolve()):
         return
-    if was is not None and was != str(target) and (init_path is None or init_path.resolve() != previous.resolve()):
-        click.echo(f"note: replacing the match of {was} in {previous.parent}")
+    try:
+        doc = json.loads(previous.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError, RecursionError):
+        doc = None
+    doc = doc if isinstance(doc, dict) else {}
+    was = doc.get("target")
+    if not overwrite:
+        loss = doc.get("loss")
+        what = ", ".join(([str(was)] if was is not None else [])
+                         + ([f"loss {loss:.4f}"] if isinstance(loss, (int, float)) else [])
+                         + (["unfinished"] if doc.get("partial") else []))
+        raise click.UsageError(f"--out {out_dir} holds an earlier match{f' ({what})' if what else ''}: add "
+                               f"--overwrite to replace it, continue it with --init {previous}, or choose another "
+                               "--out")
+    if was is not None and was != str(target):
+        click.echo(f"note: replacing the match of {was} in {out_dir}")
 
 
 def _pitch_options(asked: int, done: int, pitch_step: float) -> str:
@@ -271,15 +322,32 @@ def _run_match(synth, audio, target, out_dir, init, fit, patch_spec, meta, resta
     from doppel_torch.options import out_of_memory
 
     snapshot_failed = []
+    stale = [out_dir / RESULT_FILES[key] for key in ("wav", "target", "png")]  # an earlier run's, until replaced
 
     def snapshot(taken: int, theta: torch.Tensor, loss: float) -> None:
+        done = sum(step < taken for step in scan_steps(steps, pitch_scans))
+        again = {"pitch_scans_done": done,  # what a killed run's continue line would have said (found from outside)
+                 "continue": continue_line(steps - taken, done)}
         try:
-            write_theta_json(out_dir / "theta.json", synth, theta.cpu(), loss, taken, extra=meta, partial=True)
+            write_theta_json(out_dir / "theta.json", synth, theta.cpu(), loss, taken, extra={**meta, **again},
+                             partial=True)
+            while stale:  # not this theta's sounds: a killed run must not leave them beside its theta.json
+                stale.pop().unlink(missing_ok=True)
         except OSError as err:  # the match goes on; the final write says so again if it still cannot write
             if not snapshot_failed:
                 snapshot_failed.append(err)
                 click.echo(f"\nwarning: cannot write the snapshot {out_dir / 'theta.json'} "
                            f"({err.strerror or err}); the match goes on", err=True)
+
+    def continue_line(steps_left: int, scans_done: int) -> str:
+        """The whole command that goes on from a theta.json with `scans_done` of the scans and steps_left to go."""
+        which = f"--patch {shlex.quote(patch_spec)}" if patch_spec else f"--synth {synth.patch.name}"
+        again = "".join(f" --fit {shlex.quote(f)}" for f in fit)
+        kept = "".join(f" {w}" for w in _given("restarts", "lr", "seed", "backend", "device"))
+        kept += _pitch_options(pitch_scans, scans_done, pitch_step)
+        return (f"doppel-torch match {shlex.quote(str(target))} {which} --duration {synth.duration:g}{kept} --steps "
+                f"{steps_left} --init {shlex.quote(str(out_dir / RESULT_FILES['json']))}{again} --out "
+                f"{shlex.quote(str(out_dir))}")
 
     with _Signals() as signals:
         try:
@@ -299,7 +367,9 @@ def _run_match(synth, audio, target, out_dir, init, fit, patch_spec, meta, resta
             sys.exit(128 + (signals.received[0] if signals.received else signal.SIGINT))
         signals.hold()
         try:
-            paths = write_result(result, synth, audio, out_dir, meta={**meta, "pitch_scans_done": result.pitch_scans})
+            left = {"continue": continue_line(steps - result.steps, result.pitch_scans)} if result.interrupted else {}
+            paths = write_result(result, synth, audio, out_dir,
+                                 meta={**meta, "pitch_scans_done": result.pitch_scans, **left})
         except OSError as err:
             best = ", ".join(f"{v:.6g}" for v in result.theta.tolist())
             raise click.ClickException(f"cannot write the result in {out_dir} ({err.strerror or err}); the best "
@@ -310,14 +380,7 @@ def _run_match(synth, audio, target, out_dir, init, fit, patch_spec, meta, resta
                    f"points of median loss {float(result.initial_losses.median()):.4f}; {found} of {restarts} "
                    f"restarts ended below a tenth of that; {result.seconds:.1f} s")
         click.echo(f"wrote {paths['json']}, {paths['wav']}, {paths['target']} and {paths['png']}")
-        if result.interrupted:  # the whole command that goes on from here
-            which = f"--patch {shlex.quote(patch_spec)}" if patch_spec else f"--synth {synth.patch.name}"
-            again = "".join(f" --fit {shlex.quote(f)}" for f in fit)
-            kept = "".join(f" {w}" for w in _given("restarts", "lr", "seed", "backend", "device"))
-            kept += _pitch_options(pitch_scans, result.pitch_scans, pitch_step)
-            left = steps - result.steps
-            click.echo(f"continue with: doppel-torch match {shlex.quote(str(target))} {which} --duration "
-                       f"{synth.duration:g}{kept} --steps {left} --init "
-                       f"{shlex.quote(str(paths['json']))}{again} --out {shlex.quote(str(out_dir))}")
+        if result.interrupted:
+            click.echo(f"continue with: {continue_line(steps - result.steps, result.pitch_scans)}")
     if signals.received:  # stopped by a signal: say so in the exit status too (128 + its number, as train)
         sys.exit(128 + signals.received[0])

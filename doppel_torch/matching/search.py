@@ -105,6 +105,12 @@ def _planned_scans(synth, pitch_scans: int | None, init_given: bool, fitted: Seq
     return pitch_scans, columns if pitch_scans else []
 
 
+def scan_steps(steps: int, pitch_scans: int) -> list[int]:
+    """The steps at which `match` makes its pitch scans (each opens an equal share of the steps; at most one a
+    step): a snapshot taken after `taken` steps has done the scans at the steps below `taken`."""
+    return sorted({min(round(k * steps / pitch_scans), steps - 1) for k in range(pitch_scans)})
+
+
 def scan_pitch(losses_of: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, columns: Sequence[int],
                bar=None, tick: Callable[[int], None] | None = None) -> torch.Tensor:
     """Each row of theta (R, m) with its `columns` set one at a time, in order, to the value of a grid that scores
@@ -352,8 +358,7 @@ def match(
         def scan_losses(theta: torch.Tensor) -> torch.Tensor:
             return scan_scorer.loss(synth(theta, noise=noise, validate=False))
     # the steps at which a schedule (Adam, cosine) starts: after each scan, or once
-    phase_starts = sorted({min(round(k * steps / pitch_scans), steps - 1) for k in range(pitch_scans)}
-                          if scanned else {0})
+    phase_starts = scan_steps(steps, pitch_scans) if scanned else [0]
     scans_done = 0
 
     if init is None:
@@ -473,14 +478,24 @@ def match(
             bar.close()
     if initial is None:  # interrupted before the first render
         raise KeyboardInterrupt
-    k = int(torch.argmin(torch.nan_to_num(best_loss, nan=math.inf)))
-    theta = best_theta[k].detach()
-    with torch.no_grad():
-        audio = synth(theta[None], noise=noise)[0]
-    return MatchResult(theta=theta, loss=float(best_loss[k]), audio=audio, restart_losses=best_loss.detach(),
-                       initial_losses=initial, restart_thetas=best_theta.detach(), best_restart=k, history=history,
-                       steps=taken, pitch_scans=scans_done, interrupted=interrupted,
-                       seconds=time.perf_counter() - start)
+
+    def result() -> MatchResult:
+        k = int(torch.argmin(torch.nan_to_num(best_loss, nan=math.inf)))
+        theta = best_theta[k].detach()
+        with torch.no_grad():
+            audio = synth(theta[None], noise=noise)[0]
+        return MatchResult(theta=theta, loss=float(best_loss[k]), audio=audio, restart_losses=best_loss.detach(),
+                           initial_losses=initial, restart_thetas=best_theta.detach(), best_restart=k,
+                           history=history, steps=taken, pitch_scans=scans_done, interrupted=interrupted,
+                           seconds=time.perf_counter() - start)
+
+    try:
+        return result()
+    except KeyboardInterrupt:
+        # Ctrl-C while the best was rendered (found from outside: it lost a finished match): render it again. The
+        # command's handler only notes a second signal; a second plain Ctrl-C stops for good.
+        interrupted = True
+        return result()
 
 
 def _column(value) -> int:

@@ -201,7 +201,7 @@ def _lower_tables(layout: Layout) -> tuple[dict[str, torch.Tensor], int]:
     return out, mix_filter
 
 
-MAX_SAMPLES = 2**31 - 1  # samples per sound (37 hours at 16 kHz): a sound's sample index fits an int32 (Triton's default)
+MAX_SAMPLES = 2**31 - 1  # samples a sound (37 hours at 16 kHz): a sample's index fits an int32 (Triton's default)
 
 
 def _number(value) -> bool:

@@ -9,6 +9,7 @@ import click
 import soundfile
 
 from doppel_torch.delta.spec import GROUPS, MAX_DELTA, normalize_delta, param_groups
+from doppel_torch.options import SEED, FolderPath
 from doppel_torch.pairs import NOISE_MODES
 from doppel_torch.synths.base import BACKENDS, SYNTHS, get_synth, synth_from_options
 
@@ -46,11 +47,11 @@ def info(synth_name: str | None, patch_spec: str | None, groups: bool) -> None:
     order = "in SynthAX ravel_pytree order" if patch_spec is None else "in theta's order"
     about = f": {synth.patch.description}" if synth.patch.description else ""
     click.echo(f"{synth.patch.name}{about}; {synth.num_params} parameters {order}")
-    click.echo(f"{'#':>4}  {'name':<24}{'min':>9}{'max':>9}{'curve':>8}  mapping")
-    for i, spec in enumerate(synth.param_specs):
+    click.echo(f"{'#':>4}  {'name':<24}{'min':>9}{'max':>9}{'curve':>8}  {'mapping':<11}unit (of min and max)")
+    for i, (spec, unit) in enumerate(zip(synth.param_specs, synth.param_units)):
         r = spec.range
         mapping = ("symmetric" if r.symmetric else "power") if spec.curve_applied else "linear"
-        click.echo(f"{i:>4}  {spec.name:<24}{r.minimum:>9.4g}{r.maximum:>9.4g}{r.curve:>8.3g}  {mapping}")
+        click.echo(f"{i:>4}  {spec.name:<24}{r.minimum:>9.4g}{r.maximum:>9.4g}{r.curve:>8.3g}  {mapping:<11}{unit}")
 
 
 MANIFEST = ".doppel-samples.json"  # the wav files `sample` wrote into a folder, for the next one's clean-up
@@ -109,9 +110,9 @@ def _once(deltas: tuple) -> tuple:
               help="Synth noise of the pairs: one row for all sounds (the paper's), per view, or per sound.")
 @click.option("--pairs", "n_pairs", type=click.IntRange(1, 64), default=8, show_default=True,
               help="How many doppelganger pairs (sounds --start, --start + 1, ...).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--out", "out_dir", type=FolderPath(path_type=Path), required=True,
               help="Folder for the wav files and the spectrogram picture (created if missing).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Keys every random draw: the same seed and index give the same sounds (train's --seed).")
 @click.option("--start", type=click.IntRange(0, 2**62), default=0, show_default=True, help="First global sound index.")
 @click.option("--sweep", default="0,0.01,0.05,0.1,0.25,0.5", show_default=True, callback=_deltas,
@@ -134,7 +135,7 @@ def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, 
     is the sweep's column at --delta when that delta is in the sweep). Colours: dB below each panel's peak.
     """
     from doppel_torch.augment import AugmentChain
-    from doppel_torch.pairs import write_samples
+    from doppel_torch.pairs import sample_names, write_samples
 
     if ir_dir is not None and not augment:
         raise click.UsageError("--ir-dir adds reverb to the augmentation chain: use it with --augment")
@@ -159,6 +160,10 @@ def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, 
     out_folder(out_dir)
     earlier = _manifest(out_dir)
     try:
+        # listed before they are written: a sample stopped halfway (Ctrl-C, a full disk) left files that no manifest
+        # named, so no later sample removed them (found from outside)
+        planned = sample_names(n_pairs, sweep, augment)
+        (out_dir / MANIFEST).write_text(json.dumps(sorted(set(earlier) | set(planned)), indent=0) + "\n")
         written = write_samples(
             synth, out_dir, n_pairs=n_pairs, start=start, seed=seed, delta=delta, sweep_deltas=sweep, augment=chain,
             noise=noise, title=title,
