@@ -4,6 +4,7 @@ an output folder that can take files, and a --device this torch can use."""
 from __future__ import annotations
 
 import atexit
+import math
 import os
 from pathlib import Path
 
@@ -35,6 +36,17 @@ class FolderPath(click.Path):
         if isinstance(value, str) and not value.strip():
             self.fail("must name a folder ('.' for the current one)", param, ctx)
         return super().convert(value, param, ctx)
+
+
+class NumberRange(click.FloatRange):
+    """click.FloatRange that refuses NaN, which it lets through (every comparison with NaN is false), so that a
+    nonsense value is a usage error naming the option rather than a failure after the work has started."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail("must be a number, not NaN", param, ctx)
+        return number
 
 
 class SeedType(click.ParamType):

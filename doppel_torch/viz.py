@@ -94,8 +94,8 @@ def save_spectrogram_grid(
             if i == n_rows - 1:
                 ax.set_xlabel("s", fontsize=8)
             ax.tick_params(labelsize=7)
-    _title_and_colour_bar(fig, axes, image, title, "dB re the panel's peak (silence: re -20 dB)", fontsize=8,
-                          fraction=0.02, pad=0.01)
+    _title_and_colour_bar(fig, axes, image, title, "dB below the panel's peak (near-silent panels stay dark)",
+                          fontsize=8, fraction=0.02, pad=0.01)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90, bbox_inches="tight")

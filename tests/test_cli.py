@@ -177,7 +177,7 @@ def test_sample_png_has_a_colour_bar_and_says_view_a_is_the_sweep_column(tmp_pat
     [fig] = saved
     assert "view a = the sweep's delta 0.25 column (the same sound)" in fig._suptitle.get_text()
     [bar] = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
-    assert bar.get_ylabel().startswith("dB re the panel's peak")
+    assert bar.get_ylabel().startswith("dB below the panel's peak")
     # ... and it is: the wav of view a equals the sweep's wav at the same delta.
     view_a, _ = sf.read(tmp_path / "pair_00_a.wav")
     sweep, _ = sf.read(tmp_path / "sweep_00_delta_0.25.wav")
@@ -344,6 +344,8 @@ def test_bad_outputs_devices_and_files_are_one_line_before_any_work(tmp_path):
         (["sample", "--seed", str(2**70), "--out", str(tmp_path / "s")], "Invalid value for '--seed'"),
         (["sample", "--seed", "ten", "--out", str(tmp_path / "s")], "'ten' is not an integer"),
         (["sample", "--out", ""], "must name a folder"),
+        (["sample", "--duration", "nan", "--out", str(tmp_path / "s")], "Invalid value for '--duration': must be a "
+                                                                          "number, not NaN"),
         (["delta-profile", "--out", " "], "must name a folder"),
         (["eval", *fsdd, "--out", ""], "must name a folder"),
         (["sample", "--start", str(2**63), "--out", str(tmp_path / "s")], "Invalid value for '--start'"),

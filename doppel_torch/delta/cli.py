@@ -9,7 +9,7 @@ import click
 
 from doppel_torch.delta.profile import PROFILE_GRID
 from doppel_torch.delta.spec import MAX_DELTA
-from doppel_torch.options import SEED, FolderPath
+from doppel_torch.options import SEED, FolderPath, NumberRange
 from doppel_torch.progress import progress_bar
 from doppel_torch.synths.base import BACKENDS, SYNTHS, synth_from_options
 
@@ -19,7 +19,7 @@ from doppel_torch.synths.base import BACKENDS, SYNTHS, synth_from_options
               help="A shipped synthesizer (default: voicefm; or --patch).")
 @click.option("--patch", "patch_spec", default=None, metavar="FILE.py[:NAME] | MODULE[:NAME]",
               help="Profile your own Patch instead of --synth.")
-@click.option("--delta", type=click.FloatRange(min=0.0, max=MAX_DELTA, min_open=True), default=0.25,
+@click.option("--delta", type=NumberRange(min=0.0, max=MAX_DELTA, min_open=True), default=0.25,
               show_default=True, help="Scalar delta of the bar chart, the printed ranking and the CSV's equal-effect column.")
 @click.option("--n-theta", type=click.IntRange(min=1), default=128, show_default=True,
               help="Random patches per parameter (the effect is the median over them).")
@@ -28,7 +28,7 @@ from doppel_torch.synths.base import BACKENDS, SYNTHS, synth_from_options
               help="Synth backend (finite differences: the fast native one by default).")
 @click.option("--out", "out_dir", type=FolderPath(path_type=Path), default=Path("."),
               show_default=True, help="Folder for <synth>.csv and <synth>.png.")
-@click.option("--duration", type=click.FloatRange(min=0.05, max=30.0), default=1.0, show_default=True,
+@click.option("--duration", type=NumberRange(min=0.05, max=30.0), default=1.0, show_default=True,
               help="Seconds per sound (the log-mel keeps up to 96 frames); shipped profiles use 1 s.")
 @click.option("--grid", default=",".join(f"{g:g}" for g in PROFILE_GRID), show_default=True,
               help="Increasing deltas in (0, 1] at which every parameter is measured; must include --delta's neighbours.")
@@ -45,9 +45,6 @@ def delta_profile_command(synth_name, patch_spec, delta, n_theta, seed, backend,
     from doppel_torch.delta.profile import delta_profile, plot_profile, save_profile
     from doppel_torch.options import out_folder
 
-    for value, option in ((delta, "--delta"), (duration, "--duration")):
-        if value != value:  # FloatRange lets NaN through (every comparison with it is false)
-            raise click.BadParameter("must be a number, not NaN", param_hint=option)
     try:
         grid_values = tuple(float(g) for g in grid.split(",") if g.strip())
     except ValueError:

@@ -4,7 +4,6 @@ the best so far on disk while it runs, write the result and say how to continue.
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import signal
 import sys
@@ -19,7 +18,7 @@ from doppel_torch.matching.files import RESULT_FILES, prepare_target, read_theta
 from doppel_torch.matching.search import (AROUND_SPREAD, PITCH_SCANS, SCANNED_PITCH_STEP, SNAPSHOT_SECONDS,
                                           _planned_scans, default_backend, describe_columns, fit_columns, match,
                                           scan_steps, starts_around, starts_refitting)
-from doppel_torch.options import SEED, FolderPath
+from doppel_torch.options import SEED, FolderPath, NumberRange
 from doppel_torch.synths.base import BACKENDS, SYNTHS
 
 DEFAULT_DURATION = 1.0  # `doppel-torch match` matches the target's first seconds, at most this many by default
@@ -107,13 +106,6 @@ class _Signals:
         raise KeyboardInterrupt
 
 
-def _a_number(ctx, param, value):
-    """click's FloatRange lets NaN through (every comparison with it is false): refuse it before any work."""
-    if value is not None and math.isnan(value):
-        raise click.BadParameter("must be a number, not NaN")
-    return value
-
-
 @click.command("match")
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--synth", "synth_name", type=click.Choice(list(SYNTHS)), default=None,
@@ -128,8 +120,7 @@ def _a_number(ctx, param, value):
               help="Random starting points, optimised together in one batch.")
 @click.option("--steps", type=click.IntRange(0, 100_000), default=200, show_default=True,
               help="Adam steps (0: only score the starting points).")
-@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True, max=10.0), default=0.05, show_default=True,
-              callback=_a_number,
+@click.option("--lr", type=NumberRange(min=0.0, min_open=True, max=10.0), default=0.05, show_default=True,
               help="Adam learning rate on the logits of theta.")
 @click.option("--candidates", type=click.IntRange(0, 65_536), default=0, show_default=True,
               help="Score this many random thetas first and start from the best --restarts of them (0: none).")
@@ -143,14 +134,13 @@ def _a_number(ctx, param, value):
                    "`doppel-torch info --synth NAME` (or --patch FILE.py) lists it, a module (adsr_1: all its parameters) or a shell "
                    "pattern ('lfo_*'); repeat --fit for more. Restart 0 starts at --init, the others draw the fitted "
                    "parameters at random.")
-@click.option("--pitch-step", type=click.FloatRange(min=0.0, min_open=True, max=1.0), default=1.0, show_default=True,
-              callback=_a_number,
+@click.option("--pitch-step", type=NumberRange(min=0.0, min_open=True, max=1.0), default=1.0, show_default=True,
               help="The pitch parameters' step as a fraction of the others' (0.05 refines a start near the answer).")
 @click.option("--pitch-scans", type=click.IntRange(0, 100), default=None,
               help=f"Grid searches of the pitch parameters, each opening an equal share of the steps (0: none). "
                    f"Default: {PITCH_SCANS} from random starts, 0 with --init.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Keys the starting points and the noise.")
-@click.option("--duration", type=click.FloatRange(min=MIN_DURATION, max=30.0), default=None, callback=_a_number,
+@click.option("--duration", type=NumberRange(min=MIN_DURATION, max=30.0), default=None,
               help=f"Seconds matched: a longer target is cut, a shorter one padded with silence. Default: the "
                    f"target's length, at most {DEFAULT_DURATION:g} s, at least {MIN_DURATION:g} s.")
 @click.option("--out", "out_dir", type=FolderPath(path_type=Path), required=True,

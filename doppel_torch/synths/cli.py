@@ -9,7 +9,7 @@ import click
 import soundfile
 
 from doppel_torch.delta.spec import GROUPS, MAX_DELTA, normalize_delta, param_groups
-from doppel_torch.options import SEED, FolderPath
+from doppel_torch.options import SEED, FolderPath, NumberRange
 from doppel_torch.pairs import NOISE_MODES
 from doppel_torch.synths.base import BACKENDS, SYNTHS, get_synth, synth_from_options
 
@@ -125,7 +125,7 @@ def _once(deltas: tuple) -> tuple:
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default=None,
               help="How to render: cpu (the native kernel; the default where it builds), torch (the reference), "
                    "triton (CUDA).")
-@click.option("--duration", type=click.FloatRange(min=0.05, max=30.0), default=1.0, show_default=True,
+@click.option("--duration", type=NumberRange(min=0.05, max=30.0), default=1.0, show_default=True,
               help="Seconds per sound.")
 def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, sweep, augment, ir_dir, backend,
            duration) -> None:
