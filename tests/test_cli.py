@@ -76,13 +76,22 @@ def test_a_sample_stopped_halfway_leaves_files_the_next_one_removes(tmp_path, mo
         return write_wav(path, *args, **kwargs)
 
     monkeypatch.setattr(viz, "write_wav", fills_up)
+    out.mkdir()
+    (out / "pair_02_a.wav").write_text("mine")  # named as the run would have, but it never got there: it stays
     full = CliRunner().invoke(main, ["sample", "--pairs", "3", "--duration", "0.25", "--out", str(out)])
     assert full.exit_code == 1 and "No space left on device" in full.output, full.output
-    assert len(list(out.glob("*.wav"))) == 5
+    assert len(list(out.glob("*.wav"))) == 6
     monkeypatch.undo()
     again = CliRunner().invoke(main, ["sample", "--pairs", "1", "--sweep", "", "--duration", "0.25", "--out", str(out)])
     assert again.exit_code == 0 and "removed 3 wav files of an earlier sample" in again.output, again.output
-    assert sorted(w.name for w in out.glob("*.wav")) == ["pair_00_a.wav", "pair_00_b.wav"]
+    assert sorted(w.name for w in out.glob("*.wav")) == ["pair_00_a.wav", "pair_00_b.wav", "pair_02_a.wav"]
+    (out / "pair_00_b.wav").unlink()
+    (out / "pair_00_b.wav").mkdir()  # a folder where a file goes is said so, not "free some space"
+    blocked = CliRunner().invoke(main, ["sample", "--pairs", "1", "--sweep", "", "--duration", "0.25", "--out",
+                                        str(out)])
+    assert blocked.exit_code == 1 and ("pair_00_b.wav: Is a directory (a folder has a name the samples take: move "
+                                       "it") in blocked.output
+    assert "free some space" not in blocked.output, blocked.output
 
 
 def test_sample_noise_modes(tmp_path):

@@ -445,6 +445,16 @@ def test_match_refuses_bad_input(synth, monkeypatch):
         match(synth, torch.full_like(target, float("nan")))
     with pytest.raises(ValueError, match="restarts"):
         match(synth, target, restarts=0)
+    for bad, message in ((dict(restarts=True), "restarts must be an integer >= 1, got True"),
+                         (dict(candidates="many"), r"candidates must be an integer >= 0 \(or None\), got .many."),
+                         (dict(lr="fast"), "lr must be a positive number, got 'fast'"),
+                         (dict(pitch_step=np.float32(2.0)), r"pitch_step must be in \(0, 1\]")):
+        with pytest.raises(ValueError, match=message):
+            match(synth, target, **bad)
+    # numpy scalars are numbers (found from outside: restarts=np.int64(2) was "not an integer >= 1")
+    result = match(synth, target, restarts=np.int64(2), steps=np.int64(1), lr=np.float32(0.05),
+                   pitch_scans=np.int64(0), candidates=np.int64(4))
+    assert result.restart_losses.shape == (2,) and result.steps == 1
     with pytest.raises(ValueError, match="init must have shape"):
         match(synth, target, restarts=2, init=torch.rand(3, synth.num_params))
     _without_backward(monkeypatch)
@@ -618,7 +628,7 @@ def test_match_command_continues_from_its_theta_json(tmp_path, synth):
     assert both.exit_code == 2 and "give one" in both.output
 
 
-def test_match_command_keeps_an_earlier_match_unless_told(tmp_path, synth):
+def test_match_command_keeps_an_earlier_match_unless_told(tmp_path, synth, monkeypatch):
     """--out holding an earlier match: refused before any work (a rerun replaced a better result without a word),
     replaced with --overwrite (the earlier sounds go with the first snapshot, so a killed run leaves no mixture),
     continued with --init on its theta.json; --pitch-scans beyond what a run can make is said."""
@@ -647,6 +657,25 @@ def test_match_command_keeps_an_earlier_match_unless_told(tmp_path, synth):
     fitted = CliRunner().invoke(main, _match_args(path, out, "--steps", "2", "--init", str(out / "theta.json"),
                                                   "--fit", "mixer", "--pitch-scans", "1"))
     assert "note: --pitch-scans 1: none of the --fit parameters sets a pitch, so no scan" in fitted.output
+    # continuing the match of its own target.wav keeps that file (the earlier sounds' clean-up removed it)
+    own = CliRunner().invoke(main, _match_args(out / "target.wav", out, "--steps", "1", "--init",
+                                               str(out / "theta.json")))
+    assert own.exit_code == 0 and (out / "target.wav").is_file(), own.output
+    # a run that dies before its result leaves the earlier theta.json alone, without the earlier sounds beside it
+    before = (out / "theta.json").read_text()
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("doppel_torch.matching.cli.match", dies)
+    died = CliRunner().invoke(main, _match_args(path, out, "--steps", "2", "--overwrite"))
+    assert isinstance(died.exception, RuntimeError) and (out / "theta.json").read_text() == before
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["theta.json"]
+    monkeypatch.undo()
+    fifo = tmp_path / "fifo.json"  # --init from a pipe hung (found from outside)
+    os.mkfifo(fifo)
+    piped = CliRunner().invoke(main, _match_args(path, tmp_path / "p", "--steps", "1", "--init", str(fifo)))
+    assert piped.exit_code == 2 and "is not a file" in piped.output, piped.output
 
 
 def test_match_returns_what_it_found_when_interrupted_at_the_end(synth):

@@ -46,10 +46,11 @@ def _read_target(path: Path, duration: float | None) -> tuple[torch.Tensor, int,
         channels, rate = read_audio(path, max_seconds=(duration or DEFAULT_DURATION) + TARGET_MARGIN_S)
         info = sf.info(str(path))
     except (AudioReadError, sf.SoundFileError, RuntimeError) as err:
-        raise refuse(f"cannot read {path}: {err} (give a wav, flac or ogg file)") from None
+        said = str(err) if isinstance(err, AudioReadError) else f"{path}: {err}"  # its own message names the file
+        raise refuse(f"cannot read {said} (give a wav, flac or ogg file)") from None
     if not torch.isfinite(channels).all():
-        raise click.ClickException(f"{path}: the audio contains NaN or infinite samples (fix or re-export the file: "
-                                   "there is no sound to match there)")
+        raise refuse(f"{path}: the audio contains NaN or infinite samples (fix or re-export the file: there is no "
+                     "sound to match there)")
     seconds = info.frames / info.samplerate if info.frames > 0 else channels.shape[1] / rate
     return channels.mean(dim=0), rate, channels.shape[0], seconds
 
@@ -65,8 +66,8 @@ def _load_target(path: Path, audio: torch.Tensor, rate: int, synth, channels: in
     if peak < QUIET_PEAK:  # 1e-7 noise was matched to a loss of 6069 (found from outside)
         level = "every sample is 0" if peak == 0.0 else f"its peak, {peak:.2g}, is below one 16-bit step"
         mono = f" once its {channels} channels are averaged to mono (they cancel)" if channels > 1 else ""
-        raise click.ClickException(f"{path}: the target is silent over the first {synth.duration:g} s{mono} "
-                                   f"({level}): nothing to match (check the file, or --duration)")
+        raise click.BadParameter(f"{path}: the target is silent over the first {synth.duration:g} s{mono} "
+                                 f"({level}): nothing to match (check the file, or --duration)", param_hint="TARGET")
     return audio, notes
 
 
@@ -216,7 +217,7 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
         raise click.UsageError(f"--out {out_dir} is being written by another run ({runlock.holder(out_dir)}): wait "
                                "for it to finish, or choose another --out")
     try:
-        _check_earlier_match(out_dir, target, init_path, overwrite)
+        _replace_earlier_match(out_dir, target, init_path, overwrite)
         for note in notes:
             click.echo(f"note: {note}")
         _announce(synth, target, backend, device, restarts, steps, init, init_path, fit, columns if fit else None,
@@ -243,6 +244,8 @@ def _announce(synth, target, backend, device, restarts, steps, init, init_path, 
 
 def _fewer_scans(asked: int, planned: int, steps: int, fit) -> str:
     """Why a match makes fewer pitch scans than --pitch-scans asked (found from outside: it said nothing)."""
+    if steps == 0:
+        return f"--pitch-scans {asked}: --steps 0 makes no scan"
     if planned == min(asked, steps):
         return f"--pitch-scans {asked}: at most one a step, so {planned} in {steps} steps"
     what = "none of the --fit parameters sets a pitch" if fit else "the patch has no oscillator's pitch to scan"
@@ -259,28 +262,45 @@ def _check_result_names(out_dir: Path) -> None:
                                    "that name: move it away, or choose another --out")
 
 
-def _check_earlier_match(out_dir: Path, target: Path, init_path: Path | None, overwrite: bool) -> None:
+def _replace_earlier_match(out_dir: Path, target: Path, init_path: Path | None, overwrite: bool) -> None:
     """--out holding an earlier match: refused unless --overwrite (a rerun replaced a better result without a word,
-    found from outside) or --init is its theta.json (continuing it: the continued match starts from its best)."""
+    found from outside) or --init is its theta.json (continuing it: the continued match starts from its best).
+    Where it is replaced, its sounds and picture go now, before any work, so that a run killed before its result is
+    whole leaves no mixture of two matches (its theta.json goes with the first snapshot or the result); the target
+    itself stays where it is one of them (continuing a match of its own target.wav)."""
     previous = out_dir / RESULT_FILES["json"]
-    if not previous.is_file() or (init_path is not None and init_path.resolve() == previous.resolve()):
+    if not previous.is_file():
         return
-    try:
-        doc = json.loads(previous.read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError, RecursionError):
-        doc = None
-    doc = doc if isinstance(doc, dict) else {}
-    was = doc.get("target")
-    if not overwrite:
-        loss = doc.get("loss")
-        what = ", ".join(([str(was)] if was is not None else [])
-                         + ([f"loss {loss:.4f}"] if isinstance(loss, (int, float)) else [])
-                         + (["unfinished"] if doc.get("partial") else []))
-        raise click.UsageError(f"--out {out_dir} holds an earlier match{f' ({what})' if what else ''}: add "
-                               f"--overwrite to replace it, continue it with --init {previous}, or choose another "
-                               "--out")
-    if was is not None and was != str(target):
-        click.echo(f"note: replacing the match of {was} in {out_dir}")
+    continuing = init_path is not None and init_path.resolve() == previous.resolve()
+    if not continuing:
+        try:
+            doc = json.loads(previous.read_text(encoding="utf-8-sig"))
+        except (OSError, ValueError, RecursionError):
+            doc = None
+        doc = doc if isinstance(doc, dict) and "theta" in doc else None
+        was = (doc or {}).get("target")
+        if not overwrite:
+            loss = (doc or {}).get("loss")
+            what = ", ".join(([str(was)] if was is not None else [])
+                             + ([f"loss {loss:.4f}"] if isinstance(loss, (int, float)) else [])
+                             + (["unfinished"] if (doc or {}).get("partial") else []))
+            held = (f"an earlier match{f' ({what})' if what else ''}" if doc is not None
+                    else "a theta.json that is not a match's")
+            go_on = f", continue it with --init {previous}" if doc is not None else ""
+            raise click.UsageError(f"--out {out_dir} holds {held}: add --overwrite to replace it{go_on}, or choose "
+                                   "another --out")
+        if was is not None and was != str(target):
+            click.echo(f"note: replacing the match of {was} in {out_dir}")
+    keep = target.resolve()
+    for key in ("wav", "target", "png"):
+        path = out_dir / RESULT_FILES[key]
+        for old in (path, path.with_name(f".{path.name}.tmp")):  # and what a killed write left
+            try:
+                if old.resolve() != keep and (old.is_file() or old.is_symlink()):
+                    old.unlink()
+            except OSError as err:
+                raise click.ClickException(f"cannot replace {old} ({err.strerror or err}): remove it, or choose "
+                                           "another --out") from None
 
 
 def _pitch_options(asked: int, done: int, pitch_step: float) -> str:
@@ -312,7 +332,6 @@ def _run_match(synth, audio, target, out_dir, init, fit, patch_spec, meta, resta
     from doppel_torch.options import out_of_memory
 
     snapshot_failed = []
-    stale = [out_dir / RESULT_FILES[key] for key in ("wav", "target", "png")]  # an earlier run's, until replaced
 
     def snapshot(taken: int, theta: torch.Tensor, loss: float) -> None:
         done = sum(step < taken for step in scan_steps(steps, pitch_scans))
@@ -321,8 +340,6 @@ def _run_match(synth, audio, target, out_dir, init, fit, patch_spec, meta, resta
         try:
             write_theta_json(out_dir / "theta.json", synth, theta.cpu(), loss, taken, extra={**meta, **again},
                              partial=True)
-            while stale:  # not this theta's sounds: a killed run must not leave them beside its theta.json
-                stale.pop().unlink(missing_ok=True)
         except OSError as err:  # the match goes on; the final write says so again if it still cannot write
             if not snapshot_failed:
                 snapshot_failed.append(err)
@@ -335,7 +352,8 @@ def _run_match(synth, audio, target, out_dir, init, fit, patch_spec, meta, resta
         again = "".join(f" --fit {shlex.quote(f)}" for f in fit)
         kept = "".join(f" {w}" for w in _given("restarts", "lr", "seed", "backend", "device"))
         kept += _pitch_options(pitch_scans, scans_done, pitch_step)
-        return (f"doppel-torch match {shlex.quote(str(target))} {which} --duration {synth.duration:g}{kept} --steps "
+        named = str(target) if not str(target).startswith("-") else f"./{target}"  # not read as an option
+        return (f"doppel-torch match {shlex.quote(named)} {which} --duration {synth.duration:g}{kept} --steps "
                 f"{steps_left} --init {shlex.quote(str(out_dir / RESULT_FILES['json']))}{again} --out "
                 f"{shlex.quote(str(out_dir))}")
 

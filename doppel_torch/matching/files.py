@@ -71,6 +71,8 @@ def write_theta_json(path: Path, synth, theta: torch.Tensor, loss: float, steps:
 
 def read_theta_json(path: Path, synth) -> torch.Tensor:
     """theta (m,) from a theta.json that `doppel-torch match` wrote for this synth; ValueError saying what is wrong."""
+    if Path(path).exists() and not Path(path).is_file():  # a folder, or a pipe (whose read hung: found from outside)
+        raise ValueError(f"{path} is not a file (give the theta.json of an earlier `doppel-torch match --out`)")
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8-sig"))  # -sig: an editor's byte-order mark too
     except FileNotFoundError:
@@ -150,9 +152,10 @@ def write_result(result: MatchResult, synth, target: torch.Tensor, out_dir: str 
     }
     paths = {key: out / name for key, name in RESULT_FILES.items()}
     write_theta_json(paths["json"], synth, result.theta, result.loss, result.steps, extra=doc)
-    write_wav(paths["wav"], result.audio, synth.sample_rate)
-    # float, as matched: 16-bit quantisation noise lies above the log term's floor (LOG_EPS), so a PCM_16 copy
-    # scored 4.62 against match.wav where the match had scored 5.80 (found from outside); nor is it clipped
+    # both in float, as scored: 16-bit quantisation noise lies above the log term's floor (LOG_EPS), so a PCM_16
+    # target.wav scored 4.62 against match.wav where the match had scored 5.80 (found from outside); nor is either
+    # clipped
+    write_wav(paths["wav"], result.audio, synth.sample_rate, subtype="FLOAT")
     write_wav(paths["target"], target, synth.sample_rate, subtype="FLOAT")
     save_spectrogram_grid([[target, result.audio]], synth.sample_rate, paths["png"], col_labels=["target", "match"],
                           title=f"{synth.patch.name} match: spectral loss {result.loss:.4f} after {result.steps} "

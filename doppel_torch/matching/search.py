@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import numbers
 import operator
 import time
 from dataclasses import dataclass, field
@@ -316,21 +317,19 @@ def match(
         raise ValueError("target contains NaN or infinite samples")
     if float(target.abs().max()) == 0.0:
         raise ValueError("target is silent (every sample is 0): there is nothing to match")
-    for name, value in (("restarts", restarts), ("steps", steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "restarts" else 0):
-            raise ValueError(f"{name} must be an integer >= {1 if name == 'restarts' else 0}, got {value!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    restarts, steps = _count("restarts", restarts, 1), _count("steps", steps, 0)
+    candidates = None if candidates is None else _count("candidates", candidates, 0, none=True)
+    pitch_scans = None if pitch_scans is None else _count("pitch_scans", pitch_scans, 0, none=True)
+    if _real(lr) is None or not (math.isfinite(_real(lr)) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+    lr = _real(lr)
     rng.check_seed(seed)
     if not synth._backend.differentiable:
         raise ValueError(f"backend='{synth.backend}' is not differentiable; match needs gradients: use "
                          f"backend='{default_backend(target.device)}'")
-    if isinstance(pitch_step, bool) or not (isinstance(pitch_step, (int, float)) and math.isfinite(pitch_step)
-                                            and 0 < pitch_step <= 1):
+    if _real(pitch_step) is None or not (math.isfinite(_real(pitch_step)) and 0 < pitch_step <= 1):
         raise ValueError(f"pitch_step must be in (0, 1], got {pitch_step!r}")
-    if pitch_scans is not None and (isinstance(pitch_scans, bool) or not isinstance(pitch_scans, int)
-                                    or pitch_scans < 0):
-        raise ValueError(f"pitch_scans must be an integer >= 0 (or None), got {pitch_scans!r}")
+    pitch_step = _real(pitch_step)
     held = None
     if fit is not None:
         held = torch.ones(synth.num_params, dtype=torch.bool)
@@ -496,6 +495,22 @@ def match(
         # command's handler only notes a second signal; a second plain Ctrl-C stops for good.
         interrupted = True
         return result()
+
+
+def _count(name: str, value, least: int, none: bool = False) -> int:
+    """An integer argument (numpy's too; not a bool) of at least `least`, or ValueError naming it."""
+    try:
+        count = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        count = None
+    if count is None or count < least:
+        raise ValueError(f"{name} must be an integer >= {least}{' (or None)' if none else ''}, got {value!r}")
+    return count
+
+
+def _real(value) -> float | None:
+    """A real number argument (numpy's too; not a bool) as a float, None for anything else."""
+    return None if isinstance(value, bool) or not isinstance(value, numbers.Real) else float(value)
 
 
 def _column(value) -> int:

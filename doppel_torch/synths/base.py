@@ -140,8 +140,16 @@ class Synth(torch.nn.Module):
             raise ValueError(f"dtype must be torch.float32 or torch.float64 (what a synth renders), got {dtype}")
         if start + n > 2**63 - 1:
             raise ValueError(f"start + n must be below 2**63 (global sound indices are int64), got {start} + {n}")
-        if device is not None and torch.device(device).type == "meta":
-            raise ValueError("device='meta' holds no values: give a real device (cpu, cuda)")
+        if device is not None:
+            try:
+                device = torch.device(device)
+            except (TypeError, RuntimeError):
+                raise ValueError(f"device must be a torch device or its name (cpu, cuda, cuda:1), got {device!r}") \
+                    from None
+            if device.type == "meta":
+                raise ValueError("device='meta' holds no values: give a real device (cpu, cuda)")
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError("device='cuda' but CUDA is not available here: give device='cpu'")
         rng.check_seed(seed)
         index = torch.arange(start, start + n, dtype=torch.int64, device=device)
         return rng.uniform(seed, rng.Stream.THETA, index, self.num_params, dtype=dtype)

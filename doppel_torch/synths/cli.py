@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -47,11 +48,13 @@ def info(synth_name: str | None, patch_spec: str | None, groups: bool) -> None:
     order = "in SynthAX ravel_pytree order" if patch_spec is None else "in theta's order"
     about = f": {synth.patch.description}" if synth.patch.description else ""
     click.echo(f"{synth.patch.name}{about}; {synth.num_params} parameters {order}")
-    click.echo(f"{'#':>4}  {'name':<24}{'min':>9}{'max':>9}{'curve':>8}  {'mapping':<11}unit (of min and max)")
+    width = max(24, *(len(name) + 1 for name in synth.param_names))  # a user's long module names too
+    click.echo(f"{'#':>4}  {'name':<{width}}{'min':>9}{'max':>9}{'curve':>8}  {'mapping':<11}unit (of min and max)")
     for i, (spec, unit) in enumerate(zip(synth.param_specs, synth.param_units)):
         r = spec.range
         mapping = ("symmetric" if r.symmetric else "power") if spec.curve_applied else "linear"
-        click.echo(f"{i:>4}  {spec.name:<24}{r.minimum:>9.4g}{r.maximum:>9.4g}{r.curve:>8.3g}  {mapping:<11}{unit}")
+        click.echo(f"{i:>4}  {spec.name:<{width}}{r.minimum:>9.4g}{r.maximum:>9.4g}{r.curve:>8.3g}  {mapping:<11}"
+                   f"{unit}")
 
 
 MANIFEST = ".doppel-samples.json"  # the wav files `sample` wrote into a folder, for the next one's clean-up
@@ -66,6 +69,18 @@ def _manifest(folder: Path) -> list[str]:
     if not isinstance(names, list):
         return []
     return [n for n in names if isinstance(n, str) and n.endswith(".wav") and Path(n).name == n]
+
+
+def _why(err: Exception) -> str:
+    """What went wrong writing a file, with the remedy for that (a folder where a file goes is no full disk)."""
+    errno_ = getattr(err, "errno", None)
+    path = getattr(err, "filename2", None) or getattr(err, "filename", None)  # a rename's destination first
+    name = f"{Path(path).name}: " if path else ""
+    if errno_ in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
+        return f"{name}{err.strerror} (a folder has a name the samples take: move it, or choose another --out)"
+    if errno_ in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{name}{err.strerror} (choose another --out)"
+    return f"{name}{getattr(err, 'strerror', None) or err} (free some space, or choose another --out)"
 
 
 def _delta_spec(ctx, param, value: str) -> float | str:
@@ -161,8 +176,9 @@ def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, 
     earlier = _manifest(out_dir)
     try:
         # listed before they are written: a sample stopped halfway (Ctrl-C, a full disk) left files that no manifest
-        # named, so no later sample removed them (found from outside)
-        planned = sample_names(n_pairs, sweep, augment)
+        # named, so no later sample removed them (found from outside); a file that is there already and no sample
+        # listed is not ours to remove later, whether or not this run gets to it
+        planned = [n for n in sample_names(n_pairs, sweep, augment) if n in earlier or not (out_dir / n).exists()]
         (out_dir / MANIFEST).write_text(json.dumps(sorted(set(earlier) | set(planned)), indent=0) + "\n")
         written = write_samples(
             synth, out_dir, n_pairs=n_pairs, start=start, seed=seed, delta=delta, sweep_deltas=sweep, augment=chain,
@@ -171,8 +187,7 @@ def sample(synth_name, patch_spec, delta, noise, n_pairs, out_dir, seed, start, 
     except ValueError as err:  # a spec naming a group this synth lacks, or no delta profile for equal-effect
         raise click.UsageError(str(err)) from None
     except (OSError, soundfile.SoundFileError) as err:  # a full disk: libsndfile's "System error." was a traceback
-        raise click.ClickException(f"cannot write the samples in {out_dir}: {getattr(err, 'strerror', None) or err} "
-                                   "(free some space, or choose another --out)") from None
+        raise click.ClickException(f"cannot write the samples in {out_dir}: {_why(err)}") from None
     # an earlier `sample` into this folder (more pairs, other deltas) left files that samples.png no longer shows:
     # those its manifest lists go, and nothing else (a user's pair_03_my_take.wav went too: found from outside)
     ours = {p.name for p in written["wavs"]}

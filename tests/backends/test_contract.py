@@ -144,10 +144,15 @@ def test_numpy_scalars_are_numbers_and_bools_are_not():
         DoppelgangerPairs(synth, delta=True)
 
 
-def test_random_params_and_default_backend_refuse_bad_arguments_in_one_line():
+def test_random_params_and_default_backend_refuse_bad_arguments_in_one_line(monkeypatch):
     synth = get_synth("voice", duration=0.05)
     with pytest.raises(ValueError, match="device='meta' holds no values"):
         synth.random_params(2, device="meta")
+    with pytest.raises(ValueError, match="device must be a torch device or its name"):
+        synth.random_params(2, device="nope")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available here"):
+        synth.random_params(2, device="cuda")
     with pytest.raises(ValueError, match=r"start \+ n must be below 2\*\*63"):
         synth.random_params(2, start=2**63 - 1)
     for device in (None, "nope"):
