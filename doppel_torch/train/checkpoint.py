@@ -183,6 +183,19 @@ def _finite(value: Any) -> bool:
     return not (isinstance(value, torch.Tensor) and value.is_floating_point()) or bool(torch.isfinite(value).all())
 
 
+def load_weights(model: torch.nn.Module, state: dict, path: str | os.PathLike, model_config: dict) -> None:
+    """model.load_state_dict(state), or ValueError in one line where the weights do not fit the model the
+    checkpoint's config describes (an edited or foreign checkpoint: torch's error lists every key, 135 lines)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        first = (lines[0] if lines else str(err)).split(". ")[0][:200]
+        shape = ", ".join(f"{k} {v}" for k, v in model_config.items()) or "defaults"
+        raise ValueError(f"{path}: its weights do not fit the model its config describes ({shape}): {first}; "
+                         "was it written by another version, or edited?") from None
+
+
 def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[ResNet18Encoder, dict]:
     """Rebuild the trained encoder of a checkpoint: returns (ResNet18Encoder in eval mode, config dict).
 
@@ -197,6 +210,6 @@ def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cp
         embed_dim=int(model_cfg.get("embed_dim", 512)),
         width=int(model_cfg.get("width", 64)),
     )
-    encoder.load_state_dict(strip_prefixes(ckpt["model"]))
+    load_weights(encoder, strip_prefixes(ckpt["model"]), path, model_cfg)
     encoder.to(map_location).eval()
     return encoder, config

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import re
 import signal
 import sys
 import threading
@@ -105,8 +106,9 @@ def _name_options(message: str, options: dict[str, Any], sets: dict[str, Any]) -
     """A config error as the user typed it: the first field that one of their options set (and no --set of the same
     field) is named by its option too ("--batch-size (optim.batch_size) must be >= 2" after --batch-size 0)."""
     for option, field in OPTION_FIELDS.items():
-        if options.get(option) is not None and field not in sets and field in message:
-            return message.replace(field, f"--{option.replace('_', '-')} ({field})", 1)
+        if options.get(option) is not None and field not in sets and re.search(rf"{re.escape(field)}\b", message):
+            # the whole field: data.augment is not data.augment_group (found from outside)
+            return re.sub(rf"{re.escape(field)}\b", f"--{option.replace('_', '-')} ({field})", message, count=1)
     return message
 
 
@@ -389,6 +391,9 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
                 "continues from it") if last.is_file() else "no checkpoint was written"
         raise click.ClickException(f"could not write {exc.filename or config.run.out_dir}: {exc.strerror}; the run "
                                    f"stopped ({kept})") from None
+    except (NonFiniteLoss, NoAudioLeft) as exc:  # before RuntimeError, their base (found from outside: a traceback)
+        # from a DataLoader worker the message holds the worker's traceback: its last line is the message
+        raise click.ClickException(str(exc).strip().splitlines()[-1].split(f"{type(exc).__name__}: ")[-1]) from None
     except (MemoryError, RuntimeError) as exc:
         if trainer is not None and trainer.env.distributed and peer_gone(exc):
             # torchrun stops the others when one process dies: their step cannot finish, nor its checkpoint
@@ -405,9 +410,6 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
         raise click.ClickException(f"out of memory ({config.optim.batch_size} sounds of {config.data.duration:g} s a "
                                    f"batch, model width {config.model.width}): lower --batch-size, --duration or "
                                    "--width") from None
-    except (NonFiniteLoss, NoAudioLeft) as exc:
-        # from a DataLoader worker the message holds the worker's traceback: its last line is the message
-        raise click.ClickException(str(exc).strip().splitlines()[-1].split(f"{type(exc).__name__}: ")[-1]) from None
     finally:
         # The DDP model holds the process group: drop it first, so destroy_process_group joins gloo's threads now
         # rather than at interpreter exit (where a rank was seen to abort once: "terminate called without an

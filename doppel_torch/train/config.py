@@ -103,6 +103,11 @@ def _check_types(obj: Any, section: str) -> None:
             words = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
             expected = " or ".join(words[k] for k in simple)
         _check(ok, f"{section}.{f.name} must be {expected}" + (" or none" if "None" in kinds else "") + f", got {value!r}")
+        # found from outside: --lr inf trained to NaN, --duration inf and --sounds-per-epoch 1e20 were tracebacks
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            _check(not isinstance(v, float) or math.isfinite(v), f"{section}.{f.name} must be finite, got {value!r}")
+            _check(not isinstance(v, int) or f.name == "seed" or abs(v) < 2**63,
+                   f"{section}.{f.name} must lie below 2^63, got {value!r}")
 
 
 @dataclass

@@ -512,7 +512,7 @@ class Trainer:
                 f"cannot resume {path} with --epochs {self.config.optim.epochs}: the run has done {epoch} epochs "
                 f"already (of {old_epochs}); pass --epochs {old_epochs} or more to continue or extend it"
             )
-        self.model.load_state_dict(ckpt["model"])
+        ckpt_io.load_weights(self.model, ckpt["model"], path, theirs.get("model", {}))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self._resumed_step = step

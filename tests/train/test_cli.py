@@ -55,6 +55,12 @@ def test_cli_runs_prints_config_and_saves_it(tmp_path, audio_dir):
         (["--set", "optim.batch_size=abc"], "optim.batch_size must be an integer, got 'abc'"),
         (["--set", "run.progress=3"], "run.progress must be true or false, got 3"),
         (["--set", "optim.lr=fast"], "optim.lr must be a number or none, got 'fast'"),
+        # found from outside: --lr inf trained to NaN and reported "done"; the others were tracebacks
+        (["--lr", "inf"], "--lr (optim.lr) must be finite, got inf"),
+        (["--weight-decay", "inf"], "--weight-decay (optim.weight_decay) must be finite, got inf"),
+        (["--duration", "inf"], "--duration (data.duration) must be finite, got inf"),
+        (["--sounds-per-epoch", str(10**20)], "--sounds-per-epoch (data.sounds_per_epoch) must lie below 2^63"),
+        (["--augment", "--augment-group", "0"], "--augment-group (data.augment_group) must be >= 1"),
     ],
 )
 def test_bad_options_give_clear_errors(tmp_path, args, message):
@@ -423,6 +429,23 @@ def test_a_full_disk_is_one_line(tmp_path, audio_dir, monkeypatch):
     assert f"could not write {out / 'last.pt'}: No space left on device; the run stopped (no checkpoint was " \
         "written)" in result.output
     assert not list(out.glob(".last.pt.*")) and not (out / ".run.lock").exists()
+
+
+def test_a_nan_loss_is_one_line(tmp_path, audio_dir, monkeypatch):
+    """NonFiniteLoss (and NoAudioLeft) are RuntimeErrors: the out-of-memory clause re-raised them as a traceback
+    before their own one-line handler was reached (found from outside, with --lr 1e30)."""
+    from doppel_torch.train import loop
+
+    real_loss = loop.losses.doppelganger_loss
+
+    def poisoned(*args, **kwargs):
+        total, align, uniform = real_loss(*args, **kwargs)
+        return total * float("nan"), align, uniform
+
+    monkeypatch.setattr(loop.losses, "doppelganger_loss", poisoned)
+    result = CliRunner().invoke(train, ["--data", str(audio_dir), *REAL, *TINY_ARGS, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "Error: loss became nan" in result.output and "lower the learning rate" in result.output, result.output
 
 
 def test_a_peer_process_gone_is_one_line(tmp_path, audio_dir, monkeypatch):

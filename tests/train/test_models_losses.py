@@ -77,3 +77,10 @@ def test_load_encoder_roundtrip(tmp_path):
         load_encoder(tmp_path / "obj.pt")
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_encoder(tmp_path / "missing.pt")
+    # weights that do not fit the config's model (edited, or from another version): one line, not torch's 135
+    save_checkpoint(tmp_path / "wide.pt", {"model": state, "config": {**config, "model": {**config["model"],
+                                                                                            "width": 8}}})
+    with pytest.raises(ValueError, match=r"wide.pt: its weights do not fit the model its config describes "
+                                         r"\(in_channels 1, embed_dim 16, width 8\): size mismatch for ") as err:
+        load_encoder(tmp_path / "wide.pt")
+    assert "\n" not in str(err.value)
