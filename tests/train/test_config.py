@@ -30,7 +30,7 @@ def test_presets_and_overrides():
     "overrides, message",
     [
         ({"data.delta": -0.1}, "delta must be a finite number >= 0"),
-        ({"data.delta": float("nan")}, "delta must be a finite number >= 0"),
+        ({"data.delta": float("nan")}, "data.delta must be finite, got nan"),
         ({"data.synth": "moog"}, "synth must be one of voice, voicefm, parametric"),
         ({"optim.batch_size": 1}, "batch_size"),
         ({"optim.milestones": [0.9, 0.5]}, "increasing"),
