@@ -241,6 +241,13 @@ def resolve_config(
         from doppel_torch.train.checkpoint import load_checkpoint
 
         base = TrainConfig.from_dict(load_checkpoint(resume)["config"])
+        for field, option in (("data", "data"), ("ir_dir", "ir_dir")):  # a run started elsewhere, or data moved
+            kept = getattr(base.data, field)
+            if kept is not None and options.get(option) is None and f"data.{field}" not in sets \
+                    and not Path(kept).is_dir():
+                where = "" if Path(kept).is_absolute() else ", relative to the folder the run was started in"
+                raise ValueError(f"the run's {field.replace('_', '-')} folder {kept}{where} is not a folder here: "
+                                 f"pass --{option.replace('_', '-')} PATH where it is now")
         # The run continues in the folder the user named (--out, else the checkpoint's own folder), never in the
         # run.out_dir stored inside the checkpoint; and a --max-steps cap of an earlier invocation does not carry
         # over (it would make every resume run 0 steps).
@@ -258,6 +265,11 @@ def resolve_config(
             raise ValueError(f"--set {key}: unknown config field")
         d[section][name] = value
         config = TrainConfig.from_dict(d)
+    # folders as absolute paths, so that --resume from another folder finds them (found from outside)
+    for field in ("data", "ir_dir"):
+        value = getattr(config.data, field)
+        if isinstance(value, str) and value.strip() and not Path(value).is_absolute() and Path(value).exists():
+            setattr(config.data, field, str(Path(value).resolve()))
     return config
 
 _DEFAULT = TrainConfig()

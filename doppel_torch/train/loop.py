@@ -54,6 +54,22 @@ class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+# What a resumed run may change without changing its recipe: the epochs (extend or shorten the run), where its data
+# and impulse responses are found (a moved folder, another machine), and how fast its sounds are made (DataLoader
+# workers; the backend, whose renders agree to float rounding). Found from outside: --num-workers 0 on a smaller
+# machine, and --data given as an absolute path, were refused as "the recipe differs".
+RESUMABLE_CHANGES = {("optim", "epochs"), ("data", "data"), ("data", "ir_dir"), ("data", "num_workers"),
+                     ("data", "backend")}
+
+
+def _resumable(section: str, key: str, before: Any, now: Any) -> bool:
+    """Whether a resumed run may change this field from `before` to `now`: a folder only for another folder (real
+    data instead of synthetic, or reverb added, is another recipe)."""
+    if (section, key) not in RESUMABLE_CHANGES:
+        return False
+    return (before is None) == (now is None) if key in ("data", "ir_dir") else True
+
+
 class Trainer:
     """One rank of a training run. `fit()` runs it; the pieces are public for tests and benchmarks.
 
@@ -485,7 +501,7 @@ class Trainer:
             f"{section}.{k}: checkpoint {theirs[section].get(k)!r}, now {v!r}"
             for section in ("model", "data", "optim")
             for k, v in mine[section].items()
-            if theirs.get(section, {}).get(k) != v and (section, k) != ("optim", "epochs")
+            if theirs.get(section, {}).get(k) != v and not _resumable(section, k, theirs.get(section, {}).get(k), v)
         ]
         if diffs:
             raise ValueError(

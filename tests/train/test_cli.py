@@ -185,6 +185,33 @@ def test_resume_with_another_recipe_is_a_one_line_error(tmp_path, audio_dir):
     assert "optim.lr: checkpoint None, now 0.5" in error[0] and "model.width: checkpoint 4, now 8" in error[0]
 
 
+def test_resume_from_another_folder_with_data_moved_and_fewer_workers(tmp_path, audio_dir, monkeypatch):
+    """Found from outside: --data given relative was stored as typed, so --resume from another folder failed ("--data
+    mvdata: not a folder", an option never given), the same folder given absolute was "the recipe differs", and
+    so was --num-workers 0 on a smaller machine. Where the data are is no recipe; synthetic to real data is."""
+    import shutil
+
+    shutil.copytree(audio_dir, tmp_path / "mine")
+    monkeypatch.chdir(tmp_path)
+    first = CliRunner().invoke(train, ["--data", "mine", *REAL, *TINY_ARGS, "--out", "run", "--max-steps", "1"])
+    assert first.exit_code == 0, first.output
+    assert ckpt_io.load_checkpoint(tmp_path / "run")["config"]["data"]["data"] == str(tmp_path / "mine")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = CliRunner().invoke(train, ["--resume", str(tmp_path / "run"), "--max-steps", "2", "--no-progress"])
+    assert again.exit_code == 0 and "resumed from" in again.output, again.output
+    shutil.move(tmp_path / "mine", tmp_path / "moved")
+    lost = CliRunner().invoke(train, ["--resume", str(tmp_path / "run"), "--max-steps", "3", "--no-progress"])
+    assert lost.exit_code == 2 and "is not a folder here: pass --data PATH where it is now" in lost.output
+    moved = CliRunner().invoke(train, ["--resume", str(tmp_path / "run"), "--max-steps", "3", "--no-progress",
+                                       "--data", str(tmp_path / "moved"), "--num-workers", "1"])
+    assert moved.exit_code == 0 and ckpt_io.load_checkpoint(tmp_path / "run")["step"] == 3, moved.output
+    synthetic = CliRunner().invoke(train, [*REAL, *TINY_ARGS, "--out", str(tmp_path / "syn"), "--max-steps", "1"])
+    assert synthetic.exit_code == 0, synthetic.output
+    real = CliRunner().invoke(train, ["--resume", str(tmp_path / "syn"), "--data", str(tmp_path / "moved")])
+    assert real.exit_code == 2 and "data.data: checkpoint None" in real.output, real.output
+
+
 def test_resume_writes_to_the_named_folder_and_removes_leftovers(tmp_path, audio_dir):
     run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     result = CliRunner().invoke(train, ["--data", str(audio_dir), *REAL, *TINY_ARGS, "--out", str(run), "--max-steps", "1"])
