@@ -20,7 +20,7 @@ import click
 
 from doppel_torch.eval.cache import EmbeddingCache
 from doppel_torch.eval.embed import Embedder
-from doppel_torch.eval.evaluate import EvaluationInterrupted, evaluate
+from doppel_torch.eval.evaluate import EvaluationFailed, EvaluationInterrupted, evaluate
 from doppel_torch.eval.probe import PROBE_CHOICES, RENAMED, ProbeConfig
 from doppel_torch.eval.report import markdown_table, write_report
 from doppel_torch.eval.suite import SUITES, find_suite, suite_markdown, suite_summary, suite_table
@@ -37,6 +37,8 @@ def _parse_seeds(text: str) -> list[int]:
         raise click.BadParameter(f"seeds must be comma-separated integers, got {text!r}", param_hint="--seeds") from e
     if not seeds:
         raise click.BadParameter("give at least one seed", param_hint="--seeds")
+    if not all(0 <= s < 2**63 for s in seeds):  # torch's seeds: a larger one failed after every file was embedded
+        raise click.BadParameter(f"seeds must lie in [0, 2^63), got {text!r}", param_hint="--seeds")
     if len(set(seeds)) < len(seeds):  # a repeated seed repeats its runs and narrows the std without information
         raise click.BadParameter(f"seeds must differ, got {text!r}", param_hint="--seeds")
     return seeds
@@ -113,20 +115,20 @@ def _open_cache(cache_dir: str) -> EmbeddingCache | None:
                    "validation loss; adds macro F1). Each is documented with its source lines in "
                    "doppel_torch/eval/probe.py.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Probe seeds, comma-separated.")
-@click.option("--max-epochs", type=int, default=None,
+@click.option("--max-epochs", type=click.IntRange(min=1), default=None,
               help="Epoch cap of every probe fit [the protocol's: paper 200, hear 500, arch 200].")
-@click.option("--patience", type=int, default=None,
+@click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Early stopping: validation checks without improvement [paper 20, hear 20; arch has none].")
 @click.option("--lr", type=float, default=None, help="Learning rate [paper 1e-3, arch 1e-3; hear: its grid's].")
-@click.option("--batch-size", type=int, default=None, help="Probe batch size [paper 32, hear 1024, arch 32].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Probe batch size [paper 32, hear 1024, arch 32].")
 @click.option("--standardize/--no-standardize", default=None,
               help="Z-score the embeddings with training-split statistics before the probe [paper: on; hear, arch: "
                    "off, as the kits].")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also probe a random-init ResNet18 and pooled log-mel features.")
-@click.option("--random-init-seed", type=int, default=0, show_default=True,
+@click.option("--random-init-seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
               help="Seed of the random-init baseline (same architecture as the first checkpoint).")
-@click.option("--max-files", type=int, default=None,
+@click.option("--max-files", type=click.IntRange(min=1), default=None,
               help="Use at most this many files of each task, for quick runs: each fold keeps a share proportional "
                    "to its size, drawn round-robin over the classes (deterministic). Default: every file.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=str(DEFAULT_CACHE), show_default=True)
@@ -144,6 +146,9 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
         raise click.UsageError("no task: give --task KIND[:PATH] (repeatable) or --suite paper --data-root DIR")
     if (suite is None) != (data_root is None):
         raise click.UsageError("--suite and --data-root go together: --suite paper --data-root DIR")
+    if probe_kind in RENAMED:
+        raise click.BadParameter(f"{probe_kind!r} was replaced by {RENAMED[probe_kind]!r} (the kit's grid as its "
+                                 "source defines it)", param_hint="--probe")
     if lr is not None and not 0.0 < lr < float("inf"):
         raise click.BadParameter(f"must be a positive number, got {lr}", param_hint="--lr")
     device = str(device_option(device))
@@ -152,11 +157,20 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
     run_facts = _run_facts(task_specs, suite, data_root, max_files, device)
     cache = None if no_cache else _open_cache(cache_dir)
     try:
-        config = ProbeConfig(protocol=probe_kind, lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
-                             standardize=standardize)
-        # the checkpoints first: a bad one is refused before any task folder is read
-        embedders = {name: Embedder.from_checkpoint(path, device=device) for name, path in checkpoint_paths.items()}
-        tasks = [t for spec in task_specs for t in parse_task_spec(spec)]
+        try:
+            config = ProbeConfig(protocol=probe_kind, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
+                                 patience=patience, standardize=standardize)
+        except ValueError as err:  # options that do not go together (--probe arch --patience 3)
+            raise click.UsageError(str(err)) from None
+        # the checkpoints first: a bad one is refused before any task folder is read; either is a usage error
+        try:
+            embedders = {name: Embedder.from_checkpoint(path, device=device) for name, path in checkpoint_paths.items()}
+        except (ValueError, FileNotFoundError) as err:
+            raise click.BadParameter(str(err), param_hint="CHECKPOINTS") from None
+        try:
+            tasks = [t for spec in task_specs for t in parse_task_spec(spec)]
+        except (ValueError, FileNotFoundError) as err:
+            raise click.BadParameter(str(err), param_hint="--task") from None
         if suite:
             found, missing = find_suite(suite, data_root)
             for line in missing:
@@ -193,6 +207,11 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
             )
             embedders["log-mel"] = Embedder.log_mel(device=device)
         report = evaluate(embedders, tasks, config, seeds_list, cache, progress=not quiet)
+    except EvaluationFailed as failed:  # keep the finished tasks, then say why the next one could not be probed
+        report = {**failed.report, "checkpoints": checkpoint_paths, "run": run_facts}
+        json_path, md_path = write_report(report, out_dir)
+        click.echo(f"wrote the {len(report['tasks'])} finished task(s) to {json_path} and {md_path}", err=True)
+        raise click.ClickException(str(failed)) from None
     except (ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from e
     except EvaluationInterrupted as stop:  # keep the finished tasks, then stop as any Ctrl-C (exit 130 / 143)

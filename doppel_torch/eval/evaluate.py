@@ -237,7 +237,21 @@ def evaluate(
         except KeyboardInterrupt:  # Ctrl-C (or a SIGTERM raised as one): the finished tasks go with it
             report["interrupted"] = dict(task=task.name, finished=list(report["tasks"]))
             raise EvaluationInterrupted(report) from None
+        except ValueError as err:  # a task that cannot be probed (its files unreadable, one class left): the
+            if not report["tasks"]:  # finished ones go with it (found from outside: hours of probes were lost)
+                raise
+            report["failed"] = dict(task=task.name, error=str(err), finished=list(report["tasks"]))
+            raise EvaluationFailed(report, err) from None
     return report
+
+
+class EvaluationFailed(ValueError):
+    """A task of `evaluate` could not be probed after others had finished: carries their report
+    (`report["failed"]` names the task and its error)."""
+
+    def __init__(self, report: dict, error: ValueError):
+        super().__init__(str(error))
+        self.report = report
 
 
 class EvaluationInterrupted(KeyboardInterrupt):

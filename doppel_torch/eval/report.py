@@ -38,9 +38,12 @@ def markdown_table(report: dict) -> str:
 def markdown_report(report: dict) -> str:
     """The table plus the protocol and per-task details (files used, splits, unreadable files)."""
     p = report["probe"]
-    cut = report.get("interrupted")
+    cut, failed = report.get("interrupted"), report.get("failed")
     partial = ([f"**Partial report**: interrupted during task {cut['task']}; the tasks below finished, that one and "
                 "any after it did not.", ""] if cut else [])
+    if failed:
+        partial = [f"**Partial report**: task {failed['task']} could not be probed ({failed['error']}); the tasks "
+                   "below finished, that one and any after it did not.", ""]
     out = [
         "# doppel-torch eval",
         "",

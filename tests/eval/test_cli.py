@@ -84,15 +84,26 @@ def test_unreadable_file_is_reported_not_fatal(tiny_checkpoint, fsdd_root, tmp_p
 def test_bad_inputs_give_clear_errors(tiny_checkpoint, tmp_path):
     runner = CliRunner()
     result = runner.invoke(eval_command, [str(tiny_checkpoint), "--task", f"esc50:{tmp_path / 'nope'}", "-q"])
-    assert result.exit_code == 1 and "ESC-50 folder" in result.output and "does not exist" in result.output
+    assert result.exit_code == 2 and "ESC-50 folder" in result.output and "does not exist" in result.output
     result = runner.invoke(eval_command, [str(tiny_checkpoint), "--task", "mnist:/x", "-q"])
-    assert result.exit_code == 1 and "unknown task kind 'mnist'" in result.output
+    assert result.exit_code == 2 and "unknown task kind 'mnist'" in result.output
     empty_class = tmp_path / "labels"
     (empty_class / "cat").mkdir(parents=True)
     result = runner.invoke(eval_command, [str(tiny_checkpoint), "--task", f"folder:{empty_class}", "-q"])
-    assert result.exit_code == 1 and "class 'cat' has no examples" in result.output
+    assert result.exit_code == 2 and "class 'cat' has no examples" in result.output
     result = runner.invoke(eval_command, [str(tmp_path / "missing.pt"), "--task", "fsdd"])
     assert result.exit_code == 2 and "does not exist" in result.output
+    # usage errors, each refused before any work (found from outside: exit 1, some after every file was embedded)
+    for extra, message in ((["--seeds", str(10**20)], "seeds must lie in [0, 2^63)"),
+                           (["--max-files", "0"], "Invalid value for '--max-files'"),
+                           (["--batch-size", "0"], "Invalid value for '--batch-size'"),
+                           (["--random-init-seed", str(10**20)], "Invalid value for '--random-init-seed'")):
+        result = runner.invoke(eval_command, [str(tiny_checkpoint), "--task", "mnist:/x", "-q", *extra])
+        assert result.exit_code == 2 and message in result.output, (extra, result.output)
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    result = runner.invoke(eval_command, [str(text), "--task", "fsdd", "-q"])
+    assert result.exit_code == 2 and "Invalid value for CHECKPOINTS" in result.output, result.output
 
 
 def test_a_cache_it_cannot_write_is_read_and_one_it_cannot_create_goes_unused(tiny_checkpoint, fsdd_root, tmp_path,
@@ -185,9 +196,9 @@ def test_probe_protocols_are_named_in_the_report(tiny_checkpoint, fsdd_root, tmp
     result = CliRunner().invoke(eval_command, args + ["--probe", "linear", "--max-epochs", "3", "--out", str(tmp_path / "l")])
     assert result.exit_code == 0 and "Probe protocol: paper." in result.output
     result = CliRunner().invoke(eval_command, args + ["--probe", "mlp-grid"])
-    assert result.exit_code == 1 and "probe 'mlp-grid' was replaced by 'hear'" in result.output
+    assert result.exit_code == 2 and "'mlp-grid' was replaced by 'hear'" in result.output
     result = CliRunner().invoke(eval_command, args + ["--probe", "arch", "--patience", "3"])
-    assert result.exit_code == 1 and "without early stopping" in result.output
+    assert result.exit_code == 2 and "without early stopping" in result.output
 
 
 def test_ctrl_c_keeps_the_finished_tasks(tiny_checkpoint, fsdd_root, tmp_path, monkeypatch):
@@ -212,6 +223,25 @@ def test_ctrl_c_keeps_the_finished_tasks(tiny_checkpoint, fsdd_root, tmp_path, m
     report = json.loads((out / "eval.json").read_text())
     assert list(report["tasks"]) == ["fsdd-digit"] and report["interrupted"] == dict(task="fsdd-speaker",
                                                                                      finished=["fsdd-digit"])
+
+
+def test_a_task_that_cannot_be_probed_keeps_the_finished_ones(tiny_checkpoint, fsdd_root, tmp_path):
+    """Found from outside: a later task whose files were all unreadable threw away the finished tasks' probes (exit
+    1, nothing written); now they are written, marked partial, and the error is the one line."""
+    junk = tmp_path / "junk"
+    for label in ("a", "b"):
+        (junk / label).mkdir(parents=True)
+        for k in range(3):
+            (junk / label / f"{k}.wav").write_bytes(b"not audio")
+    out = tmp_path / "out"
+    args = [str(tiny_checkpoint), "--task", f"fsdd:{fsdd_root}", "--task", f"folder:{junk}", "--out", str(out),
+            "--no-cache", "--no-baselines", *QUICK]
+    result = CliRunner().invoke(eval_command, args)
+    assert result.exit_code == 1 and "wrote the 2 finished task(s)" in result.output, result.output
+    assert "Error: task 'junk': none of its 6 files could be read" in result.output, result.output
+    report = json.loads((out / "eval.json").read_text())
+    assert list(report["tasks"]) == ["fsdd-digit", "fsdd-speaker"] and report["failed"]["task"] == "junk"
+    assert "**Partial report**: task junk could not be probed" in (out / "eval.md").read_text()
 
 
 def test_max_files_too_small_for_two_classes_is_refused(tiny_checkpoint, fsdd_root, tmp_path):
