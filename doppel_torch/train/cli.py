@@ -102,6 +102,21 @@ def resume_folder(resume: str) -> Path:
     return path if path.is_dir() else path.parent
 
 
+def _say(message: str = "") -> None:
+    """click.echo for the run's log lines, which outlive a closed stdout: when a pipe's reader ends (`| head`, a
+    `| tee` killed), the run goes on without them and says so once on stderr. Before, click's EPIPE handling ended
+    the run silently, up to --checkpoint-every steps after its last checkpoint (found from outside)."""
+    try:
+        click.echo(message)
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")  # for the rest of the process
+        except OSError:
+            pass
+        click.echo("note: stdout was closed (a pipe's reader ended); the run goes on without printing its log "
+                   "lines: metrics.csv holds them", err=True)
+
+
 def _name_options(message: str, options: dict[str, Any], sets: dict[str, Any]) -> str:
     """A config error as the user typed it: the first field that one of their options set (and no --set of the same
     field) is named by its option too ("--batch-size (optim.batch_size) must be >= 2" after --batch-size 0)."""
@@ -388,7 +403,7 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
     threading.excepthook = _one_line_write_errors
     try:
         try:
-            trainer = Trainer(config, log=click.echo)
+            trainer = Trainer(config, log=_say)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
         summary = trainer.fit()

@@ -475,6 +475,22 @@ def test_a_nan_loss_is_one_line(tmp_path, audio_dir, monkeypatch):
     assert "Error: loss became nan" in result.output and "lower the learning rate" in result.output, result.output
 
 
+def test_a_closed_stdout_does_not_stop_the_run(tmp_path, audio_dir):
+    """`train ... | head`: the reader ends, the next log line meets a closed pipe. Found from outside: click's EPIPE
+    handling ended the run silently (exit 1, no checkpoint since the last one); now it goes on without printing."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "doppel_torch", "train", "--data", str(audio_dir), *REAL, *TINY_ARGS,
+            "--max-steps", "6", "--out", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc.stdout.readline()
+    proc.stdout.close()  # as `| head -n 1` does
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    assert "stdout was closed" in err and "Traceback" not in err, err
+    assert ckpt_io.load_checkpoint(out)["step"] == 6
+
+
 def test_a_peer_process_gone_is_one_line(tmp_path, audio_dir, monkeypatch):
     """When torchrun's other process dies (killed, crashed), the survivors' next collective raises gloo's transport
     error: each says in one line that its step cannot finish and what is kept (it printed a raw traceback after
