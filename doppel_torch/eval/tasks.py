@@ -223,8 +223,8 @@ class Task:
                 shared = sides[a] & sides[b]
                 if shared:
                     raise ValueError(
-                        f"task {self.name!r}, split {split.name}: groups {sorted(shared)[:5]} are on both "
-                        f"{what} sides"
+                        f"task {self.name!r}, split {split.name}: groups {[str(g) for g in sorted(shared)[:5]]} are "
+                        f"on both {what} sides"
                     )
 
 
@@ -717,6 +717,15 @@ def csv_manifest(path: Path | str, n_folds: int = 5, seed: int = 0) -> Task:
         labels.append(ls)
         folds.append((row.get("fold") or "").strip())
         groups.append((row.get("group") or "").strip() or row["path"])
+    first: dict[Path, int] = {}
+    for k, file in enumerate(files):  # one recording twice: two labels, or one counted twice (found from outside)
+        if file in first:
+            j = first[file]
+            what = (f"with labels {';'.join(labels[j])!r} and {';'.join(labels[k])!r}" if labels[j] != labels[k]
+                    else "twice")
+            raise ValueError(f"{path}, lines {j + 2} and {k + 2}: {rows[k]['path']!r} is listed {what}; list each "
+                             "file once (several labels: separate them with ';' on one line)")
+        first[file] = k
     has_folds = "fold" in columns
     if has_folds and not all(folds):
         raise ValueError(f"{path}: the 'fold' column is empty on some rows; fill it or drop the column")

@@ -164,6 +164,10 @@ def test_file_without_label_raises(fsdd_root, tmp_path):
     path.write_text("path,label\na.wav,cat\nb.wav,\n")
     with pytest.raises(ValueError, match=r"line 3: file 'b.wav' has no label"):
         csv_manifest(path)
+    path.write_text("path,label\na.wav,cat\nb.wav,dog\n./a.wav,dog\n")  # one file, two labels: a folder task refuses
+    with pytest.raises(ValueError, match=r"lines 2 and 4: './a.wav' is listed with labels 'cat' and 'dog'; list each "
+                                         r"file once \(several labels: separate them with ';' on one line\)"):
+        csv_manifest(path)
 
     bad = tmp_path / "fsdd_bad"
     _copy_fsdd(fsdd_root, bad / "recordings", ["0_theo_0.wav"])
