@@ -6,6 +6,7 @@ import csv
 import json
 import re
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -49,6 +50,11 @@ def test_sample_keeps_every_fold_and_class(fsdd_root):
     task = fsdd(fsdd_root, "digit").sample(60, seed=3)
     assert len(task) == 60 and len(task.classes) == 10 and len(task.fold_names()) == 6
     assert task.sample(60, seed=3).files == task.files
+    # the remainders of the folds spread over the classes (found from outside: at 100 files three digits had 6
+    # files, the others 10-12, in every draw)
+    for n, per_class in ((100, {10}), (130, {13})):
+        counts = Counter(labels[0] for labels in fsdd(fsdd_root, "digit").sample(n, seed=0).labels)
+        assert set(counts.values()) == per_class and len(counts) == 10, counts
 
 
 def test_grouped_folds_keep_groups_together():
