@@ -141,7 +141,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         if path.name == "last.pt" and (path.parent / "metrics.csv").is_file():  # a run killed before its first one
             raise FileNotFoundError(f"no checkpoint at {path}: {path.parent} holds a run that stopped before its first "
-                                    "checkpoint, so there is nothing to resume; train anew (--out "
+                                    "checkpoint, so there is nothing to resume or evaluate; train anew (--out "
                                     f"{path.parent} takes a run stopped while it started; otherwise delete that "
                                     "folder or choose another --out)")
         raise FileNotFoundError(

@@ -691,9 +691,9 @@ class Trainer:
                             )
                     if self.step % self.steps_per_epoch == 0:
                         self.epoch += 1
-                        self.scheduler.step()
                         if self.epoch % cfg.run.val_every == 0 or self.step == self.total_steps:
-                            self._report_val(self.validate(), bar)
+                            self._report_val(self.validate(), bar)  # its row: the lr the epoch trained with
+                        self.scheduler.step()
                         self.save(keep=cfg.run.keep_every > 0 and self.epoch % cfg.run.keep_every == 0)
                     elif self.step % cfg.run.checkpoint_every == 0:
                         self.save()
