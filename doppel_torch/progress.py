@@ -11,6 +11,10 @@ import os
 import sys
 
 
+NON_TERMINAL_INTERVAL = 10.0  # seconds between a bar's updates where stderr is no terminal (found from outside: a
+# train run's log file held an update every 0.1 s)
+
+
 def progress_bar(**kwargs):
     """tqdm.auto.tqdm(**kwargs), with ncols / nrows given where the terminal on stderr reports a zero size."""
     from tqdm.auto import tqdm
@@ -23,4 +27,6 @@ def progress_bar(**kwargs):
         kwargs.pop("dynamic_ncols", None)
         kwargs.setdefault("ncols", size.columns or 80)
         kwargs.setdefault("nrows", size.lines or 20)
+    if size is None:  # a log file or a pipe: an update every NON_TERMINAL_INTERVAL s, not ten a second
+        kwargs.setdefault("mininterval", NON_TERMINAL_INTERVAL)
     return tqdm(**kwargs)

@@ -662,7 +662,7 @@ class Trainer:
             total=self.end_step * self.global_batch,
             initial=start_step * self.global_batch,
             unit="pair",
-            unit_scale=True,
+            unit_scale=self.end_step * self.global_batch >= 10_000,  # "1.2M pair"; a small run's "0.00/32.0" read oddly
             dynamic_ncols=True,
             disable=not (self.env.is_main and cfg.run.progress),
             desc="train",
