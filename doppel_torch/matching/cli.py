@@ -24,11 +24,13 @@ from doppel_torch.synths.base import BACKENDS, SYNTHS
 DEFAULT_DURATION = 1.0  # `doppel-torch match` matches the target's first seconds, at most this many by default
 MIN_DURATION = 0.05  # and at least this many (a shorter file is padded)
 TARGET_MARGIN_S = 0.05  # read past the matched seconds, so that resampling sees the samples beyond the cut
+QUIET_PEAK = 2.0 ** -15  # one step of 16-bit audio (-90 dBFS): a target whose peak is below it is silence
 
 
 def _read_target(path: Path, duration: float | None) -> tuple[torch.Tensor, int, int, float]:
     """The target file's mono samples (its first `duration` seconds or DEFAULT_DURATION, and a margin), rate,
-    channel count (averaged) and whole length in seconds, or click.ClickException with one line saying what to do."""
+    channel count (averaged) and whole length in seconds, or a usage error of TARGET in one line saying what to
+    do."""
     import soundfile as sf
 
     from doppel_torch.audio import AudioReadError, read_audio
@@ -55,9 +57,6 @@ def _read_target(path: Path, duration: float | None) -> tuple[torch.Tensor, int,
     return channels.mean(dim=0), rate, channels.shape[0], seconds
 
 
-QUIET_PEAK = 2.0 ** -15  # one step of 16-bit audio (-90 dBFS): a target whose peak is below it is silence
-
-
 def _load_target(path: Path, audio: torch.Tensor, rate: int, synth, channels: int = 1,
                  seconds: float | None = None) -> tuple[torch.Tensor, list[str]]:
     """The target as (synth.n_samples,) float32 at the synth's rate, and what was done to it."""
@@ -69,7 +68,6 @@ def _load_target(path: Path, audio: torch.Tensor, rate: int, synth, channels: in
         raise click.BadParameter(f"{path}: the target is silent over the first {synth.duration:g} s{mono} "
                                  f"({level}): nothing to match (check the file, or --duration)", param_hint="TARGET")
     return audio, notes
-
 
 
 class _Signals:
@@ -159,7 +157,7 @@ def match_command(target, synth_name, patch_spec, backend, device, restarts, ste
     and in human units), match.wav, target.wav (the target as matched) and match.png (target vs match
     spectrograms). Ctrl-C or SIGTERM stops early, writes the best found so far and exits 130 / 143; while it
     runs, theta.json holds the best so far (rewritten every 10 s), so --init out/theta.json continues even a
-    killed run.
+    killed run. An --out that holds an earlier match is kept unless --overwrite (or --init on its theta.json).
     """
     from doppel_torch.options import device_option, out_folder
     from doppel_torch.synths.base import synth_from_options
