@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import math
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -23,6 +24,23 @@ def _remove_if_left_empty() -> None:
             folder.rmdir()  # only an empty folder goes
         except OSError:
             pass
+
+
+def say(message: str = "", err: bool = False) -> None:
+    """click.echo for a command's log lines, which outlive a closed pipe: when the reader of stdout (or stderr) ends
+    (`| head`, a killed `| tee`), that stream goes quiet for the rest of the process and the work goes on, with one
+    note on stderr where it still reads. Before, click's EPIPE handling ended a training run silently, up to
+    --checkpoint-every steps after its last checkpoint, and an eval before its report was written."""
+    try:
+        click.echo(message, err=err)
+    except (BrokenPipeError, ValueError):  # ValueError: a stream closed outright
+        name = "stderr" if err else "stdout"
+        try:
+            setattr(sys, name, open(os.devnull, "w"))  # for the rest of the process
+        except OSError:
+            return
+        if not err:
+            say(f"note: {name} was closed (a pipe's reader ended); the work goes on without printing there", err=True)
 
 
 class FolderPath(click.Path):

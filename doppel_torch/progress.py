@@ -29,4 +29,34 @@ def progress_bar(**kwargs):
         kwargs.setdefault("nrows", size.lines or 20)
     if size is None:  # a log file or a pipe: an update every NON_TERMINAL_INTERVAL s, not ten a second
         kwargs.setdefault("mininterval", NON_TERMINAL_INTERVAL)
+    if sys.stderr is None:  # started with stderr closed (2>&-)
+        kwargs["disable"] = True
+    else:
+        kwargs.setdefault("file", _Quietable(sys.stderr))
     return tqdm(**kwargs)
+
+
+class _Quietable:
+    """A bar's stream that goes quiet when its reader ends (`2>&1 | head`), instead of raising BrokenPipeError
+    into the work it shows."""
+
+    def __init__(self, stream):
+        self._stream, self._closed = stream, False
+
+    def write(self, text: str) -> int:
+        if not self._closed:
+            try:
+                return self._stream.write(text)
+            except (BrokenPipeError, ValueError):
+                self._closed = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except (BrokenPipeError, ValueError):
+                self._closed = True
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)

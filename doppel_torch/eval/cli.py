@@ -25,7 +25,7 @@ from doppel_torch.eval.probe import PROBE_CHOICES, RENAMED, ProbeConfig
 from doppel_torch.eval.report import markdown_table, write_report
 from doppel_torch.eval.suite import SUITES, find_suite, suite_markdown, suite_summary, suite_table
 from doppel_torch.eval.tasks import parse_task_spec
-from doppel_torch.options import FolderPath, device_option, out_folder
+from doppel_torch.options import FolderPath, device_option, out_folder, say
 
 DEFAULT_CACHE = Path("~/.cache/doppel_torch/embeddings")  # beside the cpu kernel's builds
 
@@ -102,7 +102,7 @@ def _open_cache(cache_dir: str) -> EmbeddingCache | None:
                    "folder (DIR/esc50-v2.0.0-full/, DIR/tasks/...) or in its own layout (DIR/ESC-50-master/, "
                    "DIR/UrbanSound8K/, DIR/VIVAE/, DIR/nsynth/, DIR/CREMA-D/, DIR/FSD50K/, DIR/VocalImitationSet/, "
                    "DIR/LibriCount10-0dB/); absent tasks are skipped with a line saying where it looked.")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None, metavar="DIR",
+@click.option("--data-root", type=click.Path(exists=True, file_okay=False), default=None, metavar="DIR",
               help="Folder holding the datasets of --suite.")
 @click.option("--out", "out_dir", type=FolderPath(), default="eval-results", show_default=True,
               help="Folder for eval.json and eval.md.")
@@ -185,14 +185,14 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
                 raise ValueError("--max-files must be >= 1")
             for t in tasks:  # a file a fold: cross-validation needs 3 folds (test, valid, train)
                 if t.split_mode == "folds" and max_files < 3 < len(t):
-                    raise ValueError(f"--max-files {max_files} leaves task {t.name} fewer than the 3 folds "
+                    raise click.UsageError(f"--max-files {max_files} leaves task {t.name} fewer than the 3 folds "
                                      "cross-validation needs (test, valid, train): give --max-files 3 or more")
             whole, tasks = tasks, [t.sample(max_files, seed=0) for t in tasks]
             for before, task in zip(whole, tasks):
                 if len(task) == len(before):
                     continue
                 if len(task.classes) < 2:  # every probe would score 100 %, chance too (found from outside)
-                    raise ValueError(f"--max-files {max_files} leaves task {task.name} with {len(task.classes)} of "
+                    raise click.UsageError(f"--max-files {max_files} leaves task {task.name} with {len(task.classes)} of "
                                      f"its {len(before.classes)} classes (a small draw keeps the same classes in "
                                      "every fold): a probe needs 2 or more, raise --max-files")
                 click.echo(f"task {task.name}: {len(task)} of {len(before)} files (--max-files), "
@@ -245,7 +245,7 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
                        err=True)
     if suite:
         report["suite"] = suite_summary(suite, data_root, found, missing)
-    click.echo(suite_table(report) if suite else markdown_table(report))  # first: a report that cannot be
+    say(suite_table(report) if suite else markdown_table(report))  # first: a report that cannot be
     try:                                                                    # written is not lost
         json_path, md_path = write_report(report, out_dir)
         if suite:
@@ -254,4 +254,4 @@ def eval_command(checkpoints, task_specs, suite, data_root, out_dir, probe_kind,
     except OSError as err:
         raise click.ClickException(f"cannot write the report in {out_dir}: {err.strerror or err} (free some space or "
                                    "choose another --out; the table above is the result)") from None
-    click.echo(f"wrote {json_path} and {md_path}")
+    say(f"wrote {json_path} and {md_path}")

@@ -42,8 +42,9 @@ def markdown_report(report: dict) -> str:
     partial = ([f"**Partial report**: interrupted during task {cut['task']}; the tasks below finished, that one and "
                 "any after it did not.", ""] if cut else [])
     if failed:
-        partial = [f"**Partial report**: task {failed['task']} could not be probed ({failed['error']}); the tasks "
-                   "below finished, that one and any after it did not.", ""]
+        why = failed["error"].removeprefix(f"task {failed['task']!r}: ")  # the error names the task too
+        partial = [f"**Partial report**: task {failed['task']} could not be probed ({why}); the tasks below "
+                   "finished, that one and any after it did not.", ""]
     out = [
         "# doppel-torch eval",
         "",

@@ -190,7 +190,7 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | os.PathLike, m
         model.load_state_dict(state)
     except RuntimeError as err:
         lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
-        first = (lines[0] if lines else str(err)).split(". ")[0][:200]
+        first = (lines[0] if lines else str(err)).split(". ")[0][:200].rstrip(".")
         shape = ", ".join(f"{k} {v}" for k, v in model_config.items()) or "defaults"
         raise ValueError(f"{path}: its weights do not fit the model its config describes ({shape}): {first}; "
                          "was it written by another version, or edited?") from None

@@ -24,7 +24,7 @@ from typing import Any
 import click
 
 from doppel_torch.delta.spec import MAX_DELTA
-from doppel_torch.options import out_folder, out_of_memory
+from doppel_torch.options import out_folder, out_of_memory, say
 from doppel_torch.pairs import NOISE_MODES
 from doppel_torch import runlock
 from doppel_torch.train.config import BACKENDS, DEVICES, PRECISIONS, PRESETS, SYNTHS, TrainConfig, make_config
@@ -100,21 +100,6 @@ def resume_folder(resume: str) -> Path:
     """The run folder of a --resume argument: the folder itself, or the folder holding the checkpoint file."""
     path = Path(resume)
     return path if path.is_dir() else path.parent
-
-
-def _say(message: str = "") -> None:
-    """click.echo for the run's log lines, which outlive a closed stdout: when a pipe's reader ends (`| head`, a
-    `| tee` killed), the run goes on without them and says so once on stderr. Before, click's EPIPE handling ended
-    the run silently, up to --checkpoint-every steps after its last checkpoint (found from outside)."""
-    try:
-        click.echo(message)
-    except BrokenPipeError:
-        try:
-            sys.stdout = open(os.devnull, "w")  # for the rest of the process
-        except OSError:
-            pass
-        click.echo("note: stdout was closed (a pipe's reader ended); the run goes on without printing its log "
-                   "lines: metrics.csv holds them", err=True)
 
 
 def _name_options(message: str, options: dict[str, Any], sets: dict[str, Any]) -> str:
@@ -260,7 +245,7 @@ def resolve_config(
             kept = getattr(base.data, field)
             if kept is not None and options.get(option) is None and f"data.{field}" not in sets \
                     and not Path(kept).is_dir():
-                where = "" if Path(kept).is_absolute() else ", relative to the folder the run was started in"
+                where = "" if Path(kept).is_absolute() else " (relative to the folder the run was started in)"
                 raise ValueError(f"the run's {field.replace('_', '-')} folder {kept}{where} is not a folder here: "
                                  f"pass --{option.replace('_', '-')} PATH where it is now")
         # The run continues in the folder the user named (--out, else the checkpoint's own folder), never in the
@@ -280,11 +265,13 @@ def resolve_config(
             raise ValueError(f"--set {key}: unknown config field")
         d[section][name] = value
         config = TrainConfig.from_dict(d)
-    # folders as absolute paths, so that --resume from another folder finds them (found from outside)
+    # folders as absolute paths (a link kept a link, ~ expanded), so that --resume from another folder finds them
+    # (found from outside)
     for field in ("data", "ir_dir"):
         value = getattr(config.data, field)
-        if isinstance(value, str) and value.strip() and not Path(value).is_absolute() and Path(value).exists():
-            setattr(config.data, field, str(Path(value).resolve()))
+        if isinstance(value, str) and value.strip():
+            value = os.path.expanduser(value)
+            setattr(config.data, field, os.path.abspath(value) if Path(value).exists() else value)
     return config
 
 _DEFAULT = TrainConfig()
@@ -403,7 +390,7 @@ def train(preset: str | None, resume: str | None, sets: tuple[str, ...], **optio
     threading.excepthook = _one_line_write_errors
     try:
         try:
-            trainer = Trainer(config, log=_say)
+            trainer = Trainer(config, log=say)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
         summary = trainer.fit()

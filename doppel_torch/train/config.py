@@ -200,6 +200,9 @@ class DataConfig:
             f"data.augment_pitch must be one of {', '.join(AUGMENT_PITCH)}; got {self.augment_pitch!r}",
         )
         _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+        for name in ("data", "ir_dir"):  # an unset $DATA in a script: '' read the current folder's files
+            value = getattr(self, name)
+            _check(value is None or value.strip() != "", f"data.{name} must name a folder, got {value!r}")
         _check(self.ir_dir is None or self.augment,
                "data.ir_dir adds reverb to the augmentation chain, which is off: add --augment (or drop --ir-dir)")
         if self.data is None:

@@ -380,7 +380,9 @@ class Trainer:
             last = self.out_dir / "last.pt"
             kept = (f"the last good checkpoint is kept in {last}" if last.is_file()
                     else "no checkpoint was written before it")
-            advice = ["lower the learning rate (--lr)"]
+            # a resumed run keeps its recipe, --lr included: a lower one is a new run (found from outside: the
+            # advice was to resume with a lower --lr, which resuming refuses)
+            advice = ["start a new run with a lower learning rate (--lr, another --out)"]
             if self.bf16:
                 advice.append("use fp32 (--precision fp32)")
             if self.config.data.data:
@@ -724,10 +726,10 @@ class Trainer:
             return
         epoch = self.step / self.steps_per_epoch
         epoch = f"{epoch:.0f}" if epoch == int(epoch) else f"{epoch:.2f}"
-        if v is None:
-            bar.write(f"validation at step {self.step} stopped by the signal: a resumed run does it first")
-        else:
-            bar.write(f"epoch {epoch}: val loss {v['loss']:.4f} align {v['align']:.4f} uniform {v['uniform']:.4f}")
+        line = (f"validation at step {self.step} stopped by the signal: a resumed run does it first" if v is None
+                else f"epoch {epoch}: val loss {v['loss']:.4f} align {v['align']:.4f} uniform {v['uniform']:.4f}")
+        with bar.external_write_mode():  # through the run's log (a closed stdout goes quiet there), the bar cleared
+            self._log(line)
 
     def _summary(self, status: str, start_step: int, checkpoint: str | Path) -> dict[str, Any]:
         elapsed = time.perf_counter() - self._start_time

@@ -297,7 +297,7 @@ def test_suite_bad_inputs(tmp_path):
     assert result.exit_code == 1 and "no usable task of suite 'paper' under" in result.output
     assert "task LCount (libricount): not found" in result.output
     result = runner.invoke(eval_command, ["--suite", "paper", "--data-root", str(tmp_path / "nope"), "-q"])
-    assert result.exit_code == 1 and "data root" in result.output and "does not exist" in result.output
+    assert result.exit_code == 2 and "--data-root" in result.output and "does not exist" in result.output
 
 
 def test_max_files_keeps_every_fold_of_a_many_class_task():
