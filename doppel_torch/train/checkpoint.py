@@ -168,6 +168,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{path} is damaged: its contents do not match the checksum written with them (bytes of "
                          "the file were changed after it was saved); give another checkpoint, e.g. the run folder's "
                          "epoch-NNNN.pt or a copy")
+    # what every reader takes for granted (found from outside: an edited file with a valid checksum was a KeyError)
+    missing = [key for key in ("config", "model") if not isinstance(ckpt.get(key), dict)]
+    if missing or not isinstance(ckpt["config"].get("model", {}), dict):
+        raise ValueError(f"{path} is not a whole doppel-torch checkpoint ({' and '.join(missing) or 'config.model'} "
+                         "missing or not a mapping); give a run folder's last.pt or epoch-NNNN.pt")
     # training never saves such values (it stops on a non-finite loss first)
     where = next((f"{name} has" for name, value in (ckpt.get("model") or {}).items() if not _finite(value)), None)
     if where is None and not all(_finite(v) for v in _leaves(ckpt.get("optimizer") or {})):

@@ -418,7 +418,8 @@ def test_an_older_checkpoint_does_not_overwrite_its_run(tmp_path, audio_dir):
 def test_a_damaged_checkpoint_is_refused(tmp_path):
     """torch.load does not check the zip's CRCs: four changed bytes of weights loaded as NaN and evaluated at chance.
     The checksum saved with the tensors finds any change; a checkpoint without one (older) is checked for NaN."""
-    path = ckpt_io.save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.full((1000,), 0.5)}, "step": 1})
+    path = ckpt_io.save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.full((1000,), 0.5)}, "step": 1,
+                                                          "config": {}})
     assert ckpt_io.load_checkpoint(path)["step"] == 1
     data = bytearray(path.read_bytes())
     at = data.index(torch.tensor([0.5]).numpy().tobytes())
@@ -432,11 +433,12 @@ def test_a_damaged_checkpoint_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is damaged"):
         ckpt_io.load_checkpoint(path)
     old = tmp_path / "old.pt"
-    torch.save({"format": ckpt_io.FORMAT, "model": {"w": torch.tensor([1.0, float("nan")])}, "step": 1}, old)
+    torch.save({"format": ckpt_io.FORMAT, "model": {"w": torch.tensor([1.0, float("nan")])}, "step": 1, "config": {}},
+               old)
     with pytest.raises(ValueError, match=r"non-finite values \(w has NaN"):
         ckpt_io.load_checkpoint(old)
     torch.save({"format": ckpt_io.FORMAT, "model": {}, "optimizer": {"state": {0: {"m": torch.tensor([float("inf")])}}},
-                "step": 1}, old)
+                "step": 1, "config": {}}, old)
     with pytest.raises(ValueError, match=r"its optimizer state has NaN or infinite values"):
         ckpt_io.load_checkpoint(old)
 

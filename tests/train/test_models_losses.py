@@ -84,3 +84,8 @@ def test_load_encoder_roundtrip(tmp_path):
                                          r"\(in_channels 1, embed_dim 16, width 8\): size mismatch for ") as err:
         load_encoder(tmp_path / "wide.pt")
     assert "\n" not in str(err.value)
+    for broken, missing in (({"model": state}, "config"), ({"model": list(state), "config": config}, "model"),
+                            ({"model": state, "config": {**config, "model": 4}}, "config.model")):
+        save_checkpoint(tmp_path / "edited.pt", broken)  # a valid checksum over an edited file: a KeyError before
+        with pytest.raises(ValueError, match=f"is not a whole doppel-torch checkpoint \\({missing} missing"):
+            load_encoder(tmp_path / "edited.pt")
