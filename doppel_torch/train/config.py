@@ -121,8 +121,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check_types(self, "model")
         _check(self.in_channels == 1, f"model.in_channels must be 1 (log-mel input), got {self.in_channels}")
-        _check(self.embed_dim >= 1, f"model.embed_dim must be >= 1, got {self.embed_dim}")
-        _check(self.width >= 1, f"model.width must be >= 1 (64 is ResNet18), got {self.width}")
+        # upper bounds far past any model that fits a GPU: 2^62 was a traceback from torch's storage size
+        _check(1 <= self.embed_dim <= 65536, f"model.embed_dim must be in [1, 65536], got {self.embed_dim}")
+        _check(1 <= self.width <= 4096, f"model.width must be in [1, 4096] (64 is ResNet18), got {self.width}")
 
 
 @dataclass
@@ -193,13 +194,13 @@ class DataConfig:
         _check(self.duration > 0, f"data.duration must be > 0 seconds, got {self.duration}")
         _check(self.sounds_per_epoch >= 2, f"data.sounds_per_epoch must be >= 2, got {self.sounds_per_epoch}")
         _check(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
-        _check(self.mix_layers >= 1, f"data.mix_layers must be >= 1, got {self.mix_layers}")
+        _check(1 <= self.mix_layers <= 64, f"data.mix_layers must be in [1, 64], got {self.mix_layers}")
         _check(self.augment_group >= 1, f"data.augment_group must be >= 1 (sounds sharing one draw), got {self.augment_group}")
         _check(
             self.augment_pitch in AUGMENT_PITCH,
             f"data.augment_pitch must be one of {', '.join(AUGMENT_PITCH)}; got {self.augment_pitch!r}",
         )
-        _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+        _check(0 <= self.num_workers <= 1024, f"data.num_workers must be in [0, 1024], got {self.num_workers}")
         for name in ("data", "ir_dir"):  # an unset $DATA in a script: '' read the current folder's files
             value = getattr(self, name)
             _check(value is None or value.strip() != "", f"data.{name} must name a folder, got {value!r}")
@@ -224,7 +225,9 @@ class DataConfig:
 
     def sounds_for_train(self, n_train: int) -> int:
         """The smallest sounds_per_epoch that leaves at least `n_train` training sounds."""
-        sounds = n_train
+        # sounds - val_of(sounds) never falls as sounds grows: start below (n_train - 1) / (1 - val_fraction) (a
+        # count from n_train up took minutes for --batch-size 1e9, found from outside)
+        sounds = max(n_train, int((n_train - 1) / (1.0 - self.val_fraction)) - 1)
         while sounds - self.val_of(sounds) < n_train:
             sounds += 1
         return sounds

@@ -61,7 +61,9 @@ def test_cli_runs_prints_config_and_saves_it(tmp_path, audio_dir):
         (["--duration", "inf"], "--duration (data.duration) must be finite, got inf"),
         (["--sounds-per-epoch", str(10**20)], "--sounds-per-epoch (data.sounds_per_epoch) must lie below 2^63"),
         (["--augment", "--augment-group", "0"], "--augment-group (data.augment_group) must be >= 1"),
-        (["--data", ""], "--data (data.data) must name a folder, got ''"),  # an unset $DATA: it read the cwd's files
+        (["--data", ""], "--data (data.data) must name a folder, got ''"),
+        (["--width", str(2**62)], "--width (model.width) must be in [1, 4096]"),  # a storage-size traceback
+        (["--batch-size", str(10**9)], "raise it to at least 1111111111"),  # counted up one by one for minutes  # an unset $DATA: it read the cwd's files
     ],
 )
 def test_bad_options_give_clear_errors(tmp_path, args, message):
