@@ -115,12 +115,12 @@ def _open_cache(cache_dir: str) -> EmbeddingCache | None:
                    "validation loss; adds macro F1). Each is documented with its source lines in "
                    "doppel_torch/eval/probe.py.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Probe seeds, comma-separated.")
-@click.option("--max-epochs", type=click.IntRange(min=1), default=None,
+@click.option("--max-epochs", type=click.IntRange(1, 100_000), default=None,
               help="Epoch cap of every probe fit [the protocol's: paper 200, hear 500, arch 200].")
-@click.option("--patience", type=click.IntRange(min=1), default=None,
+@click.option("--patience", type=click.IntRange(1, 100_000), default=None,
               help="Early stopping: validation checks without improvement [paper 20, hear 20; arch has none].")
 @click.option("--lr", type=float, default=None, help="Learning rate [paper 1e-3, arch 1e-3; hear: its grid's].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Probe batch size [paper 32, hear 1024, arch 32].")
+@click.option("--batch-size", type=click.IntRange(1, 2**20), default=None, help="Probe batch size [paper 32, hear 1024, arch 32].")
 @click.option("--standardize/--no-standardize", default=None,
               help="Z-score the embeddings with training-split statistics before the probe [paper: on; hear, arch: "
                    "off, as the kits].")
