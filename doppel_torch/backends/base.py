@@ -61,15 +61,19 @@ def get_backend(name: str, **options) -> Backend:
 FASTEST_FIRST = {"cpu": ("cpu", "torch"), "cuda": ("triton", "torch")}
 
 
+def as_device(device) -> torch.device:
+    """torch.device(device), or ValueError in one line for what names none (None, "nope")."""
+    try:
+        return torch.device(device)
+    except (TypeError, RuntimeError):
+        raise ValueError(f"device must be a torch device or its name (cpu, cuda, cuda:1), got {device!r}") from None
+
+
 def fastest(device: torch.device | str = "cpu", *, differentiable: bool = False) -> str:
     """The fastest backend that loads for `device` (the cpu kernel builds or loads, Triton imports), in the order of
     `FASTEST_FIRST`; with `differentiable`, only one that says it is (`Backend.differentiable`); "torch" where none
     of the others can."""
-    try:
-        device_type = torch.device(device).type
-    except (TypeError, RuntimeError):
-        raise ValueError(f"device must be a torch device or its name (cpu, cuda, cuda:1), got {device!r}") from None
-    for name in FASTEST_FIRST.get(device_type, ("torch",)):
+    for name in FASTEST_FIRST.get(as_device(device).type, ("torch",)):
         backend = get_backend(name)
         if differentiable and not backend.differentiable:
             continue
@@ -201,4 +205,4 @@ def _refuse_transforms(backend: Backend, theta: torch.Tensor, noise: torch.Tenso
                          "gradients, and a batch for vmap")
 
 
-__all__ = ["BACKENDS", "Backend", "get_backend", "refuse_create_graph", "render"]
+__all__ = ["BACKENDS", "Backend", "as_device", "get_backend", "refuse_create_graph", "render"]

@@ -14,6 +14,7 @@ import torch
 
 from doppel_torch import backends, rng
 from doppel_torch.backends import BACKENDS
+from doppel_torch.backends.base import as_device
 from doppel_torch.spec.params import human_unit
 from doppel_torch.spec.patch import Patch
 from doppel_torch.spec.program import lower
@@ -141,11 +142,7 @@ class Synth(torch.nn.Module):
         if start + n > 2**63 - 1:
             raise ValueError(f"start + n must be below 2**63 (global sound indices are int64), got {start} + {n}")
         if device is not None:
-            try:
-                device = torch.device(device)
-            except (TypeError, RuntimeError):
-                raise ValueError(f"device must be a torch device or its name (cpu, cuda, cuda:1), got {device!r}") \
-                    from None
+            device = as_device(device)
             if device.type == "meta":
                 raise ValueError("device='meta' holds no values: give a real device (cpu, cuda)")
             if device.type == "cuda" and not torch.cuda.is_available():
