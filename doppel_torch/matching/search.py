@@ -129,10 +129,10 @@ def scan_pitch(losses_of: Callable[[torch.Tensor], torch.Tensor], theta: torch.T
                          + (f" {theta.dtype}" if isinstance(theta, torch.Tensor) else ""))
     m = theta.shape[1]
     try:
-        columns = [_column(j) for j in columns]
-    except TypeError:
+        columns = [_integer(j) for j in columns]
+    except TypeError:  # not a sequence
         columns = None
-    if columns is None or not all(0 <= j < m for j in columns):
+    if columns is None or not all(j is not None and 0 <= j < m for j in columns):
         raise ValueError(f"columns must be column indices in [0, {m}) (scan_columns(synth) gives the pitch ones)")
     if not bool(((theta >= 0) & (theta <= 1)).all()):
         raise ValueError("theta must lie in [0, 1] (normalised parameters, as synth.random_params gives), with no NaN")
@@ -497,12 +497,17 @@ def match(
         return result()
 
 
+def _integer(value) -> int | None:
+    """An int, a numpy integer or a one-element integer tensor as an int; None for a bool or anything else."""
+    try:
+        return None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        return None
+
+
 def _count(name: str, value, least: int, none: bool = False) -> int:
     """An integer argument (numpy's too; not a bool) of at least `least`, or ValueError naming it."""
-    try:
-        count = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        count = None
+    count = _integer(value)
     if count is None or count < least:
         raise ValueError(f"{name} must be an integer >= {least}{' (or None)' if none else ''}, got {value!r}")
     return count
@@ -511,13 +516,6 @@ def _count(name: str, value, least: int, none: bool = False) -> int:
 def _real(value) -> float | None:
     """A real number argument (numpy's too; not a bool) as a float, None for anything else."""
     return None if isinstance(value, bool) or not isinstance(value, numbers.Real) else float(value)
-
-
-def _column(value) -> int:
-    """A column index from an int, a numpy integer or a one-element integer tensor (TypeError for a bool too)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{value!r} is not a column index")
-    return operator.index(value)
 
 
 def _better(losses, theta, best_loss, best_theta):
